@@ -1,0 +1,135 @@
+"""Improved DDPM formulation (Nichol & Dhariwal 2021; Karras et al. 2022, Table 1, column "iDDPM")."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from diffscale.formulations.base import (
+    Formulation,
+    FormulationParams,
+    Preconditioning,
+    TensorLike,
+    as_tensor,
+)
+
+__all__ = ["IDDPM", "IDDPMParams", "iddpm_sigma_table"]
+
+
+class IDDPMParams(FormulationParams):
+    """Parameters of the improved-DDPM formulation."""
+
+    type: Literal["iDDPM"] = Field("iDDPM", description="formulation name")
+    M: int = Field(1000, ge=2, description="number of discrete noise levels M")
+    C_1: float = Field(0.001, gt=0, le=1, description="clip C_1 of alpha_bar(j-1) / alpha_bar(j)")
+    C_2: float = Field(0.008, ge=0, description="offset C_2 of the cosine schedule")
+    j_0: int = Field(8, ge=0, description="first table index j_0 used for sampling")
+
+    @model_validator(mode="after")
+    def _start_inside_table(self) -> IDDPMParams:
+        if self.j_0 > self.M - 1:
+            raise ValueError(f"j_0 = {self.j_0} must be at most M - 1 = {self.M - 1}")
+        return self
+
+
+def iddpm_sigma_table(M: int, C_1: float, C_2: float) -> torch.Tensor:
+    """Noise levels u_0 > u_1 > ... > u_M = 0 of the cosine schedule (EDM paper, Table 1).
+
+    u_M = 0, u_{j-1} = sqrt((u_j^2 + 1) / max(alpha_bar(j-1) / alpha_bar(j), C_1) - 1),
+    alpha_bar(j) = sin^2(pi j / (2 M (C_2 + 1))).
+    """
+
+    def alpha_bar(j: int) -> float:
+        return math.sin(0.5 * math.pi * j / (M * (C_2 + 1.0))) ** 2
+
+    table = [0.0] * (M + 1)
+    for j in range(M, 0, -1):
+        ratio = max(alpha_bar(j - 1) / alpha_bar(j), C_1)
+        table[j - 1] = math.sqrt((table[j] ** 2 + 1.0) / ratio - 1.0)
+    return torch.tensor(table, dtype=torch.float64)
+
+
+class IDDPM(Formulation):
+    """sigma(t) = t, s(t) = 1, on the discrete table u_0 > ... > u_M = 0 of the cosine schedule.
+
+    * time steps: t_i = u_floor(j_0 + (M - 1 - j_0) i/(N-1) + 1/2)
+    * c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(sigma^2 + 1), c_noise = M - 1 - argmin_j |u_j - sigma|
+    * round_sigma snaps sigma to the nearest u_j
+    * training: sigma = u_j, j ~ U{0, ..., M - 1}; lambda(sigma) = 1 / sigma^2
+    """
+
+    name = "iDDPM"
+    Params = IDDPMParams
+    params: IDDPMParams
+
+    def __init__(self, params: IDDPMParams | None = None, **kwargs: object) -> None:
+        super().__init__(params, **kwargs)
+        self.table = iddpm_sigma_table(self.params.M, self.params.C_1, self.params.C_2)
+        self._ascending = self.table.flip(0).contiguous()
+        self._cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def sigma(self, t: TensorLike) -> torch.Tensor:
+        return as_tensor(t).clone()
+
+    def sigma_inv(self, sigma: TensorLike) -> torch.Tensor:
+        return as_tensor(sigma).clone()
+
+    def sigma_deriv(self, t: TensorLike) -> torch.Tensor:
+        return torch.ones_like(as_tensor(t))
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.table[self.params.M - 1])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.table[self.params.j_0])
+
+    def _time_steps(self, fraction: torch.Tensor) -> torch.Tensor:
+        j_0, M = self.params.j_0, self.params.M
+        index = torch.floor(j_0 + (M - 1 - j_0) * fraction + 0.5).long()
+        return self.table[index]
+
+    def nearest_index(self, sigma: TensorLike) -> torch.Tensor:
+        """argmin_j |u_j - sigma| over j = 0..M (long tensor of sigma's shape)."""
+        sigma = as_tensor(sigma)
+        key = (sigma.device, torch.float64)
+        ascending = self._cache.get(key)
+        if ascending is None:
+            ascending = self._cache[key] = self._ascending.to(sigma.device)
+        value = sigma.to(torch.float64)
+        upper = torch.searchsorted(ascending, value).clamp(1, self.params.M)
+        lower = upper - 1
+        closer_to_upper = (ascending[upper] - value).abs() < (value - ascending[lower]).abs()
+        ascending_index = torch.where(closer_to_upper, upper, lower)
+        return self.params.M - ascending_index
+
+    def round_sigma(self, sigma: TensorLike) -> torch.Tensor:
+        sigma = as_tensor(sigma)
+        return self.table.to(sigma.device)[self.nearest_index(sigma)].to(sigma.dtype)
+
+    def preconditioning(self, sigma: TensorLike) -> Preconditioning:
+        sigma = as_tensor(sigma)
+        c_skip = torch.ones_like(sigma)
+        c_out = -sigma
+        c_in = 1.0 / (sigma**2 + 1.0).sqrt()
+        c_noise = (self.params.M - 1 - self.nearest_index(sigma)).to(sigma.dtype)
+        return c_skip, c_out, c_in, c_noise
+
+    def loss_weight(self, sigma: TensorLike) -> torch.Tensor:
+        return 1.0 / as_tensor(sigma).square()
+
+    def sample_sigma(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        device = device if device is not None else (generator.device if generator is not None else None)
+        index = torch.randint(0, self.params.M, (n,), generator=generator, device=device)
+        return self.table.to(index.device)[index].to(dtype)
