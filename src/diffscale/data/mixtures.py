@@ -50,8 +50,10 @@ class GaussianMixture:
         if not (stds > 0).all():
             raise ValueError("stds: every standard deviation must be > 0")
         self.stds = stds.expand(components, dims).clone()
-        weights = torch.ones(components, dtype=torch.float64) if weights is None else torch.as_tensor(
-            weights, dtype=torch.float64
+        weights = (
+            torch.ones(components, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
         )
         if weights.shape != (components,):
             raise ValueError(f"weights: expected shape ({components},), got {tuple(weights.shape)}")
@@ -61,8 +63,7 @@ class GaussianMixture:
 
     def __repr__(self) -> str:
         return (
-            f"GaussianMixture(means={self.means.tolist()}, stds={self.stds.tolist()}, "
-            f"weights={self.weights.tolist()})"
+            f"GaussianMixture(means={self.means.tolist()}, stds={self.stds.tolist()}, weights={self.weights.tolist()})"
         )
 
     @property

@@ -63,9 +63,7 @@ class RangeParams(FormulationParams):
     @model_validator(mode="after")
     def _ordered_range(self) -> RangeParams:
         if not self.sigma_min < self.sigma_max:
-            raise ValueError(
-                f"sigma_min = {self.sigma_min!r} must be smaller than sigma_max = {self.sigma_max!r}"
-            )
+            raise ValueError(f"sigma_min = {self.sigma_min!r} must be smaller than sigma_max = {self.sigma_max!r}")
         return self
 
 
@@ -183,4 +181,3 @@ def normal(
     """N(0, 1) draws on the generator's device unless ``device`` says otherwise."""
     device = device if device is not None else (generator.device if generator is not None else None)
     return torch.randn(n, generator=generator, dtype=dtype, device=device)
-
