@@ -48,9 +48,9 @@ class FormulationParams(StrictModel):
     def _canonical_type(cls, data: Any) -> Any:
         """Accept the formulation name in any case ("edm", "EDM", "Edm")."""
         expected = cls.model_fields["type"].default
-        if isinstance(data, dict) and isinstance(data.get("type"), str):
-            if data["type"].lower() == str(expected).lower():
-                data = {**data, "type": expected}
+        name = data.get("type") if isinstance(data, dict) else None
+        if isinstance(name, str) and name.lower() == str(expected).lower():
+            data = {**data, "type": expected}
         return data
 
 
