@@ -20,6 +20,7 @@ then takes the ODE step from t_hat to t_{i+1}.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,8 @@ def sample(
     Returns:
         x_N, the samples at t_N = 0, of ``noise``'s shape and dtype.
     """
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
+        steps = int(steps)  # numpy integers are fine; floats and bools are refused below
     settings = validate(
         SamplerSettings,
         {"steps": steps, "solver": solver, "s_churn": s_churn, "s_min": s_min, "s_max": s_max, "s_noise": s_noise},
