@@ -220,7 +220,10 @@ def test_conditioning_reaches_the_denoiser() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"solver": "rk4"}, r"^solver = 'rk4': must be 'euler' or 'heun'$"),
+        (
+            {"solver": "rk4"},
+            r"^solver = 'rk4': must be 'euler', 'heun', 'dpmpp_2m', 'dpmpp_3m', 'dpmpp_2m_sde' or 'dpmpp_3m_sde'$",
+        ),
         ({"steps": 0}, r"^steps = 0: must be greater than or equal to 1$"),
         ({"steps": 2.5}, r"^steps = 2\.5: "),
         ({"s_churn": -1.0}, r"^s_churn = -1\.0: must be greater than or equal to 0$"),

@@ -1,6 +1,15 @@
 """Samplers: solvers of the reverse-time ODE/SDE over any formulation."""
 
-from diffscale.sampling.settings import SOLVERS, SamplerSettings, SolverName, number_of_evaluations
-from diffscale.sampling.solvers import SamplerStep, sample
+from diffscale.sampling.settings import CHURN_SOLVERS, SOLVERS, SamplerSettings, SolverName, number_of_evaluations
+from diffscale.sampling.solvers import sample
+from diffscale.sampling.steps import SamplerStep
 
-__all__ = ["SOLVERS", "SamplerSettings", "SamplerStep", "SolverName", "number_of_evaluations", "sample"]
+__all__ = [
+    "CHURN_SOLVERS",
+    "SOLVERS",
+    "SamplerSettings",
+    "SamplerStep",
+    "SolverName",
+    "number_of_evaluations",
+    "sample",
+]
