@@ -18,9 +18,19 @@ replaces D by the polynomial through the last k denoised values (Newton form in 
 against the exponential kernel: K_0 = 1 - e^(-c h), K_n = h^n - (n / c) K_{n-1} for
 K_n = int_0^h c e^(-c (h - tau)) tau^n d tau. The order is built up over the first steps (1, 2, then k).
 
+Extrapolation guard: a polynomial through nodes spread over a span H extrapolated over a step h >> H is
+unreliable (grids uniform in t, such as VP's, end with a step several times longer in lambda than the one before
+it, and an unguarded third-order step overshoots there). An older node is only used while
+h <= EXTRAPOLATION_LIMIT * (its distance in lambda); on smooth grids such as the EDM schedule the guard never
+triggers, so the asymptotic order is unchanged.
+
 The last step ends at sigma = 0 (lambda = infinity), where no extrapolation is meaningful: it returns the
 latest denoised value, x_N = D(x_hat_{N-1}; sigma_{N-1}) (the exact limit of the first-order step), so the
 final sample carries no residual noise and never overshoots. One network evaluation per step: NFE = N.
+
+The SDE variants re-inject noise on every step and need more steps than the ODE solvers: on the closed-form
+mixture benchmark they match the ODE solvers' accuracy from about 24 steps on; below about 12 steps prefer the
+deterministic solvers.
 """
 
 from __future__ import annotations
@@ -42,6 +52,9 @@ MULTISTEP_SOLVERS: dict[str, tuple[int, float]] = {
     "dpmpp_3m_sde": (3, 1.0),
 }
 """solver name -> (order k, Langevin strength eta)."""
+
+EXTRAPOLATION_LIMIT = 2.0
+"""An older node at distance |tau_j| in lambda is used only for steps h <= EXTRAPOLATION_LIMIT |tau_j|."""
 
 
 def kernel_moments(h: float, rate: float, count: int) -> list[float]:
@@ -102,8 +115,12 @@ def solve_multistep(
             x_hat = denoised
         else:
             h = math.log(sigma / sigma_next)
-            nodes = [lam_j - lam for lam_j, _ in reversed(history)]  # 0 first, then the older ones
-            values = [d for _, d in reversed(history)]
+            nodes, values = [0.0], [denoised]  # the newest node, then older ones while the guard allows
+            for lam_j, value in reversed(history[:-1]):
+                if h > EXTRAPOLATION_LIMIT * (lam - lam_j):
+                    break
+                nodes.append(lam_j - lam)
+                values.append(value)
             weights = _newton_weights(nodes, kernel_moments(h, 1.0 + eta, len(nodes)))
             x_hat = (sigma_next / sigma) * math.exp(-eta * h) * x_hat
             for weight, value in zip(weights, values, strict=True):

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field, model_validator
 
+from diffscale.sampling.schedules import ScheduleName
 from diffscale.validation import StrictModel
 
 __all__ = ["CHURN_SOLVERS", "SOLVERS", "SamplerSettings", "SolverName", "number_of_evaluations"]
@@ -33,6 +34,10 @@ class SamplerSettings(StrictModel):
     s_min: SMin = 0.0
     s_max: SMax = math.inf
     s_noise: SNoise = 1.0
+    schedule: ScheduleName = Field(
+        "native", description="time grid: the formulation's own ('native') or the EDM rho schedule ('edm')"
+    )
+    rho: float = Field(7.0, gt=0, description="exponent rho of the 'edm' schedule")
     alpha: float = Field(
         1.0, gt=0, le=1, description="Heun's generalised alpha: intermediate point at alpha of each step (1: Heun)"
     )

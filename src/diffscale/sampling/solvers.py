@@ -23,6 +23,7 @@ from diffscale.denoiser import Denoiser
 from diffscale.formulations.base import Formulation
 from diffscale.sampling.multistep import MULTISTEP_SOLVERS, solve_multistep
 from diffscale.sampling.ode import ProbabilityFlow, solve_euler_heun
+from diffscale.sampling.schedules import time_grid
 from diffscale.sampling.settings import SamplerSettings, number_of_evaluations
 from diffscale.sampling.steps import SamplerStep
 from diffscale.validation import ConfigError, validate
@@ -52,6 +53,8 @@ def sample(
     s_noise: float = 1.0,
     generator: torch.Generator | None = None,
     *,
+    schedule: str = "native",
+    rho: float = 7.0,
     alpha: float = 1.0,
     cond: Mapping[str, Any] | None = None,
     callback: Callable[[SamplerStep], None] | None = None,
@@ -68,6 +71,8 @@ def sample(
         solver: "euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde" or "dpmpp_3m_sde".
         s_churn, s_min, s_max, s_noise: churn of Algorithm 2 (euler, heun); S_churn = 0 is deterministic.
         generator: random generator for the churn or SDE noise.
+        schedule: time grid, "native" (the formulation's own) or "edm" (rho schedule in sigma, any formulation).
+        rho: exponent of the "edm" schedule.
         alpha: Heun's generalised intermediate point (1: Heun; 1/2: midpoint).
         cond: conditioning passed unchanged to the denoiser.
         callback: called with a :class:`SamplerStep` after every step.
@@ -87,16 +92,20 @@ def sample(
             "s_min": s_min,
             "s_max": s_max,
             "s_noise": s_noise,
+            "schedule": schedule,
+            "rho": rho,
             "alpha": alpha,
         },
     )
     _validate_noise(noise)
     if not isinstance(formulation, Formulation):
         raise ConfigError(f"formulation: expected a diffscale Formulation, got {type(formulation).__name__}")
-    t_steps = formulation.time_steps(settings.steps, dtype=noise.dtype, device=noise.device)
+    t_steps = time_grid(
+        formulation, settings.steps, settings.schedule, settings.rho, dtype=noise.dtype, device=noise.device
+    )
     flow = ProbabilityFlow(denoiser, formulation, cond or {})
     bar = tqdm(
-        total=number_of_evaluations(settings.steps, settings.solver),
+        total=number_of_evaluations(len(t_steps) - 1, settings.solver),
         desc=f"sampling ({settings.solver}, {settings.steps} steps)",
         unit="eval",
         disable=not progress,
