@@ -1,0 +1,33 @@
+"""Configuration: YAML -> validated objects (:class:`Config`) for the layers above.
+
+>>> from diffscale.config import load_config
+>>> config = load_config("configs/mixture_1d_edm.yaml", overrides=["training.steps=100"])
+>>> config.formulation(), config.sampling.to_sampler_settings()
+"""
+
+from diffscale.config.loader import apply_overrides, load_config, parse_override, read_yaml_mapping
+from diffscale.config.reference import config_reference
+from diffscale.config.schema import DATA, DIFFUSION, MODEL, SECTIONS, TAGGED_SECTIONS, Config, config_from_dict
+from diffscale.config.sections import MIXTURE_PRESETS, MixtureData, MLPModel, OutputSection, SamplingSection
+from diffscale.config.tagged import TaggedSection
+
+__all__ = [
+    "DATA",
+    "DIFFUSION",
+    "MIXTURE_PRESETS",
+    "MODEL",
+    "SECTIONS",
+    "TAGGED_SECTIONS",
+    "Config",
+    "MLPModel",
+    "MixtureData",
+    "OutputSection",
+    "SamplingSection",
+    "TaggedSection",
+    "apply_overrides",
+    "config_from_dict",
+    "config_reference",
+    "load_config",
+    "parse_override",
+    "read_yaml_mapping",
+]

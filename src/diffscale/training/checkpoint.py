@@ -1,0 +1,448 @@
+"""Checkpoints: safetensors files plus a JSON sidecar; nothing is ever pickled or unpickled.
+
+A checkpoint in directory ``D`` is
+
+* ``D/checkpoint.json`` (the sidecar, written last: it is the commit point) with ``format``,
+  ``format_version``, ``step``, ``diffscale_version``, the resolved configuration, the optimizer's scalar
+  hyper-parameters and, for every tensor file, its name, size and sha256;
+* ``D/weights-<step>.safetensors``: the trained module's ``state_dict``;
+* ``D/ema-<step>.safetensors``: the EMA module's ``state_dict``;
+* ``D/training_state-<step>.safetensors``: the optimizer's state tensors, keyed
+  ``optimizer.state.<parameter name>.<state key>`` (e.g. ``optimizer.state.network.input.weight.exp_avg``),
+  and the training generator's state ``generator.state`` (the uint8 tensor of ``Generator.get_state()``).
+
+Every file is written atomically (temporary file in the same directory, flush, fsync, ``os.replace``, fsync
+of the directory); the tensor files carry the step in their names, so a crash while writing leaves the
+previous checkpoint intact, and files no longer referenced are removed after the sidecar is replaced.
+Loading checks each file's size and sha256 before parsing it and reads safetensors only. Everything an
+exact resume needs (step, weights, EMA, Adam moments and hyper-parameters, generator state) is stored, and
+``format_version`` lets later versions read older checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from diffscale.validation import ConfigError
+
+if TYPE_CHECKING:
+    from diffscale.training.loop import Trainer
+
+__all__ = [
+    "ALL_PARTS",
+    "EMA",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "SIDECAR_NAME",
+    "TRAINING_STATE",
+    "WEIGHTS",
+    "Checkpoint",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "has_checkpoint",
+    "load_checkpoint",
+    "read_safetensors",
+    "restore_trainer",
+    "save_checkpoint",
+    "save_trainer_checkpoint",
+    "write_safetensors",
+]
+
+FORMAT_NAME = "diffscale-checkpoint"
+FORMAT_VERSION = 1
+SIDECAR_NAME = "checkpoint.json"
+WEIGHTS, EMA, TRAINING_STATE = "weights", "ema", "training_state"
+ALL_PARTS: tuple[str, ...] = (WEIGHTS, EMA, TRAINING_STATE)
+SAFETENSORS_SUFFIX = ".safetensors"
+GENERATOR_KEY = "generator.state"
+OPTIMIZER_STATE_PREFIX = "optimizer.state."
+OPTIMIZER_GROUP_PREFIX = "optimizer.param_groups."
+_PART_FILE = re.compile(rf"^({'|'.join(ALL_PARTS)})-\d+\.safetensors$")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be loaded (missing, truncated, corrupt, not safetensors): one line, naming the file."""
+
+
+# -- atomic files -----------------------------------------------------------------------------------------------
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    The bytes go to a temporary file in the same directory, which is flushed, fsynced and renamed over
+    ``path`` with :func:`os.replace`; the directory is then fsynced so the rename survives a crash.
+    """
+    path = Path(path)
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    # os.open with mode 0o666 honours the umask (tempfile.mkstemp would leave the file private, 0o600).
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+# -- safetensors files ---------------------------------------------------------------------------------------
+def _cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies that own their memory (safetensors refuses shared storage)."""
+    return {key: value.detach().to("cpu", copy=True).contiguous() for key, value in tensors.items()}
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> tuple[str, int]:
+    """Write ``tensors`` atomically as a safetensors file; return its (sha256 hex digest, size in bytes)."""
+    data = safetensors.torch.save(_cpu_tensors(tensors))
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length, then a JSON header ``{...}``."""
+    if len(data) < 10:
+        return False
+    header_length = int.from_bytes(data[:8], "little")
+    return 8 + header_length <= len(data) and data[8:9] == b"{"
+
+
+def read_safetensors(
+    path: str | Path, expected_sha256: str | None = None, expected_size: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Read a safetensors file (CPU tensors), checking its size and sha256 when given.
+
+    Refuses anything that is not a safetensors file (by name and by content) without interpreting it:
+    pickled ``.pt``/``.pkl`` files are never loaded.
+    """
+    path = Path(path)
+    if path.suffix != SAFETENSORS_SUFFIX:
+        raise CheckpointError(
+            f"'{path}': refusing to load a {path.suffix or 'suffix-less'} file; only {SAFETENSORS_SUFFIX} "
+            "files are loaded (pickled .pt/.pkl files never are)"
+        )
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"'{path}': checkpoint file missing") from None
+    except OSError as error:
+        raise CheckpointError(f"'{path}': cannot be read ({error.strerror})") from None
+    if expected_size is not None and len(data) != expected_size:
+        raise CheckpointError(
+            f"'{path}': {len(data)} bytes, expected {expected_size} (truncated or corrupt checkpoint file)"
+        )
+    if expected_sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected_sha256:
+            raise CheckpointError(
+                f"'{path}': sha256 {digest[:16]}... does not match the recorded {expected_sha256[:16]}... "
+                "(corrupt checkpoint file)"
+            )
+    if not _looks_like_safetensors(data):
+        raise CheckpointError(f"'{path}': not a safetensors file")
+    try:
+        return safetensors.torch.load(data)
+    except safetensors.SafetensorError as error:
+        raise CheckpointError(f"'{path}': unreadable safetensors file ({error})") from None
+
+
+# -- optimizer state <-> flat tensors + JSON -----------------------------------------------------------------
+def _parameter_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[str]:
+    """The name of each optimizer parameter, in the order of ``optimizer.state_dict()``'s indices."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    ordered = []
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            if id(parameter) not in names:
+                raise ValueError("the optimizer holds a parameter that is not in the model")
+            ordered.append(names[id(parameter)])
+    return ordered
+
+
+def _json_value(value: Any, where: str) -> Any:
+    """A JSON-able copy of an optimizer hyper-parameter (tuples become lists)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_value(item, where) for item in value]
+    raise TypeError(f"{where}: cannot store a {type(value).__name__} in a checkpoint sidecar")
+
+
+def flatten_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's state as (tensors keyed by parameter name, JSON-able metadata)."""
+    names = _parameter_names(optimizer, model)
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalar_state: dict[str, dict[str, Any]] = {}
+    for index, values in state_dict["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{OPTIMIZER_STATE_PREFIX}{names[index]}.{key}"] = value
+            else:
+                scalar_state.setdefault(names[index], {})[key] = _json_value(value, f"optimizer state {key}")
+    groups = []
+    for group_index, group in enumerate(state_dict["param_groups"]):
+        entry: dict[str, Any] = {"params": [names[index] for index in group["params"]]}
+        for key, value in group.items():
+            if key == "params":
+                continue
+            if isinstance(value, torch.Tensor):
+                tensors[f"{OPTIMIZER_GROUP_PREFIX}{group_index}.{key}"] = value
+            else:
+                entry[key] = _json_value(value, f"optimizer hyper-parameter {key}")
+        groups.append(entry)
+    meta = {"class": type(optimizer).__name__, "param_groups": groups, "scalar_state": scalar_state}
+    return tensors, meta
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples torch's optimizers use for hyper-parameters such as ``betas``."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
+
+
+def unflatten_optimizer(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], names: list[str]
+) -> dict[str, Any]:
+    """An ``optimizer.state_dict()`` rebuilt from :func:`flatten_optimizer`'s output for parameters ``names``."""
+    index_of = {name: index for index, name in enumerate(names)}
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(OPTIMIZER_STATE_PREFIX):
+            name, state_key = key[len(OPTIMIZER_STATE_PREFIX) :].rsplit(".", 1)
+            if name not in index_of:
+                raise CheckpointError(f"optimizer state for unknown parameter {name!r}")
+            state.setdefault(index_of[name], {})[state_key] = value
+    for name, values in meta.get("scalar_state", {}).items():
+        state.setdefault(index_of[name], {}).update(values)
+    groups = []
+    for group_index, group in enumerate(meta["param_groups"]):
+        entry = {key: _tuples(value) for key, value in group.items() if key != "params"}
+        prefix = f"{OPTIMIZER_GROUP_PREFIX}{group_index}."
+        entry.update({key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)})
+        missing = [name for name in group["params"] if name not in index_of]
+        if missing:
+            raise CheckpointError(f"optimizer parameters {missing} are not in the model")
+        entry["params"] = [index_of[name] for name in group["params"]]
+        groups.append(entry)
+    return {"state": state, "param_groups": groups}
+
+
+# -- saving ---------------------------------------------------------------------------------------------------
+def has_checkpoint(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a checkpoint sidecar."""
+    return (Path(directory) / SIDECAR_NAME).is_file()
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    step: int,
+    config: Mapping[str, Any],
+    model: nn.Module,
+    ema_model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+) -> Path:
+    """Write a checkpoint of step ``step`` into ``directory`` (created if needed); return the sidecar's path.
+
+    ``config`` must be JSON-able; encode non-finite floats first (e.g. as the strings "inf", "nan") if the
+    sidecar should stay strict JSON.
+    """
+    from diffscale import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    parts: dict[str, dict[str, torch.Tensor]] = {WEIGHTS: model.state_dict()}
+    if ema_model is not None:
+        parts[EMA] = ema_model.state_dict()
+    optimizer_meta = None
+    training_state: dict[str, torch.Tensor] = {}
+    if optimizer is not None:
+        optimizer_tensors, optimizer_meta = flatten_optimizer(optimizer, model)
+        training_state.update(optimizer_tensors)
+    if generator is not None:
+        training_state[GENERATOR_KEY] = generator.get_state()
+    if optimizer is not None or generator is not None:
+        parts[TRAINING_STATE] = training_state
+
+    files = {}
+    for part, tensors in parts.items():
+        name = f"{part}-{step:08d}{SAFETENSORS_SUFFIX}"
+        digest, size = write_safetensors(directory / name, tensors)
+        files[part] = {"path": name, "sha256": digest, "bytes": size}
+    sidecar = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "diffscale_version": __version__,
+        "step": step,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": files,
+        "optimizer": optimizer_meta,
+        "generator": None if generator is None else {"device": str(generator.device)},
+        "config": dict(config),
+    }
+    sidecar_path = directory / SIDECAR_NAME
+    atomic_write_bytes(sidecar_path, (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
+    _remove_unreferenced(directory, {entry["path"] for entry in files.values()})
+    return sidecar_path
+
+
+def _remove_unreferenced(directory: Path, keep: set[str]) -> None:
+    """Delete tensor files of earlier checkpoints (only names this module writes)."""
+    for path in directory.iterdir():
+        if _PART_FILE.match(path.name) and path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+# -- loading --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: tensors on the CPU plus the sidecar's metadata."""
+
+    directory: Path
+    step: int
+    config: dict[str, Any]
+    diffscale_version: str
+    format_version: int
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    ema_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    training_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer_meta: dict[str, Any] | None = None
+
+    @property
+    def generator_state(self) -> torch.Tensor | None:
+        """The training generator's state (uint8 tensor), if it was saved and loaded."""
+        return self.training_state.get(GENERATOR_KEY)
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+        """The saved optimizer state as a ``state_dict`` for ``optimizer`` over ``model``'s parameters."""
+        if self.optimizer_meta is None:
+            raise CheckpointError(f"'{self.directory / SIDECAR_NAME}': holds no optimizer state")
+        saved_class = self.optimizer_meta.get("class")
+        if saved_class != type(optimizer).__name__:
+            raise CheckpointError(f"checkpoint optimizer is {saved_class}, not {type(optimizer).__name__}")
+        return unflatten_optimizer(self.training_state, self.optimizer_meta, _parameter_names(optimizer, model))
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"'{path}': cannot be read ({error})") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"'{path}': not valid JSON ({error.msg} at line {error.lineno}); corrupt?") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"'{path}': not a diffscale checkpoint sidecar")
+    version = sidecar.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"'{path}': format_version {version!r} is not supported by this diffscale (reads up to {FORMAT_VERSION})"
+        )
+    for key in ("step", "files", "config"):
+        if key not in sidecar:
+            raise CheckpointError(f"'{path}': sidecar lacks {key!r}")
+    return sidecar
+
+
+def _sidecar_path(path: Path) -> Path:
+    """The sidecar of a run directory, or ``path`` itself when it is a sidecar; refuse anything else."""
+    if path.is_dir():
+        sidecar = path / SIDECAR_NAME
+        if not sidecar.is_file():
+            raise CheckpointError(f"'{path}': no checkpoint here ({SIDECAR_NAME} not found)")
+        return sidecar
+    if not path.exists():
+        raise CheckpointError(f"'{path}': no such run directory or checkpoint")
+    if path.name != SIDECAR_NAME:
+        raise CheckpointError(
+            f"'{path}': not a diffscale checkpoint; pass a run directory (or its {SIDECAR_NAME}); "
+            "pickled .pt/.pkl files are never loaded"
+        )
+    return path
+
+
+def load_checkpoint(path: str | Path, parts: Iterable[str] = ALL_PARTS) -> Checkpoint:
+    """Load the checkpoint in run directory ``path`` (or from its sidecar), reading only ``parts``.
+
+    Every file read is checked against the size and sha256 recorded in the sidecar; any problem raises
+    :class:`CheckpointError` naming the file.
+    """
+    sidecar_path = _sidecar_path(Path(path))
+    directory = sidecar_path.parent
+    sidecar = _read_sidecar(sidecar_path)
+    loaded: dict[str, dict[str, torch.Tensor]] = {}
+    for part in parts:
+        if part not in ALL_PARTS:
+            raise ValueError(f"unknown checkpoint part {part!r}; allowed: {', '.join(ALL_PARTS)}")
+        entry = sidecar["files"].get(part)
+        if entry is None:
+            if part == WEIGHTS:
+                raise CheckpointError(f"'{sidecar_path}': records no {part} file")
+            continue
+        name = str(entry.get("path", ""))
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise CheckpointError(f"'{sidecar_path}': file name {name!r} must be a plain name in the run directory")
+        loaded[part] = read_safetensors(directory / name, entry.get("sha256"), entry.get("bytes"))
+    return Checkpoint(
+        directory=directory,
+        step=int(sidecar["step"]),
+        config=sidecar["config"],
+        diffscale_version=str(sidecar.get("diffscale_version", "unknown")),
+        format_version=int(sidecar["format_version"]),
+        weights=loaded.get(WEIGHTS, {}),
+        ema_weights=loaded.get(EMA, {}),
+        training_state=loaded.get(TRAINING_STATE, {}),
+        optimizer_meta=sidecar.get("optimizer"),
+    )
+
+
+# -- trainers -------------------------------------------------------------------------------------------------
+def save_trainer_checkpoint(directory: str | Path, trainer: Trainer, config: Mapping[str, Any]) -> Path:
+    """Checkpoint everything of ``trainer`` that an exact resume needs."""
+    return save_checkpoint(
+        directory,
+        step=trainer.step,
+        config=config,
+        model=trainer.denoiser,
+        ema_model=trainer.ema_denoiser,
+        optimizer=trainer.optimizer,
+        generator=trainer.generator,
+    )
+
+
+def restore_trainer(trainer: Trainer, checkpoint: Checkpoint) -> None:
+    """Put ``checkpoint``'s step, weights, EMA weights, optimizer state and generator state into ``trainer``."""
+    trainer.denoiser.load_state_dict(checkpoint.weights)
+    if checkpoint.ema_weights:
+        trainer.ema_denoiser.load_state_dict(checkpoint.ema_weights)
+    if checkpoint.optimizer_meta is not None:
+        trainer.optimizer.load_state_dict(checkpoint.optimizer_state_dict(trainer.optimizer, trainer.denoiser))
+    if checkpoint.generator_state is not None:
+        trainer.generator.set_state(checkpoint.generator_state)
+    trainer.step = checkpoint.step

@@ -1,0 +1,208 @@
+"""Checkpoints: safetensors + JSON sidecar round trips bit for bit, corruption is caught by checksum, and
+pickled files are refused without being unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffscale.config import config_from_dict
+from diffscale.training.checkpoint import (
+    ALL_PARTS,
+    FORMAT_VERSION,
+    SIDECAR_NAME,
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    read_safetensors,
+    restore_trainer,
+    save_trainer_checkpoint,
+)
+from diffscale.training.loop import Trainer
+from diffscale.cli.runs import prepare_training
+
+TINY = {
+    "model": {"width": 16, "depth": 1, "embedding_dim": 8},
+    "training": {"steps": 20, "batch_size": 64, "device": "cpu", "warmup_steps": 5, "ema_halflife": 500.0},
+}
+
+
+def tiny_trainer(tmp_path: Path, seed: int = 0) -> Trainer:
+    config = config_from_dict({**TINY, "training": {**TINY["training"], "seed": seed}})
+    return prepare_training(config, tmp_path / "unused").trainer
+
+
+def assert_same_tensors(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> None:
+    assert left.keys() == right.keys()
+    for key in left:
+        assert left[key].dtype == right[key].dtype, key
+        assert torch.equal(left[key].cpu(), right[key].cpu()), key
+
+
+def test_round_trip_restores_every_tensor_bit_for_bit(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path)
+    trainer.run(7, progress=False)
+    save_trainer_checkpoint(tmp_path / "ckpt", trainer, {"note": "config here", "s_max": "inf"})
+
+    checkpoint = load_checkpoint(tmp_path / "ckpt")
+    assert checkpoint.step == 7
+    assert checkpoint.format_version == FORMAT_VERSION
+    assert checkpoint.config == {"note": "config here", "s_max": "inf"}
+    assert_same_tensors(checkpoint.weights, trainer.denoiser.state_dict())
+    assert_same_tensors(checkpoint.ema_weights, trainer.ema_denoiser.state_dict())
+    assert torch.equal(checkpoint.generator_state, trainer.generator.get_state())
+    assert checkpoint.generator_state.dtype == torch.uint8
+
+    fresh = tiny_trainer(tmp_path, seed=123)  # different initialisation and generator
+    restore_trainer(fresh, checkpoint)
+    assert fresh.step == 7
+    assert_same_tensors(fresh.denoiser.state_dict(), trainer.denoiser.state_dict())
+    assert_same_tensors(fresh.ema_denoiser.state_dict(), trainer.ema_denoiser.state_dict())
+    assert torch.equal(fresh.generator.get_state(), trainer.generator.get_state())
+    saved, restored = trainer.optimizer.state_dict(), fresh.optimizer.state_dict()
+    assert saved["param_groups"] == restored["param_groups"]
+    for index, values in saved["state"].items():
+        assert_same_tensors(values, restored["state"][index])
+
+
+def test_restored_trainer_continues_exactly(tmp_path: Path) -> None:
+    """Everything an exact resume needs is in the format: both trainers take identical further steps."""
+    trainer = tiny_trainer(tmp_path)
+    trainer.run(5, progress=False)
+    save_trainer_checkpoint(tmp_path / "ckpt", trainer, {})
+    resumed = tiny_trainer(tmp_path, seed=99)
+    restore_trainer(resumed, load_checkpoint(tmp_path / "ckpt"))
+    for _ in range(3):
+        assert trainer.train_step().loss == resumed.train_step().loss
+    assert_same_tensors(trainer.denoiser.state_dict(), resumed.denoiser.state_dict())
+    assert_same_tensors(trainer.ema_denoiser.state_dict(), resumed.ema_denoiser.state_dict())
+
+
+def test_sidecar_records_checksums_names_and_format(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path)
+    trainer.run(2, progress=False)
+    save_trainer_checkpoint(tmp_path, trainer, {})
+    sidecar = json.loads((tmp_path / SIDECAR_NAME).read_text())
+    assert sidecar["format_version"] == FORMAT_VERSION
+    assert sidecar["step"] == 2
+    assert set(sidecar["files"]) == set(ALL_PARTS)
+    for entry in sidecar["files"].values():
+        assert entry["path"].endswith(".safetensors")
+        assert len(entry["sha256"]) == 64
+        assert (tmp_path / entry["path"]).stat().st_size == entry["bytes"]
+    assert sidecar["optimizer"]["class"] == "Adam"
+    assert sidecar["optimizer"]["param_groups"][0]["lr"] == trainer.optimizer.param_groups[0]["lr"]
+    state_keys = read_safetensors(tmp_path / sidecar["files"]["training_state"]["path"]).keys()
+    assert "generator.state" in state_keys
+    assert "optimizer.state.network.input.weight.exp_avg" in state_keys
+    assert "optimizer.state.network.input.weight.exp_avg_sq" in state_keys
+
+
+def test_a_later_checkpoint_replaces_the_earlier_files(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path)
+    trainer.run(2, progress=False)
+    save_trainer_checkpoint(tmp_path, trainer, {})
+    trainer.run(4, progress=False)
+    save_trainer_checkpoint(tmp_path, trainer, {})
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == [SIDECAR_NAME, "ema-00000004.safetensors", "training_state-00000004.safetensors",
+                     "weights-00000004.safetensors"]  # fmt: skip
+    assert load_checkpoint(tmp_path).step == 4
+
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+
+
+@pytest.mark.parametrize("damage", [_corrupt, _truncate], ids=["flipped-byte", "truncated"])
+@pytest.mark.parametrize("part", ALL_PARTS)
+def test_damaged_file_is_detected_and_named(tmp_path: Path, damage, part: str) -> None:
+    trainer = tiny_trainer(tmp_path)
+    trainer.run(1, progress=False)
+    save_trainer_checkpoint(tmp_path / "ckpt", trainer, {})
+    name = f"{part}-00000001.safetensors"
+    damage(tmp_path / "ckpt" / name)
+    with pytest.raises(CheckpointError, match=re.escape(name)) as caught:
+        load_checkpoint(tmp_path / "ckpt")
+    assert "corrupt" in str(caught.value)
+    others = tuple(other for other in ALL_PARTS if other != part)
+    load_checkpoint(tmp_path / "ckpt", parts=others)  # the undamaged files still load
+
+
+def test_missing_and_invalid_sidecar(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint here"):
+        load_checkpoint(tmp_path)
+    (tmp_path / SIDECAR_NAME).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(tmp_path)
+    (tmp_path / SIDECAR_NAME).write_text(json.dumps({"format": "diffscale-checkpoint", "format_version": 999}))
+    with pytest.raises(CheckpointError, match="format_version 999"):
+        load_checkpoint(tmp_path)
+
+
+class _Booby:
+    """Unpickling this object would create a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pkl", ".safetensors"])
+def test_pickled_files_are_refused_without_unpickling(tmp_path: Path, suffix: str) -> None:
+    marker = tmp_path / "unpickled"
+    payload = tmp_path / f"model{suffix}"
+    payload.write_bytes(pickle.dumps(_Booby(marker)))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(payload)
+    with pytest.raises(CheckpointError, match="not a safetensors file" if suffix == ".safetensors" else "refusing"):
+        read_safetensors(payload)
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "real.pt")  # a genuine torch checkpoint: refused as well
+    with pytest.raises(CheckpointError, match="never loaded"):
+        load_checkpoint(tmp_path / "real.pt")
+    assert not marker.exists()
+
+
+def test_sidecar_pointing_at_a_pickle_is_refused(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path)
+    trainer.run(1, progress=False)
+    save_trainer_checkpoint(tmp_path, trainer, {})
+    marker = tmp_path / "unpickled"
+    (tmp_path / "weights.pkl").write_bytes(pickle.dumps(_Booby(marker)))
+    sidecar = json.loads((tmp_path / SIDECAR_NAME).read_text())
+    sidecar["files"]["weights"]["path"] = "weights.pkl"
+    sidecar["files"]["weights"].pop("sha256")
+    (tmp_path / SIDECAR_NAME).write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match=r"weights\.pkl"):
+        load_checkpoint(tmp_path)
+    sidecar["files"]["weights"]["path"] = "../elsewhere.safetensors"
+    (tmp_path / SIDECAR_NAME).write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match="plain name"):
+        load_checkpoint(tmp_path)
+    assert not marker.exists()
+
+
+def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+    target = tmp_path / "file.bin"
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new contents")
+    assert target.read_bytes() == b"new contents"
+    assert [path.name for path in tmp_path.iterdir()] == ["file.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

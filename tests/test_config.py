@@ -1,0 +1,312 @@
+"""The configuration: the DESIGN.md YAML loads verbatim, every section validates with one-line errors, and
+``--set`` overrides work on dotted keys."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from diffscale.config import (
+    TAGGED_SECTIONS,
+    Config,
+    MixtureData,
+    config_from_dict,
+    config_reference,
+    load_config,
+)
+from diffscale.formulations import EDM, IDDPM, VE, VP
+from diffscale.validation import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The file of DESIGN.md, character for character.
+DESIGN_YAML = """\
+diffusion:
+  type: "EDM"
+  sigma_data: 1.0
+  sigma_min: 0.002
+  sigma_max: 80.0
+  rho: 7.0
+  p_mean: -1.2
+  p_std: 1.2
+sampling:
+  steps: 40
+  sampler: "heun"
+  s_churn: 40.0
+  s_min: 0.05
+  s_max: 50.0
+  s_noise: 1.003
+"""
+
+DESIGN_VALUES = {
+    "diffusion": {
+        "type": "EDM",
+        "sigma_data": 1.0,
+        "sigma_min": 0.002,
+        "sigma_max": 80.0,
+        "rho": 7.0,
+        "p_mean": -1.2,
+        "p_std": 1.2,
+    },
+    "sampling": {"steps": 40, "sampler": "heun", "s_churn": 40.0, "s_min": 0.05, "s_max": 50.0, "s_noise": 1.003},
+}
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(tmp_path: Path, text: str = DESIGN_YAML, overrides: tuple[str, ...] = ()) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), overrides)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# -- the DESIGN.md file ---------------------------------------------------------------------------------------
+def test_design_yaml_loads_verbatim_with_its_values(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, DESIGN_YAML))
+    assert config.diffusion.model_dump() == DESIGN_VALUES["diffusion"]
+    assert config.sampling.model_dump() == DESIGN_VALUES["sampling"]
+    formulation = config.formulation()
+    assert isinstance(formulation, EDM)
+    assert formulation.params.sigma_data == 1.0
+    settings = config.sampling.to_sampler_settings()
+    assert (settings.steps, settings.solver, settings.s_churn) == (40, "heun", 40.0)
+    assert (settings.s_min, settings.s_max, settings.s_noise) == (0.05, 50.0, 1.003)
+
+
+def test_design_yaml_is_the_one_in_design_md() -> None:
+    design = REPO.parent / "shared" / "DESIGN.md"
+    if not design.exists():
+        pytest.skip("../shared/DESIGN.md is not present")
+    assert DESIGN_YAML in design.read_text(encoding="utf-8")
+
+
+def test_example_config_holds_the_design_sections() -> None:
+    config = load_config(REPO / "configs" / "mixture_1d_edm.yaml")
+    assert config.diffusion.model_dump() == DESIGN_VALUES["diffusion"]
+    assert config.sampling.model_dump() == DESIGN_VALUES["sampling"]
+    assert DESIGN_YAML in (REPO / "configs" / "mixture_1d_edm.yaml").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_example_config_loads(path: Path) -> None:
+    config = load_config(path)
+    mixture = config.data.build()
+    assert config.model.build(mixture.dims) is not None
+
+
+# -- defaults and descriptions --------------------------------------------------------------------------------
+def test_empty_file_gives_working_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    assert isinstance(config.formulation(), EDM)
+    assert config.data.build().dims == 1
+    assert config.sampling.to_sampler_settings().steps >= 1
+    assert config.output.dir is None
+
+
+def _section_models() -> list[type[BaseModel]]:
+    models: list[type[BaseModel]] = [Config]
+    for name, field in Config.model_fields.items():
+        if name in TAGGED_SECTIONS:
+            models.extend(TAGGED_SECTIONS[name].members.values())
+        else:
+            models.append(field.annotation)
+    return models
+
+
+@pytest.mark.parametrize("model", _section_models(), ids=lambda model: model.__name__)
+def test_every_key_has_a_one_line_description(model: type[BaseModel]) -> None:
+    for name, field in model.model_fields.items():
+        assert field.description, f"{model.__name__}.{name} has no description"
+        assert "\n" not in field.description
+
+
+def test_reference_lists_every_key_with_its_default() -> None:
+    reference = config_reference()
+    for model in _section_models()[1:]:
+        for name in model.model_fields:
+            assert f"| `{name}` |" in reference, name
+    assert "| diffusion (type: EDM) | `sigma_data` | `0.5` |" in reference
+    assert "| sampling | `s_max` | `.inf` |" in reference
+
+
+@pytest.mark.parametrize(
+    ("spelling", "cls"),
+    [("edm", EDM), ("EDM", EDM), ("Edm", EDM), ("ve", VE), ("VP", VP), ("vp", VP), ("iddpm", IDDPM), ("iDDPM", IDDPM)],
+)
+def test_formulation_type_is_case_insensitive(spelling: str, cls: type) -> None:
+    config = config_from_dict({"diffusion": {"type": spelling}})
+    assert isinstance(config.formulation(), cls)
+    assert config.diffusion.type == cls.name
+
+
+def test_diffusion_without_type_is_edm() -> None:
+    config = config_from_dict({"diffusion": {"sigma_data": 2.0}})
+    assert isinstance(config.formulation(), EDM)
+    assert config.diffusion.sigma_data == 2.0
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, DESIGN_YAML), ["sampling.s_max=.inf", "diffusion.type=VE"])
+    assert math.isinf(config.sampling.s_max)
+    again = load_config(write(tmp_path, config.to_yaml(), "resolved.yaml"))
+    assert again == config
+
+
+# -- bad input: one line naming key, value and what is allowed ------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["diffusion.type=foo"], ["diffusion.type = 'foo': unknown formulation; allowed: VE, VP, EDM, iDDPM"]),
+        (["sampling.sampler=rk4"], ["sampling.sampler", "'rk4'", "euler", "heun"]),
+        (["diffusion.sigma_min=100"], ["sigma_min", "100", "sigma_max"]),
+        (["diffusion.sigma_data=0"], ["diffusion.sigma_data = 0", "greater than 0"]),
+        (["diffusion.sigma_data=-1.5"], ["diffusion.sigma_data = -1.5", "greater than 0"]),
+        (["sampling.steps=0"], ["sampling.steps = 0", "greater than or equal to 1"]),
+        (["sampling.steps=2.5"], ["sampling.steps = 2.5", "integer"]),
+        (["sampling.s_churn=-1"], ["sampling.s_churn = -1", "greater than or equal to 0"]),
+        (["sampling.s_noise=0"], ["sampling.s_noise = 0", "greater than 0"]),
+        (["sampling.s_min=60"], ["s_min", "60", "s_max", "50"]),
+        (["training.steps=abc"], ["training.steps = 'abc'", "integer"]),
+        (["training.batch_size=0"], ["training.batch_size = 0", "greater than or equal to 1"]),
+        (["model.arch=unet"], ["model.arch = 'unet': unknown architecture; allowed: mlp"]),
+        (["model.width=0"], ["model.width = 0", "greater than or equal to 1"]),
+        (["model.embedding_dim=3"], ["model.embedding_dim = 3", "multiple of 2"]),
+        (["data.kind=xarray"], ["data.kind = 'xarray'", "allowed: mixture"]),
+        (["data.preset=moons"], ["data.preset = 'moons'", "two_gaussians_1d", "ring_2d", "custom"]),
+        (["diffusion=5"], ["diffusion = 5", "mapping"]),
+    ],
+)
+def test_bad_values_give_one_line(tmp_path: Path, overrides: list[str], expected: list[str]) -> None:
+    message = error_of(tmp_path, overrides=tuple(overrides))
+    for part in expected:
+        assert part in message, (part, message)
+
+
+def test_unknown_keys_in_the_file_are_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, DESIGN_YAML + "  sigma_data: 1.0\n".replace("sigma_data", "s_cfg"))
+    assert "s_cfg" in message and "steps" in message  # names the key and the allowed ones
+    message = error_of(tmp_path, DESIGN_YAML + "optimizer:\n  lr: 1\n")
+    assert "'optimizer'" in message and "diffusion" in message and "training" in message
+
+
+def test_formulation_keys_belong_to_their_type(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "diffusion:\n  type: VP\n  sigma_data: 0.5\n")
+    assert "diffusion" in message and "'sigma_data'" in message and "beta_d" in message
+
+
+TWO_COMPONENTS = {"preset": "custom", "means": [-1, 1], "stds": [0.1, 0.2]}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"preset": "custom"}, ["preset = 'custom' needs means and stds"]),
+        ({"preset": "custom", "means": [[0, 0], [1, 1]], "stds": [0.1, 0.2, 0.3]}, ["data.stds", "2 entries"]),
+        ({"preset": "custom", "means": [[0, 0], [1]], "stds": [0.1, 0.2]}, ["data.means", "same number"]),
+        ({"preset": "custom", "means": [-1, 1], "stds": [0.1, -0.2]}, ["data.stds", "> 0"]),
+        (
+            {"preset": "custom", "means": [-1, 1], "stds": [0.1, 0.2], "weights": [1, 2, 3]},
+            ["data.weights", "2 values"],
+        ),
+        ({"preset": "custom", "means": [-1, 1], "stds": [0.1, 0.2], "weights": [0, 0]}, ["data.weights", "not all 0"]),
+        ({"preset": "ring_2d", "means": [0.0]}, ["means", "only used with preset = 'custom'"]),
+        ({"preset": "custom", "means": [float("nan")], "stds": [0.1]}, ["data.means.0.0 = nan", "finite"]),
+    ],
+)
+def test_custom_mixture_is_checked(data: dict, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"data": data})
+    for part in expected:
+        assert part in str(caught.value), (part, str(caught.value))
+
+
+def test_custom_mixture_builds() -> None:
+    section = config_from_dict(
+        {
+            "data": {
+                "preset": "custom",
+                "means": [[0, 1], [2, 3], [4, 5]],
+                "stds": [0.5, [0.1, 0.2], 1],
+                "weights": [1, 1, 2],
+            }
+        }
+    ).data
+    assert isinstance(section, MixtureData)
+    mixture = section.build()
+    assert mixture.dims == 2
+    assert mixture.weights.tolist() == [0.25, 0.25, 0.5]
+    assert mixture.stds.tolist() == [[0.5, 0.5], [0.1, 0.2], [1.0, 1.0]]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file '.*nope\.yaml' not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_syntax_error_is_one_line_with_position(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "diffusion:\n  type: EDM\n sigma_data: [1.0\n")
+    assert "YAML syntax error at line" in message
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "- diffusion\n- sampling\n")
+    assert "top level must be a mapping" in message and "list" in message
+
+
+# -- overrides ------------------------------------------------------------------------------------------------
+def test_overrides_parse_yaml_scalars(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, DESIGN_YAML),
+        ["training.steps=100", "training.learning_rate=1e-3", "training.grad_clip=null", "sampling.sampler=euler"],
+    )
+    assert config.training.steps == 100
+    assert config.training.learning_rate == 1e-3
+    assert config.training.grad_clip is None
+    assert config.sampling.sampler == "euler"
+    assert config.diffusion.sigma_data == 1.0  # untouched keys stay
+
+
+def test_changing_the_type_starts_from_the_new_defaults_in_any_order(tmp_path: Path) -> None:
+    path = write(tmp_path, DESIGN_YAML)
+    for overrides in (["diffusion.type=vp", "diffusion.beta_d=10"], ["diffusion.beta_d=10", "diffusion.type=vp"]):
+        config = load_config(path, overrides)
+        assert isinstance(config.formulation(), VP)
+        assert config.diffusion.beta_d == 10.0
+        assert config.diffusion.beta_min == 0.1
+    same_type = load_config(path, ["diffusion.type=edm"])
+    assert same_type.diffusion.sigma_data == 1.0  # same formulation: the file's keys stay
+
+
+def test_override_of_a_list(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, DESIGN_YAML),
+        ["data.preset=custom", "data.means=[-2, 2]", "data.stds=[0.5, 0.5]", "data.weights=[1, 3]"],
+    )
+    assert config.data.build().weights.tolist() == [0.25, 0.75]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("training.stepz=5", ["training.stepz", "'stepz'", "allowed keys", "steps"]),
+        ("trainin.steps=5", ["trainin.steps", "'trainin'", "diffusion", "training"]),
+        ("diffusion.beta_d=1", ["diffusion.beta_d", "'beta_d'", "sigma_data"]),
+        ("training.steps.max=5", ["training.steps.max", "no sub-keys"]),
+        ("training.steps", ["KEY=VALUE"]),
+        ("=5", ["KEY=VALUE"]),
+        ("training..steps=5", ["dotted key"]),
+    ],
+)
+def test_bad_overrides_name_the_key(tmp_path: Path, override: str, expected: list[str]) -> None:
+    message = error_of(tmp_path, overrides=(override,))
+    for part in expected:
+        assert part in message, (part, message)
