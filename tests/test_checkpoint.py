@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffscale.cli.runs import prepare_training
 from diffscale.config import config_from_dict
 from diffscale.training.checkpoint import (
     ALL_PARTS,
@@ -25,7 +26,6 @@ from diffscale.training.checkpoint import (
     save_trainer_checkpoint,
 )
 from diffscale.training.loop import Trainer
-from diffscale.cli.runs import prepare_training
 
 TINY = {
     "model": {"width": 16, "depth": 1, "embedding_dim": 8},

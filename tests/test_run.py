@@ -8,9 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffscale.config import config_from_dict, load_config
-from diffscale.formulations import VP
-from diffscale.training.checkpoint import SIDECAR_NAME, load_checkpoint
 from diffscale.cli.runs import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -24,6 +21,9 @@ from diffscale.cli.runs import (
     sample_run,
     train,
 )
+from diffscale.config import config_from_dict, load_config
+from diffscale.formulations import VP
+from diffscale.training.checkpoint import SIDECAR_NAME, load_checkpoint
 from diffscale.validation import ConfigError
 
 TINY = {

@@ -77,8 +77,8 @@ def _number(text: str) -> float:
 
 # -- commands -------------------------------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
-    from diffscale.config import load_config
     from diffscale.cli.runs import CONFIG_NAME, prepare_training, resolve_run_dir, train
+    from diffscale.config import load_config
 
     config = load_config(args.config, args.set)
     run_dir = resolve_run_dir(config, args.config, args.out)
@@ -99,9 +99,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from diffscale.cli.plot import check_plot_path, plot_samples
+    from diffscale.cli.runs import load_run, sample_run
     from diffscale.cli.samples_io import check_sample_path, write_samples
     from diffscale.sampling import number_of_evaluations
-    from diffscale.cli.runs import load_run, sample_run
 
     out = check_sample_path(args.out)
     plot = check_plot_path(args.plot) if args.plot is not None else None
