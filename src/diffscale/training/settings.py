@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from diffscale.validation import StrictModel
@@ -29,4 +27,3 @@ class TrainingSettings(StrictModel):
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
     checkpoint_every: int = Field(0, ge=0, strict=True, description="steps between checkpoints (0: only at the end)")
     log_every: int = Field(100, ge=1, strict=True, description="steps between logged scalars")
-    precision: Literal["float32"] = Field("float32", description="training precision")
