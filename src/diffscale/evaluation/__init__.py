@@ -16,6 +16,7 @@ from diffscale.evaluation.distances import (
 )
 from diffscale.evaluation.plots import DensityPanel, ProcessRow, plot_forward_reverse
 from diffscale.evaluation.reference import reference_ode_solution
+from diffscale.evaluation.threads import single_thread
 
 __all__ = [
     "DensityPanel",
@@ -24,6 +25,7 @@ __all__ = [
     "gaussian_cdf",
     "plot_forward_reverse",
     "reference_ode_solution",
+    "single_thread",
     "sliced_wasserstein1",
     "wasserstein1",
     "wasserstein1_to_cdf",

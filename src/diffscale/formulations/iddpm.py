@@ -100,7 +100,7 @@ class IDDPM(Formulation):
         ascending = self._cache.get(key)
         if ascending is None:
             ascending = self._cache[key] = self._ascending.to(sigma.device)
-        value = sigma.to(torch.float64)
+        value = sigma.to(torch.float64).contiguous()
         upper = torch.searchsorted(ascending, value).clamp(1, self.params.M)
         lower = upper - 1
         closer_to_upper = (ascending[upper] - value).abs() < (value - ascending[lower]).abs()
