@@ -23,7 +23,7 @@ from pydantic import model_validator
 
 from diffscale.validation import StrictModel, validate
 
-__all__ = ["Formulation", "FormulationParams", "Preconditioning", "TensorLike", "as_tensor"]
+__all__ = ["Formulation", "FormulationParams", "Preconditioning", "SigmaIsTime", "TensorLike", "as_tensor"]
 
 TensorLike = torch.Tensor | float
 Preconditioning = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -165,6 +165,19 @@ class Formulation(ABC):
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """``n`` training noise levels sigma ~ p_train."""
+
+
+class SigmaIsTime:
+    """Mixin for formulations with sigma(t) = t (EDM, iDDPM): sigma^-1(sigma) = sigma, sigma'(t) = 1."""
+
+    def sigma(self, t: TensorLike) -> torch.Tensor:
+        return as_tensor(t).clone()
+
+    def sigma_inv(self, sigma: TensorLike) -> torch.Tensor:
+        return as_tensor(sigma).clone()
+
+    def sigma_deriv(self, t: TensorLike) -> torch.Tensor:
+        return torch.ones_like(as_tensor(t))
 
 
 def uniform(

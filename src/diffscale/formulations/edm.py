@@ -11,6 +11,7 @@ from diffscale.formulations.base import (
     Formulation,
     Preconditioning,
     RangeParams,
+    SigmaIsTime,
     TensorLike,
     as_tensor,
     normal,
@@ -31,7 +32,7 @@ class EDMParams(RangeParams):
     p_std: float = Field(1.2, gt=0, description="standard deviation P_std of ln(sigma) during training")
 
 
-class EDM(Formulation):
+class EDM(SigmaIsTime, Formulation):
     """sigma(t) = t, s(t) = 1, with the preconditioning and training law of the EDM paper.
 
     * time steps (Eq. 5): t_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
@@ -43,15 +44,6 @@ class EDM(Formulation):
     name = "EDM"
     Params = EDMParams
     params: EDMParams
-
-    def sigma(self, t: TensorLike) -> torch.Tensor:
-        return as_tensor(t).clone()
-
-    def sigma_inv(self, sigma: TensorLike) -> torch.Tensor:
-        return as_tensor(sigma).clone()
-
-    def sigma_deriv(self, t: TensorLike) -> torch.Tensor:
-        return torch.ones_like(as_tensor(t))
 
     @property
     def sigma_min(self) -> float:

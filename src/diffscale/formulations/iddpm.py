@@ -12,6 +12,7 @@ from diffscale.formulations.base import (
     Formulation,
     FormulationParams,
     Preconditioning,
+    SigmaIsTime,
     TensorLike,
     as_tensor,
 )
@@ -52,7 +53,7 @@ def iddpm_sigma_table(M: int, C_1: float, C_2: float) -> torch.Tensor:
     return torch.tensor(table, dtype=torch.float64)
 
 
-class IDDPM(Formulation):
+class IDDPM(SigmaIsTime, Formulation):
     """sigma(t) = t, s(t) = 1, on the discrete table u_0 > ... > u_M = 0 of the cosine schedule.
 
     * time steps: t_i = u_floor(j_0 + (M - 1 - j_0) i/(N-1) + 1/2)
@@ -70,15 +71,6 @@ class IDDPM(Formulation):
         self.table = iddpm_sigma_table(self.params.M, self.params.C_1, self.params.C_2)
         self._ascending = self.table.flip(0).contiguous()
         self._cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-    def sigma(self, t: TensorLike) -> torch.Tensor:
-        return as_tensor(t).clone()
-
-    def sigma_inv(self, sigma: TensorLike) -> torch.Tensor:
-        return as_tensor(sigma).clone()
-
-    def sigma_deriv(self, t: TensorLike) -> torch.Tensor:
-        return torch.ones_like(as_tensor(t))
 
     @property
     def sigma_min(self) -> float:
