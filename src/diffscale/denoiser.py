@@ -38,6 +38,10 @@ class PreconditionedDenoiser(nn.Module):
     ``x`` is the unscaled noisy sample y + sigma n. Conditioning is passed to F unchanged (only the
     noisy state is multiplied by c_in). The preconditioning is computed in x's dtype; F runs in its own
     parameter dtype and its output is cast back, so a float32 network serves a float64 sampler.
+
+    When the formulation learns the variance (iDDPM with ``learned_variance=True``), F emits 2C channels along
+    dimension 1: the first C are preconditioned as above, the last C are the raw variance interpolation v
+    (see :meth:`denoise_with_variance`); ``forward`` returns D only, so every sampler can use it.
     """
 
     def __init__(self, network: nn.Module, formulation: Formulation) -> None:
@@ -49,13 +53,29 @@ class PreconditionedDenoiser(nn.Module):
         parameter = next(self.network.parameters(), None)
         return parameter.dtype if parameter is not None else fallback
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
+    def denoise_with_variance(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(D(x; sigma), v): v is the network's variance interpolation, or None without learned variance."""
         sigma = expand_sigma(sigma, x)
         c_skip, c_out, c_in, c_noise = self.formulation.preconditioning(sigma)
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         network_dtype = self._network_dtype(x.dtype)
         network_input = (c_in.reshape(shape) * x).to(network_dtype)
         output = self.network(network_input, c_noise.to(network_dtype), **cond)
-        if output.shape != x.shape:
+        variance = None
+        if self.formulation.learned_variance:
+            expected = (x.shape[0], 2 * x.shape[1], *x.shape[2:])
+            if output.shape != expected:
+                raise ValueError(
+                    f"network returned shape {tuple(output.shape)}, expected {expected} "
+                    "(mean and variance channels: the formulation learns the variance)"
+                )
+            output, variance = output.chunk(2, dim=1)
+            variance = variance.to(x.dtype)
+        elif output.shape != x.shape:
             raise ValueError(f"network returned shape {tuple(output.shape)}, expected {tuple(x.shape)}")
-        return c_skip.reshape(shape) * x + c_out.reshape(shape) * output.to(x.dtype)
+        return c_skip.reshape(shape) * x + c_out.reshape(shape) * output.to(x.dtype), variance
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
+        return self.denoise_with_variance(x, sigma, **cond)[0]

@@ -1,23 +1,34 @@
-"""The weighted denoising loss E_{sigma, y, n}[lambda(sigma) |D(y + sigma n; sigma) - y|^2] (EDM paper, Eq. 8)."""
+"""The weighted denoising loss E_{sigma, y, n}[lambda(sigma) |D(y + sigma n; sigma) - y|^2] (EDM paper, Eq. 8),
+and, for iDDPM with learned variance, the hybrid loss L_simple + lambda L_vlb (Nichol & Dhariwal 2021, Sec. 3.1).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from diffscale.denoiser import Denoiser
+from diffscale.denoiser import Denoiser, PreconditionedDenoiser
 from diffscale.formulations.base import Formulation
+from diffscale.formulations.posterior import (
+    interpolated_log_variance,
+    posterior_log_variance_bounds,
+    posterior_mean_weights,
+)
 
-__all__ = ["DenoisingLoss", "LossTerms"]
+__all__ = ["DenoisingLoss", "LossTerms", "variational_bound_term"]
+
+LOG_2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
 class LossTerms:
     """Per-sample losses and the noise levels they were drawn at (for logging per sigma bucket).
 
-    ``per_sample[b] = lambda(sigma_b) mean_k (D(y_b + sigma_b n_b; sigma_b)_k - y_b,k)^2``.
+    ``per_sample[b] = lambda(sigma_b) mean_k (D(y_b + sigma_b n_b; sigma_b)_k - y_b,k)^2`` (plus, with learned
+    variance, ``vlb_weight * M * L_t`` in bits per dimension).
     """
 
     per_sample: torch.Tensor
@@ -29,11 +40,43 @@ class LossTerms:
         return self.per_sample.mean()
 
 
+def variational_bound_term(
+    clean: torch.Tensor,
+    denoised: torch.Tensor,
+    v: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    clipped_log_beta_tilde: torch.Tensor,
+) -> torch.Tensor:
+    """L_t of the step sigma -> sigma' per sample, in bits per dimension (iDDPM, Eq. 4-5 and 15).
+
+    For sigma' > 0: KL(q(x_hat' | x_hat, y) || N(a x_hat + b D, Sigma)); for sigma' = 0 the continuous decoder
+    term -log N(y; D, Sigma). Sigma = exp(f log beta + (1 - f) log beta_tilde), with beta_tilde replaced by
+    ``clipped_log_beta_tilde`` where it vanishes (sigma' = 0). ``denoised`` should carry no gradient
+    (iDDPM's stop-gradient: L_vlb trains the variance only).
+    """
+    shape = (clean.shape[0],) + (1,) * (clean.ndim - 1)
+    sigma_b, sigma_next_b = sigma.reshape(shape), sigma_next.reshape(shape)
+    final = sigma_next_b == 0
+    log_beta, log_beta_tilde = posterior_log_variance_bounds(sigma_b, sigma_next_b)
+    log_beta_tilde = torch.where(final, clipped_log_beta_tilde, log_beta_tilde)  # log 0 = -inf replaced
+    log_variance = interpolated_log_variance(v, log_beta, log_beta_tilde)
+    _, b = posterior_mean_weights(sigma_b, sigma_next_b)
+    mean_gap = b * (clean - denoised)  # true posterior mean minus the model's
+    kl = 0.5 * (
+        log_variance - log_beta_tilde + (log_beta_tilde - log_variance).exp() + mean_gap**2 / log_variance.exp() - 1
+    )
+    decoder_nll = 0.5 * (math.log(2 * math.pi) + log_variance + (clean - denoised) ** 2 / log_variance.exp())
+    per_element = torch.where(final, decoder_nll, kl) / LOG_2
+    return per_element.reshape(clean.shape[0], -1).mean(dim=1)
+
+
 class DenoisingLoss:
     """Draws sigma from the formulation's training law p_train and weights the error by lambda(sigma).
 
     The squared error is averaged over the non-batch elements, so the loss scale does not depend on the
-    grid size.
+    grid size. With a learned variance (iDDPM), the per-sample loss is L_simple + vlb_weight * M * L_t: M L_t
+    with t uniform is an unbiased estimate of L_vlb = sum_t L_t.
     """
 
     def __init__(self, formulation: Formulation) -> None:
@@ -46,11 +89,24 @@ class DenoisingLoss:
         generator: torch.Generator | None = None,
         **cond: Any,
     ) -> LossTerms:
+        f = self.formulation
         batch = clean.shape[0]
-        sigma = self.formulation.sample_sigma(batch, generator, dtype=clean.dtype, device=clean.device)
+        sigma = f.sample_sigma(batch, generator, dtype=clean.dtype, device=clean.device)
         noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype, device=clean.device)
         shape = (batch,) + (1,) * (clean.ndim - 1)
-        denoised = denoiser(clean + sigma.reshape(shape) * noise, sigma, **cond)
+        noisy = clean + sigma.reshape(shape) * noise
+        if f.learned_variance:
+            if not isinstance(denoiser, PreconditionedDenoiser):
+                raise TypeError("a learned variance needs a PreconditionedDenoiser (its network emits v)")
+            denoised, v = denoiser.denoise_with_variance(noisy, sigma, **cond)
+        else:
+            denoised, v = denoiser(noisy, sigma, **cond), None
         squared_error = (denoised.float() - clean.float()).square().reshape(batch, -1).mean(dim=1)
-        weight = self.formulation.loss_weight(sigma).float()
-        return LossTerms(per_sample=weight * squared_error, sigma=sigma)
+        per_sample = f.loss_weight(sigma).float() * squared_error
+        if v is not None:
+            sigma_next, clipped, weight = f.variance_transition(sigma)
+            bound = variational_bound_term(
+                clean.float(), denoised.detach().float(), v.float(), sigma.float(), sigma_next.float(), clipped.float()
+            )
+            per_sample = per_sample + weight * bound
+        return LossTerms(per_sample=per_sample, sigma=sigma)

@@ -107,10 +107,12 @@ def build_denoiser(config: Config, data_dim: int) -> PreconditionedDenoiser:
 
     The initialisation uses a forked global RNG, so the caller's random state is left untouched.
     """
+    formulation = config.formulation()
+    out_dim = 2 * data_dim if formulation.learned_variance else data_dim  # mean and variance halves
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.training.seed)
-        network = config.model.build(data_dim)
-    return PreconditionedDenoiser(network, config.formulation())
+        network = config.model.build(data_dim, out_dim)
+    return PreconditionedDenoiser(network, formulation)
 
 
 # -- metrics --------------------------------------------------------------------------------------------------

@@ -63,9 +63,9 @@ class MLPModel(StrictModel):
     depth: int = Field(3, ge=1, strict=True, description="number of residual blocks")
     embedding_dim: int = Field(32, ge=2, multiple_of=2, strict=True, description="channels of the c_noise embedding")
 
-    def build(self, data_dim: int) -> nn.Module:
-        """The network F(x, c_noise) for data of dimension ``data_dim``."""
-        return MLP(data_dim, width=self.width, depth=self.depth, embedding_dim=self.embedding_dim)
+    def build(self, data_dim: int, out_dim: int | None = None) -> nn.Module:
+        """The network F(x, c_noise) for data of dimension ``data_dim`` (output ``out_dim``, default data_dim)."""
+        return MLP(data_dim, width=self.width, depth=self.depth, embedding_dim=self.embedding_dim, out_dim=out_dim)
 
 
 # -- data: --------------------------------------------------------------------------------------------------

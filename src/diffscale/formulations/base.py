@@ -111,6 +111,19 @@ class Formulation(ABC):
         """Derivative s'(t); 0 unless overridden."""
         return torch.zeros_like(as_tensor(t))
 
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the network also emits the variance interpolation v (iDDPM only; False unless overridden)."""
+        return False
+
+    def variance_transition(self, sigma: TensorLike) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """For formulations that learn the variance: (sigma', log beta_tilde used where sigma' = 0, w).
+
+        sigma' is the next, less noisy level of the discrete chain after sigma, and w the weight of the
+        per-step bound L_t in the training loss (w L_t estimates lambda L_vlb).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not learn the variance")
+
     # -- sampling ---------------------------------------------------------------------------------------
     @property
     @abstractmethod

@@ -16,6 +16,7 @@ from diffscale.formulations.base import (
     TensorLike,
     as_tensor,
 )
+from diffscale.formulations.posterior import posterior_log_variance_bounds
 
 __all__ = ["IDDPM", "IDDPMParams", "iddpm_sigma_table"]
 
@@ -28,6 +29,12 @@ class IDDPMParams(FormulationParams):
     C_1: float = Field(0.001, gt=0, le=1, description="clip C_1 of alpha_bar(j-1) / alpha_bar(j)")
     C_2: float = Field(0.008, ge=0, description="offset C_2 of the cosine schedule")
     j_0: int = Field(8, ge=0, description="first table index j_0 used for sampling")
+    learned_variance: bool = Field(
+        False, description="the network also emits v, interpolating log beta and log beta_tilde (iDDPM Eq. 15)"
+    )
+    vlb_weight: float = Field(
+        0.001, ge=0, description="weight lambda of L_vlb in L_hybrid = L_simple + lambda L_vlb (learned variance)"
+    )
 
     @model_validator(mode="after")
     def _start_inside_table(self) -> IDDPMParams:
@@ -60,6 +67,9 @@ class IDDPM(SigmaIsTime, Formulation):
     * c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(sigma^2 + 1), c_noise = M - 1 - argmin_j |u_j - sigma|
     * round_sigma snaps sigma to the nearest u_j
     * training: sigma = u_j, j ~ U{0, ..., M - 1}; lambda(sigma) = 1 / sigma^2
+    * optional learned variance (``learned_variance=True``): the network emits 2C channels, the second half v
+      interpolating the step variance between beta and beta_tilde; the loss adds ``vlb_weight`` M L_t, an
+      unbiased estimate of lambda L_vlb (see :mod:`diffscale.loss`), and the ``ancestral`` sampler uses it.
     """
 
     name = "iDDPM"
@@ -71,6 +81,10 @@ class IDDPM(SigmaIsTime, Formulation):
         self.table = iddpm_sigma_table(self.params.M, self.params.C_1, self.params.C_2)
         self._ascending = self.table.flip(0).contiguous()
         self._cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    @property
+    def learned_variance(self) -> bool:
+        return self.params.learned_variance
 
     @property
     def sigma_min(self) -> float:
@@ -98,6 +112,19 @@ class IDDPM(SigmaIsTime, Formulation):
         closer_to_upper = (ascending[upper] - value).abs() < (value - ascending[lower]).abs()
         ascending_index = torch.where(closer_to_upper, upper, lower)
         return self.params.M - ascending_index
+
+    def variance_transition(self, sigma: TensorLike) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(u_{j+1}, log beta_tilde of the step u_{M-2} -> u_{M-1}, vlb_weight M) for sigma = u_j.
+
+        The step u_{M-1} -> u_M = 0 has beta_tilde = 0; like iDDPM, its log is clipped to the value of the
+        step before. vlb_weight M L_t with j uniform is an unbiased estimate of vlb_weight L_vlb.
+        """
+        sigma = as_tensor(sigma)
+        M = self.params.M
+        table = self.table.to(sigma.device)
+        sigma_next = table[(self.nearest_index(sigma) + 1).clamp_max(M)].to(sigma.dtype)
+        clipped = posterior_log_variance_bounds(table[M - 2], table[M - 1])[1].to(sigma.dtype)
+        return sigma_next, clipped, self.params.vlb_weight * M
 
     def round_sigma(self, sigma: TensorLike) -> torch.Tensor:
         sigma = as_tensor(sigma)

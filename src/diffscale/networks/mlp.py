@@ -34,10 +34,17 @@ class MLP(nn.Module):
         depth: number of residual blocks.
         embedding_dim: channels of the sinusoidal c_noise embedding.
         label_dim: width of an optional label vector (0: unconditional).
+        out_dim: output width (default: data_dim; 2 data_dim for a learned variance).
     """
 
     def __init__(
-        self, data_dim: int, width: int = 128, depth: int = 3, embedding_dim: int = 32, label_dim: int = 0
+        self,
+        data_dim: int,
+        width: int = 128,
+        depth: int = 3,
+        embedding_dim: int = 32,
+        label_dim: int = 0,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("data_dim", data_dim), ("width", width), ("depth", depth)):
@@ -50,7 +57,7 @@ class MLP(nn.Module):
         self.label_embedding = nn.Linear(label_dim, width, bias=False) if label_dim else None
         self.input = nn.Linear(data_dim, width)
         self.blocks = nn.ModuleList(_ResidualBlock(width) for _ in range(depth))
-        self.output = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, data_dim))
+        self.output = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, out_dim or data_dim))
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.data_dim:

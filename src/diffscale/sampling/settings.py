@@ -12,7 +12,7 @@ from diffscale.validation import StrictModel
 
 __all__ = ["CHURN_SOLVERS", "SOLVERS", "SamplerSettings", "SolverName", "number_of_evaluations"]
 
-SolverName = Literal["euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde"]
+SolverName = Literal["euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ancestral"]
 SOLVERS: tuple[str, ...] = get_args(SolverName)
 CHURN_SOLVERS: tuple[str, ...] = ("euler", "heun")
 """Solvers that take the churn of Algorithm 2; the multistep solvers have their own SDE variants."""
@@ -35,7 +35,9 @@ class SamplerSettings(StrictModel):
     s_max: SMax = math.inf
     s_noise: SNoise = 1.0
     schedule: ScheduleName = Field(
-        "native", description="time grid: the formulation's own ('native') or the EDM rho schedule ('edm')"
+        "native",
+        description="time grid: the formulation's own ('native'), the EDM rho schedule ('edm') or, for few steps "
+        "with the multistep solvers, 'tuned' (uniform in ln sigma down to 0.5 / N)",
     )
     rho: float = Field(7.0, gt=0, description="exponent rho of the 'edm' schedule")
     alpha: float = Field(

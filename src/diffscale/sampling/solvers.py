@@ -6,7 +6,9 @@ Solvers (all read sigma(t), s(t), their derivatives, the time grid and round_sig
   (S_churn, S_min, S_max, S_noise) and Heun's generalised ``alpha`` (see :mod:`diffscale.sampling.ode`);
 * ``dpmpp_2m``, ``dpmpp_3m``: second- and third-order exponential multistep solvers of the probability-flow ODE
   in lambda = -ln(sigma), one evaluation per step; ``dpmpp_2m_sde``, ``dpmpp_3m_sde``: their stochastic
-  (SDE-DPM-Solver++) variants (see :mod:`diffscale.sampling.multistep`).
+  (SDE-DPM-Solver++) variants (see :mod:`diffscale.sampling.multistep`);
+* ``ancestral``: DDPM/iDDPM ancestral sampling, with the learned variance when the denoiser has one
+  (see :mod:`diffscale.sampling.ancestral`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 
 from diffscale.denoiser import Denoiser
 from diffscale.formulations.base import Formulation
+from diffscale.sampling.ancestral import solve_ancestral
 from diffscale.sampling.multistep import MULTISTEP_SOLVERS, solve_multistep
 from diffscale.sampling.ode import ProbabilityFlow, solve_euler_heun
 from diffscale.sampling.schedules import time_grid
@@ -68,7 +71,7 @@ def sample(
             computes in this tensor's dtype and on its device.
         formulation: supplies sigma(t), s(t), their derivatives, the time grid and round_sigma.
         steps: number of steps N (NFE: 2N - 1 for Heun, N for the others; see number_of_evaluations).
-        solver: "euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde" or "dpmpp_3m_sde".
+        solver: "euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde" or "ancestral".
         s_churn, s_min, s_max, s_noise: churn of Algorithm 2 (euler, heun); S_churn = 0 is deterministic.
         generator: random generator for the churn or SDE noise.
         schedule: time grid, "native" (the formulation's own) or "edm" (rho schedule in sigma, any formulation).
@@ -117,6 +120,8 @@ def sample(
             callback(step)
 
     with bar:
+        if settings.solver == "ancestral":
+            return solve_ancestral(flow, noise, t_steps, generator, on_step)
         if settings.solver in MULTISTEP_SOLVERS:
             return solve_multistep(flow, noise, t_steps, settings.solver, generator, on_step)
         return solve_euler_heun(flow, noise, t_steps, settings, generator, on_step)
