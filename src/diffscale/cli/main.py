@@ -1,4 +1,4 @@
-"""The ``diffscale`` command: ``train``, ``sample`` and ``demo``.
+"""The ``diffscale`` command: ``train``, ``sample``, ``likelihood`` and ``demo``.
 
 Bad input (a bad configuration, an unknown option, a missing file, a corrupt checkpoint) ends the command
 with exit status 2 and exactly one line on stderr, ``diffscale: error: <message>``, before anything is
@@ -131,6 +131,80 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _likelihood(args: argparse.Namespace) -> int:
+    from diffscale.cli.likelihood import (
+        LikelihoodSettings,
+        check_json_path,
+        evaluate_run,
+        load_data,
+        parse_data_spec,
+        write_results,
+    )
+    from diffscale.cli.runs import load_run
+
+    out = check_json_path(args.out) if args.out is not None else None
+    spec = parse_data_spec(args.data)
+    settings = LikelihoodSettings(
+        steps=args.steps,
+        solver=args.solver,
+        num_probes=args.num_probes,
+        probe=args.probe,
+        exact_trace=args.exact_trace,
+        sigma_start=args.sigma_start,
+        sigma_end=args.sigma_end,
+        zero_noise_correction=args.zero_noise_correction,
+    )
+    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    data = load_data(spec, run.mixture, args.seed)
+    sigma_0, sigma_max = settings.check(run)  # validated before any work
+    print(
+        f"{data.shape[0]} samples of dimension {data[0].numel()} from {spec.text}; "
+        f"{run.config.diffusion.type} run at step {run.step} ({run.weights} weights)",
+        flush=True,
+    )
+    print(f"ODE: {settings.describe()}; sigma from {sigma_0:g} to {sigma_max:g}, prior N(0, {sigma_max:g}^2 I)")
+    report = evaluate_run(
+        run, data, settings, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress
+    )
+    summary = report.summary()
+    target = "log p(x; 0) (zero-noise corrected)" if settings.zero_noise_correction else f"log p(x; {sigma_0:g})"
+    ll, bpd = summary["log_likelihood"], summary["bits_per_dim"]
+    print(f"log-likelihood: {ll['mean']:.5f} +- {ll['stderr']:.5f} nats per sample (mean +- standard error; {target})")
+    print(f"bits/dim: {bpd['mean']:.5f} +- {bpd['stderr']:.5f}")
+    exact = summary["exact"]
+    if exact is not None:
+        print(
+            f"exact (the run's mixture): log p_data(x) = {exact['log_likelihood']['mean']:.5f} "
+            f"+- {exact['log_likelihood']['stderr']:.5f} nats, {exact['bits_per_dim']['mean']:.5f} bits/dim; "
+            f"log p(x; {sigma_0:g}) = {exact['log_likelihood_at_sigma_start']['mean']:.5f}; "
+            f"model - exact log p_data = {exact['model_minus_exact']['mean']:.5f} "
+            f"+- {exact['model_minus_exact']['stderr']:.5f}"
+        )
+    if out is not None:
+        document = {
+            "run_dir": str(run.run_dir),
+            "step": run.step,
+            "weights": run.weights,
+            "formulation": run.config.diffusion.type,
+            "data": spec.text,
+            "seed": args.seed,
+            "settings": {
+                "solver": settings.solver,
+                "steps": settings.steps,
+                "exact_trace": settings.exact_trace,
+                "num_probes": None if settings.exact_trace else settings.num_probes,
+                "probe": None if settings.exact_trace else settings.probe,
+                "zero_noise_correction": settings.zero_noise_correction,
+                "prior": "N(0, sigma_end^2 I)",
+            },
+            **summary,
+            "per_sample_log_likelihood": report.log_likelihood.tolist(),
+        }
+        write_results(out, document)
+        print(f"wrote {out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     try:
         from diffscale.demo import run_demo
@@ -147,9 +221,10 @@ _MAIN_DESCRIPTION = """\
 diffscale: diffusion models of gridded data (EDM-style formulations VE, VP, EDM and iDDPM).
 
 Commands:
-  train   train a model from a YAML configuration into a run directory
-  sample  draw samples from a trained run
-  demo    train every formulation on a 1-D mixture and compare them
+  train       train a model from a YAML configuration into a run directory
+  sample      draw samples from a trained run
+  likelihood  log-likelihood of data under a trained run (probability-flow ODE)
+  demo        train every formulation on a 1-D mixture and compare them
 
 Run 'diffscale COMMAND --help' for a command's options. Bad input exits with status 2 and one line on stderr.
 """
@@ -174,6 +249,24 @@ Draw samples from a trained run (EMA weights by default). The sampler settings d
 examples:
   diffscale sample runs/mixture_1d_edm --num 10000 --out samples.npy
   diffscale sample runs/mixture_1d_edm --num 5000 --out samples.csv --sampler euler --steps 64 --plot samples.png
+"""
+
+_LIKELIHOOD_DESCRIPTION = """\
+Log-likelihood of data under a trained run, through the probability-flow ODE
+d x/d sigma = (x - D(x; sigma)) / sigma integrated in ln sigma from sigma-start (the data end) to sigma-end,
+with the change in log-density from the trace of the denoiser's Jacobian (exact, or Hutchinson's estimator
+with a fixed set of probes per sample) and the prior N(0, sigma-end^2 I) at sigma-end.
+
+The result is log p(x; sigma-start), the model's density of the data blurred by N(0, sigma-start^2), in nats
+of the data space the model was trained on (it differs from log p(x; 0) by O(d sigma-start^2 / s^2) for data
+of local scale s; --zero-noise-correction estimates log p(x; 0)). It is printed as mean +- standard error
+over the samples, in nats and in bits per dimension; when the run's data is a known mixture the exact values
+are printed alongside. ODE error with an exact denoiser (toy mixtures, rk4): mean 4e-4 / max 6e-3 nats at
+32 steps, 2e-5 / 3e-4 at 64; a trained network's own error is usually larger.
+
+examples:
+  diffscale likelihood runs/mixture_1d_edm --data mixture:2000
+  diffscale likelihood runs/mixture_1d_edm --data samples.npy --num-probes 4 --out likelihood.json
 """
 
 _DEMO_DESCRIPTION = """\
@@ -250,6 +343,64 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_sample)
 
 
+def _add_likelihood(commands: argparse._SubParsersAction) -> None:
+    from diffscale.evaluation.likelihood import PROBE_KINDS, SOLVERS
+
+    parser = commands.add_parser(
+        "likelihood",
+        help="log-likelihood of data under a trained run",
+        description=_LIKELIHOOD_DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by 'diffscale train'")
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE|mixture:N",
+        help="samples of shape (N, D): a .npy, .csv (optional header line) or .safetensors file (tensor "
+        "'samples'), or mixture:N for N fresh draws (seeded by --seed) of the run's own mixture",
+    )
+    group = parser.add_argument_group("ODE and trace estimator")
+    group.add_argument("--steps", type=_count(1), default=64, metavar="N", help="solver steps, uniform in ln sigma")
+    group.add_argument("--solver", choices=SOLVERS, default="rk4", help="rk4 (4 evaluations per step) or heun (2)")
+    group.add_argument(
+        "--num-probes",
+        type=_count(1),
+        default=1,
+        metavar="K",
+        help="Hutchinson probes per sample (fixed along the path)",
+    )
+    group.add_argument("--probe", choices=PROBE_KINDS, default="rademacher", help="distribution of the probes")
+    group.add_argument(
+        "--exact-trace", action="store_true", help="exact trace with D vector-Jacobian products (small D) instead"
+    )
+    group.add_argument(
+        "--sigma-start", type=_number, metavar="X", help="sigma at the data end (default: the formulation's sigma_min)"
+    )
+    group.add_argument(
+        "--sigma-end",
+        type=_number,
+        metavar="X",
+        help="sigma of the Gaussian prior (default: the formulation's sigma_max)",
+    )
+    group.add_argument(
+        "--zero-noise-correction",
+        action="store_true",
+        help="add the O(sigma-start^2) heat-equation term to estimate log p(x; 0) (amplifies denoiser error)",
+    )
+    parser.add_argument("--batch-size", type=_count(1), default=1000, metavar="B", help="samples per batch")
+    parser.add_argument("--seed", type=_count(0), default=0, metavar="S", help="seed of the probes and of mixture:N")
+    parser.add_argument(
+        "--out", metavar="JSON", default=None, help="also write the settings, summary and per-sample values (.json)"
+    )
+    parser.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--weights", choices=("ema", "raw"), default="ema", help="EMA-averaged weights or the raw trained weights"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    parser.set_defaults(handler=_likelihood)
+
+
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "demo",
@@ -274,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_ArgumentParser)
     _add_train(commands)
     _add_sample(commands)
+    _add_likelihood(commands)
     _add_demo(commands)
     return parser
 
