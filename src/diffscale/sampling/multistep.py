@@ -91,6 +91,22 @@ def _newton_weights(nodes: list[float], moments: list[float]) -> list[float]:
     return [sum(basis_integrals[m] * coefficients[m][j] for m in range(k)) for j in range(k)]
 
 
+def _step_weights(nodes: list[float], h: float, rate: float) -> list[float]:
+    """Weights of the newest-first denoised values for one step of length h in lambda.
+
+    Two nodes: DPM-Solver++(2M)'s coefficients (Lu et al. 2022, Algorithm 2, generalised to the rate c = 1 + eta
+    of the SDE variant), K_0 D_0 + K_0 / (2 r) (D_0 - D_-1) with r = h_-1 / h. They weigh the linear term by
+    K_0 h / 2 instead of the exact K_1 = h - K_0 / c, which damps the extrapolation where D levels off at low
+    noise (both are second order; on the closed-form mixtures of benchmarks/samplers_vs_peers.py these
+    coefficients give 1.2-1.9x smaller path errors). One or three nodes: the interpolant integrated exactly.
+    """
+    if len(nodes) == 2:
+        k0 = kernel_moments(h, rate, 1)[0]
+        correction = k0 * h / (2.0 * -nodes[1])  # K_0 / (2 r), r = h_-1 / h
+        return [k0 + correction, -correction]
+    return _newton_weights(nodes, kernel_moments(h, rate, len(nodes)))
+
+
 def solve_multistep(
     flow: ProbabilityFlow,
     noise: torch.Tensor,
@@ -121,7 +137,7 @@ def solve_multistep(
                     break
                 nodes.append(lam_j - lam)
                 values.append(value)
-            weights = _newton_weights(nodes, kernel_moments(h, 1.0 + eta, len(nodes)))
+            weights = _step_weights(nodes, h, 1.0 + eta)
             x_hat = (sigma_next / sigma) * math.exp(-eta * h) * x_hat
             for weight, value in zip(weights, values, strict=True):
                 x_hat = x_hat + weight * value

@@ -6,22 +6,30 @@
   t_i = sigma^-1(round_sigma(sigma_i)). Use it with the multistep solvers, which step in ln(sigma): grids
   that are uniform in t (VP) or in a cosine table (iDDPM) end with a few very long steps in ln(sigma). For
   iDDPM, rounding to the table may merge neighbouring levels when N is large; merged steps are dropped.
-* ``tuned``: a grid tuned for a small number of steps N: uniform in lambda = -ln(sigma) (the variable the
-  multistep solvers step in; the limit rho -> infinity of Eq. 5) from sigma_max down to
+* ``tuned``: a grid tuned for few steps (N <= 35) with the multistep solvers. In lambda = -ln(sigma), the
+  variable the exponential solvers step in,
+
+      lambda_i = lambda_max + (lambda_last - lambda_max) (i / (N - 1))^p(N),   i = 0..N-1,
+
+  from lambda_max = -ln(sigma_max) to lambda_last = -ln(sigma_last(N)), then t_N = 0, with
 
       sigma_last(N) = min(max(TUNED_SCALE / N, sigma_min), sigma_max / 2),
+      p(N) = min(max(1/2 + ln(N / 14) / 4, 1/2), 0.65).
 
-  then t_N = 0. Two choices make it beat the EDM rho = 7 grid at equal NFE: (i) equal steps in lambda,
-  where the EDM grid's steps grow towards sigma_min (with rho = 7 the last steps are several times longer in
-  lambda than the first ones, where a polynomial extrapolation of D errs most); (ii) a last noise level that
-  shrinks like 1/N instead of a fixed sigma_min = 0.002: the final step returns D(x; sigma_last), which differs
-  from the ODE's end point by O(sigma_last^2 / s^2) for data detail of scale s, while the interior error of a
-  k-th order solver is O((ln(sigma_max / sigma_last) / N)^k); sigma_last ~ 1/N balances the two for k = 2,
-  rather than spending steps below the noise levels that still matter. TUNED_SCALE = 0.5 was fitted on the
-  1-D two-Gaussian mixture (component std 0.25) and checked, untuned, on the 2-D ring (std 0.1) and a skewed
-  three-component mixture (benchmarks/samplers_vs_peers.py). Use it with dpmpp_2m / dpmpp_3m for
-  N <= 35 on data normalised to about unit scale; for data with structure much finer than 0.1 (in the
-  units of x), or for N > 50, prefer ``edm``, whose sigma_min = 0.002 resolves it.
+  Why it beats the EDM rho = 7 grid at equal NFE: (i) with p < 1 the steps in lambda shrink along the path
+  (p = 1/2: sigma_i = sigma_max (sigma_last / sigma_max)^sqrt(i / (N - 1))): long steps at high noise, where the
+  data look like one Gaussian, D is nearly linear in x_hat and the exponential integrator is nearly exact, and
+  short ones at low noise, where the modes separate and D bends; the EDM grid does the opposite, its steps in
+  lambda grow towards sigma_min. (ii) The last noise level shrinks like 1/N instead of staying at 0.002: the
+  final step returns D(x; sigma_last), which differs from the ODE's end point by O(sigma_last^2 / s^2) for data
+  detail of scale s, while a k-th order solver's interior error is O(h^k); sigma_last ~ 1/N balances the two
+  (k = 2) instead of spending steps on noise levels far below the data's detail. p(N) was fitted on the 1-D
+  two-Gaussian mixture (component std 0.25; best p 0.45-0.55 for N <= 14, 0.6-0.65 for N >= 20, with the
+  better of dpmpp_2m and dpmpp_3m) and TUNED_SCALE chosen from its optimum range; checked on
+  the 2-D ring (std 0.1), a skewed three-component 1-D mixture and a held-out anisotropic 2-D mixture
+  (benchmarks/samplers_vs_peers.py). Use it for N <= 35 on data scaled to about unit standard deviation; for
+  data with structure much finer than 0.05 (in the units of x) or for many steps, prefer ``edm``, whose
+  sigma_min = 0.002 resolves it.
 """
 
 from __future__ import annotations
@@ -33,21 +41,29 @@ import torch
 
 from diffscale.formulations.base import Formulation
 
-__all__ = ["SCHEDULES", "TUNED_SCALE", "ScheduleName", "time_grid", "tuned_sigmas"]
+__all__ = ["SCHEDULES", "TUNED_SCALE", "ScheduleName", "time_grid", "tuned_sigmas", "tuned_warp"]
 
 ScheduleName = Literal["native", "edm", "tuned"]
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
 TUNED_SCALE = 0.5
-"""sigma_last(N) = TUNED_SCALE / N for the ``tuned`` schedule (in the units of x; fitted, see the module notes)."""
+"""sigma_last(N) = TUNED_SCALE / N for the ``tuned`` schedule (in the units of x; see the module notes)."""
+
+
+def tuned_warp(steps: int) -> float:
+    """p(N) = min(max(1/2 + ln(N / 14) / 4, 1/2), 0.65): the exponent of the ``tuned`` grid in lambda (< 1: the
+    steps in lambda shrink towards low noise)."""
+    return min(max(0.5 + 0.25 * math.log(steps / 14.0), 0.5), 0.65)
 
 
 def tuned_sigmas(sigma_min: float, sigma_max: float, steps: int) -> torch.Tensor:
-    """sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_last(N), uniform in ln(sigma) (float64, N values)."""
+    """sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_last(N) of the ``tuned`` schedule (float64, N values)."""
     if steps == 1:
         return torch.tensor([sigma_max], dtype=torch.float64)
     sigma_last = min(max(TUNED_SCALE / steps, sigma_min), sigma_max / 2.0)
-    return torch.logspace(math.log10(sigma_max), math.log10(sigma_last), steps, dtype=torch.float64)
+    fraction = torch.linspace(0.0, 1.0, steps, dtype=torch.float64) ** tuned_warp(steps)
+    log_max = math.log(sigma_max)
+    return torch.exp(log_max + fraction * (math.log(sigma_last) - log_max))
 
 
 def time_grid(

@@ -37,7 +37,7 @@ class SamplerSettings(StrictModel):
     schedule: ScheduleName = Field(
         "native",
         description="time grid: the formulation's own ('native'), the EDM rho schedule ('edm') or, for few steps "
-        "with the multistep solvers, 'tuned' (uniform in ln sigma down to 0.5 / N)",
+        "with the multistep solvers, 'tuned' (steps in ln sigma shrinking towards 0.5 / N)",
     )
     rho: float = Field(7.0, gt=0, description="exponent rho of the 'edm' schedule")
     alpha: float = Field(
