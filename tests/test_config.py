@@ -7,12 +7,16 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from pydantic import BaseModel
 
+from diffscale.cli.main import main
 from diffscale.config import (
     TAGGED_SECTIONS,
     Config,
+    GaussianFieldsData,
     MixtureData,
+    build_model,
     config_from_dict,
     config_reference,
     load_config,
@@ -99,8 +103,10 @@ def test_example_config_holds_the_design_sections() -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
 def test_every_example_config_loads(path: Path) -> None:
     config = load_config(path)
-    mixture = config.data.build()
-    assert config.model.build(mixture.dims) is not None
+    data = config.data.build()
+    network = build_model(config.resolved_model(), config.data_shape(), config.learned_variance)
+    assert network is not None
+    assert config.data_shape() == (getattr(data, "shape", None) or (data.dims,))
 
 
 # -- defaults and descriptions --------------------------------------------------------------------------------
@@ -177,10 +183,12 @@ def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
         (["sampling.s_min=60"], ["s_min", "60", "s_max", "50"]),
         (["training.steps=abc"], ["training.steps = 'abc'", "integer"]),
         (["training.batch_size=0"], ["training.batch_size = 0", "greater than or equal to 1"]),
-        (["model.arch=unet"], ["model.arch = 'unet': unknown architecture; allowed: mlp"]),
+        (["model.arch=unet"], ["model.arch = 'unet': unknown architecture; allowed: mlp, ddpmpp, ncsnpp, adm"]),
         (["model.width=0"], ["model.width = 0", "greater than or equal to 1"]),
         (["model.embedding_dim=3"], ["model.embedding_dim = 3", "multiple of 2"]),
-        (["data.kind=xarray"], ["data.kind = 'xarray'", "allowed: mixture"]),
+        (["data.kind=xarray"], ["data.kind = 'xarray'", "allowed: mixture, gaussian_fields"]),
+        (["data.kind=gaussian_fields", "data.length_scale=0"], ["data.length_scale = 0", "greater than 0"]),
+        (["data.kind=gaussian_fields", "data.height=2.5"], ["data.height = 2.5", "integer"]),
         (["data.preset=moons"], ["data.preset = 'moons'", "two_gaussians_1d", "ring_2d", "custom"]),
         (["diffusion=5"], ["diffusion = 5", "mapping"]),
     ],
@@ -310,3 +318,94 @@ def test_bad_overrides_name_the_key(tmp_path: Path, override: str, expected: lis
     message = error_of(tmp_path, overrides=(override,))
     for part in expected:
         assert part in message, (part, message)
+
+
+# -- model: against data: -------------------------------------------------------------------------------------
+FIELDS = ["data.kind=gaussian_fields", "data.height=8", "data.width=12"]
+SMALL_UNET = ["model.model_channels=8", "model.channel_mult=[1, 2]", "model.num_blocks=1", "model.attn_resolutions=[]"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["model.arch=ddpmpp"],
+            ["model.arch = 'ddpmpp' needs gridded data; data.kind = 'mixture' gives vectors", "use model.arch: mlp"],
+        ),
+        (["model.arch=adm", "data.preset=ring_2d"], ["model.arch = 'adm' needs gridded data", "dimension 2"]),
+        (
+            FIELDS,
+            ["model.arch = 'mlp' needs vector data", "gives 1 x 8 x 12", "use model.arch: ddpmpp, ncsnpp or adm"],
+        ),
+        (
+            ["model.arch=adm", "data.kind=gaussian_fields", "data.height=4"],
+            ["data.height x data.width = 4 x 24", "model.arch = 'adm'", "too small", "at least 8"],
+        ),
+        (
+            ["model.arch=ddpmpp", "model.pad_mode=none", "data.kind=gaussian_fields", "data.height=15"],
+            ["15 x 24", "pad_mode='none'", "multiples of 4", "12 or 16"],
+        ),
+        (
+            ["model.arch=ncsnpp", "model.in_channels=3", *FIELDS],
+            ["model.in_channels = 3 does not match data.channels = 1"],
+        ),
+        (
+            ["model.arch=ddpmpp", "model.learned_variance=true", *FIELDS],
+            ["model.learned_variance = True", "iDDPM", "learned_variance: true"],
+        ),
+        (
+            ["model.arch=ddpmpp", "model.out_channels=2", *FIELDS],
+            ["model.out_channels = 2", "needs 1 output channels"],
+        ),
+        (["model.arch=ddpmpp", "model.cond_channels=2", *FIELDS], ["model.cond_channels = 2", "no conditioning"]),
+        (["model.arch=adm", "model.label_dim=10", *FIELDS], ["model.label_dim = 10", "no labels"]),
+    ],
+)
+def test_model_must_suit_the_data(tmp_path: Path, overrides: list[str], expected: list[str]) -> None:
+    message = error_of(tmp_path, overrides=tuple(overrides))
+    for part in expected:
+        assert part in message, (part, message)
+
+
+@pytest.mark.parametrize("arch", ["ddpmpp", "ncsnpp", "adm"])
+def test_unet_configs_load_with_overrides(tmp_path: Path, arch: str) -> None:
+    config = load_config(
+        write(tmp_path, DESIGN_YAML),
+        [f"model.arch={arch.upper()}", *FIELDS, "data.channels=2", *SMALL_UNET, "model.dropout=0.0"],
+    )
+    assert config.model.arch == arch
+    assert config.model.model_channels == 8 and tuple(config.model.channel_mult) == (1, 2)
+    assert isinstance(config.data, GaussianFieldsData) and config.data_shape() == (2, 8, 12)
+    resolved = config.resolved_model()
+    assert resolved.in_channels == 2 and not resolved.learned_variance
+    network = build_model(resolved, config.data_shape())
+    assert network(torch.zeros(3, 2, 8, 12), torch.zeros(3)).shape == (3, 2, 8, 12)
+    # The resolved configuration (tuples written as lists) validates back to the same sections.
+    again = load_config(write(tmp_path, config.to_yaml(), "resolved.yaml"))
+    assert again == config
+
+
+def test_learned_variance_gives_twice_the_channels() -> None:
+    config = config_from_dict(
+        {
+            "diffusion": {"type": "iDDPM", "learned_variance": True},
+            "model": {"arch": "ddpmpp", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1},
+            "data": {"kind": "gaussian_fields", "channels": 2, "height": 8, "width": 12},
+        }
+    )
+    resolved = config.resolved_model()
+    assert resolved.learned_variance and resolved.in_channels == 2
+    network = build_model(resolved, config.data_shape(), config.learned_variance)
+    assert network(torch.zeros(1, 2, 8, 12), torch.zeros(1)).shape == (1, 4, 8, 12)
+
+
+def test_cli_refuses_a_model_that_does_not_suit_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, DESIGN_YAML)
+    out = tmp_path / "run"
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(path), "--out", str(out), "--no-progress", "--set", "model.arch=ddpmpp"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("diffscale: error: model.arch = 'ddpmpp' needs gridded data")
+    assert sorted(tmp_path.rglob("*")) == before and not out.exists()

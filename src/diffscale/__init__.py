@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from diffscale import data, formulations, networks, sampling
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.formulations import Formulation, formulation
+from diffscale.guidance import ClassifierFreeGuidance
 from diffscale.loss import DenoisingLoss, LossTerms
 from diffscale.sampling import SamplerSettings, number_of_evaluations, sample
 from diffscale.validation import ConfigError
@@ -21,6 +22,7 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "ClassifierFreeGuidance",
     "ConfigError",
     "DenoisingLoss",
     "Formulation",

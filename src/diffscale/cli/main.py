@@ -90,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
         f"for {config.training.steps} steps into {run_dir}",
         flush=True,
     )
+    print(plan.summary, flush=True)
     summary = train(plan, progress=not args.no_progress)
     loss = f", final loss {summary.final_loss:.4g}" if summary.final_loss is not None else ""
     print(f"trained {summary.steps} steps{loss}")
@@ -98,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from diffscale.cli.plot import check_plot_path, plot_samples
+    from diffscale.cli.plot import check_plot_path, check_plottable, plot_samples
     from diffscale.cli.runs import load_run, sample_run
     from diffscale.cli.samples_io import check_sample_path, write_samples
     from diffscale.sampling import number_of_evaluations
@@ -115,8 +116,8 @@ def _sample(args: argparse.Namespace) -> int:
         s_noise=args.s_noise,
     )
     settings = sampling.to_sampler_settings()
-    if plot is not None and run.mixture.dims > 2:
-        raise ConfigError(f"--plot: the data has {run.mixture.dims} dimensions; plots show 1-D or 2-D data only")
+    if plot is not None:
+        check_plottable(run.data)
     samples = sample_run(
         run, args.num, settings, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress
     )
@@ -337,7 +338,8 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         "--plot",
         metavar="PNG",
         default=None,
-        help="also draw a histogram (1-D) or scatter (2-D) of the samples over the exact density (.png, .pdf, .svg)",
+        help="also draw a figure (.png, .pdf, .svg): for mixtures a histogram (1-D) or scatter (2-D) of the samples "
+        "over the exact density; for fields generated next to true fields, and their power spectra",
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=_sample)

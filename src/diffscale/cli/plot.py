@@ -1,4 +1,6 @@
-"""Figures of samples over the exact density of a Gaussian mixture (matplotlib, Agg canvas, no pyplot)."""
+"""Figures of samples against the exact data distribution (matplotlib, Agg canvas, no pyplot): for a Gaussian
+mixture a histogram (1-D) or scatter (2-D) over the exact density; for Gaussian random fields a few generated
+fields next to fresh draws of the true field, and the radially averaged power spectra (log-log)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ from pathlib import Path
 
 import torch
 
+from diffscale.data.fields import GaussianRandomField, radial_power_spectrum, spectrum_log_error
 from diffscale.data.mixtures import GaussianMixture
 from diffscale.training.checkpoint import atomic_write_bytes
 from diffscale.validation import ConfigError
 
-__all__ = ["PLOT_FORMATS", "check_plot_path", "plot_samples"]
+__all__ = ["PLOT_FORMATS", "check_plot_path", "check_plottable", "plot_fields", "plot_samples"]
 
 PLOT_FORMATS: tuple[str, ...] = (".png", ".pdf", ".svg")
 
@@ -23,6 +26,21 @@ def check_plot_path(path: str | Path, option: str = "--plot") -> Path:
         raise ConfigError(
             f"{option} = '{path}': unknown figure type {path.suffix or '(none)'!r}; allowed: {', '.join(PLOT_FORMATS)}"
         )
+    return path
+
+
+def check_plottable(data: GaussianMixture | GaussianRandomField, option: str = "--plot") -> None:
+    """ConfigError unless samples of ``data`` can be drawn: fields, or mixtures of 1 or 2 dimensions."""
+    if isinstance(data, GaussianMixture) and data.dims > 2:
+        raise ConfigError(f"{option}: the data has {data.dims} dimensions; plots show 1-D or 2-D data only")
+
+
+def _save(figure: object, path: Path) -> Path:
+    """Render ``figure`` in the format of ``path``'s extension and write it atomically (creating parents)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lower().lstrip("."), dpi=120)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -44,11 +62,16 @@ def _outside(samples: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> in
     return int((~inside).sum())
 
 
-def plot_samples(path: str | Path, samples: torch.Tensor, mixture: GaussianMixture, title: str = "") -> Path:
-    """Histogram (1-D) or scatter (2-D) of ``samples`` over the exact density of ``mixture``; written atomically."""
+def plot_samples(
+    path: str | Path, samples: torch.Tensor, mixture: GaussianMixture | GaussianRandomField, title: str = ""
+) -> Path:
+    """Histogram (1-D) or scatter (2-D) of ``samples`` over the exact density of ``mixture``, or for a
+    :class:`GaussianRandomField` the figure of :func:`plot_fields`; written atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if isinstance(mixture, GaussianRandomField):
+        return plot_fields(path, samples, mixture, title=title)
     path = check_plot_path(path)
     samples = samples.detach().cpu().double()
     if samples.ndim != 2 or samples.shape[1] not in (1, 2):
@@ -100,8 +123,96 @@ def plot_samples(path: str | Path, samples: torch.Tensor, mixture: GaussianMixtu
         axes.legend(loc="upper right")
     if title:
         axes.set_title(title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=path.suffix.lower().lstrip("."), dpi=120)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return _save(figure, path)
+
+
+def plot_fields(
+    path: str | Path,
+    samples: torch.Tensor,
+    field: GaussianRandomField,
+    title: str = "",
+    *,
+    shown: int = 4,
+    seed: int = 12345,
+) -> Path:
+    """Generated fields against the true Gaussian random field; written atomically.
+
+    Left: the first channel of ``shown`` generated samples (top row) and of as many fresh draws of
+    ``field`` (bottom row, seeded by ``seed``), on one colour scale of +-3 std. Right: the radially
+    averaged power spectrum of all samples against the exact one (log-log, k > 0), and that of as many
+    true draws, which shows how far an estimate from that many fields scatters; the legend gives the RMS
+    of ln(estimate / exact) over the shells (see :func:`~diffscale.data.fields.spectrum_log_error`).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    path = check_plot_path(path)
+    samples = samples.detach().cpu().double()
+    if samples.ndim != 4 or tuple(samples.shape[1:]) != field.shape:
+        shape = ", ".join(map(str, field.shape))
+        raise ValueError(f"expected samples of shape (N, {shape}), got {tuple(samples.shape)}")
+    count = samples.shape[0]
+    shown = min(shown, count)
+    truth = field.sample(count, torch.Generator().manual_seed(seed), dtype=torch.float64)
+    k, exact = field.power_spectrum()
+    _, generated = radial_power_spectrum(samples)
+    _, reference = radial_power_spectrum(truth)
+    error, reference_error = spectrum_log_error(generated, exact), spectrum_log_error(reference, exact)
+
+    aspect = field.width / field.height
+    figure = Figure(figsize=(2.1 * aspect * shown + 5.2, 5.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.add_gridspec(2, shown + 1, width_ratios=[aspect] * shown + [2.4 * aspect])
+    limit = 3.0 * field.std
+    image = None
+    for row, (fields, name) in enumerate(((samples, "generated"), (truth, "true field"))):
+        for column in range(shown):
+            axes = figure.add_subplot(grid[row, column])
+            image = axes.imshow(
+                fields[column, 0].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest"
+            )
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if column == 0:
+                axes.set_ylabel(name, fontsize=11)
+    if image is not None:
+        colorbar_axes = figure.axes[: 2 * shown]
+        figure.colorbar(image, ax=colorbar_axes, location="bottom", shrink=0.6, aspect=40, label="value")
+    axes = figure.add_subplot(grid[:, shown])
+    positive = k > 0
+    axes.loglog(k[positive].numpy(), exact[positive].numpy(), color="black", linewidth=2.0, label="exact P(k)")
+    axes.loglog(
+        k[positive].numpy(),
+        reference[positive].numpy(),
+        color="0.55",
+        linestyle="--",
+        linewidth=1.2,
+        label=f"{count} true draws (error {reference_error:.3f})",
+    )
+    axes.loglog(
+        k[positive].numpy(),
+        generated[positive].numpy(),
+        color="tab:red",
+        marker="o",
+        markersize=3.5,
+        linewidth=1.2,
+        label=f"{count} samples (error {error:.3f})",
+    )
+    axes.axvline(1.0 / field.length_scale, color="0.75", linewidth=1.0, linestyle=":", zorder=0)
+    axes.annotate(
+        " k = 1/l", (1.0 / field.length_scale, 1.0), xycoords=("data", "axes fraction"), va="top", color="0.4"
+    )
+    ticks = [tick for tick in (0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0) if k[1] <= tick <= k[-1]]
+    axes.set_xticks(ticks)
+    axes.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.set_xlabel("wavenumber |k| (radians per grid point)")
+    axes.set_ylabel("radially averaged power")
+    axes.set_title("power spectrum (error: RMS of ln ratio)", fontsize=10)
+    axes.grid(True, which="both", alpha=0.25)
+    axes.legend(fontsize=9, loc="lower left")
+    heading = f"{field.height} x {field.width} Gaussian random fields (l = {field.length_scale:g}, "
+    heading += f"slope {field.spectral_slope:g}, std {field.std:g})"
+    figure.suptitle(f"{title}\n{heading}" if title else heading, fontsize=11)
+    return _save(figure, path)

@@ -7,7 +7,10 @@ A run directory holds ``config.yaml`` (the resolved configuration, every key wri
 >>> plan = prepare_training(load_config("configs/mixture_1d_edm.yaml"), Path("runs/mixture_1d_edm"))
 >>> summary = train(plan)                       # nothing is written before this call
 >>> run = load_run(summary.run_dir)              # EMA weights by default
->>> samples = sample_run(run, 1000, run.config.sampling.to_sampler_settings())
+>>> samples = sample_run(run, 1000, run.config.sampling.to_sampler_settings())   # (1000, *run.data_shape)
+
+The data is a Gaussian mixture (vectors, shape (D,), for the MLP) or a Gaussian random field (grids, shape
+(C, H, W), for the U-Nets); everything here works on a sample shape and never looks inside it.
 
 It belongs to the bottom layer (config, cli): it joins the configuration to the layers above it.
 """
@@ -25,7 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from diffscale.config import Config, OutputSection, config_from_dict
+from diffscale.config.models import build_model, describe_model
 from diffscale.config.schema import decode_non_finite, encode_non_finite
+from diffscale.data.fields import GaussianRandomField
 from diffscale.data.mixtures import GaussianMixture
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.formulations import Formulation
@@ -46,6 +51,7 @@ from diffscale.validation import ConfigError
 __all__ = [
     "CONFIG_NAME",
     "METRICS_NAME",
+    "DataDistribution",
     "LoadedRun",
     "MetricsLog",
     "TrainingPlan",
@@ -55,6 +61,7 @@ __all__ = [
     "default_run_dir",
     "load_run",
     "loss_by_sigma_decade",
+    "model_summary",
     "prepare_training",
     "resolve_run_dir",
     "sample_run",
@@ -67,6 +74,8 @@ LOG10_SIGMA_RANGE = (-3, 3)
 """Decades of sigma in the per-noise-level loss: [1e-3, 1e-2), ..., [1e2, 1e3); values outside go to the ends."""
 
 WeightsChoice = Literal["ema", "raw"]
+DataDistribution = GaussianMixture | GaussianRandomField
+"""What a ``data:`` section builds: a distribution with ``sample(n, generator)`` and ``ideal_denoiser``."""
 
 
 # -- building -------------------------------------------------------------------------------------------------
@@ -102,17 +111,26 @@ def check_device(name: str, key: str) -> torch.device:
     return device
 
 
-def build_denoiser(config: Config, data_dim: int) -> PreconditionedDenoiser:
+def build_denoiser(config: Config, shape: int | tuple[int, ...] | None = None) -> PreconditionedDenoiser:
     """D = preconditioning of ``diffusion:`` around the ``model:`` network, initialised from ``training.seed``.
 
-    The initialisation uses a forked global RNG, so the caller's random state is left untouched.
+    ``shape`` is one sample's shape, (D,) (or D) for vectors or (C, H, W) for grids (default: the data's).
+    With a formulation that learns the variance the network emits twice the channels (mean and variance
+    halves), which the denoiser splits. The initialisation uses a forked global RNG, so the caller's
+    random state is left untouched.
     """
     formulation = config.formulation()
-    out_dim = 2 * data_dim if formulation.learned_variance else data_dim  # mean and variance halves
+    shape = config.data_shape() if shape is None else shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.training.seed)
-        network = config.model.build(data_dim, out_dim)
+        network = build_model(config.resolved_model(), shape, formulation.learned_variance)
     return PreconditionedDenoiser(network, formulation)
+
+
+def model_summary(config: Config, denoiser: PreconditionedDenoiser) -> str:
+    """One line: the network (architecture, parameter count, ...) and the shape of the data it models."""
+    shape = " x ".join(map(str, config.data_shape()))
+    return f"model {describe_model(denoiser.network, config.model.arch)}; data {config.data.kind} ({shape})"
 
 
 # -- metrics --------------------------------------------------------------------------------------------------
@@ -183,8 +201,15 @@ class TrainingPlan:
 
     config: Config
     run_dir: Path
-    mixture: GaussianMixture
+    data: DataDistribution
     trainer: Trainer
+    summary: str = ""
+    """One line describing the network and the data (see :func:`model_summary`)."""
+
+    @property
+    def mixture(self) -> DataDistribution:
+        """The data distribution (name kept from when every run modelled a mixture)."""
+        return self.data
 
 
 @dataclass(frozen=True)
@@ -213,15 +238,21 @@ def prepare_training(config: Config, run_dir: str | Path) -> TrainingPlan:
             "(choose another --out or delete it; resuming is not supported yet)"
         )
     check_device(config.training.device, "training.device")
-    config = config.model_copy(update={"output": OutputSection(dir=str(run_dir))})
-    mixture = config.data.build()
-    denoiser = build_denoiser(config, mixture.dims)
+    # The resolved model section (a U-Net's in_channels and learned_variance follow the data and formulation)
+    # is what config.yaml records.
+    config = config.model_copy(update={"output": OutputSection(dir=str(run_dir)), "model": config.resolved_model()})
+    data = config.data.build()
+    denoiser = build_denoiser(config)
 
     def source(batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        return mixture.sample(batch_size, generator)
+        return data.sample(batch_size, generator)
 
     return TrainingPlan(
-        config=config, run_dir=run_dir, mixture=mixture, trainer=Trainer(denoiser, source, config.training)
+        config=config,
+        run_dir=run_dir,
+        data=data,
+        trainer=Trainer(denoiser, source, config.training),
+        summary=model_summary(config, denoiser),
     )
 
 
@@ -279,13 +310,23 @@ class LoadedRun:
     step: int
     weights: WeightsChoice
     denoiser: PreconditionedDenoiser
-    mixture: GaussianMixture
+    data: DataDistribution
     device: torch.device
 
     @property
     def formulation(self) -> Formulation:
         """The run's formulation."""
         return self.denoiser.formulation
+
+    @property
+    def mixture(self) -> DataDistribution:
+        """The data distribution (name kept from when every run modelled a mixture)."""
+        return self.data
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: (D,) for vectors, (C, H, W) for fields."""
+        return self.config.data_shape()
 
 
 def load_run(run_dir: str | Path, *, weights: WeightsChoice = "ema", device: str = "cpu") -> LoadedRun:
@@ -307,8 +348,8 @@ def load_run(run_dir: str | Path, *, weights: WeightsChoice = "ema", device: str
     state = checkpoint.ema_weights if weights == "ema" else checkpoint.weights
     if not state:
         raise ConfigError(f"'{run_dir / SIDECAR_NAME}': holds no {weights} weights")
-    mixture = config.data.build()
-    denoiser = build_denoiser(config, mixture.dims)
+    data = config.data.build()
+    denoiser = build_denoiser(config)
     denoiser.load_state_dict(state)
     denoiser = denoiser.to(torch_device).eval().requires_grad_(False)
     return LoadedRun(
@@ -317,7 +358,7 @@ def load_run(run_dir: str | Path, *, weights: WeightsChoice = "ema", device: str
         step=checkpoint.step,
         weights=weights,
         denoiser=denoiser,
-        mixture=mixture,
+        data=data,
         device=torch_device,
     )
 
@@ -333,7 +374,7 @@ def sample_run(
 ) -> torch.Tensor:
     """``num`` samples from a loaded run, drawn in batches from one generator seeded with ``seed``.
 
-    Returns a float32 CPU tensor of shape (num, D).
+    Returns a float32 CPU tensor of shape (num, D) for vectors or (num, C, H, W) for fields.
     """
     if num < 1 or batch_size < 1:
         raise ConfigError(f"num = {num}, batch_size = {batch_size}: both must be >= 1")
@@ -346,7 +387,7 @@ def sample_run(
             bar.update(1)
 
         for size in sizes:
-            noise = torch.randn((size, run.mixture.dims), generator=generator, device=run.device)
+            noise = torch.randn((size, *run.data_shape), generator=generator, device=run.device)
             samples = sample(
                 run.denoiser,
                 noise,

@@ -1,4 +1,8 @@
-"""Writing samples to a file chosen by its extension: ``.npy``, ``.csv`` or ``.safetensors``."""
+"""Writing samples to a file chosen by its extension: ``.npy``, ``.csv`` or ``.safetensors``.
+
+``.npy`` and ``.safetensors`` keep the shape of the samples, (N, D) for vectors or (N, C, H, W) for fields;
+``.csv`` writes one row per sample with its values flattened in C order (columns x0, x1, ...).
+"""
 
 from __future__ import annotations
 
@@ -41,14 +45,15 @@ def _encode(path: Path, samples: torch.Tensor) -> bytes:
         return buffer.getvalue()
     if suffix == ".csv":
         text = io.StringIO()
-        header = ",".join(f"x{index}" for index in range(array.shape[1]))
-        np.savetxt(text, array.reshape(array.shape[0], -1), delimiter=",", header=header, comments="", fmt="%.9g")
+        rows = array.reshape(array.shape[0], -1)
+        header = ",".join(f"x{index}" for index in range(rows.shape[1]))
+        np.savetxt(text, rows, delimiter=",", header=header, comments="", fmt="%.9g")
         return text.getvalue().encode("utf-8")
     return safetensors.torch.save({SAMPLES_KEY: samples.detach().cpu().contiguous()})
 
 
 def write_samples(path: str | Path, samples: torch.Tensor) -> Path:
-    """Write ``samples`` (shape (N, D)) atomically in the format of ``path``'s extension; create parents."""
+    """Write ``samples`` ((N, D) or (N, C, H, W)) atomically in the format of ``path``'s extension; create parents."""
     path = check_sample_path(path)
     data = _encode(path, samples)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ def _format(value: Any) -> str:
         return "null"
     if isinstance(value, float) and value == float("inf"):
         return ".inf"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_format(item) for item in value) + "]"
     return str(value)
 
 

@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from diffscale.config.sections import MixtureData, MLPModel, OutputSection, SamplingSection
+from diffscale.config.models import data_shape, resolve_model
+from diffscale.config.sections import GaussianFieldsData, MixtureData, MLPModel, OutputSection, SamplingSection
 from diffscale.config.tagged import TaggedSection
 from diffscale.formulations import FORMULATIONS, EDMParams, Formulation, FormulationParams, from_params
+from diffscale.networks.presets import ADMParams, DDPMppParams, NCSNppParams
 from diffscale.training.settings import TrainingSettings
 from diffscale.validation import ConfigError, StrictModel, validate
 
@@ -43,18 +45,31 @@ DIFFUSION = TaggedSection(
 )
 """``diffusion:``: a formulation's own parameters, chosen by ``type`` (VE, VP, EDM, iDDPM; any case)."""
 
-MODEL = TaggedSection(name="model", key="arch", members={"mlp": MLPModel}, default="mlp", kind_of_thing="architecture")
-"""``model:``: the network F, chosen by ``arch`` (register DDPM++/NCSN++/ADM models here)."""
+MODEL = TaggedSection(
+    name="model",
+    key="arch",
+    members={"mlp": MLPModel, "ddpmpp": DDPMppParams, "ncsnpp": NCSNppParams, "adm": ADMParams},
+    default="mlp",
+    kind_of_thing="architecture",
+)
+"""``model:``: the network F, chosen by ``arch``: the MLP for vectors, the U-Net presets of
+:mod:`diffscale.networks.presets` (their own parameter models) for grids."""
 
-DATA = TaggedSection(name="data", key="kind", members={"mixture": MixtureData}, default="mixture", kind_of_thing="kind")
-"""``data:``: the training data, chosen by ``kind`` (register gridded-field data here)."""
+DATA = TaggedSection(
+    name="data",
+    key="kind",
+    members={"mixture": MixtureData, "gaussian_fields": GaussianFieldsData},
+    default="mixture",
+    kind_of_thing="kind",
+)
+"""``data:``: the training data, chosen by ``kind``: Gaussian mixtures (vectors) or Gaussian random fields (grids)."""
 
 TAGGED_SECTIONS: dict[str, TaggedSection] = {section.name: section for section in (DIFFUSION, MODEL, DATA)}
 
 if TYPE_CHECKING:
     DiffusionSection = FormulationParams
-    ModelSection = MLPModel
-    DataSection = MixtureData
+    ModelSection = MLPModel | DDPMppParams | NCSNppParams | ADMParams
+    DataSection = MixtureData | GaussianFieldsData
 else:
     DiffusionSection = DIFFUSION.annotation()
     ModelSection = MODEL.annotation()
@@ -83,7 +98,29 @@ class Config(StrictModel):
         for name, section in TAGGED_SECTIONS.items():
             if name in data:
                 data[name] = section.validate(data[name])  # ConfigError -> one-line message, no location
+        # Cross-section checks (the network suits the data's shape and the formulation's outputs); a U-Net's
+        # section is stored resolved (in_channels, learned_variance), so that it round-trips through YAML.
+        model = data.get("model", MODEL.validate({}))
+        sample = data.get("data", DATA.validate({}))
+        diffusion = data.get("diffusion", DIFFUSION.validate({}))
+        resolved = resolve_model(model, sample, bool(getattr(diffusion, "learned_variance", False)))
+        if resolved is not model:
+            data["model"] = resolved
         return data
+
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the formulation learns the variance (the network then emits 2C channels)."""
+        return bool(getattr(self.diffusion, "learned_variance", False))
+
+    def resolved_model(self) -> BaseModel:
+        """The ``model:`` section with what the data and formulation decide filled in (a U-Net's
+        ``in_channels`` and ``learned_variance``); what a run directory's config.yaml records."""
+        return resolve_model(self.model, self.data, self.learned_variance)
+
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: (D,) for vectors, (C, H, W) for fields."""
+        return data_shape(self.data)
 
     def formulation(self) -> Formulation:
         """The formulation of ``diffusion:``."""
@@ -91,7 +128,7 @@ class Config(StrictModel):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (YAML-safe; ``s_max`` may be ``inf``), which validate back to this config."""
-        return self.model_dump(mode="python")
+        return _lists(self.model_dump(mode="python"))
 
     def to_yaml(self) -> str:
         """The configuration as YAML, every key written out (what a run directory's config.yaml holds)."""
@@ -107,6 +144,15 @@ def config_from_dict(data: Mapping[str, Any] | None) -> Config:
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"the configuration must be a mapping of sections ({', '.join(SECTIONS)}), got {data!r}")
     return validate(Config, data)
+
+
+def _lists(value: Any) -> Any:
+    """Tuples (e.g. ``channel_mult``) as lists, recursively, so that YAML's safe dumper writes them."""
+    if isinstance(value, Mapping):
+        return {key: _lists(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(item) for item in value]
+    return value
 
 
 def encode_non_finite(value: Any) -> Any:

@@ -14,12 +14,13 @@ import pydantic
 from pydantic import BeforeValidator, Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 from torch import nn
 
+from diffscale.data.fields import GaussianRandomField
 from diffscale.data.mixtures import GaussianMixture, ring_2d, two_gaussians_1d
 from diffscale.networks.mlp import MLP
 from diffscale.sampling.settings import SOLVERS, SamplerSettings, SChurn, SMax, SMin, SNoise, SolverName, Steps
 from diffscale.validation import StrictModel, format_validation_error, validate
 
-__all__ = ["MIXTURE_PRESETS", "MLPModel", "MixtureData", "OutputSection", "SamplingSection"]
+__all__ = ["MIXTURE_PRESETS", "GaussianFieldsData", "MLPModel", "MixtureData", "OutputSection", "SamplingSection"]
 
 
 # -- sampling: ----------------------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ class SamplingSection(StrictModel):
 class MLPModel(StrictModel):
     """``model: {arch: mlp}``: the residual MLP of :class:`diffscale.networks.MLP`, for vector data."""
 
-    arch: Literal["mlp"] = Field("mlp", description="network architecture (mlp; image/grid networks later)")
+    arch: Literal["mlp"] = Field("mlp", description="network architecture: mlp (vectors); ddpmpp, ncsnpp, adm (grids)")
     width: int = Field(128, ge=1, strict=True, description="hidden width of the MLP")
     depth: int = Field(3, ge=1, strict=True, description="number of residual blocks")
     embedding_dim: int = Field(32, ge=2, multiple_of=2, strict=True, description="channels of the c_noise embedding")
@@ -83,7 +84,7 @@ MixtureRow = Annotated[list[FiniteFloat], BeforeValidator(_as_row)]
 class MixtureData(StrictModel):
     """``data: {kind: mixture}``: a Gaussian mixture sum_k w_k N(mu_k, diag(s_k^2)), drawn afresh every step."""
 
-    kind: Literal["mixture"] = Field("mixture", description="data kind (mixture; gridded fields later)")
+    kind: Literal["mixture"] = Field("mixture", description="data kind: mixture (vectors) or gaussian_fields (grids)")
     preset: Literal["two_gaussians_1d", "ring_2d", "custom"] = Field(
         "two_gaussians_1d", description="two_gaussians_1d, ring_2d, or custom (give means, stds, weights)"
     )
@@ -151,6 +152,33 @@ class MixtureData(StrictModel):
         dims = len(self.means[0])
         stds = [row * dims if len(row) == 1 else row for row in self.stds]  # a single value: isotropic
         return GaussianMixture(self.means, stds, self.weights)
+
+
+class GaussianFieldsData(StrictModel):
+    """``data: {kind: gaussian_fields}``: stationary Gaussian random fields on a periodic H x W grid with the
+    spectrum P(k) = A (1 + (|k| l)^2)^(-slope/2) (see :class:`~diffscale.data.GaussianRandomField`), drawn afresh
+    every step; samples have shape (channels, height, width)."""
+
+    kind: Literal["gaussian_fields"] = Field(
+        "gaussian_fields", description="data kind: mixture (vectors) or gaussian_fields (grids)"
+    )
+    channels: int = Field(1, ge=1, strict=True, description="independent channels C of each field")
+    height: int = Field(16, ge=1, strict=True, description="grid height H (periodic)")
+    width: int = Field(24, ge=1, strict=True, description="grid width W (periodic)")
+    length_scale: FiniteFloat = Field(3.0, gt=0, description="correlation length l of the spectrum, in grid points")
+    spectral_slope: FiniteFloat = Field(4.0, gt=0, description="the spectrum falls as k^-slope beyond k = 1/l")
+    std: FiniteFloat = Field(1.0, gt=0, description="pointwise standard deviation of the field")
+
+    def build(self) -> GaussianRandomField:
+        """The field this section describes."""
+        return GaussianRandomField(
+            channels=self.channels,
+            height=self.height,
+            width=self.width,
+            length_scale=self.length_scale,
+            spectral_slope=self.spectral_slope,
+            std=self.std,
+        )
 
 
 # -- output: ------------------------------------------------------------------------------------------------
