@@ -3,6 +3,7 @@ stderr and nothing written."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import types
@@ -194,7 +195,7 @@ def test_sample_flags_override_the_run_settings(trained: Path, tmp_path: Path, c
     argv = ["sample", str(trained), "--num", "8", "--out", str(out), "--no-progress"]
     argv += ["--sampler", "euler", "--steps", "4", "--s-churn", "0", "--weights", "raw", "--seed", "5"]
     assert main(argv) == 0
-    assert "NFE: 4 per sample (euler, 4 steps, raw weights" in capsys.readouterr().out
+    assert "NFE: 4 per sample (euler, 4 steps, native schedule, raw weights" in capsys.readouterr().out
 
 
 def test_sample_is_reproducible_with_a_seed(trained: Path, tmp_path: Path) -> None:
@@ -312,3 +313,17 @@ def test_python_dash_m_reports_bad_input_in_one_line(tmp_path: Path, config_file
     ]
     assert result.stdout == ""
     assert snapshot(tmp_path) == ["tiny.yaml"]
+
+
+def test_sample_writes_its_settings_beside_the_samples(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The NFE and sampler settings are reported before sampling and kept with the output."""
+    out = tmp_path / "s.safetensors"
+    args = ["sample", str(trained), "--num", "6", "--out", str(out), "--sampler", "dpmpp_2m", "--s-churn", "0"]
+    assert main([*args, "--steps", "7", "--schedule", "tuned", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("NFE: 7 per sample (dpmpp_2m, 7 steps, tuned schedule")
+    sidecar = json.loads((tmp_path / "s.safetensors.json").read_text())
+    assert sidecar["nfe_per_sample"] == 7 and sidecar["sampler"]["schedule"] == "tuned" and sidecar["shape"] == [6, 1]
+    with safetensors.safe_open(str(out), "pt") as handle:  # type: ignore[attr-defined]
+        assert json.loads(handle.metadata()["nfe_per_sample"]) == 7

@@ -222,7 +222,8 @@ def test_conditioning_reaches_the_denoiser() -> None:
     [
         (
             {"solver": "rk4"},
-            r"^solver = 'rk4': must be 'euler', 'heun', 'dpmpp_2m', 'dpmpp_3m', 'dpmpp_2m_sde', 'dpmpp_3m_sde' or 'ancestral'$",
+            r"^solver = 'rk4': must be 'euler', 'heun', 'dpmpp_2m', 'dpmpp_3m', 'dpmpp_2m_sde', 'dpmpp_3m_sde' "
+            r"or 'ancestral'$",
         ),
         ({"steps": 0}, r"^steps = 0: must be greater than or equal to 1$"),
         ({"steps": 2.5}, r"^steps = 2\.5: "),

@@ -99,10 +99,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from diffscale import __version__
     from diffscale.cli.plot import check_plot_path, check_plottable, plot_samples
     from diffscale.cli.runs import load_run, sample_run
     from diffscale.cli.samples_io import check_sample_path, write_samples
-    from diffscale.sampling import number_of_evaluations
+    from diffscale.sampling import SamplerSettings, number_of_evaluations
+    from diffscale.validation import validate
 
     out = check_sample_path(args.out)
     plot = check_plot_path(args.plot) if args.plot is not None else None
@@ -116,15 +118,29 @@ def _sample(args: argparse.Namespace) -> int:
         s_noise=args.s_noise,
     )
     settings = sampling.to_sampler_settings()
+    if args.schedule is not None:
+        settings = validate(SamplerSettings, {**settings.model_dump(), "schedule": args.schedule})
     if plot is not None:
         check_plottable(run.data)
+    nfe = number_of_evaluations(settings.steps, settings.solver)
+    print(
+        f"NFE: {nfe} per sample ({settings.solver}, {settings.steps} steps, {settings.schedule} schedule, "
+        f"{run.weights} weights, step {run.step})"
+    )
     samples = sample_run(
         run, args.num, settings, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress
     )
-    write_samples(out, samples)
-    nfe = number_of_evaluations(settings.steps, settings.solver)
-    print(f"NFE: {nfe} per sample ({settings.solver}, {settings.steps} steps, {run.weights} weights, step {run.step})")
-    print(f"wrote {samples.shape[0]} samples of shape {tuple(samples.shape)} to {out}")
+    metadata = {
+        "diffscale_version": __version__,
+        "run_dir": str(Path(args.run_dir).resolve()),
+        "checkpoint_step": run.step,
+        "weights": run.weights,
+        "seed": args.seed,
+        "nfe_per_sample": nfe,
+        "sampler": settings.model_dump(mode="json"),
+    }
+    write_samples(out, samples, metadata=metadata)
+    print(f"wrote {samples.shape[0]} samples of shape {tuple(samples.shape)} to {out} (settings in {out}.json)")
     if plot is not None:
         title = f"{run.config.diffusion.type}, {settings.solver}, {settings.steps} steps (NFE {nfe})"
         plot_samples(plot, samples, run.mixture, title=title)
@@ -328,6 +344,12 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
     group.add_argument("--s-min", type=_number, metavar="X", help="churn only where sigma >= S_min (>= 0)")
     group.add_argument("--s-max", type=_number, metavar="X", help="churn only where sigma <= S_max (>= S_min; inf)")
     group.add_argument("--s-noise", type=_number, metavar="X", help="noise inflation S_noise of the churn (> 0)")
+    group.add_argument(
+        "--schedule",
+        metavar="NAME",
+        help="time grid: native (the formulation's own; default), edm (rho = 7 in sigma) or tuned "
+        "(few steps with dpmpp_2m/dpmpp_3m)",
+    )
     parser.add_argument("--seed", type=_count(0), default=0, metavar="S", help="seed of the sampling noise")
     parser.add_argument("--batch-size", type=_count(1), default=10_000, metavar="B", help="samples per batch")
     parser.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when available), cpu, cuda or cuda:N")

@@ -1,4 +1,6 @@
-"""Writing samples to a file chosen by its extension: ``.npy``, ``.csv`` or ``.safetensors``.
+"""Writing samples to a file chosen by its extension: ``.npy``, ``.csv`` or ``.safetensors``, with their
+metadata (sampler settings, NFE, seed, checkpoint) in a JSON file beside them (``FILE.json``) and, for
+``.safetensors``, also in the file's own header.
 
 ``.npy`` and ``.safetensors`` keep the shape of the samples, (N, D) for vectors or (N, C, H, W) for fields;
 ``.csv`` writes one row per sample with its values flattened in C order (columns x0, x1, ...).
@@ -7,7 +9,9 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -36,7 +40,7 @@ def check_sample_path(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
-def _encode(path: Path, samples: torch.Tensor) -> bytes:
+def _encode(path: Path, samples: torch.Tensor, metadata: dict[str, Any] | None) -> bytes:
     array = samples.detach().cpu().numpy()
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -49,13 +53,20 @@ def _encode(path: Path, samples: torch.Tensor) -> bytes:
         header = ",".join(f"x{index}" for index in range(rows.shape[1]))
         np.savetxt(text, rows, delimiter=",", header=header, comments="", fmt="%.9g")
         return text.getvalue().encode("utf-8")
-    return safetensors.torch.save({SAMPLES_KEY: samples.detach().cpu().contiguous()})
+    header = {key: json.dumps(value) for key, value in (metadata or {}).items()}
+    return safetensors.torch.save({SAMPLES_KEY: samples.detach().cpu().contiguous()}, metadata=header or None)
 
 
-def write_samples(path: str | Path, samples: torch.Tensor) -> Path:
-    """Write ``samples`` ((N, D) or (N, C, H, W)) atomically in the format of ``path``'s extension; create parents."""
+def write_samples(path: str | Path, samples: torch.Tensor, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``samples`` ((N, D) or (N, C, H, W)) atomically in the format of ``path``'s extension; create parents.
+
+    With ``metadata`` (JSON-serialisable values), also write it, with the samples' shape, to ``FILE.json``.
+    """
     path = check_sample_path(path)
-    data = _encode(path, samples)
+    data = _encode(path, samples, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
+    if metadata is not None:
+        sidecar = {**metadata, "file": path.name, "shape": list(samples.shape)}
+        atomic_write_bytes(path.with_name(path.name + ".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
     return path
