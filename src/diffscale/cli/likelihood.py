@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from diffscale.cli.runs import LoadedRun
 from diffscale.cli.samples_io import SAMPLE_FORMATS, SAMPLES_KEY
+from diffscale.data.fields import GaussianRandomField
 from diffscale.data.mixtures import GaussianMixture
 from diffscale.evaluation.likelihood import (
     SOLVERS,
@@ -127,16 +128,18 @@ def read_samples(path: str | Path, option: str = "--data") -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def load_data(spec: DataSpec, mixture: GaussianMixture, seed: int) -> torch.Tensor:
-    """The data ``spec`` names, float64 on the CPU, checked against the mixture's dimension D."""
+def load_data(
+    spec: DataSpec, source: GaussianMixture | GaussianRandomField, shape: tuple[int, ...], seed: int
+) -> torch.Tensor:
+    """The data ``spec`` names, float64 on the CPU, checked against the run's sample shape ((D,) or (C, H, W))."""
     if spec.count is not None:
-        return mixture.sample(spec.count, torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return source.sample(spec.count, torch.Generator().manual_seed(seed), dtype=torch.float64)
     assert spec.path is not None
     data = read_samples(spec.path)
-    if data.shape[1:] != (mixture.dims,):
+    if tuple(data.shape[1:]) != tuple(shape):
         raise ConfigError(
             f"--data = '{spec.path}': samples have shape {tuple(data.shape)}; the run models data of shape "
-            f"(N, {mixture.dims})"
+            f"(N, {', '.join(map(str, shape))})"
         )
     return data
 
@@ -244,7 +247,8 @@ def evaluate_run(
     """Log-likelihood (nats) of every row of ``data`` under ``run``, in batches; probes drawn from ``seed``.
 
     The ODE state is float64 on the run's device (the network runs in its own dtype). The exact values are
-    those of the run's mixture: log p_data(x) and log p(x; sigma_0), the noisy density the ODE estimates.
+    those of the run's data distribution (a mixture or a Gaussian field): log p_data(x) and log p(x; sigma_0),
+    the noisy density the ODE estimates.
     """
     sigma_0, sigma_max = settings.check(run)
     if batch_size < 1:
@@ -273,9 +277,9 @@ def evaluate_run(
             bar.update(batch.shape[0])
     assert result is not None
     exact = exact_noisy = None
-    if isinstance(run.mixture, GaussianMixture):
-        exact = run.mixture.log_prob(data, 0.0)
-        exact_noisy = run.mixture.log_prob(data, sigma_0)
+    if isinstance(run.data, GaussianMixture | GaussianRandomField):  # known densities
+        exact = run.data.log_prob(data, 0.0)
+        exact_noisy = run.data.log_prob(data, sigma_0)
     return LikelihoodReport(
         log_likelihood=torch.cat(chunks),
         dims=result.dims,

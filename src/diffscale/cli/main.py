@@ -172,7 +172,7 @@ def _likelihood(args: argparse.Namespace) -> int:
         zero_noise_correction=args.zero_noise_correction,
     )
     run = load_run(args.run_dir, weights=args.weights, device=args.device)
-    data = load_data(spec, run.mixture, args.seed)
+    data = load_data(spec, run.data, run.data_shape, args.seed)
     sigma_0, sigma_max = settings.check(run)  # validated before any work
     print(
         f"{data.shape[0]} samples of dimension {data[0].numel()} from {spec.text}; "
@@ -191,7 +191,7 @@ def _likelihood(args: argparse.Namespace) -> int:
     exact = summary["exact"]
     if exact is not None:
         print(
-            f"exact (the run's mixture): log p_data(x) = {exact['log_likelihood']['mean']:.5f} "
+            f"exact (the run's data distribution): log p_data(x) = {exact['log_likelihood']['mean']:.5f} "
             f"+- {exact['log_likelihood']['stderr']:.5f} nats, {exact['bits_per_dim']['mean']:.5f} bits/dim; "
             f"log p(x; {sigma_0:g}) = {exact['log_likelihood_at_sigma_start']['mean']:.5f}; "
             f"model - exact log p_data = {exact['model_minus_exact']['mean']:.5f} "
