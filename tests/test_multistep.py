@@ -15,6 +15,7 @@ from tests.conftest import FORMULATION_NAMES, probability_flow_reference
 
 MIXTURE = two_gaussians_1d()
 MULTISTEP = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde")
+ONE_EVALUATION_PER_STEP = (*MULTISTEP, "ancestral")
 
 
 @pytest.mark.parametrize("h", [1e-3, 0.2, 1.0, 4.0])
@@ -71,14 +72,14 @@ def test_heun_alpha_half_is_second_order() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("solver", MULTISTEP)
+@pytest.mark.parametrize("solver", ONE_EVALUATION_PER_STEP)
 @pytest.mark.parametrize("name", FORMULATION_NAMES)
 def test_every_solver_and_formulation_runs_in_both_precisions(name: str, solver: str, dtype: torch.dtype) -> None:
     """Finite output on both grids; no overshoot beyond the data's range (|y| < 2 here, up to sampling error).
     The SDE variants re-inject noise each step and need more steps (24) than the ODE solvers (12)."""
     z = torch.randn(256, 1, dtype=dtype, generator=torch.Generator().manual_seed(2))
-    steps = 24 if solver.endswith("_sde") else 12
-    for schedule in ("native", "edm"):
+    steps = 24 if solver.endswith("_sde") or solver == "ancestral" else 12
+    for schedule in ("native", "edm", "tuned"):
         out = diffscale.sample(
             MIXTURE.ideal_denoiser,
             z,
