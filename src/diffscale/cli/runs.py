@@ -389,17 +389,7 @@ def sample_run(
         for size in sizes:
             noise = torch.randn((size, *run.data_shape), generator=generator, device=run.device)
             samples = sample(
-                run.denoiser,
-                noise,
-                run.formulation,
-                steps=settings.steps,
-                solver=settings.solver,
-                s_churn=settings.s_churn,
-                s_min=settings.s_min,
-                s_max=settings.s_max,
-                s_noise=settings.s_noise,
-                generator=generator,
-                callback=advance,
+                run.denoiser, noise, run.formulation, **settings.model_dump(), generator=generator, callback=advance
             )
             chunks.append(samples.cpu())
     return torch.cat(chunks)
