@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
 
+from diffscale.cli.main import main
 from diffscale.data import GaussianMixture
-from diffscale.evaluation import reference_ode_solution, wasserstein1_to_cdf
+from diffscale.evaluation import reference_ode_solution, single_thread, wasserstein1_to_cdf
 
 FORMULATION_NAMES = ("VE", "VP", "EDM", "iDDPM")
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_torch() -> None:
+def _deterministic_torch() -> Iterator[None]:
+    """A fixed global seed, and one intra-op thread: the tests' tensors are small, and two threads spin
+    badly when the two cores are shared."""
     torch.manual_seed(0)
+    with single_thread():
+        yield
+
+
+def snapshot(directory: Path) -> list[str]:
+    """Every path under ``directory`` (to prove that nothing was written)."""
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*"))
+
+
+def run_cli(argv: list[str]) -> int:
+    """``diffscale`` in-process; its exit status, also when it exits through SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
 
 
 def probability_flow_reference(mixture: GaussianMixture, noise: torch.Tensor, sigma_start: float) -> torch.Tensor:

@@ -16,6 +16,7 @@ import safetensors.torch
 from diffscale import __version__
 from diffscale.cli.main import build_parser, main
 from diffscale.training.checkpoint import SIDECAR_NAME
+from tests.conftest import run_cli, snapshot
 
 TINY_YAML = """\
 diffusion:
@@ -43,18 +44,6 @@ training:
   device: cpu
   log_every: 10
 """
-
-
-def snapshot(directory: Path) -> list[str]:
-    """Every path under ``directory`` (to prove that nothing was written)."""
-    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*"))
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
 
 
 def assert_bad_input(argv: list[str], capsys: pytest.CaptureFixture[str], expected: list[str], root: Path) -> str:

@@ -15,20 +15,10 @@ from diffscale.cli.main import main
 from diffscale.cli.samples_io import write_samples
 from diffscale.data import two_gaussians_1d
 from diffscale.evaluation import single_thread
+from tests.conftest import run_cli, snapshot
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mixture_1d_edm.yaml"
 FAST = ["--steps", "24", "--no-progress", "--device", "cpu"]
-
-
-def snapshot(directory: Path) -> list[str]:
-    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*"))
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
 
 
 @pytest.fixture(scope="module")
@@ -183,9 +173,8 @@ def test_gridded_runs_are_scored_against_the_exact_field_density(tmp_path: Path)
     config = CONFIG.parent / "fields_ddpmpp.yaml"
     run = tmp_path / "fields"
     overrides = ["--set", "training.steps=2", "--set", "data.height=8", "--set", "data.width=12"]
-    with single_thread():
-        assert main(["train", str(config), *overrides, "--out", str(run), "--no-progress"]) == 0
-        result = likelihood(run, tmp_path / "ll.json", "--data", "mixture:4", "--steps", "4")
+    assert main(["train", str(config), *overrides, "--out", str(run), "--no-progress"]) == 0
+    result = likelihood(run, tmp_path / "ll.json", "--data", "mixture:4", "--steps", "4")
     assert result["dims"] == 8 * 12 and result["num_samples"] == 4
     assert math.isfinite(result["log_likelihood"]["mean"])
     assert math.isfinite(result["exact"]["log_likelihood"]["mean"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,16 +11,6 @@ from torch import nn
 from diffscale.networks.dhariwal_unet import DhariwalUNet
 from diffscale.networks.presets import ADMParams, build_network
 from diffscale.networks.unet_base import count_parameters
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny networks run fastest on one thread (and do not stall when the CPU cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TINY: dict[str, Any] = {
     "model_channels": 8,

@@ -12,11 +12,6 @@ from diffscale.data import GaussianRandomField, radial_power_spectrum
 from diffscale.data.fields import rfft_weights, wavenumbers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def tiny(width: int = 6) -> GaussianRandomField:
     return GaussianRandomField(channels=2, height=4, width=width, length_scale=1.5, spectral_slope=3.0, std=0.8)
 

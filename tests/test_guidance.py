@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -11,14 +9,6 @@ import diffscale
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.guidance import ClassifierFreeGuidance, drop_conditioning
 from diffscale.networks.presets import build_network
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

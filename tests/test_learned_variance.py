@@ -10,7 +10,6 @@ from torch.distributions import Normal, kl_divergence
 
 import diffscale
 from diffscale.data import two_gaussians_1d
-from diffscale.evaluation import single_thread
 from diffscale.formulations.posterior import (
     interpolated_log_variance,
     posterior_log_variance_bounds,
@@ -83,26 +82,25 @@ def test_hybrid_loss_trains_the_variance_and_the_ancestral_sampler_uses_it() -> 
         denoiser, lambda n, g: MIXTURE.sample(n, g), TrainingSettings(steps=600, batch_size=256, device="cpu")
     )
     losses: list[float] = []
-    with single_thread():
-        trainer.run(progress=False, callback=lambda record: losses.append(record.loss))
-        assert sum(losses[-50:]) / 50 < 0.6 * sum(losses[:50]) / 50
-        model = trainer.ema_denoiser
-        calls: list[bool] = []
-        original = model.denoise_with_variance
+    trainer.run(progress=False, callback=lambda record: losses.append(record.loss))
+    assert sum(losses[-50:]) / 50 < 0.6 * sum(losses[:50]) / 50
+    model = trainer.ema_denoiser
+    calls: list[bool] = []
+    original = model.denoise_with_variance
 
-        def spy(*args, **kwargs):
-            calls.append(True)
-            return original(*args, **kwargs)
+    def spy(*args, **kwargs):
+        calls.append(True)
+        return original(*args, **kwargs)
 
-        model.denoise_with_variance = spy
-        samples = diffscale.sample(
-            model,
-            torch.randn(10_000, 1, generator=torch.Generator().manual_seed(1)),
-            f,
-            steps=50,
-            solver="ancestral",
-            generator=torch.Generator().manual_seed(2),
-        )
+    model.denoise_with_variance = spy
+    samples = diffscale.sample(
+        model,
+        torch.randn(10_000, 1, generator=torch.Generator().manual_seed(1)),
+        f,
+        steps=50,
+        solver="ancestral",
+        generator=torch.Generator().manual_seed(2),
+    )
     assert len(calls) == 50
     assert wasserstein1_1d(samples, MIXTURE) < 0.06  # 600 steps of a small MLP; a single Gaussian is at 0.37
     assert float(DenoisingLoss(f)(model, MIXTURE.sample(64)).mean) > 0

@@ -5,14 +5,12 @@ exact trace, and the four formulations."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 import diffscale
 from diffscale.data import GaussianMixture, ring_2d, two_gaussians_1d
-from diffscale.evaluation import single_thread
 from diffscale.evaluation.likelihood import (
     basis_probes,
     bits_per_dim,
@@ -27,12 +25,6 @@ ODE_TOLERANCE = 1e-3
 """|ODE log-likelihood - exact log p(x; sigma_0)| with the exact prior, rk4, 64 steps (measured: <= 4e-4)."""
 
 EDM = diffscale.formulation("EDM")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 def exact_prior(mixture: GaussianMixture):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,15 +19,6 @@ from diffscale.networks.layers import (
     group_count,
 )
 from diffscale.networks.padding import GridPadding, circular_pad_longitude
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny networks run fastest on one thread (and do not stall when the CPU cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _periodic_reference(layer: Conv2d, x: torch.Tensor, factor: float) -> torch.Tensor:

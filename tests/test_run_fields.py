@@ -36,11 +36,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def test_train_sample_plot_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config_path = tmp_path / "fields.yaml"
     config_path.write_text(yaml.safe_dump(TINY))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,16 +16,6 @@ from diffscale.networks.presets import PRESETS, DDPMppParams, build_network, des
 from diffscale.networks.song_unet import SongUNet
 from diffscale.networks.unet_base import count_parameters, drop_labels
 from diffscale.validation import ConfigError
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny networks run fastest on one thread (and do not stall when the CPU cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TINY: dict[str, Any] = {
     "model_channels": 8,

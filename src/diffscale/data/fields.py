@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from diffscale.devices import draw_device
+
 __all__ = [
     "GaussianRandomField",
     "radial_bins",
@@ -190,7 +192,7 @@ class GaussianRandomField:
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """``n`` draws y = IFFT(sqrt(P) FFT(w)), w white noise, shape (n, C, H, W)."""
-        device = device if device is not None else (generator.device if generator is not None else "cpu")
+        device = draw_device(generator, device)
         white = torch.randn((n, *self.shape), generator=generator, dtype=torch.float64, device=device)
         return self._filter(white, self.spectrum.to(device).sqrt()).to(dtype)
 

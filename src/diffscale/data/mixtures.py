@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from diffscale.devices import draw_device
+
 __all__ = ["GaussianMixture", "ring_2d", "two_gaussians_1d"]
 
 
@@ -98,7 +100,7 @@ class GaussianMixture:
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """``n`` draws y ~ p_data, shape (n, D)."""
-        device = device if device is not None else (generator.device if generator is not None else "cpu")
+        device = draw_device(generator, device)
         component = torch.multinomial(self.weights.to(device), n, replacement=True, generator=generator)
         noise = torch.randn((n, self.dims), generator=generator, dtype=torch.float64, device=device)
         means, stds = self.means.to(device), self.stds.to(device)

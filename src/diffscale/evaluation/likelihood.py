@@ -67,6 +67,7 @@ from typing import Any, Literal
 import torch
 
 from diffscale.denoiser import Denoiser
+from diffscale.devices import draw_device
 from diffscale.formulations.base import Formulation
 
 __all__ = [
@@ -125,7 +126,7 @@ def hutchinson_probes(
         raise ValueError(f"probe kind = {kind!r}: allowed: {', '.join(PROBE_KINDS)}")
     if num_probes < 1:
         raise ValueError(f"num_probes = {num_probes}: must be >= 1")
-    device = device if device is not None else (generator.device if generator is not None else None)
+    device = draw_device(generator, device)
     size = (num_probes, *shape)
     if kind == "gaussian":
         return torch.randn(size, generator=generator, dtype=dtype, device=device)

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import model_validator
 
+from diffscale.devices import draw_device
 from diffscale.validation import StrictModel, validate
 
 __all__ = ["Formulation", "FormulationParams", "Preconditioning", "SigmaIsTime", "TensorLike", "as_tensor"]
@@ -197,7 +198,7 @@ def uniform(
     n: int, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device | str | None
 ) -> torch.Tensor:
     """U(0, 1) draws on the generator's device unless ``device`` says otherwise."""
-    device = device if device is not None else (generator.device if generator is not None else None)
+    device = draw_device(generator, device)
     return torch.rand(n, generator=generator, dtype=dtype, device=device)
 
 
@@ -205,5 +206,5 @@ def normal(
     n: int, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device | str | None
 ) -> torch.Tensor:
     """N(0, 1) draws on the generator's device unless ``device`` says otherwise."""
-    device = device if device is not None else (generator.device if generator is not None else None)
+    device = draw_device(generator, device)
     return torch.randn(n, generator=generator, dtype=dtype, device=device)

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from diffscale.devices import draw_device
 from diffscale.formulations.base import (
     Formulation,
     FormulationParams,
@@ -149,6 +150,6 @@ class IDDPM(SigmaIsTime, Formulation):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        device = device if device is not None else (generator.device if generator is not None else None)
+        device = draw_device(generator, device)
         index = torch.randint(0, self.params.M, (n,), generator=generator, device=device)
         return self.table.to(index.device)[index].to(dtype)

@@ -40,6 +40,7 @@ from typing import Literal, get_args
 import torch
 
 from diffscale.formulations.base import Formulation
+from diffscale.formulations.edm import EDM
 
 __all__ = ["SCHEDULES", "TUNED_SCALE", "ScheduleName", "time_grid", "tuned_sigmas", "tuned_warp"]
 
@@ -79,9 +80,9 @@ def time_grid(
     if schedule == "native":
         return formulation.time_steps(steps, dtype=dtype, device=device)
     if schedule == "edm":
-        fraction = torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1)
-        top, bottom = formulation.sigma_max ** (1.0 / rho), formulation.sigma_min ** (1.0 / rho)
-        sigmas = (top + fraction * (bottom - top)) ** rho
+        # The EDM formulation's own grid (sigma = t there, Eq. 5) over this formulation's noise range.
+        edm = EDM(sigma_min=formulation.sigma_min, sigma_max=formulation.sigma_max, rho=rho)
+        sigmas = edm.time_steps(steps)[:-1]
     elif schedule == "tuned":
         sigmas = tuned_sigmas(formulation.sigma_min, formulation.sigma_max, steps)
     else:
