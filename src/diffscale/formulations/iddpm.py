@@ -80,8 +80,15 @@ class IDDPM(SigmaIsTime, Formulation):
     def __init__(self, params: IDDPMParams | None = None, **kwargs: object) -> None:
         super().__init__(params, **kwargs)
         self.table = iddpm_sigma_table(self.params.M, self.params.C_1, self.params.C_2)
-        self._ascending = self.table.flip(0).contiguous()
-        self._cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _table_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u_0..u_M, the same in ascending order) on ``device``, float64, copied there once."""
+        tables = self._on_device.get(device)
+        if tables is None:
+            table = self.table.to(device)
+            tables = self._on_device[device] = (table, table.flip(0).contiguous())
+        return tables
 
     @property
     def learned_variance(self) -> bool:
@@ -103,10 +110,7 @@ class IDDPM(SigmaIsTime, Formulation):
     def nearest_index(self, sigma: TensorLike) -> torch.Tensor:
         """argmin_j |u_j - sigma| over j = 0..M (long tensor of sigma's shape)."""
         sigma = as_tensor(sigma)
-        key = (sigma.device, torch.float64)
-        ascending = self._cache.get(key)
-        if ascending is None:
-            ascending = self._cache[key] = self._ascending.to(sigma.device)
+        _, ascending = self._table_on(sigma.device)
         value = sigma.to(torch.float64).contiguous()
         upper = torch.searchsorted(ascending, value).clamp(1, self.params.M)
         lower = upper - 1
@@ -122,14 +126,14 @@ class IDDPM(SigmaIsTime, Formulation):
         """
         sigma = as_tensor(sigma)
         M = self.params.M
-        table = self.table.to(sigma.device)
+        table, _ = self._table_on(sigma.device)
         sigma_next = table[(self.nearest_index(sigma) + 1).clamp_max(M)].to(sigma.dtype)
         clipped = posterior_log_variance_bounds(table[M - 2], table[M - 1])[1].to(sigma.dtype)
         return sigma_next, clipped, self.params.vlb_weight * M
 
     def round_sigma(self, sigma: TensorLike) -> torch.Tensor:
         sigma = as_tensor(sigma)
-        return self.table.to(sigma.device)[self.nearest_index(sigma)].to(sigma.dtype)
+        return self._table_on(sigma.device)[0][self.nearest_index(sigma)].to(sigma.dtype)
 
     def preconditioning(self, sigma: TensorLike) -> Preconditioning:
         sigma = as_tensor(sigma)
@@ -152,4 +156,4 @@ class IDDPM(SigmaIsTime, Formulation):
     ) -> torch.Tensor:
         device = draw_device(generator, device)
         index = torch.randint(0, self.params.M, (n,), generator=generator, device=device)
-        return self.table.to(index.device)[index].to(dtype)
+        return self._table_on(index.device)[0][index].to(dtype)
