@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffscale.data.batch import Batch, as_batch
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.loss import DenoisingLoss
 from diffscale.training.ema import ExponentialMovingAverage
@@ -17,8 +18,8 @@ from diffscale.training.settings import TrainingSettings
 
 __all__ = ["BatchSource", "StepRecord", "Trainer", "resolve_device"]
 
-BatchSource = Callable[[int, torch.Generator], torch.Tensor]
-"""``source(batch_size, generator)`` returns a batch of clean training samples y."""
+BatchSource = Callable[[int, torch.Generator], "torch.Tensor | Batch"]
+"""``source(batch_size, generator)`` returns clean training samples y, or a :class:`Batch` (y and conditioning)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,11 +75,11 @@ class Trainer:
 
     def train_step(self) -> StepRecord:
         settings = self.settings
-        clean = self.source(settings.batch_size, self.generator).to(self.device)
+        batch = as_batch(self.source(settings.batch_size, self.generator)).to(self.device)
         learning_rate = self.learning_rate(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        terms = self.loss(self.denoiser, clean, self.generator)
+        terms = self.loss(self.denoiser, batch.target, self.generator, **batch.cond)
         loss = terms.mean
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step}")
