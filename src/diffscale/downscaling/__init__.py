@@ -1,0 +1,21 @@
+"""Downscaling output and work distribution: the CF-netCDF ensemble writer (and the merge of per-rank parts), the
+deterministic (time, member-batch) work plan, and seamless blending of overlapping patches."""
+
+from diffscale.downscaling.blending import PatchedDenoiser, PatchPlan, blend_patches, raised_cosine_ramp
+from diffscale.downscaling.plan import Block, block_generator, block_seed, blocks_for_rank, work_blocks
+from diffscale.downscaling.writer import EnsembleWriter, merge_parts, part_path
+
+__all__ = [
+    "Block",
+    "EnsembleWriter",
+    "PatchPlan",
+    "PatchedDenoiser",
+    "blend_patches",
+    "block_generator",
+    "block_seed",
+    "blocks_for_rank",
+    "merge_parts",
+    "part_path",
+    "raised_cosine_ramp",
+    "work_blocks",
+]

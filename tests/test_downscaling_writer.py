@@ -1,0 +1,282 @@
+"""The CF-netCDF ensemble writer and the merge of rank parts (diffscale.downscaling.writer), read back with xarray
+(an independent reader) and netCDF4."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import diffscale
+from diffscale.downscaling import (
+    EnsembleWriter,
+    block_generator,
+    blocks_for_rank,
+    merge_parts,
+    part_path,
+    work_blocks,
+)
+from diffscale.validation import ConfigError
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+LATITUDE = np.linspace(58.0, 50.0, 5)  # descending, as ERA5
+LONGITUDE = np.linspace(-10.0, 2.0, 7)
+TIMES = np.arange("2019-03-01T00", "2019-03-01T04", dtype="datetime64[h]")
+VARIABLES = {
+    "t2m": {"units": "K", "standard_name": "air_temperature", "long_name": "2 metre temperature"},
+    "tp": {"units": "m", "standard_name": "precipitation_amount", "long_name": "total precipitation"},
+}
+GLOBALS = {
+    "sampling": {"steps": 18, "sampler": "heun", "s_churn": 0.0, "s_max": float("inf")},
+    "seed": 7,
+    "checkpoint_sha256": "ab" * 32,
+    "institution": "test",
+    "history": "2026-01-01T00:00:00Z: diffscale downscale run --members 3",
+    "guidance": None,
+    "ema": True,
+}
+
+
+def _writer(path: Path, **overrides) -> EnsembleWriter:
+    kwargs = dict(
+        latitude=LATITUDE,
+        longitude=LONGITUDE,
+        times=TIMES,
+        num_members=3,
+        variables=VARIABLES,
+        global_attributes=GLOBALS,
+    )
+    kwargs.update(overrides)
+    return EnsembleWriter(path, **kwargs)
+
+
+def _field(name: str, member: int, time: int) -> np.ndarray:
+    """A known value per (variable, member, time, lat, lon)."""
+    lat, lon = np.meshgrid(np.arange(LATITUDE.size), np.arange(LONGITUDE.size), indexing="ij")
+    base = 280.0 if name == "t2m" else 0.001
+    return (base + member + 0.1 * time + 0.01 * lat + 0.001 * lon).astype(np.float32)
+
+
+def test_roundtrip_through_xarray(tmp_path: Path) -> None:
+    path = tmp_path / "ensemble.nc"
+    with _writer(path) as writer:
+        for name in VARIABLES:
+            for time in range(TIMES.size - 1):  # member blocks of 2 + 1, one time each
+                writer.write(name, range(0, 2), time, np.stack([_field(name, m, time) for m in (0, 1)]))
+                writer.write(name, slice(2, 3), time, _field(name, 2, time)[None])
+            last = TIMES.size - 1  # a block of all members over a time slice
+            block = np.stack([[_field(name, m, last)] for m in range(3)])
+            writer.write(name, slice(0, 3), slice(last, last + 1), torch.from_numpy(block))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble.nc"]  # no temporary file left
+
+    with xr.open_dataset(path) as dataset:
+        dataset.load()
+    assert dataset["t2m"].dims == ("member", "time", "latitude", "longitude")
+    assert dataset["t2m"].dtype == np.float32
+    expected = np.stack([[_field("t2m", m, t) for t in range(TIMES.size)] for m in range(3)])
+    np.testing.assert_array_equal(dataset["t2m"].values, expected)
+    np.testing.assert_array_equal(dataset["latitude"].values, LATITUDE)
+    np.testing.assert_array_equal(dataset["longitude"].values, LONGITUDE)
+    np.testing.assert_array_equal(dataset["time"].values, TIMES.astype("datetime64[ns]"))
+    np.testing.assert_array_equal(dataset["member"].values, np.arange(3))
+    assert dataset["member"].attrs["standard_name"] == "realization"
+    assert dataset["latitude"].attrs == {
+        "standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"
+    }  # fmt: skip
+    assert dataset["longitude"].attrs["units"] == "degrees_east" and dataset["longitude"].attrs["axis"] == "X"
+    assert dataset["time"].encoding["units"] == "hours since 1970-01-01 00:00:00"
+    assert dataset["time"].encoding["calendar"] == "proleptic_gregorian"
+    for name, attributes in VARIABLES.items():
+        assert dataset[name].attrs == attributes
+        assert dataset[name].encoding["zlib"] and dataset[name].encoding["chunksizes"] == (1, 1, 5, 7)
+    attrs = dataset.attrs
+    assert attrs["Conventions"] == "CF-1.8"
+    assert attrs["sampling_steps"] == 18 and attrs["sampling_sampler"] == "heun" and attrs["sampling_s_max"] == np.inf
+    assert attrs["seed"] == 7 and attrs["checkpoint_sha256"] == "ab" * 32
+    assert (
+        attrs["diffscale_version"] == diffscale.__version__ and attrs["source"] == f"diffscale {diffscale.__version__}"
+    )
+    assert attrs["history"] == GLOBALS["history"] and attrs["institution"] == "test"
+    assert attrs["guidance"] == "none" and attrs["ema"] == "true"
+
+
+def test_subhourly_times_use_minutes(tmp_path: Path) -> None:
+    times = np.array(["2019-03-01T00:00", "2019-03-01T00:30"], dtype="datetime64[m]")
+    with _writer(tmp_path / "a.nc", times=times, num_members=1, variables={"t2m": VARIABLES["t2m"]}) as writer:
+        writer.write("t2m", range(1), slice(0, 2), np.zeros((1, 2, 5, 7)))
+    with xr.open_dataset(tmp_path / "a.nc") as dataset:
+        assert dataset["time"].encoding["units"] == "minutes since 1970-01-01 00:00:00"
+        np.testing.assert_array_equal(dataset["time"].values, times.astype("datetime64[ns]"))
+
+
+def test_an_error_inside_the_block_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "ensemble.nc"
+    with pytest.raises(RuntimeError, match="sampler failed"), _writer(path) as writer:
+        writer.write("t2m", range(3), 0, np.zeros((3, 5, 7)))
+        raise RuntimeError("sampler failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_incomplete_file_is_refused_and_removed(tmp_path: Path) -> None:
+    path = tmp_path / "ensemble.nc"
+    message = r"23 slab.*the first: variable t2m, member 0, time 2019-03-01T01:00"
+    with pytest.raises(ValueError, match=message), _writer(path) as writer:
+        writer.write("t2m", range(1), 0, np.zeros((1, 5, 7)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_blocks_fail_fast_naming_the_variable_and_time(tmp_path: Path) -> None:
+    with _writer(tmp_path / "e.nc", part=(0, 1)) as writer:
+        with pytest.raises(ConfigError, match=r"variable t2m at time 2019-03-01T02:00 \(index 2\): block has shape"):
+            writer.write("t2m", range(2), 2, np.zeros((2, 7, 5)))
+        bad = np.zeros((2, 5, 7))
+        bad[1, 3, 4] = np.nan
+        with pytest.raises(ConfigError, match=r"variable tp at time 2019-03-01T01:00 \(index 1\): 1 non-finite"):
+            writer.write("tp", range(2), 1, bad)
+        with pytest.raises(ConfigError, match=r"t2m at time 2019-03-01T03:00 .*non-finite.*float32"):
+            writer.write("t2m", range(1), slice(3, 4), np.full((1, 1, 5, 7), 1e39))
+        with pytest.raises(ConfigError, match="variable 'u10': not in the file; its variables: t2m, tp"):
+            writer.write("u10", range(1), 0, np.zeros((1, 5, 7)))
+        with pytest.raises(ConfigError, match="members = range"):
+            writer.write("t2m", range(2, 4), 0, np.zeros((2, 5, 7)))
+        with pytest.raises(ConfigError, match="time_index = 4"):
+            writer.write("t2m", range(1), 4, np.zeros((1, 5, 7)))
+    (tmp_path / "e.nc").unlink()
+    with pytest.raises(ConfigError, match="latitude: must be strictly monotonic"):
+        _writer(tmp_path / "f.nc", latitude=np.array([50.0, 51.0, 50.5]))
+    with pytest.raises(ConfigError, match="times: must be a non-empty 1-D numpy datetime64"):
+        _writer(tmp_path / "f.nc", times=np.arange(3))
+    with pytest.raises(ConfigError, match="variable t2m: needs its attributes as a mapping with 'units'"):
+        _writer(tmp_path / "f.nc", variables={"t2m": {"standard_name": "air_temperature"}})
+    with pytest.raises(ConfigError, match=r"directory .* does not exist"):
+        _writer(tmp_path / "missing" / "f.nc")
+    (tmp_path / "exists.nc").write_bytes(b"")
+    with pytest.raises(ConfigError, match="exists"):
+        _writer(tmp_path / "exists.nc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.nc"]
+
+
+def _run_rank(out: Path, rank: int, world_size: int, seed: int) -> Path:
+    """One simulated rank of a downscaling run: its blocks, each from its own generator (a stand-in for the
+    sampler: 280 K plus the block's noise), written to its part file."""
+    blocks = work_blocks(TIMES.size, num_members=3, member_batch=2)
+    path = part_path(out, rank, world_size)
+    with _writer(path, part=(rank, world_size)) as writer:
+        for block in blocks_for_rank(blocks, rank, world_size):
+            generator = block_generator(seed, block)
+            for name in VARIABLES:
+                noise = torch.randn(block.size, LATITUDE.size, LONGITUDE.size, generator=generator)
+                writer.write(name, block.members, block.time_index, 280.0 + noise)
+    return path
+
+
+def _single_process(out: Path, seed: int) -> Path:
+    with _writer(out) as writer:
+        for block in work_blocks(TIMES.size, num_members=3, member_batch=2):
+            generator = block_generator(seed, block)
+            for name in VARIABLES:
+                noise = torch.randn(block.size, LATITUDE.size, LONGITUDE.size, generator=generator)
+                writer.write(name, block.members, block.time_index, 280.0 + noise)
+    return out
+
+
+def _raw(path: Path) -> tuple[dict, dict]:
+    with netCDF4.Dataset(path) as dataset:
+        attributes = {key: dataset.getncattr(key) for key in dataset.ncattrs()}
+        variables = {
+            name: (np.asarray(v[:]), v.dtype, v.dimensions, {k: v.getncattr(k) for k in v.ncattrs()}, v.chunking())
+            for name, v in dataset.variables.items()
+        }
+    return attributes, variables
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 5])
+def test_merged_parts_equal_a_single_process_write(tmp_path: Path, world_size: int) -> None:
+    single = _single_process(tmp_path / "single.nc", seed=3)
+    out = tmp_path / "merged.nc"
+    parts = [_run_rank(out, rank, world_size, seed=3) for rank in reversed(range(world_size))]
+    assert merge_parts(parts, out) == out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.nc", "single.nc"]  # parts removed
+    with xr.open_dataset(single) as a, xr.open_dataset(out) as b:
+        xr.testing.assert_identical(a.load(), b.load())
+    (attrs_a, vars_a), (attrs_b, vars_b) = _raw(single), _raw(out)
+    assert attrs_a.keys() == attrs_b.keys()
+    assert all(np.array_equal(attrs_a[k], attrs_b[k]) if not isinstance(attrs_a[k], str) else attrs_a[k] == attrs_b[k]
+               for k in attrs_a)  # fmt: skip
+    assert vars_a.keys() == vars_b.keys()
+    for name, (values, dtype, dims, attributes, chunking) in vars_a.items():
+        other = vars_b[name]
+        assert np.array_equal(values, other[0]) and (dtype, dims, chunking) == (other[1], other[2], other[4])
+        assert {k: str(v) for k, v in attributes.items()} == {k: str(v) for k, v in other[3].items()}
+    with xr.open_dataset(out) as merged:
+        assert float(merged["t2m"].std()) > 0.5  # noise was written, not a constant
+
+
+def test_merge_refuses_missing_duplicate_or_foreign_parts(tmp_path: Path) -> None:
+    out = tmp_path / "merged.nc"
+    parts = [_run_rank(out, rank, 2, seed=0) for rank in range(2)]
+    with pytest.raises(ConfigError, match=r"expected ranks 0\.\.0 of world size 1"):
+        merge_parts(parts[:1], out, remove_parts=False)
+    duplicate = tmp_path / "dup.nc"
+    with _writer(duplicate, part=(1, 2)) as writer:
+        writer.write("t2m", range(1), 0, np.zeros((1, 5, 7)))
+    with pytest.raises(ConfigError, match=r"variable t2m, member 0, time 2019-03-01T00:00 \(index 0\) is held by 2"):
+        merge_parts([parts[0], duplicate], out, remove_parts=False)
+    other = tmp_path / "other.nc"
+    with _writer(other, part=(1, 2), global_attributes={**GLOBALS, "seed": 8}):
+        pass
+    with pytest.raises(ConfigError, match=re.escape(f"part {other}: its global_attributes differ")):
+        merge_parts([parts[0], other], out, remove_parts=False)
+    with pytest.raises(ConfigError, match="not a diffscale part file"):
+        merge_parts([_single_process(tmp_path / "s.nc", 0)], out)
+    assert not out.exists() and all(p.exists() for p in parts)
+
+
+@pytest.mark.skipif(not (DATA / "era5_t2m_uk_2019-03.nc").exists(), reason="shared ERA5 data absent")
+def test_era5_fields_roundtrip(tmp_path: Path) -> None:
+    """Real coordinates and values (ERA5 t2m over the UK, latitude descending) survive a write and read."""
+    with xr.open_dataset(DATA / "era5_t2m_uk_2019-03.nc") as source:
+        t2m = source["t2m"]
+        lat_name, lon_name = (d for d in t2m.dims[-2:])
+        time_name = t2m.dims[0]
+        fields = t2m.isel({time_name: slice(0, 3)}).load()
+    path = tmp_path / "era5.nc"
+    values = fields.values.astype(np.float32)
+    with EnsembleWriter(
+        path,
+        latitude=fields[lat_name].values,
+        longitude=fields[lon_name].values,
+        times=fields[time_name].values,
+        num_members=2,
+        variables={"t2m": {"units": "K", "standard_name": "air_temperature"}},
+        global_attributes={"seed": 0},
+    ) as writer:
+        for time in range(3):
+            writer.write("t2m", range(2), time, np.stack([values[time], values[time] + 1.0]))
+    with xr.open_dataset(path) as dataset:
+        np.testing.assert_array_equal(dataset["t2m"].values[0], values)
+        np.testing.assert_array_equal(dataset["t2m"].values[1], values + np.float32(1.0))
+        np.testing.assert_array_equal(dataset["latitude"].values, fields[lat_name].values)
+        np.testing.assert_array_equal(dataset["time"].values, fields[time_name].values)
+
+
+def test_parts_with_their_own_default_history_merge_keeping_rank_0s(tmp_path: Path) -> None:
+    out = tmp_path / "merged.nc"
+    no_history = {k: v for k, v in GLOBALS.items() if k != "history"}
+    histories = []
+    for rank in (1, 0):
+        with _writer(part_path(out, rank, 2), num_members=1, part=(rank, 2), global_attributes=no_history) as writer:
+            for name in VARIABLES:
+                writer.write(name, range(1), slice(rank * 2, rank * 2 + 2), np.full((1, 2, 5, 7), float(rank)))
+        with netCDF4.Dataset(part_path(out, rank, 2)) as dataset:
+            histories.append(dataset.getncattr("history"))
+        assert "written by diffscale" in histories[-1]
+    merge_parts([part_path(out, 0, 2), part_path(out, 1, 2)], out, overwrite=False)
+    with xr.open_dataset(out) as merged:
+        assert merged.attrs["history"] == histories[1]  # rank 0's
+        np.testing.assert_array_equal(merged["tp"].values[0, :, 0, 0], [0.0, 0.0, 1.0, 1.0])
