@@ -1,7 +1,8 @@
-"""Downscaling output and work distribution: the CF-netCDF ensemble writer (and the merge of per-rank parts), the
+"""Downscaling: ensemble generation block by block, the CF-netCDF ensemble writer (and the merge of per-rank parts), the
 deterministic (time, member-batch) work plan, and seamless blending of overlapping patches."""
 
 from diffscale.downscaling.blending import PatchedDenoiser, PatchPlan, blend_patches, raised_cosine_ramp
+from diffscale.downscaling.ensemble import generate_ensemble
 from diffscale.downscaling.plan import Block, block_generator, block_seed, blocks_for_rank, work_blocks
 from diffscale.downscaling.writer import EnsembleWriter, merge_parts, part_path
 
@@ -14,6 +15,7 @@ __all__ = [
     "block_generator",
     "block_seed",
     "blocks_for_rank",
+    "generate_ensemble",
     "merge_parts",
     "part_path",
     "raised_cosine_ramp",

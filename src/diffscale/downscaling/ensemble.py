@@ -1,0 +1,103 @@
+"""Ensemble generation: for every (time, member batch) block, sample residuals r ~ p(r | c) with the diffusion
+model and write the fine fields y = T^-1(r + b) as they come.
+
+Given the conditioning c (T, K, H, W) and base b (T, C, H, W) of a coarse input (see
+:class:`~diffscale.data.climate.ConditioningBuilder`), a block (t, members m0..m1) draws its initial noise and any
+churn noise from its own generator, seeded by (seed, t, m0, m1) only (:func:`~diffscale.downscaling.block_generator`),
+so the ensemble does not depend on how blocks are shared between processes or in which order they run. Only one
+block of members is in memory at a time.
+
+For domains larger than the network's training patches, pass a :class:`~diffscale.downscaling.PatchPlan`: the
+denoiser is then applied window by window at every solver step and blended (:class:`PatchedDenoiser`), which
+gives one global sample without seams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from diffscale.denoiser import Denoiser
+from diffscale.downscaling.blending import PatchedDenoiser, PatchPlan
+from diffscale.downscaling.plan import Block, block_generator
+from diffscale.downscaling.writer import EnsembleWriter
+from diffscale.formulations.base import Formulation
+from diffscale.sampling import SamplerSettings, sample
+
+__all__ = ["ToPhysical", "generate_ensemble"]
+
+ToPhysical = Callable[[torch.Tensor], torch.Tensor]
+"""T^-1: normalised fine fields (B, C, H, W) -> physical units (B, C, H, W)."""
+
+
+def generate_ensemble(
+    denoiser: Denoiser | None,
+    formulation: Formulation | None,
+    cond_fields: torch.Tensor,
+    base: torch.Tensor,
+    blocks: Sequence[Block],
+    writer: EnsembleWriter,
+    variables: Sequence[str],
+    to_physical: ToPhysical,
+    *,
+    settings: SamplerSettings | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    patch_plan: PatchPlan | None = None,
+    patch_batch: int = 16,
+    progress: bool = True,
+    extra_cond: dict[str, Any] | None = None,
+) -> None:
+    """Sample every block and write it.
+
+    Args:
+        denoiser: D(x; sigma, cond_fields=...) of the residual r; None for a deterministic model (every member is
+            then b itself, e.g. a regression run whose prediction is the base).
+        formulation: the denoiser's formulation (None with ``denoiser`` None).
+        cond_fields: c, (T, K, H, W) (CPU is fine: a block is moved to ``device`` when it is sampled).
+        base: b, (T, C, H, W), normalised.
+        blocks: the blocks this process generates (:func:`~diffscale.downscaling.work_blocks`,
+            :func:`~diffscale.downscaling.blocks_for_rank`).
+        writer: an open :class:`EnsembleWriter` (or rank part writer) with the variables in ``variables`` order.
+        variables: names of the C channels.
+        to_physical: T^-1.
+        settings: sampler settings (required with a denoiser).
+        seed: the ensemble's seed.
+        patch_plan: tile the domain with overlapping windows and blend the denoiser's outputs.
+        patch_batch: windows evaluated per network call with ``patch_plan``.
+        progress: show a bar counting members x times.
+        extra_cond: further keyword conditioning given to every denoiser call unchanged (rarely needed).
+    """
+    if denoiser is not None and (formulation is None or settings is None):
+        raise ValueError("a denoiser needs its formulation and sampler settings")
+    if cond_fields.shape[0] != base.shape[0]:
+        raise ValueError(f"cond_fields has {cond_fields.shape[0]} times, base {base.shape[0]}")
+    if base.shape[1] != len(variables):
+        raise ValueError(f"base has {base.shape[1]} channels for {len(variables)} variables")
+    device = torch.device(device)
+    model = denoiser
+    if denoiser is not None and patch_plan is not None:
+        model = PatchedDenoiser(denoiser, patch_plan, batch_size=patch_batch)
+    total = sum(block.size for block in blocks)
+    with tqdm(total=total, desc="downscaling", unit="member-time", disable=not progress) as bar:
+        for block in blocks:
+            t, size = block.time_index, block.size
+            block_base = base[t : t + 1].to(device).expand(size, -1, -1, -1)
+            if model is None:
+                normalised = block_base
+            else:
+                generator = block_generator(seed, block, device)
+                cond = {"cond_fields": cond_fields[t : t + 1].to(device).expand(size, -1, -1, -1), **(extra_cond or {})}
+                noise = torch.randn(block_base.shape, generator=generator, device=device)
+                with torch.no_grad():
+                    residual = sample(
+                        model, noise, formulation, **settings.model_dump(), generator=generator, cond=cond
+                    )
+                normalised = residual + block_base
+            physical = to_physical(normalised).cpu()
+            for channel, name in enumerate(variables):
+                writer.write(name, block.members, t, physical[:, channel])
+            bar.update(size)
