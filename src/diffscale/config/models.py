@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from diffscale.config.climate import ClimateData
 from diffscale.config.sections import GaussianFieldsData, MLPModel
 from diffscale.networks.presets import PRESETS, describe_network
 from diffscale.networks.unet_base import GridUNet, count_parameters
@@ -37,9 +38,15 @@ GRID_ARCHS: tuple[str, ...] = tuple(PRESETS)
 
 
 def data_shape(data: BaseModel) -> tuple[int, ...]:
-    """Shape of one sample of the ``data:`` section: (D,) for vectors, (C, H, W) for fields."""
+    """Shape of one sample of the ``data:`` section: (D,) for vectors, (C, H, W) for fields.
+
+    Climate fields whose grid is only known from their files (no crop of both axes, no patch) give (C, 0, 0):
+    their grid is checked against the network when the data is read.
+    """
     if isinstance(data, GaussianFieldsData):
         return (data.channels, data.height, data.width)
+    if isinstance(data, ClimateData):
+        return data.sample_shape() or (len(data.variables), 0, 0)
     return (data.build().dims,)
 
 
@@ -92,13 +99,23 @@ def resolve_model(model: BaseModel, data: BaseModel, learned_variance: bool) -> 
             f"(data.channels = {channels}{', times 2 for the learned variance' if learned_variance else ''}); "
             "leave it null"
         )
+    conditioning = {"cond_channels": data.cond_channels} if isinstance(data, ClimateData) else {}
+    if "cond_channels" in given and conditioning and model.cond_channels != conditioning["cond_channels"]:
+        raise ValueError(
+            f"model.cond_channels = {model.cond_channels} does not match the {conditioning['cond_channels']} "
+            f"conditioning channels of data ({', '.join(data.cond_channel_names())}); leave it out: it follows the data"
+        )
     for key in ("cond_channels", "label_dim"):
-        if getattr(model, key):
+        if key not in conditioning and getattr(model, key):
             raise ValueError(
                 f"model.{key} = {getattr(model, key)}: data.kind = {data.kind!r} provides no "
                 f"{'conditioning fields' if key == 'cond_channels' else 'labels'} (use 0)"
             )
-    resolved = model.model_copy(update={"in_channels": channels, "learned_variance": learned_variance})
+    resolved = model.model_copy(
+        update={"in_channels": channels, "learned_variance": learned_variance, **conditioning}
+    )
+    if height == 0:  # a climate grid known only from its files: checked when they are read
+        return resolved
     with torch.device("meta"):  # the network's own checks, without allocating its weights
         try:
             network = build_model(resolved, shape)

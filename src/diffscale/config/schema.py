@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
+from diffscale.config.climate import ClimateData
 from diffscale.config.models import data_shape, resolve_model
 from diffscale.config.sections import GaussianFieldsData, MixtureData, MLPModel, OutputSection, SamplingSection
 from diffscale.config.tagged import TaggedSection
@@ -58,7 +59,7 @@ MODEL = TaggedSection(
 DATA = TaggedSection(
     name="data",
     key="kind",
-    members={"mixture": MixtureData, "gaussian_fields": GaussianFieldsData},
+    members={"mixture": MixtureData, "gaussian_fields": GaussianFieldsData, "climate": ClimateData},
     default="mixture",
     kind_of_thing="kind",
 )
@@ -69,7 +70,7 @@ TAGGED_SECTIONS: dict[str, TaggedSection] = {section.name: section for section i
 if TYPE_CHECKING:
     DiffusionSection = FormulationParams
     ModelSection = MLPModel | DDPMppParams | NCSNppParams | ADMParams
-    DataSection = MixtureData | GaussianFieldsData
+    DataSection = MixtureData | GaussianFieldsData | ClimateData
 else:
     DiffusionSection = DIFFUSION.annotation()
     ModelSection = MODEL.annotation()

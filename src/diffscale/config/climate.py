@@ -1,0 +1,229 @@
+"""The ``data: {kind: climate}`` section: climate fields for probabilistic downscaling.
+
+Validating the section reads no file (paths, variables and grids are checked when the dataset is built, with
+one-line :class:`~diffscale.validation.ConfigError` messages). Example::
+
+    data:
+      kind: climate
+      paths: [/data/era5_t2m_*.nc]          # fine (high-resolution) fields
+      variables: [t2m]
+      coarsen_factor: 4                     # coarse input = area-weighted 4 x 4 block mean of the fine fields
+      crop: {lat: [0, 32], lon: [0, 48]}    # index window of the harmonised fine grid (south -> north, west -> east)
+      static_paths: [/data/era5_orography_lsm_global.nc]
+      static_variables: [orography, lsm]
+      channels: {latlon: true, hour: true, day_of_year: true}
+      transforms: {t2m: standardize}
+      target: residual
+      train_period: ["2019-03-01", "2019-03-24"]
+      validation_period: ["2019-03-25", "2019-03-31"]
+      patch: null
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from diffscale.data.climate.io import canonical_variable
+from diffscale.validation import StrictModel
+
+__all__ = ["ClimateChannels", "ClimateData", "CropWindow", "Split"]
+
+Split = Literal["train", "validation", "test"]
+
+_ONE_DAY = np.timedelta64(1, "D")
+_ONE_NS = np.timedelta64(1, "ns")
+
+
+def _as_list(value: Any) -> Any:
+    """A single path or name is a list of one."""
+    return [value] if isinstance(value, str) else value
+
+
+def _as_iso(value: Any) -> Any:
+    """YAML reads an unquoted 2019-03-01 as a date: keep it as its ISO string."""
+    if isinstance(value, list | tuple):
+        return [item.isoformat() if isinstance(item, dt.date | dt.datetime) else item for item in value]
+    return value
+
+
+PathList = Annotated[list[str], BeforeValidator(_as_list)]
+NameList = Annotated[list[str], BeforeValidator(_as_list)]
+Period = Annotated[tuple[str, str], BeforeValidator(_as_iso)]
+IndexRange = tuple[Annotated[int, Field(ge=0, strict=True)], Annotated[int, Field(ge=1, strict=True)]]
+
+
+def _parse_time(text: str) -> np.datetime64:
+    try:
+        return np.datetime64(text, "ns")
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO date or time (e.g. 2019-03-01 or 2019-03-01T06:00)") from None
+
+
+def period_bounds(period: tuple[str, str]) -> tuple[np.datetime64, np.datetime64]:
+    """(first, last) instants of an inclusive ISO period; a date-only end covers its whole day."""
+    start, end = _parse_time(period[0]), _parse_time(period[1])
+    if len(period[1].strip()) <= 10:  # YYYY-MM-DD (or coarser): up to the end of that day
+        end = end + _ONE_DAY - _ONE_NS
+    return start, end
+
+
+class CropWindow(StrictModel):
+    """Index window [start, stop) of the fine grid after harmonisation (latitude ascending, longitude ascending)."""
+
+    lat: IndexRange | None = Field(None, description="[start, stop) latitude indices (south -> north); null: all")
+    lon: IndexRange | None = Field(None, description="[start, stop) longitude indices (west -> east); null: all")
+
+    @field_validator("lat", "lon")
+    @classmethod
+    def _increasing(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and value[1] <= value[0]:
+            raise ValueError(f"stop must be greater than start; got {list(value)}")
+        return value
+
+
+class ClimateChannels(StrictModel):
+    """Optional conditioning channels beside the coarse fields and the statics."""
+
+    latlon: bool = Field(False, description="latitude / 90, sin and cos of longitude (3 channels)")
+    hour: bool = Field(False, description="sin and cos of the UTC hour of day (2 channels)")
+    day_of_year: bool = Field(False, description="sin and cos of the day of year (2 channels)")
+
+
+class ClimateData(StrictModel):
+    """``data: {kind: climate}``: fine climate fields y (C, H, W) to generate from coarse fields (downscaling)."""
+
+    kind: Literal["climate"] = Field("climate", description="data kind: climate (fields read from files)")
+    paths: PathList = Field(..., min_length=1, description="high-resolution files (netCDF, zarr, GRIB; globs allowed)")
+    variables: NameList = Field(["t2m"], min_length=1, description="variables to model (canonical names or aliases)")
+    coarse_paths: PathList | None = Field(
+        None, description="low-resolution files; null: coarsen the fine fields by coarsen_factor"
+    )
+    coarsen_factor: int = Field(4, ge=1, strict=True, description="fine cells per coarse cell along each axis")
+    crop: CropWindow | None = Field(
+        None, description="index window {lat: [start, stop], lon: [start, stop]} of the fine grid"
+    )
+    static_paths: PathList = Field([], description="files of time-invariant fields (orography, land-sea mask)")
+    static_variables: NameList = Field([], description="static fields to condition on, e.g. [orography, lsm]")
+    channels: ClimateChannels = Field(default_factory=ClimateChannels, description="optional lat/lon and time channels")
+    transforms: dict[str, Literal["standardize", "log1p", "sqrt"]] = Field(
+        {}, description="per-variable transform before standardising (default standardize; log1p/sqrt for tp)"
+    )
+    target: Literal["fine", "residual", "regression_residual"] = Field(
+        "residual", description="fine field, residual vs upsampled coarse, or residual vs a regression model"
+    )
+    interpolation: Literal["bilinear", "bicubic"] = Field(
+        "bilinear", description="upsampling of the coarse fields to the fine grid"
+    )
+    train_period: Period | None = Field(
+        None, description="[first, last] ISO dates (inclusive) to train on; null: all times outside the other periods"
+    )
+    validation_period: Period | None = Field(None, description="[first, last] ISO dates (inclusive) to validate on")
+    test_period: Period | None = Field(None, description="[first, last] ISO dates (inclusive) held out for testing")
+    patch: tuple[Annotated[int, Field(ge=1, strict=True)], Annotated[int, Field(ge=1, strict=True)]] | None = Field(
+        None, description="[height, width] of random training patches; null: the whole domain"
+    )
+    periodic_longitude: bool | None = Field(
+        None, description="wrap in longitude (patches, upsampling); null: true when the grid is global"
+    )
+
+    @field_validator("variables", "static_variables")
+    @classmethod
+    def _canonical_names(cls, names: list[str]) -> list[str]:
+        canonical = [canonical_variable(name) for name in names]
+        duplicates = sorted({name for name in canonical if canonical.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"{', '.join(duplicates)} listed more than once (aliases count as the same variable)")
+        return canonical
+
+    @field_validator("transforms", mode="before")
+    @classmethod
+    def _canonical_transform_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {canonical_variable(str(key)): item for key, item in value.items()}
+        return value
+
+    @field_validator("train_period", "validation_period", "test_period")
+    @classmethod
+    def _ordered_period(cls, period: tuple[str, str] | None) -> tuple[str, str] | None:
+        if period is not None:
+            start, end = period_bounds(period)
+            if end < start:
+                raise ValueError(f"the end {period[1]!r} is before the start {period[0]!r}")
+        return period
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClimateData:
+        unknown = [name for name in self.transforms if name not in self.variables]
+        if unknown:
+            raise ValueError(f"transforms: {', '.join(unknown)} not among variables ({', '.join(self.variables)})")
+        if self.static_variables and not self.static_paths:
+            raise ValueError("static_variables needs static_paths (the files that hold them)")
+        both = set(self.static_variables) & set(self.variables)
+        if both:
+            raise ValueError(f"{', '.join(sorted(both))} is both a variable and a static variable")
+        periods = {name: getattr(self, name) for name in ("train_period", "validation_period", "test_period")}
+        given = [(name, period_bounds(period)) for name, period in periods.items() if period is not None]
+        for i, (name_a, (start_a, end_a)) in enumerate(given):
+            for name_b, (start_b, end_b) in given[i + 1 :]:
+                if start_a <= end_b and start_b <= end_a:
+                    raise ValueError(f"{name_a} {list(periods[name_a])} overlaps {name_b} {list(periods[name_b])}")
+        if self.patch is not None and self.crop is not None:
+            for size, window, axis in zip(self.patch, (self.crop.lat, self.crop.lon), ("lat", "lon"), strict=True):
+                if window is not None and size > window[1] - window[0]:
+                    raise ValueError(f"patch {list(self.patch)} is larger than the crop's {axis} window {list(window)}")
+        return self
+
+    # -- what follows from the section without reading files ----------------------------------------------
+    def period(self, split: Split) -> tuple[np.datetime64, np.datetime64] | None:
+        """(first, last) instants of ``split`` (inclusive); None for an unset train period (then the train
+        split is every time outside the validation and test periods: :meth:`excluded_periods`).
+
+        Raises:
+            ValueError: ``split`` is validation or test and its period is not set.
+        """
+        period = getattr(self, f"{split}_period")
+        if period is None:
+            if split == "train":
+                return None
+            raise ValueError(f"data.{split}_period is not set; give [first, last] ISO dates to use the {split} split")
+        return period_bounds(period)
+
+    def excluded_periods(self, split: Split) -> list[tuple[np.datetime64, np.datetime64]]:
+        """Periods whose times ``split`` must leave out: for a train split without its own period, the
+        validation and test periods; nothing otherwise."""
+        if split != "train" or self.train_period is not None:
+            return []
+        return [period_bounds(p) for p in (self.validation_period, self.test_period) if p is not None]
+
+    def cond_channel_names(self) -> list[str]:
+        """Names of the conditioning channels, in order: the upsampled coarse variables, the statics, then
+        latitude/longitude and time channels (as the dataset builds them)."""
+        from diffscale.data.climate.channels import LATLON_NAMES, time_channel_names
+
+        names = [f"{name}_coarse" for name in self.variables] + list(self.static_variables)
+        if self.channels.latlon:
+            names += LATLON_NAMES
+        names += time_channel_names(self.channels.hour, self.channels.day_of_year)
+        return names
+
+    @property
+    def cond_channels(self) -> int:
+        """K, the number of conditioning channels (``cond_fields`` (B, K, H, W))."""
+        return len(self.cond_channel_names())
+
+    def sample_shape(self) -> tuple[int, int, int] | None:
+        """(C, h, w) of a training target when known without reading files (a patch, or a crop of both axes);
+        None otherwise (then it is the dataset's ``shape``)."""
+        if self.patch is not None:
+            return (len(self.variables), *self.patch)
+        if self.crop is not None and self.crop.lat is not None and self.crop.lon is not None:
+            return (
+                len(self.variables),
+                self.crop.lat[1] - self.crop.lat[0],
+                self.crop.lon[1] - self.crop.lon[0],
+            )
+        return None

@@ -1,0 +1,54 @@
+"""Climate fields for downscaling: reading and harmonising files (:mod:`.io`), coarsening and upsampling
+(:mod:`.grid`), per-variable transforms (:mod:`.transforms`), conditioning channels (:mod:`.channels`) and the
+training dataset with the conditioning builder shared with downscaling (:mod:`.dataset`)."""
+
+from diffscale.data.climate.channels import latlon_channels, time_channel_names, time_channels
+from diffscale.data.climate.dataset import (
+    ClimateDataset,
+    ClimateFields,
+    Conditioning,
+    ConditioningBuilder,
+    fit_climate_stats,
+    regression_base,
+    target_shape,
+)
+from diffscale.data.climate.grid import (
+    area_weights,
+    block_centres,
+    check_factor,
+    coarsen,
+    fine_coordinates,
+    is_global_longitude,
+    select_grid,
+    upsample,
+)
+from diffscale.data.climate.io import CANONICAL_NAMES, canonical_variable, harmonise, open_fields
+from diffscale.data.climate.transforms import TRANSFORMS, Transforms, fit_stats
+
+__all__ = [
+    "CANONICAL_NAMES",
+    "TRANSFORMS",
+    "ClimateDataset",
+    "ClimateFields",
+    "Conditioning",
+    "ConditioningBuilder",
+    "Transforms",
+    "area_weights",
+    "block_centres",
+    "canonical_variable",
+    "check_factor",
+    "coarsen",
+    "fine_coordinates",
+    "fit_climate_stats",
+    "fit_stats",
+    "harmonise",
+    "is_global_longitude",
+    "latlon_channels",
+    "open_fields",
+    "regression_base",
+    "select_grid",
+    "target_shape",
+    "time_channel_names",
+    "time_channels",
+    "upsample",
+]

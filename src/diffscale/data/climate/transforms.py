@@ -1,0 +1,150 @@
+"""Per-variable transforms between physical units and the normalised space the model works in.
+
+Each variable v has a pointwise map g_v and a standardisation fitted on the training period:
+
+    z = (g_v(x) - mu_v) / s_v,        x = g_v^-1(s_v z + mu_v),
+
+with mu_v, s_v the mean and (population) standard deviation of g_v(x) over every time and grid point of the
+training data, and
+
+* ``standardize``: g(x) = x;
+* ``log1p``: g(x) = log(1 + max(x, 0)) (precipitation: the heavy tail compressed; tiny negative values of
+  accumulated fields, e.g. ERA5's tp, are taken as 0), inverse max(exp(y) - 1, 0);
+* ``sqrt``: g(x) = sqrt(max(x, 0)), inverse max(y, 0)^2.
+
+The inverses clip to the physical range (x >= 0) so that a generated field is a valid precipitation field;
+for data in that range the round trip is exact to floating-point precision (computed in float64). A constant
+field (s_v = 0, e.g. a land-sea mask over the sea only) gets s_v = 1.
+
+The statistics are a JSON-able dict ``{variable: {"transform": name, "mean": mu, "std": s}}``, saved with a
+run and passed back in for validation, testing and downscaling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from diffscale.validation import ConfigError
+
+__all__ = ["TRANSFORMS", "TransformName", "Transforms", "fit_stats"]
+
+TransformName = Literal["standardize", "log1p", "sqrt"]
+TRANSFORMS: tuple[str, ...] = ("standardize", "log1p", "sqrt")
+
+
+def _as_float64(values: Any) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(dtype=torch.float64)
+    return torch.as_tensor(np.asarray(values), dtype=torch.float64)
+
+
+def _g(x: torch.Tensor, transform: str) -> torch.Tensor:
+    if transform == "log1p":
+        return torch.log1p(x.clamp_min(0))
+    if transform == "sqrt":
+        return torch.sqrt(x.clamp_min(0))
+    return x
+
+
+def _g_inverse(y: torch.Tensor, transform: str) -> torch.Tensor:
+    if transform == "log1p":
+        return torch.expm1(y).clamp_min(0)
+    if transform == "sqrt":
+        return y.clamp_min(0) ** 2
+    return y
+
+
+def fit_stats(data: Mapping[str, Any], transforms: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Statistics of g_v(x) for each variable of ``data`` (training data, any shape; tensor or array).
+
+    Args:
+        data: variable -> values (physical units).
+        transforms: variable -> transform name (default ``standardize`` for variables not listed).
+
+    Raises:
+        ConfigError: an unknown transform, or non-finite values (naming the variable).
+    """
+    transforms = dict(transforms or {})
+    stats: dict[str, dict[str, Any]] = {}
+    for variable, values in data.items():
+        transform = transforms.get(variable, "standardize")
+        if transform not in TRANSFORMS:
+            raise ConfigError(f"transform for {variable!r} = {transform!r}: allowed: {', '.join(TRANSFORMS)}")
+        x = _as_float64(values)
+        if x.numel() == 0:
+            raise ConfigError(f"no data to fit the statistics of {variable!r} (an empty training period?)")
+        if not torch.isfinite(x).all():
+            raise ConfigError(f"{variable!r} has NaN or infinite values; cannot fit its statistics")
+        y = _g(x, transform)
+        mean = float(y.mean())
+        std = float(y.std(correction=0))
+        stats[variable] = {"transform": transform, "mean": mean, "std": std if std > 0 else 1.0}
+    return stats
+
+
+class Transforms:
+    """The per-variable maps of the module docstring, from fitted statistics (:func:`fit_stats`)."""
+
+    def __init__(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
+        self.stats: dict[str, dict[str, Any]] = {}
+        for variable, entry in stats.items():
+            try:
+                transform, mean, std = entry["transform"], float(entry["mean"]), float(entry["std"])
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"statistics of {variable!r} = {entry!r}: need transform, mean and std") from None
+            if transform not in TRANSFORMS or not math.isfinite(mean) or not (math.isfinite(std) and std > 0):
+                raise ConfigError(
+                    f"statistics of {variable!r} = {dict(entry)!r}: transform must be one of {', '.join(TRANSFORMS)}, "
+                    "mean finite and std finite and > 0"
+                )
+            self.stats[str(variable)] = {"transform": transform, "mean": mean, "std": std}
+
+    @classmethod
+    def fit(cls, data: Mapping[str, Any], transforms: Mapping[str, str] | None = None) -> Transforms:
+        """Fit on training ``data`` (variable -> values); see :func:`fit_stats`."""
+        return cls(fit_stats(data, transforms))
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The statistics as plain JSON-able values (a copy)."""
+        return {variable: dict(entry) for variable, entry in self.stats.items()}
+
+    def _entry(self, variable: str) -> dict[str, Any]:
+        try:
+            return self.stats[variable]
+        except KeyError:
+            raise ConfigError(
+                f"no statistics for {variable!r}; the statistics cover: {', '.join(self.stats) or 'nothing'}"
+            ) from None
+
+    def forward(self, x: torch.Tensor, variable: str) -> torch.Tensor:
+        """Physical x -> normalised z = (g(x) - mu) / s, in x's floating dtype (float32 for other dtypes)."""
+        entry = self._entry(variable)
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        z = (_g(x.to(torch.float64), entry["transform"]) - entry["mean"]) / entry["std"]
+        return z.to(dtype)
+
+    def inverse(self, z: torch.Tensor, variable: str) -> torch.Tensor:
+        """Normalised z -> physical x = g^-1(s z + mu), in z's floating dtype."""
+        entry = self._entry(variable)
+        dtype = z.dtype if z.is_floating_point() else torch.float32
+        x = _g_inverse(z.to(torch.float64) * entry["std"] + entry["mean"], entry["transform"])
+        return x.to(dtype)
+
+    def forward_channels(self, x: torch.Tensor, variables: Sequence[str], dim: int = -3) -> torch.Tensor:
+        """:meth:`forward` of each channel of x along ``dim`` (default: the C of (..., C, H, W))."""
+        return self._channels(x, variables, dim, self.forward)
+
+    def inverse_channels(self, z: torch.Tensor, variables: Sequence[str], dim: int = -3) -> torch.Tensor:
+        """:meth:`inverse` of each channel of z along ``dim``."""
+        return self._channels(z, variables, dim, self.inverse)
+
+    @staticmethod
+    def _channels(x: torch.Tensor, variables: Sequence[str], dim: int, fn: Any) -> torch.Tensor:
+        if x.shape[dim] != len(variables):
+            raise ValueError(f"{x.shape[dim]} channels along dim {dim}, {len(variables)} variables {list(variables)}")
+        return torch.stack([fn(part, name) for part, name in zip(x.unbind(dim), variables, strict=True)], dim=dim)

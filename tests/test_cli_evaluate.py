@@ -1,0 +1,289 @@
+"""``diffscale evaluate``: a round trip on synthetic files (scores checked against independent numpy
+computations), the --coarse path, real ERA5 data, and bad input that exits with status 2, one line on stderr
+and nothing written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from diffscale.cli.evaluate import add_parser, run
+from diffscale.validation import ConfigError
+from tests.conftest import run_cli, snapshot
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FACTOR = 4
+LATITUDE = 50.0 + 0.25 * np.arange(16)
+LONGITUDE = -4.0 + 0.25 * np.arange(24)  # crosses 0: the truth file stores it as 356 .. 359.75, 0 .. 1.75
+TIMES = pd.date_range("2020-01-01", periods=6, freq="6h").values
+MEMBERS = 5
+
+
+def evaluate(argv: list[str]) -> int:
+    """``diffscale evaluate ARGV``: through the real ``diffscale`` command once it has the subcommand, else
+    through a parser built with :func:`add_parser` and main's convention (ConfigError: one line, status 2)."""
+    from diffscale.cli.main import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if "evaluate" in commands.choices:
+        return run_cli(["evaluate", *argv])
+    parser = argparse.ArgumentParser(prog="diffscale")
+    add_parser(parser.add_subparsers(dest="command"))
+    try:
+        return run(parser.parse_args(["evaluate", *argv]))
+    except ConfigError as error:
+        import sys
+
+        sys.stderr.write(f"diffscale: error: {' '.join(str(error).split())}\n")
+        return 2
+
+
+def _truth_field(rng: np.random.Generator, latitude: np.ndarray, longitude: np.ndarray, times: int) -> np.ndarray:
+    """Smooth large scales plus small-scale noise, in K."""
+    lat, lon = np.meshgrid(latitude, longitude, indexing="ij")
+    phase = rng.uniform(0, 2 * np.pi, size=(times, 1, 1))
+    return (
+        280.0
+        + 3.0 * np.sin(np.deg2rad(20 * lat) + phase) * np.cos(np.deg2rad(15 * lon))
+        + rng.normal(scale=0.5, size=(times, *lat.shape))
+    )
+
+
+def _write_truth(
+    path: Path,
+    values: np.ndarray,
+    latitude: np.ndarray,
+    longitude: np.ndarray,
+    times: np.ndarray,
+    name: str = "2m_temperature",
+    units: str = "K",
+) -> None:
+    """A truth file as a provider might write it: latitude descending, longitude in 0..360, another name."""
+    dataset = xr.Dataset(
+        {name: (("time", "latitude", "longitude"), values[:, ::-1].astype(np.float32), {"units": units})},
+        coords={"time": times, "latitude": latitude[::-1], "longitude": longitude % 360.0},
+    )
+    dataset.to_netcdf(path)
+
+
+def _write_ensemble(
+    path: Path, members: np.ndarray, times: np.ndarray, attrs: dict | None = None, units: str = "K"
+) -> None:
+    variable = {"units": units, "standard_name": "air_temperature", "long_name": "2 m temperature"}
+    xr.Dataset(
+        {"t2m": (("member", "time", "latitude", "longitude"), members.astype(np.float32), variable)},
+        coords={
+            "member": ("member", np.arange(members.shape[0]), {"standard_name": "realization"}),
+            "time": times,
+            "latitude": ("latitude", LATITUDE, {"units": "degrees_north"}),
+            "longitude": ("longitude", LONGITUDE, {"units": "degrees_east"}),
+        },
+        attrs={"coarsening_factor": FACTOR} if attrs is None else attrs,
+    ).to_netcdf(path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | np.ndarray]:
+    root = tmp_path_factory.mktemp("evaluate_inputs")
+    rng = np.random.default_rng(0)
+    # the truth covers a larger domain and more times than the ensemble
+    big_lat = 49.0 + 0.25 * np.arange(28)
+    big_lon = -6.0 + 0.25 * np.arange(40)
+    all_times = pd.date_range("2019-12-31", periods=16, freq="6h").values
+    big = _truth_field(rng, big_lat, big_lon, all_times.size)
+    _write_truth(root / "truth.nc", big, big_lat, big_lon, all_times)
+    i0, j0 = 4, 8  # LATITUDE[0] = big_lat[4], LONGITUDE[0] = big_lon[8]
+    t0 = int(np.nonzero(all_times == TIMES[0])[0][0])
+    truth = big[t0 : t0 + TIMES.size, i0 : i0 + 16, j0 : j0 + 24].astype(np.float32).astype(np.float64)
+    ensemble_times = np.concatenate([TIMES, [np.datetime64("2021-06-01T00")]])  # the last one is not in the truth
+    members = truth[None] + rng.normal(scale=0.6, size=(MEMBERS, *truth.shape))
+    members = np.concatenate([members, 280.0 + rng.normal(size=(MEMBERS, 1, 16, 24))], axis=1)
+    members = members.astype(np.float32).astype(np.float64)
+    _write_ensemble(root / "ensemble.nc", members, ensemble_times)
+    return {
+        "root": root,
+        "truth": root / "truth.nc",
+        "ensemble": root / "ensemble.nc",
+        "truth_values": truth,
+        "members": members[:, : TIMES.size],
+    }
+
+
+def _bilinear_reference(coarse: np.ndarray, factor: int) -> np.ndarray:
+    """Separable linear interpolation at fine positions (i + 1/2)/f - 1/2 of the coarse index, constant beyond
+    the outer coarse centres (np.interp clamps): torch's align_corners=False, computed independently."""
+
+    def along(values: np.ndarray, axis: int) -> np.ndarray:
+        n = values.shape[axis]
+        positions = (np.arange(n * factor) + 0.5) / factor - 0.5
+        return np.apply_along_axis(lambda row: np.interp(positions, np.arange(n), row), axis, values)
+
+    return along(along(coarse, -2), -1)
+
+
+def _cos_mean(values: np.ndarray) -> float:
+    weights = np.cos(np.deg2rad(LATITUDE))[:, None]
+    return float((values * weights).sum(axis=(-2, -1)).mean() / (weights.sum() * values.shape[-1]))
+
+
+def test_round_trip_writes_the_report_with_independently_checked_scores(
+    files: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    assert evaluate([str(files["ensemble"]), "--truth", str(files["truth"]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "RMSE [K]" in printed and "spread-skill ratio" in printed and "bilinear" in printed
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["scores.json"] + [f"t2m_{kind}.png" for kind in ("maps", "spectra", "rank_histogram", "qq")]
+    )
+    document = json.loads((out / "scores.json").read_text())
+    assert document["members"] == MEMBERS and document["coarsening_factor"] == FACTOR
+    assert document["times"]["count"] == TIMES.size and document["times"]["ensemble_times_without_truth"] == 1
+    scores = document["variables"]["t2m"]
+    assert scores["units"] == "K"
+    truth, members = files["truth_values"], files["members"]
+    mean = members.mean(axis=0)
+    ensemble = scores["ensemble"]
+    assert ensemble["rmse"] == pytest.approx(math.sqrt(_cos_mean((mean - truth) ** 2)), rel=1e-6)
+    assert ensemble["bias"] == pytest.approx(_cos_mean(mean - truth), abs=1e-6)
+    pairwise = np.abs(members[:, None] - members[None]).sum(axis=(0, 1)) / (MEMBERS * (MEMBERS - 1))
+    crps = np.abs(members - truth).mean(axis=0) - 0.5 * pairwise
+    assert ensemble["crps"] == pytest.approx(_cos_mean(crps), rel=1e-6)
+    spread = math.sqrt(_cos_mean(members.var(axis=0, ddof=1)))
+    assert ensemble["spread_skill_ratio"] == pytest.approx(math.sqrt(1.2) * spread / ensemble["rmse"], rel=1e-6)
+    assert sum(ensemble["rank_histogram"]["counts"]) == truth.size
+    # the bilinear baseline: the truth's cos-weighted 4 x 4 block means, upsampled
+    weights = np.cos(np.deg2rad(LATITUDE)).reshape(4, 4)
+    blocks = truth.reshape(TIMES.size, 4, 4, 6, 4)
+    coarse = np.einsum("tiajb,ia->tij", blocks, weights) / (4 * weights.sum(axis=1))[:, None]
+    baseline = _bilinear_reference(coarse, FACTOR)
+    assert scores["bilinear"]["rmse"] == pytest.approx(math.sqrt(_cos_mean((baseline - truth) ** 2)), rel=1e-6)
+    assert scores["bilinear"]["crps"] == pytest.approx(_cos_mean(np.abs(baseline - truth)), rel=1e-6)
+    assert scores["bilinear"]["spectral_ratio"]["mean_ratio"] < 0.5 < ensemble["spectral_ratio"]["mean_ratio"]
+
+
+def test_a_coarse_file_gives_the_same_baseline_as_the_coarsened_truth(files: dict, tmp_path: Path) -> None:
+    truth = files["truth_values"]
+    weights = np.cos(np.deg2rad(LATITUDE)).reshape(4, 4)
+    coarse = np.einsum("tiajb,ia->tij", truth.reshape(TIMES.size, 4, 4, 6, 4), weights)
+    coarse /= (4 * weights.sum(axis=1))[:, None]
+    coarse_lat, coarse_lon = LATITUDE.reshape(4, 4).mean(axis=1), LONGITUDE.reshape(6, 4).mean(axis=1)
+    _write_truth(tmp_path / "coarse.nc", coarse, coarse_lat, coarse_lon, TIMES, name="t2m")
+    ensemble = tmp_path / "ensemble.nc"
+    _write_ensemble(ensemble, files["members"], TIMES, attrs={})  # no coarsening_factor: inferred from the file
+    argv = [str(ensemble), "--truth", str(files["truth"]), "--no-figures"]
+    assert evaluate([*argv, "--coarse", str(tmp_path / "coarse.nc"), "--out", str(tmp_path / "a")]) == 0
+    assert evaluate([*argv, "--coarsening-factor", "4", "--out", str(tmp_path / "b")]) == 0
+    from_file = json.loads((tmp_path / "a" / "scores.json").read_text())["variables"]["t2m"]["bilinear"]
+    from_truth = json.loads((tmp_path / "b" / "scores.json").read_text())["variables"]["t2m"]["bilinear"]
+    assert from_file["rmse"] == pytest.approx(from_truth["rmse"], rel=1e-5)
+    assert from_file["spectral_ratio"]["mean_ratio"] == pytest.approx(
+        from_truth["spectral_ratio"]["mean_ratio"], rel=1e-4
+    )
+
+
+def _shifted_truth(files: dict, path: Path) -> list[str]:
+    _write_truth(path, files["truth_values"], LATITUDE + 0.125, LONGITUDE, TIMES)
+    return ["--truth", str(path)]
+
+
+def _nan_truth(files: dict, path: Path) -> list[str]:
+    values = files["truth_values"].copy()
+    values[2, 3, 4] = np.nan
+    _write_truth(path, values, LATITUDE, LONGITUDE, TIMES)
+    return ["--truth", str(path)]
+
+
+def _later_truth(files: dict, path: Path) -> list[str]:
+    _write_truth(path, files["truth_values"], LATITUDE, LONGITUDE, TIMES + np.timedelta64(365, "D"))
+    return ["--truth", str(path)]
+
+
+def _celsius_truth(files: dict, path: Path) -> list[str]:
+    _write_truth(path, files["truth_values"] - 273.15, LATITUDE, LONGITUDE, TIMES, units="degC")
+    return ["--truth", str(path)]
+
+
+def _other_variable(files: dict, path: Path) -> list[str]:
+    _write_truth(path, files["truth_values"], LATITUDE, LONGITUDE, TIMES, name="msl")
+    return ["--truth", str(path)]
+
+
+def _coarse_off_grid(files: dict, path: Path) -> list[str]:
+    coarse = files["truth_values"][:, ::4, ::4]
+    _write_truth(path, coarse, LATITUDE[::4], LONGITUDE[::4], TIMES, name="t2m")  # corners, not block centres
+    return ["--truth", str(files["truth"]), "--coarse", str(path)]
+
+
+BAD_INPUTS: dict[str, tuple[Callable[[dict, Path], list[str]], str]] = {
+    "grid": (_shifted_truth, "does not line up with the grid: no latitude"),
+    "nan": (_nan_truth, "holds 1 NaN or infinite values (first at time 2020-01-01T12:00:00)"),
+    "times": (_later_truth, "no time in common with the ensemble"),
+    "units": (_celsius_truth, "is in 'degC', the ensemble in 'K'"),
+    "variable": (_other_variable, "variable 't2m' not in"),
+    "coarse": (_coarse_off_grid, "coarse input"),
+    "missing file": (lambda files, path: ["--truth", str(path)], "truth file"),
+    "unknown variable": (lambda files, _: ["--truth", str(files["truth"]), "--variable", "u10"], "no variable 'u10'"),
+    "negative seed": (lambda files, _: ["--truth", str(files["truth"]), "--seed", "-1"], "--seed = -1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    case: str, files: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make, message = BAD_INPUTS[case]
+    extra = make(files, tmp_path / "input.nc")
+    ensemble = tmp_path / "ensemble.nc"
+    _write_ensemble(ensemble, files["members"], TIMES)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert evaluate([str(ensemble), *extra, "--out", str(tmp_path / "report")]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffscale: error: ") and message in lines[0], captured.err
+    assert snapshot(tmp_path) == before
+
+
+def test_no_coarsening_factor_is_a_clear_error(files: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ensemble = tmp_path / "ensemble.nc"
+    _write_ensemble(ensemble, files["members"], TIMES, attrs={})
+    assert evaluate([str(ensemble), "--truth", str(files["truth"]), "--out", str(tmp_path / "r")]) == 2
+    assert "no coarsening_factor attribute" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not (DATA / "era5_t2m_uk_2019-03.nc").exists(), reason="shared ERA5 data not available")
+def test_real_era5_truth_with_a_noisy_ensemble(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    truth = xr.open_dataset(DATA / "era5_t2m_uk_2019-03.nc")["t2m"].isel(time=slice(0, 8))
+    truth = truth.sortby("latitude").isel(latitude=slice(0, 32), longitude=slice(0, 48))
+    rng = np.random.default_rng(1)
+    members = truth.values[None] + rng.normal(scale=0.5, size=(4, *truth.shape))
+    ensemble = xr.Dataset(
+        {"t2m": (("member", "time", "latitude", "longitude"), members.astype(np.float32), {"units": "K"})},
+        coords={
+            "member": np.arange(4),
+            "time": truth.time.values,
+            "latitude": truth.latitude.values,
+            "longitude": truth.longitude.values,
+        },
+        attrs={"coarsening_factor": 4},
+    )
+    ensemble.to_netcdf(tmp_path / "ensemble.nc")
+    out = tmp_path / "report"
+    argv = [str(tmp_path / "ensemble.nc"), "--truth", str(DATA / "era5_t2m_uk_2019-03.nc"), "--out", str(out)]
+    assert evaluate([*argv, "--no-figures"]) == 0
+    assert [path.name for path in out.iterdir()] == ["scores.json"]
+    scores = json.loads((out / "scores.json").read_text())["variables"]["t2m"]
+    # members = truth + N(0, 0.5^2): the ensemble mean's RMSE is 0.5 / sqrt(4) = 0.25 K
+    assert scores["ensemble"]["rmse"] == pytest.approx(0.25, rel=0.05)
+    assert 0.05 < scores["bilinear"]["rmse"] < 2.0  # 4x coarsening of hourly UK 2 m temperature
+    assert scores["bilinear"]["spectral_ratio"]["mean_ratio"] < 0.5

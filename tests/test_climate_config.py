@@ -1,0 +1,105 @@
+"""diffscale.config.climate: the ``data: {kind: climate}`` section (validated without reading any file)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+import yaml
+
+from diffscale.config.climate import ClimateChannels, ClimateData, CropWindow
+from diffscale.validation import ConfigError, validate
+
+
+def climate(**values: object) -> ClimateData:
+    return validate(ClimateData, {"paths": ["/nowhere/fine.nc"], **values}, prefix="data")
+
+
+def test_defaults_work_and_no_file_is_read() -> None:
+    section = climate()
+    assert section.kind == "climate" and section.variables == ["t2m"] and section.coarsen_factor == 4
+    assert section.target == "residual" and section.patch is None and section.periodic_longitude is None
+    assert section.cond_channel_names() == ["t2m_coarse"] and section.cond_channels == 1
+    assert section.sample_shape() is None
+    assert section.period("train") is None
+
+
+def test_every_key_has_a_description() -> None:
+    for model in (ClimateData, ClimateChannels, CropWindow):
+        for name, field in model.model_fields.items():
+            assert field.description, name
+
+
+def test_aliases_become_canonical_names_and_a_single_path_a_list() -> None:
+    section = climate(
+        paths="/nowhere/a.nc",
+        variables=["2m_temperature", "total_precipitation"],
+        transforms={"total_precipitation": "log1p"},
+    )
+    assert section.paths == ["/nowhere/a.nc"]
+    assert section.variables == ["t2m", "tp"] and section.transforms == {"tp": "log1p"}
+    with pytest.raises(ConfigError, match="t2m listed more than once"):
+        climate(variables=["t2m", "2t"])
+
+
+def test_channels_and_shapes_follow_the_section() -> None:
+    section = climate(
+        variables=["t2m", "u10"],
+        static_paths=["/nowhere/static.nc"],
+        static_variables=["z", "lsm"],
+        channels={"latlon": True, "day_of_year": True},
+        crop={"lat": [0, 32], "lon": [8, 56]},
+    )
+    assert section.static_variables == ["orography", "lsm"]
+    assert section.cond_channel_names() == [
+        "t2m_coarse",
+        "u10_coarse",
+        "orography",
+        "lsm",
+        "latitude",
+        "sin_longitude",
+        "cos_longitude",
+        "sin_day_of_year",
+        "cos_day_of_year",
+    ]
+    assert section.sample_shape() == (2, 32, 48)
+    assert climate(patch=[16, 24]).sample_shape() == (1, 16, 24)
+
+
+def test_periods_are_inclusive_and_yaml_dates_are_accepted() -> None:
+    raw = yaml.safe_load(
+        "train_period: [2019-03-01, 2019-03-24]\nvalidation_period: ['2019-03-25T00', '2019-03-31T12:00']"
+    )
+    assert isinstance(raw["train_period"][0], dt.date)
+    section = climate(**raw)
+    assert section.train_period == ("2019-03-01", "2019-03-24")
+    start, end = section.period("train")
+    assert start == np.datetime64("2019-03-01T00:00") and end == np.datetime64("2019-03-24T23:59:59.999999999")
+    assert section.period("validation")[1] == np.datetime64("2019-03-31T12:00")
+    with pytest.raises(ValueError, match="test_period is not set"):
+        section.period("test")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"train_period": ["2019-03-10", "2019-03-01"]}, "the end '2019-03-01' is before the start"),
+        ({"train_period": ["2019-03-01", "2019-03-10"], "test_period": ["2019-03-10", "2019-03-12"]}, "overlaps"),
+        ({"train_period": ["March", "2019-03-10"]}, "not an ISO date"),
+        ({"transforms": {"tp": "log1p"}}, "transforms: tp not among variables"),
+        ({"transforms": {"t2m": "log"}}, "data.transforms.t2m = 'log'"),
+        ({"static_variables": ["lsm"]}, "static_variables needs static_paths"),
+        ({"crop": {"lat": [10, 5]}}, "stop must be greater than start"),
+        ({"crop": {"lat": [0, 8]}, "patch": [16, 8]}, "larger than the crop's lat window"),
+        ({"coarsen_factor": 0}, "data.coarsen_factor = 0"),
+        ({"target": "delta"}, "data.target = 'delta'"),
+        ({"patch": [0, 8]}, "data.patch.0 = 0"),
+        ({"color": "red"}, "unknown key 'color'"),
+        ({"paths": []}, "data.paths"),
+    ],
+)
+def test_bad_sections_give_one_line_errors(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        climate(**values)
+    assert message in str(error.value) and "\n" not in str(error.value)
