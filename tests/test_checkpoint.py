@@ -20,6 +20,7 @@ from diffscale.training.checkpoint import (
     SIDECAR_NAME,
     CheckpointError,
     atomic_write_bytes,
+    list_checkpoints,
     load_checkpoint,
     read_safetensors,
     restore_trainer,
@@ -111,9 +112,80 @@ def test_a_later_checkpoint_replaces_the_earlier_files(tmp_path: Path) -> None:
     trainer.run(4, progress=False)
     save_trainer_checkpoint(tmp_path, trainer, {})
     names = sorted(path.name for path in tmp_path.iterdir())
-    assert names == [SIDECAR_NAME, "ema-00000004.safetensors", "training_state-00000004.safetensors",
-                     "weights-00000004.safetensors"]  # fmt: skip
+    assert names == ["checkpoint-00000004.json", SIDECAR_NAME, "ema-00000004.safetensors",
+                     "training_state-00000004.safetensors", "weights-00000004.safetensors"]  # fmt: skip
     assert load_checkpoint(tmp_path).step == 4
+    assert (tmp_path / "checkpoint-00000004.json").read_bytes() == (tmp_path / SIDECAR_NAME).read_bytes()
+
+
+def test_the_last_k_checkpoints_are_kept_and_later_ones_dropped(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path)
+    for steps in (1, 2, 3):
+        trainer.run(steps, progress=False)
+        save_trainer_checkpoint(tmp_path, trainer, {}, keep=2)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [3, 2]
+    assert sorted(path.name for path in tmp_path.glob("weights-*")) == [
+        "weights-00000002.safetensors",
+        "weights-00000003.safetensors",
+    ]
+    assert load_checkpoint(tmp_path / "checkpoint-00000002.json").step == 2
+    # a run resumed from step 2 that checkpoints again at step 2 drops the abandoned step 3
+    restore_trainer(trainer, load_checkpoint(tmp_path / "checkpoint-00000002.json"))
+    save_trainer_checkpoint(tmp_path, trainer, {}, keep=2)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [2]
+    assert not list(tmp_path.glob("*-00000003.*")) and load_checkpoint(tmp_path).step == 2
+
+
+def test_sidecar_records_counters_data_position_and_rng(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path)
+
+    class CountingSource:
+        """A source with a data position (samples drawn so far)."""
+
+        def __init__(self, inner) -> None:
+            self.inner, self.drawn = inner, 0
+
+        def __call__(self, n: int, generator: torch.Generator) -> torch.Tensor:
+            self.drawn += n
+            return self.inner(n, generator)
+
+        def state_dict(self) -> dict:
+            return {"drawn": self.drawn}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.drawn = state["drawn"]
+
+    trainer.source = CountingSource(trainer.source)
+    trainer.run(3, progress=False)
+    torch.manual_seed(1234)
+    global_state = torch.get_rng_state()
+    save_trainer_checkpoint(tmp_path, trainer, {}, metadata={"note": 7})
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint.data_position == {"drawn": 3 * 64}
+    assert checkpoint.trainer_state == {"skipped_steps": 0, "nonfinite_in_a_row": 0, "grad_scaler": None,
+                                        "world_size": 1}  # fmt: skip
+    assert checkpoint.sidecar["note"] == 7
+    assert checkpoint.sidecar["rng"] == {"generator": "generator.state", "global": ["rng.cpu.rank0"]}
+    fresh = tiny_trainer(tmp_path, seed=5)
+    fresh.source = CountingSource(fresh.source)
+    torch.manual_seed(99)
+    restore_trainer(fresh, checkpoint)
+    assert fresh.source.drawn == 3 * 64
+    assert torch.equal(torch.get_rng_state(), global_state)
+
+
+def test_damaged_latest_names_an_intact_previous_checkpoint(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path)
+    for steps in (1, 2):
+        trainer.run(steps, progress=False)
+        save_trainer_checkpoint(tmp_path, trainer, {}, keep=3)
+    _corrupt(tmp_path / "ema-00000002.safetensors")
+    with pytest.raises(CheckpointError, match=r"ema-00000002.*corrupt.*previous checkpoint \(step 1\) is intact"):
+        load_checkpoint(tmp_path)
+    _corrupt(tmp_path / "ema-00000002.safetensors")  # the same byte flipped back: intact again
+    (tmp_path / SIDECAR_NAME).write_text("{truncated")
+    with pytest.raises(CheckpointError, match=r"not valid JSON.*checkpoint-00000002\.json"):
+        load_checkpoint(tmp_path)  # the sidecar alone is damaged: the same step's copy is offered
 
 
 def _corrupt(path: Path) -> None:
@@ -206,3 +278,14 @@ def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path: Path) -> 
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_temporary_files_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
+    stale = tmp_path / ".weights-00000001.safetensors.999999.0123456789ab.tmp"
+    foreign = tmp_path / ".notes.txt.999999.0123456789ab.tmp"
+    stale.write_bytes(b"half a file")
+    foreign.write_bytes(b"not ours")
+    trainer = tiny_trainer(tmp_path)
+    trainer.run(1, progress=False)
+    save_trainer_checkpoint(tmp_path, trainer, {})
+    assert not stale.exists() and foreign.exists()

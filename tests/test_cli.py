@@ -94,6 +94,36 @@ def test_train_applies_overrides(tmp_path: Path, config_file: Path, capsys: pyte
     assert "type: VP" in resolved and "steps: 3" in resolved and "beta_d" in resolved
 
 
+def test_train_resumes_a_run(tmp_path: Path, config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    base = ["train", str(config_file), "--no-progress", "--set", "training.tensorboard=false"]
+    assert main([*base, "--out", str(out), "--set", "training.steps=3"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--resume", str(out), "--set", "training.steps=5"]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming from step 3" in printed and "training.steps: 3 -> 5" in printed and "trained 5 steps" in printed
+    sidecar = json.loads((out / SIDECAR_NAME).read_text())
+    assert sidecar["step"] == 5 and sidecar["config"]["training"]["steps"] == 5
+    other = tmp_path / "elsewhere"
+    assert_bad_input(
+        [*base, "--resume", str(out), "--out", str(other)], capsys, ["different run directories"], tmp_path
+    )
+
+
+def test_train_stops_after_non_finite_steps(tmp_path: Path, config_file: Path, capsys) -> None:
+    """A learning rate of 1e30 sends the weights to ~1e30 in one Adam step; every later loss overflows, those
+    steps are skipped, and the third in a row stops the run with one line and the step-1 checkpoint intact."""
+    out = tmp_path / "run"
+    argv = ["train", str(config_file), "--out", str(out), "--no-progress", "--set", "training.learning_rate=1e30"]
+    argv += ["--set", "training.warmup_steps=0", "--set", "training.grad_clip=null", "--set", "training.steps=50"]
+    argv += ["--set", "training.max_nonfinite_steps=3", "--set", "training.checkpoint_every=1"]
+    assert run_cli(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "training stopped at step 4: 3 non-finite steps in a row" in err[0]
+    assert json.loads((out / SIDECAR_NAME).read_text())["step"] == 1
+    assert sorted(path.name for path in out.glob("weights-*")) == ["weights-00000001.safetensors"]
+
+
 def test_train_defaults_to_output_dir_of_the_config(
     tmp_path: Path, config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -152,10 +182,10 @@ def test_train_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert_bad_input(argv, capsys, ["config file", "nope.yaml", "not found"], tmp_path)
 
 
-def test_train_refuses_an_existing_checkpoint(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_refuses_to_resume_a_changed_architecture(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = trained.parent / "tiny.yaml"
-    argv = ["train", str(config), "--out", str(trained), "--no-progress"]
-    assert_bad_input(argv, capsys, ["already holds a checkpoint", str(trained)], trained.parent)
+    argv = ["train", str(config), "--resume", str(trained), "--set", "model.width=8", "--no-progress"]
+    assert_bad_input(argv, capsys, ["changed incompatibly", "model.width: 16 -> 8", str(trained)], trained.parent)
 
 
 # -- sample ---------------------------------------------------------------------------------------------------
@@ -235,7 +265,8 @@ def test_sample_corrupt_checkpoint(trained: Path, tmp_path: Path, capsys: pytest
     copy = tmp_path / "copy"
     copy.mkdir()
     for path in trained.iterdir():
-        (copy / path.name).write_bytes(path.read_bytes())
+        if path.is_file():
+            (copy / path.name).write_bytes(path.read_bytes())
     ema = next(copy.glob("ema-*.safetensors"))
     ema.write_bytes(ema.read_bytes()[:-10])
     argv = ["sample", str(copy), "--num", "5", "--out", str(tmp_path / "s.npy")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import diffscale
 from diffscale.cli.runs import (
     CONFIG_NAME,
     METRICS_NAME,
+    MetricsLog,
     build_denoiser,
     check_device,
     default_run_dir,
@@ -24,7 +26,8 @@ from diffscale.cli.runs import (
 )
 from diffscale.config import config_from_dict, load_config
 from diffscale.formulations import VP
-from diffscale.training.checkpoint import SIDECAR_NAME, load_checkpoint
+from diffscale.training import StepRecord
+from diffscale.training.checkpoint import SIDECAR_NAME, list_checkpoints, load_checkpoint
 from diffscale.validation import ConfigError
 
 TINY = {
@@ -64,10 +67,12 @@ def test_training_writes_config_metrics_and_checkpoint(trained_run: Path) -> Non
     assert load_checkpoint(trained_run).step == 20
 
 
-def test_refuses_a_directory_with_a_checkpoint(trained_run: Path) -> None:
+def test_refuses_a_directory_with_a_checkpoint_unless_resuming(trained_run: Path) -> None:
     before = sorted(path.name for path in trained_run.iterdir())
     with pytest.raises(ConfigError, match="already holds a checkpoint"):
-        prepare_training(config_from_dict(TINY), trained_run)
+        prepare_training(config_from_dict(TINY), trained_run, resume=False)
+    plan = prepare_training(config_from_dict(TINY), trained_run)  # default: resume
+    assert plan.checkpoint is not None and plan.trainer.step == 20 and plan.changes == []
     assert sorted(path.name for path in trained_run.iterdir()) == before
 
 
@@ -177,8 +182,65 @@ def test_periodic_checkpoints_during_training(tmp_path: Path) -> None:
     assert summary.steps == 12
     assert seen[5] == 5 and seen[9] == 5 and seen[10] == 10
     assert load_checkpoint(tmp_path / "run").step == 12
-    assert len(list((tmp_path / "run").glob("weights-*.safetensors"))) == 1
+    # training.keep_checkpoints = 2 (the default): steps 12 and 10 are kept, 5 is gone
+    assert sorted(path.name for path in (tmp_path / "run").glob("weights-*.safetensors")) == [
+        "weights-00000010.safetensors",
+        "weights-00000012.safetensors",
+    ]
+    assert [step for step, _ in list_checkpoints(tmp_path / "run")] == [12, 10]
 
 
 def test_stored_config_equals_config_yaml(trained_run: Path) -> None:
     assert load_run(trained_run).config == load_config(trained_run / CONFIG_NAME)
+
+
+def test_tensorboard_scalars_and_sample_figures(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    training = {**TINY["training"], "steps": 8, "log_every": 4, "tensorboard": True, "sample_every": 4}
+    run_dir = tmp_path / "run"
+    train(prepare_training(config_from_dict({**TINY, "training": training}), run_dir), progress=False)
+    assert sorted(path.name for path in (run_dir / "samples").iterdir()) == ["step-00000004.png", "step-00000008.png"]
+    assert (run_dir / "samples" / "step-00000004.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    lines = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+    for key in ("loss", "learning_rate", "grad_norm", "ema_beta"):
+        scalars = events.Scalars(f"train/{key}")
+        assert [scalar.step for scalar in scalars] == [4, 8]
+        assert [scalar.value for scalar in scalars] == pytest.approx([line[key] for line in lines], rel=1e-6)
+    bucket = next(iter(lines[-1]["loss_by_sigma"]))
+    assert events.Scalars(f"loss_by_sigma/{bucket}")[-1].value == pytest.approx(lines[-1]["loss_by_sigma"][bucket])
+
+
+def test_metrics_window_means_skips_and_no_noise_levels() -> None:
+    """Means over the window's finite steps; skipped steps are counted, not averaged; no sigma, no buckets."""
+    stream = io.StringIO()
+    log = MetricsLog(stream, every=3, last_step=10)
+    losses = [(1.0, 2.0, False), (float("nan"), float("nan"), True), (4.0, 6.0, False)]
+    for step, (loss, grad_norm, skipped) in enumerate(losses, start=1):
+        log(StepRecord(step, loss, 0.1 * step, grad_norm, torch.full((5,), loss), None, skipped, 0.9, 5))
+    line = json.loads(stream.getvalue())
+    assert line["step"] == 3 and line["loss"] == 2.5 and line["grad_norm"] == 4.0 and line["skipped_steps"] == 1
+    assert line["learning_rate"] == pytest.approx(0.3) and line["samples"] == 15 and "loss_by_sigma" not in line
+    sigma = torch.tensor([0.5, 5.0])
+    log(StepRecord(4, 2.0, 0.4, 1.0, torch.tensor([1.0, 3.0]), sigma))
+    state = json.loads(json.dumps(log.state_dict()))  # what a checkpoint stores
+    resumed = MetricsLog(io.StringIO(), every=3, last_step=10)
+    resumed.load_state_dict(state)
+    for target in (log, resumed):
+        target(StepRecord(5, 4.0, 0.5, 1.0, torch.tensor([5.0, 7.0]), sigma))
+        target(StepRecord(6, 6.0, 0.6, 1.0, torch.tensor([9.0]), torch.tensor([0.2])))
+    first = json.loads(stream.getvalue().splitlines()[-1])
+    second = json.loads(resumed.stream.getvalue())
+    assert first["loss_by_sigma"] == {"[1e-01,1e+00)": (1.0 + 5.0 + 9.0) / 3, "[1e+00,1e+01)": (3.0 + 7.0) / 2}
+    assert {k: v for k, v in first.items() if k not in ("seconds", "samples_per_second")} == {
+        k: v for k, v in second.items() if k not in ("seconds", "samples_per_second")
+    }
+
+
+def test_sample_figures_need_plottable_data(tmp_path: Path) -> None:
+    data = {"kind": "mixture", "preset": "custom", "means": [[0.0, 0.0, 0.0]], "stds": [[1.0, 1.0, 1.0]]}
+    training = {**TINY["training"], "sample_every": 5}
+    with pytest.raises(ConfigError, match=r"training\.sample_every.*3 dimensions"):
+        prepare_training(config_from_dict({**TINY, "data": data, "training": training}), tmp_path / "run")

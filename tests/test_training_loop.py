@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 import diffscale
 from diffscale.data import two_gaussians_1d
-from diffscale.training import Trainer, TrainingSettings
+from diffscale.loss import LossTerms
+from diffscale.training import NonFiniteTrainingError, Trainer, TrainingSettings
+from diffscale.validation import ConfigError
 
 MIXTURE = two_gaussians_1d()
 
@@ -43,10 +47,26 @@ def test_training_lowers_the_loss() -> None:
     assert sum(losses[-50:]) / 50 < 0.7 * sum(losses[:20]) / 20
 
 
-def test_non_finite_loss_stops_training() -> None:
-    trainer = make_trainer()
+def test_non_finite_steps_are_skipped_then_stop_training() -> None:
+    trainer = make_trainer(max_nonfinite_steps=3)
+    trainer.run(2, progress=False)
+    before = {key: value.clone() for key, value in trainer.denoiser.state_dict().items()}
+    ema_before = {key: value.clone() for key, value in trainer.ema_denoiser.state_dict().items()}
+    clean = trainer.source
     trainer.source = lambda n, g: torch.full((n, 1), float("nan"))
-    with pytest.raises(FloatingPointError, match="non-finite loss"):
+    for expected in (1, 2):
+        record = trainer.train_step()
+        assert record.skipped and not math.isfinite(record.loss)
+        assert trainer.skipped_steps == trainer.nonfinite_in_a_row == expected
+    for key, value in trainer.denoiser.state_dict().items():  # weights and EMA untouched
+        assert torch.equal(value, before[key]) and torch.equal(trainer.ema_denoiser.state_dict()[key], ema_before[key])
+    trainer.source = clean
+    assert not trainer.train_step().skipped
+    assert trainer.nonfinite_in_a_row == 0 and trainer.skipped_steps == 2  # the streak resets, the count does not
+    trainer.source = lambda n, g: torch.full((n, 1), float("inf"))
+    trainer.train_step()
+    trainer.train_step()
+    with pytest.raises(NonFiniteTrainingError, match="3 non-finite steps in a row"):
         trainer.train_step()
 
 
@@ -59,3 +79,98 @@ def test_unavailable_device_is_reported() -> None:
             lambda n, g: torch.zeros(n, 1),
             TrainingSettings(device="cuda"),
         )
+
+
+@pytest.mark.parametrize(
+    ("decay", "expected"),
+    [
+        # warm-up of 4 steps to 1e-2, then: constant; (1 + cos(pi (k - 4) / 16)) / 2; sqrt(4 / (k + 1))
+        ("none", [2.5e-3, 1e-2, 1e-2, 1e-2]),
+        (
+            "cosine",
+            [
+                2.5e-3,
+                1e-2 * 0.5 * (1 + math.cos(math.pi * 4 / 16)),
+                1e-2 * 0.5 * (1 + math.cos(math.pi * 15 / 16)),
+                1e-2 * 0.5 * (1 + math.cos(math.pi * 12 / 16)),
+            ],
+        ),
+        ("inverse_sqrt", [2.5e-3, 1e-2 * math.sqrt(4 / 9), 1e-2 * math.sqrt(4 / 20), 1e-2 * math.sqrt(4 / 17)]),
+    ],
+)
+def test_learning_rate_schedules(decay: str, expected: list[float]) -> None:
+    trainer = make_trainer(steps=20, warmup_steps=4, learning_rate=1e-2, lr_decay=decay)
+    assert [trainer.learning_rate(step) for step in (0, 8, 19, 16)] == pytest.approx(expected)
+
+
+def test_gradient_accumulation_gives_the_same_steps() -> None:
+    """Four micro-batches of 16 take the same optimiser steps as one batch of 64 (up to summation order)."""
+    whole, split = make_trainer(steps=6), make_trainer(steps=6, grad_accumulation=4)
+    whole.run(progress=False)
+    split.run(progress=False)
+    for p, q in zip(whole.denoiser.parameters(), split.denoiser.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"not divisible by training\.grad_accumulation = 5"):
+        TrainingSettings(batch_size=64, grad_accumulation=5)
+
+
+def zero_gradient_objective(model, target, generator, **cond) -> LossTerms:
+    """A loss of 0 * D(y; 1): every gradient is exactly zero, and there is no noise level."""
+    output = model(target, torch.ones(target.shape[0]))
+    return LossTerms(per_sample=0.0 * output.reshape(target.shape[0], -1).mean(dim=1), sigma=None)
+
+
+def test_adamw_decays_decoupled_and_adam_adds_l2_to_the_gradient() -> None:
+    """With zero loss gradients one step gives AdamW: theta (1 - eta lambda); Adam: g = lambda theta, so
+    m_hat / (sqrt(v_hat) + eps) = g / (|g| + eps) and theta - eta sign(theta) (to eps)."""
+    lr, decay = 0.1, 0.5
+    for optimizer in ("adamw", "adam"):
+        trainer = make_trainer(
+            steps=1, optimizer=optimizer, learning_rate=lr, weight_decay=decay, warmup_steps=0, grad_clip=None
+        )
+        trainer.objective = zero_gradient_objective
+        before = [p.detach().clone() for p in trainer.denoiser.parameters()]
+        record = trainer.train_step()
+        assert record.sigma is None and record.grad_norm == 0.0
+        for old, new in zip(before, trainer.denoiser.parameters(), strict=True):
+            if optimizer == "adamw":
+                expected = old * (1 - lr * decay)
+            else:
+                g = decay * old
+                expected = old - lr * g / (g.abs() + 1e-8)
+            torch.testing.assert_close(new.detach(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_bf16_autocast_on_cpu_and_fp16_needs_cuda() -> None:
+    trainer = make_trainer(steps=3, precision="bf16")
+    dtypes = []
+    linear = next(module for module in trainer.denoiser.modules() if isinstance(module, nn.Linear))
+    linear.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    trainer.run(progress=False)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in trainer.denoiser.parameters())  # master weights stay fp32
+    reference = make_trainer(steps=3)
+    reference.run(progress=False)
+    for p, q in zip(trainer.denoiser.parameters(), reference.denoiser.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0.05, atol=2e-3)  # close to fp32, not equal
+    assert any(
+        not torch.equal(p, q)
+        for p, q in zip(trainer.denoiser.parameters(), reference.denoiser.parameters(), strict=True)
+    )
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="precision = 'fp16': needs a CUDA device"):
+            make_trainer(precision="fp16")
+
+
+def test_a_split_objective_on_slices_equals_the_whole_batch() -> None:
+    """DenoisingLoss draws sigma and n for the whole batch once; evaluating rows apart gives the same losses."""
+    trainer = make_trainer()
+    loss = trainer.objective
+    target = MIXTURE.sample(64, torch.Generator().manual_seed(1))
+    drawn = loss.draw(target, torch.Generator().manual_seed(2))
+    whole = loss.evaluate(trainer.denoiser, target, drawn)
+    parts = [loss.evaluate(trainer.denoiser, target[i : i + 16], {k: v[i : i + 16] for k, v in drawn.items()})
+             for i in range(0, 64, 16)]  # fmt: skip
+    torch.testing.assert_close(torch.cat([part.per_sample for part in parts]), whole.per_sample)
+    direct = loss(trainer.denoiser, target, torch.Generator().manual_seed(2))
+    assert torch.equal(direct.per_sample, whole.per_sample) and torch.equal(direct.sigma, drawn["sigma"])

@@ -5,12 +5,13 @@ and, for iDDPM with learned variance, the hybrid loss L_simple + lambda L_vlb (N
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from diffscale.denoiser import Denoiser, PreconditionedDenoiser
+from diffscale.denoiser import Denoiser
 from diffscale.formulations.base import Formulation
 from diffscale.formulations.posterior import (
     interpolated_log_variance,
@@ -18,26 +19,51 @@ from diffscale.formulations.posterior import (
     posterior_mean_weights,
 )
 
-__all__ = ["DenoisingLoss", "LossTerms", "variational_bound_term"]
+__all__ = ["DenoisingLoss", "LossTerms", "Objective", "SplitObjective", "variational_bound_term"]
 
 LOG_2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
 class LossTerms:
-    """Per-sample losses and the noise levels they were drawn at (for logging per sigma bucket).
+    """Per-sample losses and the noise levels they were drawn at (for logging per sigma bucket; None for an
+    objective without noise levels, e.g. regression).
 
     ``per_sample[b] = lambda(sigma_b) mean_k (D(y_b + sigma_b n_b; sigma_b)_k - y_b,k)^2`` (plus, with learned
     variance, ``vlb_weight * M * L_t`` in bits per dimension).
     """
 
     per_sample: torch.Tensor
-    sigma: torch.Tensor
+    sigma: torch.Tensor | None
 
     @property
     def mean(self) -> torch.Tensor:
         """The batch mean, the quantity to minimise."""
         return self.per_sample.mean()
+
+
+class Objective(Protocol):
+    """A training objective: ``objective(model, target, generator, **cond) -> LossTerms``."""
+
+    def __call__(
+        self, model: Any, target: torch.Tensor, generator: torch.Generator | None, **cond: Any
+    ) -> LossTerms: ...
+
+
+@runtime_checkable
+class SplitObjective(Protocol):
+    """An objective whose randomness is drawn apart from its evaluation, so that the random inputs of a whole
+    batch can be drawn once and any slice of rows evaluated alone (gradient accumulation, data parallelism)
+    with the same result as evaluating the whole batch.
+
+    ``draw`` returns tensors whose first dimension is the batch; ``evaluate`` takes rows of them.
+    """
+
+    def draw(self, target: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]: ...
+
+    def evaluate(
+        self, model: Any, target: torch.Tensor, drawn: Mapping[str, torch.Tensor], **cond: Any
+    ) -> LossTerms: ...
 
 
 def variational_bound_term(
@@ -82,21 +108,24 @@ class DenoisingLoss:
     def __init__(self, formulation: Formulation) -> None:
         self.formulation = formulation
 
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        clean: torch.Tensor,
-        generator: torch.Generator | None = None,
-        **cond: Any,
-    ) -> LossTerms:
-        f = self.formulation
+    def draw(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """sigma ~ p_train (B,) and n ~ N(0, I) of ``clean``'s shape, drawn in that order from ``generator``."""
         batch = clean.shape[0]
-        sigma = f.sample_sigma(batch, generator, dtype=clean.dtype, device=clean.device)
+        sigma = self.formulation.sample_sigma(batch, generator, dtype=clean.dtype, device=clean.device)
         noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype, device=clean.device)
+        return {"sigma": sigma, "noise": noise}
+
+    def evaluate(
+        self, denoiser: Denoiser, clean: torch.Tensor, drawn: Mapping[str, torch.Tensor], **cond: Any
+    ) -> LossTerms:
+        """The per-sample loss at the drawn sigma and n: x = y + sigma n, lambda(sigma) |D(x; sigma) - y|^2."""
+        f = self.formulation
+        sigma, noise = drawn["sigma"], drawn["noise"]
+        batch = clean.shape[0]
         shape = (batch,) + (1,) * (clean.ndim - 1)
         noisy = clean + sigma.reshape(shape) * noise
         if f.learned_variance:
-            if not isinstance(denoiser, PreconditionedDenoiser):
+            if not hasattr(denoiser, "denoise_with_variance"):
                 raise TypeError("a learned variance needs a PreconditionedDenoiser (its network emits v)")
             denoised, v = denoiser.denoise_with_variance(noisy, sigma, **cond)
         else:
@@ -110,3 +139,12 @@ class DenoisingLoss:
             )
             per_sample = per_sample + weight * bound
         return LossTerms(per_sample=per_sample, sigma=sigma)
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        clean: torch.Tensor,
+        generator: torch.Generator | None = None,
+        **cond: Any,
+    ) -> LossTerms:
+        return self.evaluate(denoiser, clean, self.draw(clean, generator), **cond)

@@ -79,22 +79,46 @@ def _number(text: str) -> float:
 def _train(args: argparse.Namespace) -> int:
     from diffscale.cli.runs import CONFIG_NAME, prepare_training, resolve_run_dir, train
     from diffscale.config import load_config
+    from diffscale.training import NonFiniteTrainingError
+    from diffscale.training.distributed import init_distributed, shutdown_distributed
 
     config = load_config(args.config, args.set)
-    run_dir = resolve_run_dir(config, args.config, args.out)
-    plan = prepare_training(config, run_dir)  # validates everything; nothing is written before this returns
-    config = plan.config
-    data = config.data.kind + (f" ({config.data.preset})" if hasattr(config.data, "preset") else "")
-    print(
-        f"training {config.diffusion.type} / {config.model.arch} on {data} "
-        f"for {config.training.steps} steps into {run_dir}",
-        flush=True,
-    )
-    print(plan.summary, flush=True)
-    summary = train(plan, progress=not args.no_progress)
+    resume = None
+    if args.resume is not None:
+        resume = Path(args.resume)
+        run_dir = resume if resume.is_dir() or not resume.suffix else resume.parent
+        if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
+            raise ConfigError(f"--out '{args.out}' and --resume '{args.resume}' name different run directories")
+    else:
+        run_dir = resolve_run_dir(config, args.config, args.out)
+    context, device = init_distributed(config.training.device)
+    try:
+        # validates everything (and loads a checkpoint to resume); nothing is written before this returns
+        plan = prepare_training(config, run_dir, resume=resume, distributed=context, device=device)
+        config = plan.config
+        say = print if context.is_main else (lambda *_, **__: None)
+        data = config.data.kind + (f" ({config.data.preset})" if hasattr(config.data, "preset") else "")
+        processes = f" on {context.world_size} processes" if context.enabled else ""
+        say(
+            f"training {config.diffusion.type} / {config.model.arch} on {data} "
+            f"for {config.training.steps} steps into {run_dir}{processes}",
+            flush=True,
+        )
+        say(plan.summary, flush=True)
+        if plan.checkpoint is not None:
+            changed = f"; changed since: {', '.join(plan.changes)}" if plan.changes else ""
+            say(f"resuming from step {plan.checkpoint.step} ({plan.checkpoint.directory}){changed}", flush=True)
+        try:
+            summary = train(plan, progress=not args.no_progress)
+        except NonFiniteTrainingError as error:
+            sys.stderr.write(f"{PROG}: {_one_line(str(error))}\n")
+            return 1
+    finally:
+        shutdown_distributed()
     loss = f", final loss {summary.final_loss:.4g}" if summary.final_loss is not None else ""
-    print(f"trained {summary.steps} steps{loss}")
-    print(f"wrote {run_dir / CONFIG_NAME}, {summary.metrics} and checkpoint {summary.checkpoint}")
+    skipped = f", {summary.skipped_steps} non-finite steps skipped" if summary.skipped_steps else ""
+    say(f"trained {summary.steps} steps{loss}{skipped}")
+    say(f"wrote {run_dir / CONFIG_NAME}, {summary.metrics} and checkpoint {summary.checkpoint}")
     return 0
 
 
@@ -250,13 +274,18 @@ _TRAIN_DESCRIPTION = """\
 Train a model from a YAML configuration (sections diffusion, sampling, model, data, training, output).
 
 The configuration and the --set overrides are validated before anything is written. The run directory
-then receives config.yaml (the resolved configuration), metrics.jsonl (loss, learning rate, gradient norm
-and loss per decade of sigma, every training.log_every steps) and a checkpoint (checkpoint.json plus
-.safetensors files). A directory that already holds a checkpoint is never overwritten.
+then receives config.yaml (the resolved configuration), metrics.jsonl and tensorboard/ (loss, loss per
+decade of sigma, learning rate, gradient norm, EMA decay, every training.log_every steps), samples/ (figures
+of EMA-model samples, every training.sample_every steps) and checkpoints (checkpoint.json plus .safetensors
+files; the last training.keep_checkpoints are kept). A run directory that holds a checkpoint is resumed
+exactly where it stopped (the formulation, model, data, objective and optimiser must not change; raise
+training.steps to train longer). Under torchrun every process trains on its share of each batch.
 
 examples:
   diffscale train configs/mixture_1d_edm.yaml
   diffscale train configs/mixture_1d_edm.yaml --set diffusion.type=VP --set training.steps=500 --out runs/vp
+  diffscale train configs/mixture_1d_edm.yaml --resume runs/vp --set training.steps=1000
+  torchrun --nproc-per-node 4 -m diffscale train configs/mixture_1d_edm.yaml
 """
 
 _SAMPLE_DESCRIPTION = """\
@@ -315,6 +344,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         metavar="RUN_DIR",
         default=None,
         help="run directory (default: output.dir of the configuration, else runs/<CONFIG name>)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="resume the run in RUN_DIR from its latest checkpoint (or from a checkpoint-<step>.json in it); "
+        "a run directory that holds a checkpoint is resumed without this flag too",
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=_train)

@@ -2,7 +2,10 @@
 run back for sampling.
 
 A run directory holds ``config.yaml`` (the resolved configuration, every key written out),
-``metrics.jsonl`` (one JSON object per logged step) and a checkpoint (see :mod:`diffscale.training.checkpoint`).
+``metrics.jsonl`` (one JSON object per logged step), ``tensorboard/`` (the same scalars, with
+``training.tensorboard``), ``samples/step-<step>.png`` (figures of EMA-model samples, every
+``training.sample_every`` steps) and the last ``training.keep_checkpoints`` checkpoints (see
+:mod:`diffscale.training.checkpoint`). Training into a directory that holds a checkpoint resumes it exactly.
 
 >>> plan = prepare_training(load_config("configs/mixture_1d_edm.yaml"), Path("runs/mixture_1d_edm"))
 >>> summary = train(plan)                       # nothing is written before this call
@@ -19,10 +22,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -43,9 +46,12 @@ from diffscale.training.checkpoint import (
     atomic_write_bytes,
     has_checkpoint,
     load_checkpoint,
+    load_weights,
+    restore_trainer,
     save_trainer_checkpoint,
 )
-from diffscale.training.loop import StepRecord, Trainer
+from diffscale.training.distributed import DistributedContext
+from diffscale.training.loop import BatchSource, StepRecord, Trainer
 from diffscale.validation import ConfigError
 
 __all__ = [
@@ -56,20 +62,27 @@ __all__ = [
     "MetricsLog",
     "TrainingPlan",
     "TrainingSummary",
+    "build_data_source",
     "build_denoiser",
     "check_device",
     "default_run_dir",
+    "incompatible_changes",
     "load_run",
     "loss_by_sigma_decade",
     "model_summary",
     "prepare_training",
     "resolve_run_dir",
+    "sample_figure",
     "sample_run",
     "train",
 ]
 
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+SAMPLES_DIR = "samples"
+FIGURE_SAMPLES = 2000
+"""Samples drawn for a figure of a vector-data run (fields: the figure's few panels)."""
 LOG10_SIGMA_RANGE = (-3, 3)
 """Decades of sigma in the per-noise-level loss: [1e-3, 1e-2), ..., [1e2, 1e3); values outside go to the ends."""
 
@@ -127,6 +140,25 @@ def build_denoiser(config: Config, shape: int | tuple[int, ...] | None = None) -
     return PreconditionedDenoiser(network, formulation)
 
 
+def build_data_source(config: Config) -> tuple[DataDistribution, BatchSource]:
+    """The ``data:`` section built: (the data, ``source(batch_size, generator)`` drawing training batches).
+
+    Every data kind is built here (and only here), so a new kind is one more branch. Missing or unreadable
+    data files raise ConfigError naming the key and the file.
+    """
+    try:
+        data = config.data.build()
+    except FileNotFoundError as error:
+        raise ConfigError(f"data: file '{error.filename}' not found") from None
+    except OSError as error:
+        raise ConfigError(f"data: file '{error.filename}' cannot be read ({error.strerror})") from None
+
+    def source(batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return data.sample(batch_size, generator)
+
+    return data, source
+
+
 def model_summary(config: Config, denoiser: PreconditionedDenoiser) -> str:
     """One line: the network (architecture, parameter count, ...) and the shape of the data it models."""
     shape = " x ".join(map(str, config.data_shape()))
@@ -154,44 +186,158 @@ def loss_by_sigma_decade(per_sample: torch.Tensor, sigma: torch.Tensor) -> dict[
     return result
 
 
+def _sigma_bucket_sums(per_sample: torch.Tensor, sigma: torch.Tensor) -> dict[str, tuple[float, int]]:
+    """Per decade of sigma: (sum of the per-sample losses, count)."""
+    low, high = LOG10_SIGMA_RANGE
+    decade = sigma.detach().double().log10().floor().clamp(low, high - 1).long().cpu()
+    losses = per_sample.detach().double().cpu()
+    sums = {}
+    for value in range(low, high):
+        mask = decade == value
+        if mask.any():
+            sums[_decade_label(value)] = (float(losses[mask].sum()), int(mask.sum()))
+    return sums
+
+
 @dataclass
 class MetricsLog:
     """Aggregates :class:`StepRecord` s and writes one JSON line every ``every`` steps (and at ``last_step``).
 
-    Each line holds ``step``, ``loss`` (mean over the window), ``learning_rate`` (at the step),
-    ``grad_norm`` (mean over the window, before clipping), ``loss_by_sigma`` (see
-    :func:`loss_by_sigma_decade`), ``samples`` (per-sample losses in the window) and ``seconds`` since start.
+    Each line holds ``step``, ``loss`` (mean over the window's finite steps; null if none), ``learning_rate``,
+    ``grad_norm`` (mean over the window, before clipping), ``loss_by_sigma`` (see :func:`loss_by_sigma_decade`;
+    absent for objectives without noise levels), ``samples`` (per-sample losses in the window), ``ema_beta``
+    (the EMA decay of the step), ``skipped_steps`` (non-finite steps in the window), ``samples_per_second`` and
+    ``seconds`` since the start. With ``tensorboard`` (a SummaryWriter) the scalars go there too. The window is
+    kept as running sums, so :meth:`state_dict` (stored in checkpoints) lets a resumed run write the same lines.
     """
 
-    stream: IO[str]
+    stream: IO[str] | None
     every: int
     last_step: int
+    tensorboard: Any = None
     started: float = field(default_factory=time.perf_counter)
-    _records: list[StepRecord] = field(default_factory=list)
+    seconds_before: float = 0.0
+    _window: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._window = self._window or self._empty()
+        self._window_started = time.perf_counter()
+
+    @staticmethod
+    def _empty() -> dict[str, Any]:
+        return {"steps": 0, "finite_steps": 0, "loss": 0.0, "grad_norm": 0.0, "samples": 0, "skipped": 0, "sigma": {}}
 
     def __call__(self, record: StepRecord) -> None:
-        self._records.append(record)
+        window = self._window
+        window["steps"] += 1
+        window["samples"] += int(record.per_sample.numel())
+        window["learning_rate"] = record.learning_rate
+        window["ema_beta"] = record.ema_beta
+        window["step"] = record.step
+        if record.skipped:
+            window["skipped"] += 1
+        else:
+            window["finite_steps"] += 1
+            window["loss"] += record.loss
+            window["grad_norm"] += record.grad_norm
+            if record.sigma is not None:
+                for label, (total, count) in _sigma_bucket_sums(record.per_sample, record.sigma).items():
+                    old_total, old_count = window["sigma"].get(label, (0.0, 0))
+                    window["sigma"][label] = (old_total + total, old_count + count)
         if record.step % self.every == 0 or record.step >= self.last_step:
             self.flush()
 
     def flush(self) -> None:
         """Write the pending window (if any) as one line."""
-        if not self._records:
+        window = self._window
+        if not window["steps"]:
             return
-        records, self._records = self._records, []
-        per_sample = torch.cat([record.per_sample.reshape(-1) for record in records])
-        sigma = torch.cat([record.sigma.reshape(-1) for record in records])
+        now = time.perf_counter()
+        finite = window["finite_steps"]
         line = {
-            "step": records[-1].step,
-            "loss": sum(record.loss for record in records) / len(records),
-            "learning_rate": records[-1].learning_rate,
-            "grad_norm": sum(record.grad_norm for record in records) / len(records),
-            "loss_by_sigma": loss_by_sigma_decade(per_sample, sigma),
-            "samples": int(per_sample.numel()),
-            "seconds": round(time.perf_counter() - self.started, 3),
+            "step": window["step"],
+            "loss": window["loss"] / finite if finite else None,  # None (null): every step was skipped
+            "learning_rate": window["learning_rate"],
+            "grad_norm": window["grad_norm"] / finite if finite else None,
+            "loss_by_sigma": {
+                label: total / count for label, (total, count) in sorted(window["sigma"].items(), key=_bucket_order)
+            },
+            "samples": window["samples"],
+            "ema_beta": window["ema_beta"],
+            "skipped_steps": window["skipped"],
+            "samples_per_second": round(window["samples"] / max(now - self._window_started, 1e-9), 1),
+            "seconds": round(self.seconds_before + now - self.started, 3),
         }
-        self.stream.write(json.dumps(line) + "\n")
-        self.stream.flush()
+        if not line["loss_by_sigma"]:
+            del line["loss_by_sigma"]
+        self._window = self._empty()
+        self._window_started = now
+        if self.stream is not None:
+            self.stream.write(json.dumps(line) + "\n")
+            self.stream.flush()
+        if self.tensorboard is not None:
+            step = line["step"]
+            for key in ("loss", "learning_rate", "grad_norm", "ema_beta", "skipped_steps", "samples_per_second"):
+                if line[key] is not None:
+                    self.tensorboard.add_scalar(f"train/{key}", line[key], step)
+            for label, value in line.get("loss_by_sigma", {}).items():
+                self.tensorboard.add_scalar(f"loss_by_sigma/{label}", value, step)
+            self.tensorboard.flush()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pending window and the elapsed time (JSON-able)."""
+        window = dict(self._window)
+        window["sigma"] = {label: list(pair) for label, pair in window["sigma"].items()}
+        return {"window": window, "seconds": self.seconds_before + time.perf_counter() - self.started}
+
+    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+        """Continue the window of :meth:`state_dict`'s output."""
+        if not state:
+            return
+        window = {**self._empty(), **dict(state["window"])}
+        window["sigma"] = {label: (float(pair[0]), int(pair[1])) for label, pair in window["sigma"].items()}
+        self._window = window
+        self.seconds_before = float(state.get("seconds", 0.0))
+
+
+def _bucket_order(item: tuple[str, Any]) -> float:
+    """Sort ``[1e-01,1e+00)`` labels by their lower edge."""
+    return float(item[0][1:].split(",")[0])
+
+
+def sample_figure(
+    config: Config, model: torch.nn.Module, data: DataDistribution, path: str | Path, *, step: int, seed: int = 0
+) -> Path:
+    """A figure of samples from ``model`` (the EMA denoiser) with the run's sampler settings, beside the data.
+
+    The sampler has its own generator (``seed``), so drawing a figure leaves the training state untouched.
+    """
+    from diffscale.cli.plot import plot_samples
+
+    settings = config.sampling.to_sampler_settings()
+    shape = config.data_shape()
+    device = next(model.parameters()).device
+    num = FIGURE_SAMPLES if len(shape) == 1 else 4
+    generator = torch.Generator(device).manual_seed(seed)
+    noise = torch.randn((num, *shape), generator=generator, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        samples = sample(model, noise, model.formulation, **settings.model_dump(), generator=generator)
+    model.train(was_training)
+    title = f"{config.diffusion.type}, EMA weights, step {step}"
+    return plot_samples(path, samples.float().cpu(), data, title=title)
+
+
+def _check_figure(config: Config, data: DataDistribution) -> None:
+    """With ``training.sample_every``, the data must be plottable (ConfigError otherwise)."""
+    if config.training.sample_every:
+        from diffscale.cli.plot import check_plottable
+
+        try:
+            check_plottable(data, option="training.sample_every")
+        except ConfigError as error:
+            raise ConfigError(f"{error} (set training.sample_every = 0)") from None
 
 
 # -- training -------------------------------------------------------------------------------------------------
@@ -205,11 +351,20 @@ class TrainingPlan:
     trainer: Trainer
     summary: str = ""
     """One line describing the network and the data (see :func:`model_summary`)."""
+    checkpoint: Checkpoint | None = None
+    """The checkpoint the run resumes from (already restored into the trainer), or None for a fresh run."""
+    changes: list[str] = field(default_factory=list)
+    """Compatible configuration changes since the checkpoint (``training.steps: 100 -> 200``)."""
 
     @property
     def mixture(self) -> DataDistribution:
         """The data distribution (name kept from when every run modelled a mixture)."""
         return self.data
+
+    @property
+    def distributed(self) -> DistributedContext:
+        """This process's place among the training processes."""
+        return self.trainer.distributed
 
 
 @dataclass(frozen=True)
@@ -221,38 +376,122 @@ class TrainingSummary:
     final_loss: float | None
     checkpoint: Path
     metrics: Path
+    resumed_from: int | None = None
+    """The step the run resumed from (None: a fresh run)."""
+    skipped_steps: int = 0
+    """Steps skipped for a non-finite loss or gradient, over the whole run."""
 
 
-def prepare_training(config: Config, run_dir: str | Path) -> TrainingPlan:
+INCOMPATIBLE_SECTIONS = ("diffusion", "model", "data")
+INCOMPATIBLE_TRAINING_KEYS = ("objective", "optimizer")
+"""A resumed run must keep these: the formulation, the architecture, the data, the objective and optimiser."""
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flat(item, f"{prefix}.{key}"))
+        return flat
+    return {prefix: value}
+
+
+def incompatible_changes(stored: Config, config: Config) -> tuple[list[str], list[str]]:
+    """(incompatible, compatible) differences between a checkpoint's configuration and a new one, each as
+    ``key: old -> new``. Incompatible: anything in diffusion, model or data, and training.objective/optimizer."""
+    old = {section: stored.to_dict()[section] for section in ("diffusion", "model", "data", "training")}
+    new = {section: config.to_dict()[section] for section in ("diffusion", "model", "data", "training")}
+    old_flat, new_flat = _flat(old, ""), _flat(new, "")
+    incompatible, compatible = [], []
+    for key in sorted(set(old_flat) | set(new_flat)):
+        before, after = old_flat.get(key, "(absent)"), new_flat.get(key, "(absent)")
+        if before == after:
+            continue
+        name = key.lstrip(".")
+        change = f"{name}: {before!r} -> {after!r}"
+        section, _, rest = name.partition(".")
+        if section in INCOMPATIBLE_SECTIONS or rest in INCOMPATIBLE_TRAINING_KEYS:
+            incompatible.append(change)
+        else:
+            compatible.append(change)
+    return incompatible, compatible
+
+
+def _resume_source(run_dir: Path, resume: bool | str | Path | None) -> Path | None:
+    """Where the run resumes from (a run directory or a checkpoint sidecar), or None for a fresh run."""
+    if resume is None:
+        return run_dir if has_checkpoint(run_dir) else None
+    if resume is False:
+        if has_checkpoint(run_dir):
+            raise ConfigError(
+                f"output.dir = '{run_dir}': already holds a checkpoint ({SIDECAR_NAME}); refusing to overwrite it "
+                "(resume it, choose another --out or delete it)"
+            )
+        return None
+    source = run_dir if resume is True else Path(resume)
+    if source.is_dir() and not has_checkpoint(source):
+        raise ConfigError(f"--resume '{source}': holds no checkpoint ({SIDECAR_NAME} not found)")
+    if not source.exists():
+        raise ConfigError(f"--resume '{source}': no such run directory or checkpoint")
+    return source
+
+
+def prepare_training(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool | str | Path | None = None,
+    distributed: DistributedContext | None = None,
+    device: str | None = None,
+) -> TrainingPlan:
     """Validate and build a run (data, formulation, network, trainer) without touching the disk.
 
-    Raises ConfigError when ``run_dir`` is a file or already holds a checkpoint (resuming is not
-    supported yet), or when ``training.device`` is unusable.
+    ``resume``: None resumes when ``run_dir`` holds a checkpoint (else starts afresh); False refuses a
+    ``run_dir`` with a checkpoint; True requires one; a path names the run directory or checkpoint sidecar
+    (``checkpoint-<step>.json``) to resume from. Resuming loads and verifies the checkpoint, refuses a
+    configuration whose formulation, architecture, data, objective or optimiser changed, and restores the
+    trainer exactly. ``distributed``/``device`` come from :func:`~diffscale.training.distributed.init_distributed`
+    under torchrun. Raises ConfigError (CheckpointError) for any of these problems.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output.dir = '{run_dir}': exists and is not a directory")
-    if has_checkpoint(run_dir):
-        raise ConfigError(
-            f"output.dir = '{run_dir}': already holds a checkpoint ({SIDECAR_NAME}); refusing to overwrite it "
-            "(choose another --out or delete it; resuming is not supported yet)"
-        )
-    check_device(config.training.device, "training.device")
+    source_path = _resume_source(run_dir, resume)
+    check_device(config.training.device if device is None else device, "training.device")
     # The resolved model section (a U-Net's in_channels and learned_variance follow the data and formulation)
     # is what config.yaml records.
     config = config.model_copy(update={"output": OutputSection(dir=str(run_dir)), "model": config.resolved_model()})
-    data = config.data.build()
+    checkpoint = None
+    changes: list[str] = []
+    if source_path is not None:
+        checkpoint = load_checkpoint(source_path)
+        try:
+            stored = config_from_dict(decode_non_finite(checkpoint.config))
+        except ConfigError as error:
+            raise ConfigError(
+                f"'{checkpoint.directory / SIDECAR_NAME}': invalid stored configuration: {error}"
+            ) from None
+        incompatible, changes = incompatible_changes(stored, config)
+        if incompatible:
+            raise ConfigError(
+                f"cannot resume '{checkpoint.directory}' (step {checkpoint.step}): the configuration changed "
+                f"incompatibly: {'; '.join(incompatible)} (train into another --out instead)"
+            )
+    data, source = build_data_source(config)
+    _check_figure(config, data)
     denoiser = build_denoiser(config)
-
-    def source(batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        return data.sample(batch_size, generator)
-
+    settings = config.training if device is None else config.training.model_copy(update={"device": device})
+    trainer = Trainer(denoiser, source, settings, distributed=distributed)
+    if checkpoint is not None:
+        restore_trainer(trainer, checkpoint)
     return TrainingPlan(
         config=config,
         run_dir=run_dir,
         data=data,
-        trainer=Trainer(denoiser, source, config.training),
+        trainer=trainer,
         summary=model_summary(config, denoiser),
+        checkpoint=checkpoint,
+        changes=changes,
     )
 
 
@@ -261,42 +500,102 @@ def _sidecar_config(config: Config) -> dict:
     return encode_non_finite(config.to_dict())
 
 
+def _metrics_up_to(path: Path, step: int) -> None:
+    """Keep the lines of ``path`` up to ``step`` (those a resumed run would otherwise write twice)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash
+    atomic_write_bytes(path, "".join(kept).encode("utf-8"))
+
+
+def _tensorboard_writer(directory: Path, purge_step: int | None) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(directory), purge_step=purge_step)
+
+
 def train(
     plan: TrainingPlan, *, progress: bool = True, callback: Callable[[StepRecord], None] | None = None
 ) -> TrainingSummary:
     """Create the run directory, write config.yaml, train with metrics and checkpoints, return a summary.
 
-    A checkpoint is written every ``training.checkpoint_every`` steps (if > 0) and at the end.
+    A checkpoint is written every ``training.checkpoint_every`` steps (if > 0) and at the end; the last
+    ``training.keep_checkpoints`` are kept. A resumed plan continues the metrics where its checkpoint left them.
+    Only rank 0 writes. Raises :class:`~diffscale.training.NonFiniteTrainingError` (after writing the metrics so
+    far, and no checkpoint) when too many steps in a row were not finite.
     """
     config, run_dir, trainer = plan.config, plan.run_dir, plan.trainer
     settings = config.training
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / CONFIG_NAME, config.to_yaml().encode("utf-8"))
+    main = plan.distributed.is_main
+    resumed = plan.checkpoint.step if plan.checkpoint is not None else None
+    if resumed is None:
+        # dropout and the like draw from the global generators: seeded per process, saved in checkpoints
+        torch.manual_seed(settings.seed + plan.distributed.rank)
     sidecar_config = _sidecar_config(config)
     metrics_path = run_dir / METRICS_NAME
-    last_loss: list[float] = []
     checkpoint_path = run_dir / SIDECAR_NAME
-    with metrics_path.open("w", encoding="utf-8") as stream:
-        metrics = MetricsLog(stream, every=settings.log_every, last_step=settings.steps)
+    stream = None
+    writer = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / CONFIG_NAME, config.to_yaml().encode("utf-8"))
+        if resumed is not None:
+            _metrics_up_to(metrics_path, resumed)
+        stream = metrics_path.open("a" if resumed is not None else "w", encoding="utf-8")
+        if settings.tensorboard:
+            writer = _tensorboard_writer(run_dir / TENSORBOARD_DIR, None if resumed is None else resumed + 1)
+    metrics = MetricsLog(stream, every=settings.log_every, last_step=settings.steps, tensorboard=writer)
+    if plan.checkpoint is not None:
+        metrics.load_state_dict(plan.checkpoint.sidecar.get("metrics_window"))
+    last_loss: list[float] = []
+    saved_step = [resumed]
 
-        def on_step(record: StepRecord) -> None:
-            metrics(record)
+    def save() -> None:
+        save_trainer_checkpoint(
+            run_dir,
+            trainer,
+            sidecar_config,
+            keep=settings.keep_checkpoints,
+            metadata={"metrics_window": metrics.state_dict()},
+        )
+        saved_step[0] = trainer.step
+
+    def on_step(record: StepRecord) -> None:
+        metrics(record)
+        if not record.skipped:
             last_loss[:] = [record.loss]
-            if settings.checkpoint_every and record.step % settings.checkpoint_every == 0:
-                save_trainer_checkpoint(run_dir, trainer, sidecar_config)
-            if callback is not None:
-                callback(record)
+        if settings.checkpoint_every and record.step % settings.checkpoint_every == 0 and not record.skipped:
+            save()
+        if main and settings.sample_every and record.step % settings.sample_every == 0:
+            figure = run_dir / SAMPLES_DIR / f"step-{record.step:08d}.png"
+            sample_figure(config, trainer.ema_denoiser, plan.data, figure, step=record.step, seed=settings.seed)
+        if callback is not None:
+            callback(record)
 
+    try:
         trainer.run(progress=progress, callback=on_step)
+        if saved_step[0] != trainer.step:
+            save()
+    finally:
         metrics.flush()
-    if not (settings.checkpoint_every and trainer.step % settings.checkpoint_every == 0):
-        save_trainer_checkpoint(run_dir, trainer, sidecar_config)
+        if stream is not None:
+            stream.close()
+        if writer is not None:
+            writer.close()
     return TrainingSummary(
         run_dir=run_dir,
         steps=trainer.step,
         final_loss=last_loss[0] if last_loss else None,
         checkpoint=checkpoint_path,
         metrics=metrics_path,
+        resumed_from=resumed,
+        skipped_steps=trainer.skipped_steps,
     )
 
 
@@ -348,9 +647,9 @@ def load_run(run_dir: str | Path, *, weights: WeightsChoice = "ema", device: str
     state = checkpoint.ema_weights if weights == "ema" else checkpoint.weights
     if not state:
         raise ConfigError(f"'{run_dir / SIDECAR_NAME}': holds no {weights} weights")
-    data = config.data.build()
+    data, _ = build_data_source(config)
     denoiser = build_denoiser(config)
-    denoiser.load_state_dict(state)
+    load_weights(denoiser, state, f"'{run_dir / SIDECAR_NAME}'")
     denoiser = denoiser.to(torch_device).eval().requires_grad_(False)
     return LoadedRun(
         run_dir=run_dir,

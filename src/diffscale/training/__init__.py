@@ -1,7 +1,17 @@
-"""Training: the loop, the weight EMA and their settings."""
+"""Training: the loop, the weight EMA, mixed precision, data parallelism and their settings."""
 
+from diffscale.training.distributed import DistributedContext
 from diffscale.training.ema import ExponentialMovingAverage
-from diffscale.training.loop import BatchSource, StepRecord, Trainer, resolve_device
+from diffscale.training.loop import BatchSource, NonFiniteTrainingError, StepRecord, Trainer, resolve_device
 from diffscale.training.settings import TrainingSettings
 
-__all__ = ["BatchSource", "ExponentialMovingAverage", "StepRecord", "Trainer", "TrainingSettings", "resolve_device"]
+__all__ = [
+    "BatchSource",
+    "DistributedContext",
+    "ExponentialMovingAverage",
+    "NonFiniteTrainingError",
+    "StepRecord",
+    "Trainer",
+    "TrainingSettings",
+    "resolve_device",
+]

@@ -2,18 +2,23 @@
 
 A checkpoint in directory ``D`` is
 
-* ``D/checkpoint.json`` (the sidecar, written last: it is the commit point) with ``format``,
-  ``format_version``, ``step``, ``diffscale_version``, the resolved configuration, the optimizer's scalar
-  hyper-parameters and, for every tensor file, its name, size and sha256;
+* ``D/checkpoint.json`` (the sidecar of the latest checkpoint, written last: it is the commit point) with
+  ``format``, ``format_version``, ``step``, ``diffscale_version``, the resolved configuration, the optimizer's
+  scalar hyper-parameters, the trainer's counters and gradient-scaler state (``trainer``), the data source's
+  position (``data_position``), where the RNG states are (``rng``) and, for every tensor file, its name, size
+  and sha256;
+* ``D/checkpoint-<step>.json``: the same sidecar under the step's name, kept for each of the last K
+  checkpoints (so an earlier one can be resumed when the latest is damaged);
 * ``D/weights-<step>.safetensors``: the trained module's ``state_dict``;
 * ``D/ema-<step>.safetensors``: the EMA module's ``state_dict``;
 * ``D/training_state-<step>.safetensors``: the optimizer's state tensors, keyed
   ``optimizer.state.<parameter name>.<state key>`` (e.g. ``optimizer.state.network.input.weight.exp_avg``),
-  and the training generator's state ``generator.state`` (the uint8 tensor of ``Generator.get_state()``).
+  the training generator's state ``generator.state`` (the uint8 tensor of ``Generator.get_state()``) and the
+  global RNG states of every process, ``rng.cpu.rank<r>`` and ``rng.cuda.rank<r>`` (dropout and the like).
 
 Every file is written atomically (temporary file in the same directory, flush, fsync, ``os.replace``, fsync
 of the directory); the tensor files carry the step in their names, so a crash while writing leaves the
-previous checkpoint intact, and files no longer referenced are removed after the sidecar is replaced.
+previous checkpoint intact; files of checkpoints beyond the last K are removed after the sidecar is replaced.
 Loading checks each file's size and sha256 before parsing it and reads safetensors only. Everything an
 exact resume needs (step, weights, EMA, Adam moments and hyper-parameters, generator state) is stored, and
 ``format_version`` lets later versions read older checkpoints.
@@ -54,7 +59,9 @@ __all__ = [
     "CheckpointError",
     "atomic_write_bytes",
     "has_checkpoint",
+    "list_checkpoints",
     "load_checkpoint",
+    "load_weights",
     "read_safetensors",
     "restore_trainer",
     "save_checkpoint",
@@ -71,7 +78,11 @@ SAFETENSORS_SUFFIX = ".safetensors"
 GENERATOR_KEY = "generator.state"
 OPTIMIZER_STATE_PREFIX = "optimizer.state."
 OPTIMIZER_GROUP_PREFIX = "optimizer.param_groups."
-_PART_FILE = re.compile(rf"^({'|'.join(ALL_PARTS)})-\d+\.safetensors$")
+_PART_FILE = re.compile(rf"^({'|'.join(ALL_PARTS)})-(\d+)\.safetensors$")
+_STEP_SIDECAR = re.compile(r"^checkpoint-(\d+)\.json$")
+_TEMPORARY = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]{12}\.tmp$")
+"""A temporary file of :func:`atomic_write_bytes` (``.<name>.<pid>.<random>.tmp``)."""
+RNG_PREFIX = "rng."
 
 
 class CheckpointError(ConfigError):
@@ -90,11 +101,12 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync_directory: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
 
     The bytes go to a temporary file in the same directory, which is flushed, fsynced and renamed over
-    ``path`` with :func:`os.replace`; the directory is then fsynced so the rename survives a crash.
+    ``path`` with :func:`os.replace`; the directory is then fsynced so the rename survives a crash (unless
+    ``sync_directory`` is False: the caller then fsyncs it once after several files).
     """
     path = Path(path)
     temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
@@ -109,7 +121,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    if sync_directory:
+        _fsync_directory(path.parent)
 
 
 # -- safetensors files ---------------------------------------------------------------------------------------
@@ -118,10 +131,12 @@ def _cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {key: value.detach().to("cpu", copy=True).contiguous() for key, value in tensors.items()}
 
 
-def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> tuple[str, int]:
+def write_safetensors(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], *, sync_directory: bool = True
+) -> tuple[str, int]:
     """Write ``tensors`` atomically as a safetensors file; return its (sha256 hex digest, size in bytes)."""
     data = safetensors.torch.save(_cpu_tensors(tensors))
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, sync_directory=sync_directory)
     return hashlib.sha256(data).hexdigest(), len(data)
 
 
@@ -268,12 +283,19 @@ def save_checkpoint(
     ema_model: nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
+    extra_tensors: Mapping[str, torch.Tensor] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    keep: int = 1,
 ) -> Path:
     """Write a checkpoint of step ``step`` into ``directory`` (created if needed); return the sidecar's path.
 
-    ``config`` must be JSON-able; encode non-finite floats first (e.g. as the strings "inf", "nan") if the
-    sidecar should stay strict JSON.
+    ``config`` and ``metadata`` (extra sidecar entries, e.g. ``trainer``, ``data_position``) must be JSON-able;
+    encode non-finite floats first (e.g. as the strings "inf", "nan") if the sidecar should stay strict JSON.
+    ``extra_tensors`` (e.g. RNG states) join the training state file. Of the checkpoints at steps <= ``step``
+    the last ``keep`` are kept; any at later steps (left by an abandoned run that was resumed) are removed.
     """
+    if keep < 1:
+        raise ValueError(f"keep = {keep}: must be >= 1")
     from diffscale import __version__
 
     directory = Path(directory)
@@ -288,14 +310,16 @@ def save_checkpoint(
         training_state.update(optimizer_tensors)
     if generator is not None:
         training_state[GENERATOR_KEY] = generator.get_state()
-    if optimizer is not None or generator is not None:
+    training_state.update(extra_tensors or {})
+    if training_state or optimizer is not None:
         parts[TRAINING_STATE] = training_state
 
     files = {}
     for part, tensors in parts.items():
         name = f"{part}-{step:08d}{SAFETENSORS_SUFFIX}"
-        digest, size = write_safetensors(directory / name, tensors)
+        digest, size = write_safetensors(directory / name, tensors, sync_directory=False)
         files[part] = {"path": name, "sha256": digest, "bytes": size}
+    _fsync_directory(directory)  # every tensor file is durable before a sidecar names it
     sidecar = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -305,19 +329,59 @@ def save_checkpoint(
         "files": files,
         "optimizer": optimizer_meta,
         "generator": None if generator is None else {"device": str(generator.device)},
+        "rng": {
+            "generator": None if generator is None else GENERATOR_KEY,
+            "global": sorted(key for key in training_state if key.startswith(RNG_PREFIX)),
+        },
+        **dict(metadata or {}),
         "config": dict(config),
     }
+    text = (json.dumps(sidecar, indent=2) + "\n").encode("utf-8")
+    atomic_write_bytes(directory / step_sidecar_name(step), text, sync_directory=False)
     sidecar_path = directory / SIDECAR_NAME
-    atomic_write_bytes(sidecar_path, (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
-    _remove_unreferenced(directory, {entry["path"] for entry in files.values()})
+    atomic_write_bytes(sidecar_path, text)
+    _prune(directory, step, keep)
     return sidecar_path
 
 
-def _remove_unreferenced(directory: Path, keep: set[str]) -> None:
-    """Delete tensor files of earlier checkpoints (only names this module writes)."""
+def step_sidecar_name(step: int) -> str:
+    """``checkpoint-<step>.json``: the name under which a checkpoint's sidecar is kept."""
+    return f"checkpoint-{step:08d}.json"
+
+
+def _file_step(name: str) -> int | None:
+    """The step in the name of a file this module writes (None for any other file)."""
+    match = _PART_FILE.match(name) or _STEP_SIDECAR.match(name)
+    return int(match.group(match.lastindex or 1)) if match else None
+
+
+def _prune(directory: Path, step: int, keep: int) -> None:
+    """Delete the files of checkpoints other than the last ``keep`` at steps <= ``step``, and temporary files
+    that a killed writer left (only names this module writes; the latest sidecar is never touched)."""
+    steps = sorted({found for path in directory.iterdir() if (found := _file_step(path.name)) is not None})
+    kept = set([found for found in steps if found <= step][-keep:])
     for path in directory.iterdir():
-        if _PART_FILE.match(path.name) and path.name not in keep:
+        found = _file_step(path.name)
+        if found is not None and found not in kept:
             path.unlink(missing_ok=True)
+        temporary = _TEMPORARY.match(path.name)
+        if temporary and int(temporary.group(2)) != os.getpid():
+            name = temporary.group(1)
+            if name == SIDECAR_NAME or _file_step(name) is not None:  # left by a writer that was killed
+                path.unlink(missing_ok=True)
+
+
+def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """(step, sidecar path) of every kept checkpoint in ``directory``, newest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _STEP_SIDECAR.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
 
 
 # -- loading --------------------------------------------------------------------------------------------------
@@ -334,6 +398,12 @@ class Checkpoint:
     ema_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     training_state: dict[str, torch.Tensor] = field(default_factory=dict)
     optimizer_meta: dict[str, Any] | None = None
+    trainer_state: dict[str, Any] = field(default_factory=dict)
+    """The trainer's counters and gradient-scaler state (sidecar ``trainer``)."""
+    data_position: Any = None
+    """The data source's ``state_dict()`` when it has one (sidecar ``data_position``)."""
+    sidecar: dict[str, Any] = field(default_factory=dict)
+    """The whole sidecar (entries added by callers through ``metadata`` included)."""
 
     @property
     def generator_state(self) -> torch.Tensor | None:
@@ -379,7 +449,7 @@ def _sidecar_path(path: Path) -> Path:
         return sidecar
     if not path.exists():
         raise CheckpointError(f"'{path}': no such run directory or checkpoint")
-    if path.name != SIDECAR_NAME:
+    if path.name != SIDECAR_NAME and not _STEP_SIDECAR.match(path.name):
         raise CheckpointError(
             f"'{path}': not a diffscale checkpoint; pass a run directory (or its {SIDECAR_NAME}); "
             "pickled .pt/.pkl files are never loaded"
@@ -388,11 +458,44 @@ def _sidecar_path(path: Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, parts: Iterable[str] = ALL_PARTS) -> Checkpoint:
-    """Load the checkpoint in run directory ``path`` (or from its sidecar), reading only ``parts``.
+    """Load the latest checkpoint in run directory ``path`` (or the one of a sidecar), reading only ``parts``.
 
     Every file read is checked against the size and sha256 recorded in the sidecar; any problem raises
-    :class:`CheckpointError` naming the file.
+    :class:`CheckpointError` naming the file and, when the latest checkpoint of a run directory is damaged,
+    the most recent earlier checkpoint that is intact (whose sidecar path can be loaded or resumed instead).
     """
+    parts = tuple(parts)
+    try:
+        return _load_sidecar(Path(path), parts)
+    except CheckpointError as error:
+        directory = Path(path)
+        if not (directory.is_dir() and (directory / SIDECAR_NAME).is_file()):
+            raise
+        failed_step = _recorded_step(directory / SIDECAR_NAME)
+        for step, sidecar in list_checkpoints(directory):
+            if failed_step is not None and step >= failed_step:
+                continue
+            try:
+                _load_sidecar(sidecar, ALL_PARTS)
+            except CheckpointError:
+                continue
+            raise CheckpointError(
+                f"{error}; the previous checkpoint (step {step}) is intact: load or resume it with '{sidecar}' "
+                f"(e.g. diffscale train CONFIG --resume {sidecar})"
+            ) from None
+        raise
+
+
+def _recorded_step(sidecar: Path) -> int | None:
+    """The step a sidecar records, or None when it cannot be read."""
+    try:
+        return int(json.loads(sidecar.read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _load_sidecar(path: Path, parts: tuple[str, ...]) -> Checkpoint:
+    """Load the checkpoint of one sidecar (or of a run directory's latest), without looking for others."""
     sidecar_path = _sidecar_path(Path(path))
     directory = sidecar_path.parent
     sidecar = _read_sidecar(sidecar_path)
@@ -419,12 +522,52 @@ def load_checkpoint(path: str | Path, parts: Iterable[str] = ALL_PARTS) -> Check
         ema_weights=loaded.get(EMA, {}),
         training_state=loaded.get(TRAINING_STATE, {}),
         optimizer_meta=sidecar.get("optimizer"),
+        trainer_state=dict(sidecar.get("trainer") or {}),
+        data_position=sidecar.get("data_position"),
+        sidecar=sidecar,
     )
 
 
 # -- trainers -------------------------------------------------------------------------------------------------
-def save_trainer_checkpoint(directory: str | Path, trainer: Trainer, config: Mapping[str, Any]) -> Path:
-    """Checkpoint everything of ``trainer`` that an exact resume needs."""
+def _global_rng_states(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Every process's global torch RNG states (CPU, and the CUDA device's), gathered to all ranks."""
+    from diffscale.training.distributed import all_gather_rows
+
+    context = trainer.distributed
+    states = {"cpu": torch.get_rng_state()}
+    if trainer.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(trainer.device)
+    result = {}
+    for kind, state in states.items():
+        # gathered as rows of a (world_size, n) uint8 tensor (on the device for NCCL)
+        rows = all_gather_rows(state.to(trainer.device)[None], context).cpu()
+        for rank in range(context.world_size):
+            result[f"{RNG_PREFIX}{kind}.rank{rank}"] = rows[rank].clone()
+    return result
+
+
+def save_trainer_checkpoint(
+    directory: str | Path,
+    trainer: Trainer,
+    config: Mapping[str, Any],
+    *,
+    keep: int = 1,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path | None:
+    """Checkpoint everything of ``trainer`` that an exact resume needs; only rank 0 writes (others: None).
+
+    With several processes every rank must call this (the RNG states are gathered). ``metadata`` adds
+    JSON-able sidecar entries (e.g. the metrics window of a run).
+    """
+    rng_states = _global_rng_states(trainer)
+    if not trainer.distributed.is_main:
+        return None
+    state_dict = getattr(trainer.source, "state_dict", None)
+    metadata = {
+        **dict(metadata or {}),
+        "trainer": trainer.counters(),
+        "data_position": state_dict() if callable(state_dict) else None,
+    }
     return save_checkpoint(
         directory,
         step=trainer.step,
@@ -433,16 +576,58 @@ def save_trainer_checkpoint(directory: str | Path, trainer: Trainer, config: Map
         ema_model=trainer.ema_denoiser,
         optimizer=trainer.optimizer,
         generator=trainer.generator,
+        extra_tensors=rng_states,
+        metadata=metadata,
+        keep=keep,
     )
 
 
+def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """``module.load_state_dict(state)``, with a mismatch (another architecture) as one CheckpointError line."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [key for key in own if key in state and tuple(own[key].shape) != tuple(state[key].shape)]
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
+        if mismatched:
+            key = mismatched[0]
+            details.append(
+                f"{len(mismatched)} of another shape (e.g. {key!r}: {tuple(state[key].shape)} in the checkpoint, "
+                f"{tuple(own[key].shape)} in the model)"
+            )
+        raise CheckpointError(
+            f"{where}: the checkpoint's weights do not fit this model (another architecture?): {'; '.join(details)}"
+        )
+    module.load_state_dict(state)
+
+
 def restore_trainer(trainer: Trainer, checkpoint: Checkpoint) -> None:
-    """Put ``checkpoint``'s step, weights, EMA weights, optimizer state and generator state into ``trainer``."""
-    trainer.denoiser.load_state_dict(checkpoint.weights)
+    """Put ``checkpoint``'s step, weights, EMA weights, optimizer state, counters, data position and RNG
+    states into ``trainer``."""
+    where = f"'{checkpoint.directory / SIDECAR_NAME}'"
+    load_weights(trainer.denoiser, checkpoint.weights, where)
     if checkpoint.ema_weights:
-        trainer.ema_denoiser.load_state_dict(checkpoint.ema_weights)
+        load_weights(trainer.ema_denoiser, checkpoint.ema_weights, where)
     if checkpoint.optimizer_meta is not None:
         trainer.optimizer.load_state_dict(checkpoint.optimizer_state_dict(trainer.optimizer, trainer.denoiser))
     if checkpoint.generator_state is not None:
         trainer.generator.set_state(checkpoint.generator_state)
+    trainer.load_counters(checkpoint.trainer_state)
+    load_position = getattr(trainer.source, "load_state_dict", None)
+    if checkpoint.data_position is not None and callable(load_position):
+        load_position(checkpoint.data_position)
+    rank = trainer.distributed.rank
+    cpu_state = checkpoint.training_state.get(f"{RNG_PREFIX}cpu.rank{rank}")
+    if cpu_state is not None:
+        torch.set_rng_state(cpu_state)
+    else:  # e.g. more processes than when it was saved: a seed of its own for this rank and step
+        torch.manual_seed(trainer.settings.seed + rank + 1_000_003 * checkpoint.step)
+    cuda_state = checkpoint.training_state.get(f"{RNG_PREFIX}cuda.rank{rank}")
+    if cuda_state is not None and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(cuda_state, trainer.device)
     trainer.step = checkpoint.step

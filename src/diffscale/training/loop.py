@@ -1,25 +1,47 @@
-"""The training loop: minimise the formulation's weighted denoising loss with Adam and keep a weight EMA."""
+"""The training loop: minimise an objective (default: the formulation's weighted denoising loss) with Adam or
+AdamW, learning-rate warm-up and decay, gradient accumulation, clipping, mixed precision, a weight EMA, skipped
+non-finite steps, and data parallelism over torchrun processes.
+
+One optimiser step k at learning rate eta_k (see :meth:`Trainer.learning_rate`):
+
+1. draw the global batch y_1..y_B (and the objective's random inputs, e.g. sigma_b and n_b) from the one
+   training generator, identically on every process;
+2. this process takes rows [r B / W, (r + 1) B / W) and splits them into A micro-batches; for each it adds the
+   gradient of sum_b L_b / (B / W) (DDP averages over the W processes, so the result is grad (1/B) sum_b L_b);
+3. clip ||g|| to ``grad_clip``; if the loss or the gradient is not finite, skip the update (counted), else take
+   the optimiser step and update the EMA theta_ema <- beta theta_ema + (1 - beta) theta.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from diffscale.data.batch import Batch, as_batch
-from diffscale.denoiser import PreconditionedDenoiser
-from diffscale.loss import DenoisingLoss
+from diffscale.loss import DenoisingLoss, LossTerms, Objective, SplitObjective
+from diffscale.training.distributed import DistributedContext, all_gather_rows
 from diffscale.training.ema import ExponentialMovingAverage
+from diffscale.training.precision import MixedPrecision
 from diffscale.training.settings import TrainingSettings
+from diffscale.validation import ConfigError
 
-__all__ = ["BatchSource", "StepRecord", "Trainer", "resolve_device"]
+__all__ = ["BatchSource", "NonFiniteTrainingError", "StepRecord", "Trainer", "build_optimizer", "resolve_device"]
 
 BatchSource = Callable[[int, torch.Generator], "torch.Tensor | Batch"]
-"""``source(batch_size, generator)`` returns clean training samples y, or a :class:`Batch` (y and conditioning)."""
+"""``source(batch_size, generator)`` returns clean training samples y, or a :class:`Batch` (y and conditioning).
+A source may also have ``state_dict()``/``load_state_dict(state)`` (a JSON-able data position), which
+checkpoints then store."""
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training stopped after ``training.max_nonfinite_steps`` non-finite steps in a row."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,73 +54,244 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def build_optimizer(parameters: Any, settings: TrainingSettings) -> torch.optim.Optimizer:
+    """Adam (weight decay as an L2 term in the gradient) or AdamW (decoupled decay, Loshchilov & Hutter 2019)."""
+    kind = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    return kind(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
 @dataclass(frozen=True)
 class StepRecord:
-    """Scalars of one optimiser step."""
+    """Scalars of one optimiser step (over the global batch, on every process).
+
+    ``loss`` is the batch mean (nan when not finite), ``per_sample``/``sigma`` the B per-sample losses and noise
+    levels (``sigma`` None for an objective without noise levels), ``skipped`` whether the update was dropped.
+    """
 
     step: int
     loss: float
     learning_rate: float
     grad_norm: float
     per_sample: torch.Tensor
-    sigma: torch.Tensor
+    sigma: torch.Tensor | None
+    skipped: bool = False
+    ema_beta: float = 0.0
+    samples: int = 0
+
+
+class _Dispatch(nn.Module):
+    """Routes DDP's forward to a method of the wrapped model (so that ``denoise_with_variance`` is synchronised)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, _method: str = "forward", **kwargs: Any) -> Any:
+        return getattr(self.model, _method)(*args, **kwargs)
+
+
+class _ModelView:
+    """What the objective calls: ``view(x, sigma, **cond)`` and ``view.denoise_with_variance(...)`` through DDP."""
+
+    def __init__(self, ddp: nn.Module, model: nn.Module) -> None:
+        self._ddp = ddp
+        self.formulation = getattr(model, "formulation", None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._ddp(*args, **kwargs)
+
+    def denoise_with_variance(self, *args: Any, **kwargs: Any) -> Any:
+        return self._ddp(*args, _method="denoise_with_variance", **kwargs)
 
 
 class Trainer:
-    """Trains a :class:`PreconditionedDenoiser` on batches from ``source``.
+    """Trains ``model`` (e.g. a :class:`~diffscale.denoiser.PreconditionedDenoiser`) on batches from ``source``.
 
-    The generator that draws data and noise is seeded from ``settings.seed``; the network should be
-    initialised by the caller (under the same seed) before it is handed over.
+    ``objective(model, target, generator, **cond) -> LossTerms`` defaults to ``DenoisingLoss(model.formulation)``.
+    The generator that draws data and noise is seeded from ``settings.seed``; the network should be initialised
+    by the caller (under the same seed) before it is handed over. With ``distributed`` (torchrun processes) the
+    model is wrapped in DistributedDataParallel and each process trains on its rows of the global batch.
     """
 
-    def __init__(self, denoiser: PreconditionedDenoiser, source: BatchSource, settings: TrainingSettings) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        source: BatchSource,
+        settings: TrainingSettings,
+        objective: Objective | None = None,
+        *,
+        distributed: DistributedContext | None = None,
+    ) -> None:
         self.settings = settings
+        self.distributed = distributed if distributed is not None else DistributedContext()
+        shards = self.distributed.world_size * settings.grad_accumulation
+        if settings.batch_size % shards:
+            raise ConfigError(
+                f"training.batch_size = {settings.batch_size} must be divisible by the number of processes "
+                f"({self.distributed.world_size}) times training.grad_accumulation ({settings.grad_accumulation})"
+            )
         self.device = resolve_device(settings.device)
-        self.denoiser = denoiser.to(self.device).train()
+        self.precision = MixedPrecision(settings.precision, self.device)
+        self.denoiser = model.to(self.device).train()
         self.source = source
-        self.loss = DenoisingLoss(denoiser.formulation)
-        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=settings.learning_rate)
+        if objective is None:
+            formulation = getattr(model, "formulation", None)
+            if formulation is None:
+                raise TypeError("without an objective the model must have a formulation (a PreconditionedDenoiser)")
+            objective = DenoisingLoss(formulation)
+        self.objective = objective
+        self.optimizer = build_optimizer(self.denoiser.parameters(), settings)
         self.ema = ExponentialMovingAverage(self.denoiser, settings.ema_halflife, settings.ema_rampup)
         self.generator = torch.Generator(self.device).manual_seed(settings.seed)
         self.step = 0
+        self.skipped_steps = 0
+        self.nonfinite_in_a_row = 0
+        self._model_view: Any = self.denoiser
+        self._ddp: nn.Module | None = None
+        if self.distributed.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(_Dispatch(self.denoiser), device_ids=device_ids)
+            self._model_view = _ModelView(self._ddp, self.denoiser)
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained model (the same object as ``denoiser``)."""
+        return self.denoiser
+
+    @property
+    def loss(self) -> Objective:
+        """The objective (name kept from when it was always the denoising loss)."""
+        return self.objective
 
     @property
     def ema_denoiser(self) -> nn.Module:
-        """The EMA copy of the denoiser (what sampling should use)."""
+        """The EMA copy of the model (what sampling should use)."""
         return self.ema.model
 
     def learning_rate(self, step: int) -> float:
-        """Linear warm-up to the base learning rate."""
-        warmup = self.settings.warmup_steps
-        factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
-        return self.settings.learning_rate * factor
+        """eta(k) for step k = 0, 1, ...: linear warm-up to ``learning_rate`` over W steps, then ``lr_decay``:
 
-    def train_step(self) -> StepRecord:
+        none: 1; cosine: (1 + cos(pi p)) / 2 with p = (k - W) / (steps - W); inverse_sqrt: sqrt(max(W, 1) /
+        max(k + 1, W, 1)) (the Transformer schedule's tail).
+        """
+        settings = self.settings
+        warmup = settings.warmup_steps
+        factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if settings.lr_decay == "cosine" and step >= warmup:
+            progress = min(1.0, (step - warmup) / max(1, settings.steps - warmup))
+            factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif settings.lr_decay == "inverse_sqrt":
+            reference = max(warmup, 1)
+            factor *= math.sqrt(reference / max(step + 1, reference))
+        return settings.learning_rate * factor
+
+    # -- one step ---------------------------------------------------------------------------------------------
+    def _draw_global_batch(self) -> tuple[Batch, Mapping[str, torch.Tensor] | None, torch.Tensor | None]:
+        """The global batch, the objective's random inputs for all of it (split objectives) or, for a plain
+        objective, one seed per micro-batch of every rank (drawn on every rank, so the generator stays in step)."""
         settings = self.settings
         batch = as_batch(self.source(settings.batch_size, self.generator)).to(self.device)
+        if len(batch) != settings.batch_size:
+            raise ValueError(f"the data source returned {len(batch)} samples, expected {settings.batch_size}")
+        if isinstance(self.objective, SplitObjective):
+            return batch, self.objective.draw(batch.target, self.generator), None
+        shards = self.distributed.world_size * settings.grad_accumulation
+        seeds = torch.randint(0, 2**62, (shards,), generator=self.generator, device=self.device).cpu()
+        return batch, None, seeds
+
+    def _micro_batch_terms(
+        self, batch: Batch, drawn: Mapping[str, torch.Tensor] | None, seeds: torch.Tensor | None, index: int
+    ) -> LossTerms:
+        """The objective on micro-batch ``index`` of this rank's rows."""
+        settings = self.settings
+        start, stop = self.distributed.rows(settings.batch_size)
+        size = (stop - start) // settings.grad_accumulation
+        start += index * size
+        part = batch.slice(start, start + size)
+        if drawn is not None:
+            rows = {name: value[start : start + size] for name, value in drawn.items()}
+            return self.objective.evaluate(self._model_view, part.target, rows, **part.cond)  # type: ignore[attr-defined]
+        assert seeds is not None
+        shard = self.distributed.rank * settings.grad_accumulation + index
+        generator = torch.Generator(self.device).manual_seed(int(seeds[shard]))
+        return self.objective(self._model_view, part.target, generator, **part.cond)
+
+    def train_step(self) -> StepRecord:
+        """One optimiser step on one global batch; raises NonFiniteTrainingError after too many skipped steps."""
+        settings = self.settings
+        batch, drawn, seeds = self._draw_global_batch()
         learning_rate = self.learning_rate(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        terms = self.loss(self.denoiser, batch.target, self.generator, **batch.cond)
-        loss = terms.mean
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        rows = self.distributed.rows(settings.batch_size)
+        local_rows = rows[1] - rows[0]
+        per_sample_parts, sigma_parts = [], []
+        for index in range(settings.grad_accumulation):
+            last = index == settings.grad_accumulation - 1
+            sync = contextlib.nullcontext() if self._ddp is None or last else self._ddp.no_sync()
+            with sync:
+                with self.precision.autocast():
+                    terms = self._micro_batch_terms(batch, drawn, seeds, index)
+                self.precision.backward(terms.per_sample.float().sum() / local_rows)
+            per_sample_parts.append(terms.per_sample.detach().float())
+            if terms.sigma is not None:
+                sigma_parts.append(terms.sigma.detach().float())
+        per_sample = all_gather_rows(torch.cat(per_sample_parts), self.distributed)
+        sigma = all_gather_rows(torch.cat(sigma_parts), self.distributed) if sigma_parts else None
+        loss = float(per_sample.mean())
+        self.precision.unscale(self.optimizer)
         max_norm = settings.grad_clip if settings.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), max_norm))
-        self.optimizer.step()
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        self.precision.step(self.optimizer, take=finite)
         self.step += 1
-        self.ema.update(self.denoiser, self.step * settings.batch_size, settings.batch_size)
+        ema_beta = 1.0
+        if finite:
+            samples_seen = self.step * settings.batch_size
+            ema_beta = self.ema.decay(samples_seen, settings.batch_size)
+            self.ema.update(self.denoiser, samples_seen, settings.batch_size)
+            self.nonfinite_in_a_row = 0
+        else:
+            self.skipped_steps += 1
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= settings.max_nonfinite_steps:
+                raise NonFiniteTrainingError(
+                    f"training stopped at step {self.step}: {self.nonfinite_in_a_row} non-finite steps in a row "
+                    f"(loss {loss}, gradient norm {grad_norm}; training.max_nonfinite_steps = "
+                    f"{settings.max_nonfinite_steps}); the last checkpoint was left intact"
+                )
         return StepRecord(
             step=self.step,
-            loss=float(loss.detach()),
+            loss=loss,
             learning_rate=learning_rate,
             grad_norm=grad_norm,
-            per_sample=terms.per_sample.detach(),
-            sigma=terms.sigma.detach(),
+            per_sample=per_sample.cpu(),
+            sigma=None if sigma is None else sigma.cpu(),
+            skipped=not finite,
+            ema_beta=ema_beta,
+            samples=settings.batch_size,
         )
 
+    # -- state beyond the tensors ------------------------------------------------------------------------------
+    def counters(self) -> dict[str, Any]:
+        """JSON-able state that an exact resume needs besides the tensors (checkpoint sidecar ``trainer``)."""
+        return {
+            "skipped_steps": self.skipped_steps,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "grad_scaler": self.precision.state_dict(),
+            "world_size": self.distributed.world_size,
+        }
+
+    def load_counters(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`counters`' output."""
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        self.precision.load_state_dict(state.get("grad_scaler"))
+
+    # -- the loop ---------------------------------------------------------------------------------------------
     def run(
         self,
         steps: int | None = None,
@@ -107,13 +300,21 @@ class Trainer:
         callback: Callable[[StepRecord], None] | None = None,
         description: str = "training",
     ) -> None:
-        """Train until ``steps`` (default: settings.steps) optimiser steps have been taken in total."""
+        """Train until ``steps`` (default: settings.steps) optimiser steps have been taken in total.
+
+        The progress bar (rank 0 only) shows the step, the loss, samples/s and the ETA.
+        """
         target = self.settings.steps if steps is None else steps
-        with tqdm(total=target, initial=self.step, desc=description, unit="step", disable=not progress) as bar:
+        show = progress and self.distributed.is_main
+        with tqdm(total=target, initial=self.step, desc=description, unit="step", disable=not show) as bar:
             while self.step < target:
                 record = self.train_step()
                 if callback is not None:
                     callback(record)
-                if record.step % self.settings.log_every == 0 or record.step == target:
-                    bar.set_postfix(loss=f"{record.loss:.4f}")
+                if show and (record.step % self.settings.log_every == 0 or record.step == target):
+                    rate = bar.format_dict.get("rate")
+                    postfix = {"loss": f"{record.loss:.4f}"}
+                    if rate:
+                        postfix["samples/s"] = f"{rate * self.settings.batch_size:.0f}"
+                    bar.set_postfix(postfix)
                 bar.update(1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from diffscale.validation import StrictModel
 
@@ -13,17 +15,48 @@ class TrainingSettings(StrictModel):
     """Optimisation and bookkeeping of one training run."""
 
     steps: int = Field(4000, ge=1, strict=True, description="number of optimiser steps")
-    batch_size: int = Field(512, ge=1, strict=True, description="samples per optimiser step")
-    learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate after warm-up")
+    batch_size: int = Field(
+        512, ge=1, strict=True, description="samples per optimiser step (the global batch, whatever the process count)"
+    )
+    objective: Literal["diffusion", "regression"] = Field(
+        "diffusion", description="training objective: diffusion (denoising loss) or regression"
+    )
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="optimiser: adam or adamw (decoupled decay)")
+    learning_rate: float = Field(2e-3, gt=0, description="learning rate after warm-up")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay (L2 for adam, decoupled for adamw)")
     warmup_steps: int = Field(100, ge=0, strict=True, description="linear learning-rate warm-up, in steps")
+    lr_decay: Literal["none", "cosine", "inverse_sqrt"] = Field(
+        "none", description="after warm-up: none, cosine (to 0 at the last step) or inverse_sqrt (sqrt(warmup/step))"
+    )
+    grad_accumulation: int = Field(
+        1, ge=1, strict=True, description="micro-batches per optimiser step and process (same result, less memory)"
+    )
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this value (None: off)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast precision: fp32, bf16 (CUDA or CPU) or fp16 (CUDA, with a gradient scaler)"
+    )
+    max_nonfinite_steps: int = Field(
+        20, ge=1, strict=True, description="stop after this many skipped (non-finite) steps in a row"
+    )
     ema_halflife: float = Field(
         20_000.0, ge=0, description="half-life of the weight EMA, in training samples (0: no averaging)"
     )
     ema_rampup: float | None = Field(
         0.05, gt=0, description="EMA half-life at most this fraction of the samples seen so far (None: off)"
     )
-    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this value (None: off)")
     seed: int = Field(0, ge=0, strict=True, description="seed of the data, noise and initialisation")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
     checkpoint_every: int = Field(0, ge=0, strict=True, description="steps between checkpoints (0: only at the end)")
+    keep_checkpoints: int = Field(2, ge=1, strict=True, description="number of most recent checkpoints kept")
     log_every: int = Field(100, ge=1, strict=True, description="steps between logged scalars")
+    tensorboard: bool = Field(True, description="also write the logged scalars to TensorBoard (run_dir/tensorboard)")
+    sample_every: int = Field(0, ge=0, strict=True, description="steps between figures of EMA-model samples (0: none)")
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_the_batch(self) -> TrainingSettings:
+        if self.batch_size % self.grad_accumulation:
+            raise ValueError(
+                f"training.batch_size = {self.batch_size} is not divisible by "
+                f"training.grad_accumulation = {self.grad_accumulation}"
+            )
+        return self

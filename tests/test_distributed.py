@@ -1,0 +1,80 @@
+"""Data parallelism: two gloo processes under torchrun train the same model as one process on the same global
+batch (up to the order of floating-point sums), and only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from diffscale.cli.runs import METRICS_NAME, prepare_training, train
+from diffscale.config import config_from_dict
+from diffscale.training import DistributedContext
+from diffscale.training.checkpoint import load_checkpoint
+from diffscale.validation import ConfigError
+
+CONFIG = {
+    "model": {"width": 16, "depth": 1, "embedding_dim": 8},
+    "training": {
+        "steps": 8,
+        "batch_size": 32,
+        "device": "cpu",
+        "log_every": 4,
+        "warmup_steps": 2,
+        "tensorboard": False,
+        "ema_halflife": 200.0,
+        "grad_clip": 0.5,
+    },
+    "sampling": {"steps": 6, "sampler": "heun"},
+}
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
+    # the distributed run also accumulates 2 micro-batches per process: 4 shards of 8 samples each
+    distributed = {**CONFIG, "training": {**CONFIG["training"], "grad_accumulation": 2}}
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(yaml.safe_dump(distributed))
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    argv += ["-m", "diffscale", "train", str(config_path), "--out", str(run_dir), "--no-progress"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("trained 8 steps") == 1  # rank 0 alone reports
+
+    single_dir = tmp_path / "single"
+    train(prepare_training(config_from_dict(CONFIG), single_dir), progress=False)
+
+    ddp, single = load_checkpoint(run_dir), load_checkpoint(single_dir)
+    assert ddp.step == single.step == 8
+    assert ddp.trainer_state["world_size"] == 2 and single.trainer_state["world_size"] == 1
+    for part in ("weights", "ema_weights"):
+        for key, value in getattr(single, part).items():
+            torch.testing.assert_close(getattr(ddp, part)[key], value, rtol=1e-4, atol=1e-6)
+    # the global RNG state of both ranks is kept for an exact resume
+    assert {"rng.cpu.rank0", "rng.cpu.rank1"} <= ddp.training_state.keys()
+    ddp_lines = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+    single_lines = [json.loads(line) for line in (single_dir / METRICS_NAME).read_text().splitlines()]
+    assert [line["step"] for line in ddp_lines] == [line["step"] for line in single_lines] == [4, 8]
+    for ddp_line, single_line in zip(ddp_lines, single_lines, strict=True):
+        assert ddp_line["samples"] == single_line["samples"] == 4 * 32  # the whole global batch is logged
+        assert ddp_line["loss"] == pytest.approx(single_line["loss"], rel=1e-4)
+        assert ddp_line["loss_by_sigma"].keys() == single_line["loss_by_sigma"].keys()
+
+
+def test_batch_must_split_evenly_over_processes_and_micro_batches() -> None:
+    config = config_from_dict({**CONFIG, "training": {**CONFIG["training"], "grad_accumulation": 2}})
+    with pytest.raises(ConfigError, match=r"batch_size = 32 must be divisible .* \(3\) times .* \(2\)"):
+        prepare_training(config, Path("unused"), distributed=DistributedContext(rank=0, world_size=3))
+
+
+def test_rows_of_each_rank_tile_the_batch() -> None:
+    rows = [DistributedContext(rank=rank, world_size=4).rows(32) for rank in range(4)]
+    assert rows == [(0, 8), (8, 16), (16, 24), (24, 32)]
