@@ -301,7 +301,8 @@ def test_target_shape_from_metadata(files: dict[str, Any]) -> None:
 
 
 def test_regression_residual_base_from_a_callable(files: dict[str, Any]) -> None:
-    ds = ClimateDataset(section(files, target="regression_residual", patch=[8, 8]), "train")
+    regression = section(files, target="regression_residual", regression_run="runs/regression", patch=[8, 8])
+    ds = ClimateDataset(regression, "train")
     with pytest.raises(ConfigError, match="needs set_base"):
         ds.sample(2, torch.Generator().manual_seed(0))
     calls = []

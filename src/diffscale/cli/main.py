@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from diffscale.cli.arguments import add_sampler_options, count, number, sampler_settings
 from diffscale.validation import ConfigError
 
 __all__ = ["PROG", "build_parser", "main"]
@@ -50,29 +51,6 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.option_strings and not trivial and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _number(text: str) -> float:
-    """argparse type: a float (``inf`` allowed)."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 # -- commands -------------------------------------------------------------------------------------------------
@@ -127,23 +105,12 @@ def _sample(args: argparse.Namespace) -> int:
     from diffscale.cli.plot import check_plot_path, check_plottable, plot_samples
     from diffscale.cli.runs import load_run, sample_run
     from diffscale.cli.samples_io import check_sample_path, write_samples
-    from diffscale.sampling import SamplerSettings, number_of_evaluations
-    from diffscale.validation import validate
+    from diffscale.sampling import number_of_evaluations
 
     out = check_sample_path(args.out)
     plot = check_plot_path(args.plot) if args.plot is not None else None
     run = load_run(args.run_dir, weights=args.weights, device=args.device)
-    sampling = run.config.sampling.with_overrides(
-        steps=args.steps,
-        sampler=args.sampler,
-        s_churn=args.s_churn,
-        s_min=args.s_min,
-        s_max=args.s_max,
-        s_noise=args.s_noise,
-    )
-    settings = sampling.to_sampler_settings()
-    if args.schedule is not None:
-        settings = validate(SamplerSettings, {**settings.model_dump(), "schedule": args.schedule})
+    settings = sampler_settings(run.config.sampling, args)
     if plot is not None:
         check_plottable(run.data)
     nfe = number_of_evaluations(settings.steps, settings.solver)
@@ -265,6 +232,8 @@ Commands:
   train       train a model from a YAML configuration into a run directory
   sample      draw samples from a trained run
   likelihood  log-likelihood of data under a trained run (probability-flow ODE)
+  downscale   downscale coarse climate fields into a netCDF ensemble of fine fields
+  evaluate    score a downscaled ensemble against the truth and the bilinear baseline
   demo        train every formulation on a 1-D mixture and compare them
 
 Run 'diffscale COMMAND --help' for a command's options. Bad input exits with status 2 and one line on stderr.
@@ -357,7 +326,6 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_sample(commands: argparse._SubParsersAction) -> None:
-    from diffscale.sampling.settings import SOLVERS
 
     parser = commands.add_parser(
         "sample",
@@ -366,28 +334,16 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by 'diffscale train'")
-    parser.add_argument("--num", type=_count(1), required=True, metavar="N", help="number of samples to draw")
+    parser.add_argument("--num", type=count(1), required=True, metavar="N", help="number of samples to draw")
     parser.add_argument(
         "--out",
         required=True,
         metavar="FILE",
         help="output file; the extension picks the format: .npy, .csv or .safetensors (tensor 'samples')",
     )
-    group = parser.add_argument_group("sampler settings (default: the run's 'sampling:' section)")
-    group.add_argument("--steps", type=int, metavar="N", help="number of time steps N (>= 1)")
-    group.add_argument("--sampler", metavar="NAME", help="solver, one of: " + ", ".join(SOLVERS))
-    group.add_argument("--s-churn", type=_number, metavar="X", help="overall stochasticity S_churn (>= 0; 0: ODE)")
-    group.add_argument("--s-min", type=_number, metavar="X", help="churn only where sigma >= S_min (>= 0)")
-    group.add_argument("--s-max", type=_number, metavar="X", help="churn only where sigma <= S_max (>= S_min; inf)")
-    group.add_argument("--s-noise", type=_number, metavar="X", help="noise inflation S_noise of the churn (> 0)")
-    group.add_argument(
-        "--schedule",
-        metavar="NAME",
-        help="time grid: native (the formulation's own; default), edm (rho = 7 in sigma) or tuned "
-        "(few steps with dpmpp_2m/dpmpp_3m)",
-    )
-    parser.add_argument("--seed", type=_count(0), default=0, metavar="S", help="seed of the sampling noise")
-    parser.add_argument("--batch-size", type=_count(1), default=10_000, metavar="B", help="samples per batch")
+    add_sampler_options(parser)
+    parser.add_argument("--seed", type=count(0), default=0, metavar="S", help="seed of the sampling noise")
+    parser.add_argument("--batch-size", type=count(1), default=10_000, metavar="B", help="samples per batch")
     parser.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument(
         "--weights", choices=("ema", "raw"), default="ema", help="EMA-averaged weights or the raw trained weights"
@@ -421,11 +377,11 @@ def _add_likelihood(commands: argparse._SubParsersAction) -> None:
         "'samples'), or mixture:N for N fresh draws (seeded by --seed) of the run's own mixture",
     )
     group = parser.add_argument_group("ODE and trace estimator")
-    group.add_argument("--steps", type=_count(1), default=64, metavar="N", help="solver steps, uniform in ln sigma")
+    group.add_argument("--steps", type=count(1), default=64, metavar="N", help="solver steps, uniform in ln sigma")
     group.add_argument("--solver", choices=SOLVERS, default="rk4", help="rk4 (4 evaluations per step) or heun (2)")
     group.add_argument(
         "--num-probes",
-        type=_count(1),
+        type=count(1),
         default=1,
         metavar="K",
         help="Hutchinson probes per sample (fixed along the path)",
@@ -435,11 +391,11 @@ def _add_likelihood(commands: argparse._SubParsersAction) -> None:
         "--exact-trace", action="store_true", help="exact trace with D vector-Jacobian products (small D) instead"
     )
     group.add_argument(
-        "--sigma-start", type=_number, metavar="X", help="sigma at the data end (default: the formulation's sigma_min)"
+        "--sigma-start", type=number, metavar="X", help="sigma at the data end (default: the formulation's sigma_min)"
     )
     group.add_argument(
         "--sigma-end",
-        type=_number,
+        type=number,
         metavar="X",
         help="sigma of the Gaussian prior (default: the formulation's sigma_max)",
     )
@@ -448,8 +404,8 @@ def _add_likelihood(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="add the O(sigma-start^2) heat-equation term to estimate log p(x; 0) (amplifies denoiser error)",
     )
-    parser.add_argument("--batch-size", type=_count(1), default=1000, metavar="B", help="samples per batch")
-    parser.add_argument("--seed", type=_count(0), default=0, metavar="S", help="seed of the probes and of mixture:N")
+    parser.add_argument("--batch-size", type=count(1), default=1000, metavar="B", help="samples per batch")
+    parser.add_argument("--seed", type=count(0), default=0, metavar="S", help="seed of the probes and of mixture:N")
     parser.add_argument(
         "--out", metavar="JSON", default=None, help="also write the settings, summary and per-sample values (.json)"
     )
@@ -470,7 +426,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default=DEFAULT_DEMO_DIR, metavar="DIR", help="output directory for figure and table")
     parser.add_argument(
-        "--train-steps", type=_count(1), default=2000, metavar="N", help="training steps per formulation"
+        "--train-steps", type=count(1), default=2000, metavar="N", help="training steps per formulation"
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     parser.set_defaults(handler=_demo)
@@ -479,6 +435,8 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``diffscale`` argument parser with its subcommands."""
     from diffscale import __version__
+    from diffscale.cli.downscale import add_parser as add_downscale
+    from diffscale.cli.evaluate import add_parser as add_evaluate
 
     parser = _ArgumentParser(prog=PROG, description=_MAIN_DESCRIPTION, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}", help="print the version")
@@ -486,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_sample(commands)
     _add_likelihood(commands)
+    add_downscale(commands)
+    add_evaluate(commands)
     _add_demo(commands)
     return parser
 

@@ -30,9 +30,18 @@ from typing import IO, Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from diffscale.cli.climate_runs import (
+    build_climate_data,
+    build_climate_model,
+    climate_sample_figure,
+    is_climate,
+    save_stats,
+    training_objective,
+)
 from diffscale.config import Config, OutputSection, config_from_dict
 from diffscale.config.models import build_model, describe_model
 from diffscale.config.schema import decode_non_finite, encode_non_finite
+from diffscale.data.climate import ClimateDataset
 from diffscale.data.fields import GaussianRandomField
 from diffscale.data.mixtures import GaussianMixture
 from diffscale.denoiser import PreconditionedDenoiser
@@ -140,12 +149,18 @@ def build_denoiser(config: Config, shape: int | tuple[int, ...] | None = None) -
     return PreconditionedDenoiser(network, formulation)
 
 
-def build_data_source(config: Config) -> tuple[DataDistribution, BatchSource]:
+def build_data_source(
+    config: Config, run_dir: Path | None = None, device: torch.device | str = "cpu"
+) -> tuple[DataDistribution | ClimateDataset, BatchSource]:
     """The ``data:`` section built: (the data, ``source(batch_size, generator)`` drawing training batches).
 
-    Every data kind is built here (and only here), so a new kind is one more branch. Missing or unreadable
-    data files raise ConfigError naming the key and the file.
+    Every data kind is built here (and only here), so a new kind is one more branch. Climate data reads its
+    files (statistics: those saved in ``run_dir`` when resuming; a CorrDiff base is computed on ``device``).
+    Missing or unreadable data files raise ConfigError naming the key and the file.
     """
+    if is_climate(config):
+        dataset = build_climate_data(config, run_dir, device)
+        return dataset, dataset.sample
     try:
         data = config.data.build()
     except FileNotFoundError as error:
@@ -159,7 +174,7 @@ def build_data_source(config: Config) -> tuple[DataDistribution, BatchSource]:
     return data, source
 
 
-def model_summary(config: Config, denoiser: PreconditionedDenoiser) -> str:
+def model_summary(config: Config, denoiser: torch.nn.Module) -> str:
     """One line: the network (architecture, parameter count, ...) and the shape of the data it models."""
     shape = " x ".join(map(str, config.data_shape()))
     return f"model {describe_model(denoiser.network, config.model.arch)}; data {config.data.kind} ({shape})"
@@ -314,6 +329,8 @@ def sample_figure(
     """
     from diffscale.cli.plot import plot_samples
 
+    if is_climate(config):
+        return climate_sample_figure(config, model, data, path, step=step, seed=seed)
     settings = config.sampling.to_sampler_settings()
     shape = config.data_shape()
     device = next(model.parameters()).device
@@ -331,7 +348,7 @@ def sample_figure(
 
 def _check_figure(config: Config, data: DataDistribution) -> None:
     """With ``training.sample_every``, the data must be plottable (ConfigError otherwise)."""
-    if config.training.sample_every:
+    if config.training.sample_every and not is_climate(config):
         from diffscale.cli.plot import check_plottable
 
         try:
@@ -457,7 +474,7 @@ def prepare_training(
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output.dir = '{run_dir}': exists and is not a directory")
     source_path = _resume_source(run_dir, resume)
-    check_device(config.training.device if device is None else device, "training.device")
+    torch_device = check_device(config.training.device if device is None else device, "training.device")
     # The resolved model section (a U-Net's in_channels and learned_variance follow the data and formulation)
     # is what config.yaml records.
     config = config.model_copy(update={"output": OutputSection(dir=str(run_dir)), "model": config.resolved_model()})
@@ -477,11 +494,11 @@ def prepare_training(
                 f"cannot resume '{checkpoint.directory}' (step {checkpoint.step}): the configuration changed "
                 f"incompatibly: {'; '.join(incompatible)} (train into another --out instead)"
             )
-    data, source = build_data_source(config)
+    data, source = build_data_source(config, checkpoint.directory if checkpoint is not None else None, torch_device)
     _check_figure(config, data)
-    denoiser = build_denoiser(config)
+    denoiser = build_climate_model(config) if is_climate(config) else build_denoiser(config)
     settings = config.training if device is None else config.training.model_copy(update={"device": device})
-    trainer = Trainer(denoiser, source, settings, distributed=distributed)
+    trainer = Trainer(denoiser, source, settings, objective=training_objective(config), distributed=distributed)
     if checkpoint is not None:
         restore_trainer(trainer, checkpoint)
     return TrainingPlan(
@@ -545,6 +562,8 @@ def train(
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / CONFIG_NAME, config.to_yaml().encode("utf-8"))
+        if is_climate(config) and resumed is None:
+            save_stats(run_dir, plan.data)
         if resumed is not None:
             _metrics_up_to(metrics_path, resumed)
         stream = metrics_path.open("a" if resumed is not None else "w", encoding="utf-8")

@@ -115,6 +115,9 @@ class ClimateData(StrictModel):
     target: Literal["fine", "residual", "regression_residual"] = Field(
         "residual", description="fine field, residual vs upsampled coarse, or residual vs a regression model"
     )
+    regression_run: str | None = Field(
+        None, description="target regression_residual: run directory of the regression model (objective regression)"
+    )
     interpolation: Literal["bilinear", "bicubic"] = Field(
         "bilinear", description="upsampling of the coarse fields to the fine grid"
     )
@@ -160,6 +163,11 @@ class ClimateData(StrictModel):
         unknown = [name for name in self.transforms if name not in self.variables]
         if unknown:
             raise ValueError(f"transforms: {', '.join(unknown)} not among variables ({', '.join(self.variables)})")
+        if (self.target == "regression_residual") != (self.regression_run is not None):
+            raise ValueError(
+                "target regression_residual needs regression_run (the regression model's run directory), "
+                "and regression_run is only used with that target"
+            )
         if self.static_variables and not self.static_paths:
             raise ValueError("static_variables needs static_paths (the files that hold them)")
         both = set(self.static_variables) & set(self.variables)

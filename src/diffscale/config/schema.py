@@ -109,6 +109,15 @@ class Config(StrictModel):
             data["model"] = resolved
         return data
 
+    @model_validator(mode="after")
+    def _objective_fits_data(self) -> Config:
+        if self.training.objective == "regression" and not isinstance(self.data, ClimateData):
+            raise ValueError(
+                f"training.objective = 'regression' predicts fields from conditioning fields: it needs "
+                f"data.kind = 'climate' (data.kind is {self.data.kind!r})"
+            )
+        return self
+
     @property
     def learned_variance(self) -> bool:
         """Whether the formulation learns the variance (the network then emits 2C channels)."""

@@ -496,14 +496,15 @@ class ClimateDataset:
 
     # -- access -----------------------------------------------------------------------------------------------
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        """Random times and (with ``patch``) random windows, every draw from ``generator`` (CPU).
+        """Random times and (with ``patch``) random windows, every draw from ``generator`` (on any device: the
+        draws are made there and the indices brought back to the CPU tensors).
 
         Returns:
             ``Batch(target=(B, C, h, w) normalised fine - base, cond={'cond_fields': (B, K, h, w)})``; windows
             wrap in longitude when it is periodic.
         """
         base = self._base()
-        index = torch.randint(len(self), (batch_size,), generator=generator)
+        index = _randint(len(self), batch_size, generator)
         target = self.normalised[index] - base[index]
         cond = self.cond_fields[index]
         if self.section.patch is not None:
@@ -514,8 +515,8 @@ class ClimateDataset:
     def _windows(self, count: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = self.section.patch
         height, width = self.latitude.size, self.longitude.size
-        top = torch.randint(height - h + 1, (count,), generator=generator)
-        left = torch.randint(width if self.periodic_longitude else width - w + 1, (count,), generator=generator)
+        top = _randint(height - h + 1, count, generator)
+        left = _randint(width if self.periodic_longitude else width - w + 1, count, generator)
         rows = top[:, None] + torch.arange(h)
         cols = (left[:, None] + torch.arange(w)) % width
         return rows, cols
@@ -534,6 +535,12 @@ class ClimateDataset:
         """y = T^-1(z) per variable of a normalised fine field (..., C, H, W) (add the base to a generated
         residual first); on the input's device."""
         return self.transforms.inverse_channels(normalised_fine, self.variables)
+
+
+def _randint(high: int, count: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``count`` integers in [0, high) drawn on the generator's device, returned on the CPU."""
+    device = generator.device if generator is not None else None
+    return torch.randint(high, (count,), generator=generator, device=device).cpu()
 
 
 def _gather(fields: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,69 @@
+"""Command-line argument types and the sampler options shared by the commands that sample (``sample``,
+``downscale``): one definition of the flags, and the settings they give on top of a run's ``sampling:`` section."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from diffscale.config import SamplingSection
+from diffscale.sampling import SOLVERS, SamplerSettings
+from diffscale.validation import validate
+
+__all__ = ["add_sampler_options", "count", "number", "sampler_settings"]
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def number(text: str) -> float:
+    """argparse type: a float (``inf`` allowed)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def add_sampler_options(parser: argparse.ArgumentParser) -> None:
+    """--steps, --sampler, --s-churn, --s-min, --s-max, --s-noise and --schedule (defaults: the run's)."""
+    group = parser.add_argument_group("sampler settings (default: the run's 'sampling:' section)")
+    group.add_argument("--steps", type=int, metavar="N", help="number of time steps N (>= 1)")
+    group.add_argument("--sampler", metavar="NAME", help="solver, one of: " + ", ".join(SOLVERS))
+    group.add_argument("--s-churn", type=number, metavar="X", help="overall stochasticity S_churn (>= 0; 0: ODE)")
+    group.add_argument("--s-min", type=number, metavar="X", help="churn only where sigma >= S_min (>= 0)")
+    group.add_argument("--s-max", type=number, metavar="X", help="churn only where sigma <= S_max (>= S_min; inf)")
+    group.add_argument("--s-noise", type=number, metavar="X", help="noise inflation S_noise of the churn (> 0)")
+    group.add_argument(
+        "--schedule",
+        metavar="NAME",
+        help="time grid: native (the formulation's own; default), edm (rho = 7 in sigma) or tuned "
+        "(few steps with dpmpp_2m/dpmpp_3m)",
+    )
+
+
+def sampler_settings(sampling: SamplingSection, args: argparse.Namespace) -> SamplerSettings:
+    """The run's ``sampling:`` section with the options given on the command line (validated like the file)."""
+    section = sampling.with_overrides(
+        steps=args.steps,
+        sampler=args.sampler,
+        s_churn=args.s_churn,
+        s_min=args.s_min,
+        s_max=args.s_max,
+        s_noise=args.s_noise,
+    )
+    settings = section.to_sampler_settings()
+    if args.schedule is not None:
+        settings = validate(SamplerSettings, {**settings.model_dump(), "schedule": args.schedule})
+    return settings

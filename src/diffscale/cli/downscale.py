@@ -1,0 +1,252 @@
+"""``diffscale downscale``: coarse fields in, a CF-netCDF ensemble of fine fields out.
+
+For a trained climate run and a coarse input (netCDF, zarr or GRIB, any of the quirks
+:func:`~diffscale.data.climate.harmonise` handles), the conditioning c and base b are built exactly as in
+training (:class:`~diffscale.data.climate.ConditioningBuilder` with the run's statistics), every (time,
+member batch) block is sampled from its own seeded generator and written as it comes
+(:func:`~diffscale.downscaling.generate_ensemble`), so memory stays bounded and the same seed gives the same
+ensemble on any number of processes. Under ``torchrun`` the blocks are shared round-robin between ranks, each
+writes a part file and rank 0 merges them.
+
+Everything that can be checked is checked before the first block is sampled (run, input variables, NaNs, grid
+spacing against the training grid, output path); bad input ends the command with one line (exit 2) and no
+output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from diffscale.cli.arguments import add_sampler_options, count, sampler_settings
+from diffscale.validation import ConfigError
+
+if TYPE_CHECKING:
+    from diffscale.downscaling import PatchPlan
+
+__all__ = ["add_parser", "run"]
+
+_DESCRIPTION = """\
+Downscale coarse fields with a trained climate run: write an ensemble of fine fields (netCDF, dims member,
+time, latitude, longitude, physical units, CF attributes). The coarse input must be on a grid whose
+spacing is the run's coarsening factor times the training grid's; any extent works (the U-Net is
+convolutional; with --patch the domain is tiled with overlapping windows blended at every solver step).
+
+A regression run (training.objective: regression) is deterministic: it writes one member.
+
+examples:
+  diffscale downscale runs/era5_uk --input coarse.nc --members 32 --out ensemble.nc
+  diffscale downscale runs/era5_uk --input coarse.grib --members 8 --steps 32 --s-churn 0 --seed 1 --out e.nc
+  torchrun --nproc-per-node 4 -m diffscale downscale runs/era5_uk --input coarse.nc --members 64 --out e.nc
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``downscale`` subcommand to ``subparsers`` (its handler is :func:`run`)."""
+    parser = subparsers.add_parser(
+        "downscale",
+        help="downscale coarse fields into a netCDF ensemble of fine fields",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="climate run directory written by 'diffscale train'")
+    parser.add_argument(
+        "--input", action="append", required=True, metavar="FILE", help="coarse fields (repeatable; globs allowed)"
+    )
+    parser.add_argument("--out", required=True, metavar="FILE", help="output netCDF file (.nc)")
+    parser.add_argument("--members", type=count(1), default=16, metavar="M", help="ensemble members")
+    parser.add_argument("--member-batch", type=count(1), default=16, metavar="B", help="members sampled together")
+    parser.add_argument("--start", metavar="TIME", help="first time to downscale (ISO date or time; default: all)")
+    parser.add_argument("--end", metavar="TIME", help="last time to downscale, inclusive")
+    parser.add_argument(
+        "--patch",
+        type=count(1),
+        nargs=2,
+        metavar=("H", "W"),
+        help="tile the domain with H x W windows (default: the run's data.patch when the domain is larger)",
+    )
+    parser.add_argument("--overlap", type=count(0), metavar="N", help="window overlap in grid points (default H/4)")
+    add_sampler_options(parser)
+    parser.add_argument("--seed", type=count(0), default=0, metavar="S", help="seed of the ensemble")
+    parser.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--weights", choices=("ema", "raw"), default="ema", help="EMA-averaged weights or the raw trained weights"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    parser.set_defaults(handler=run)
+
+
+def _check_output(path: str, overwrite: bool) -> Path:
+    out = Path(path)
+    if out.suffix != ".nc":
+        raise ConfigError(f"--out '{out}': the ensemble is written as netCDF; use a .nc file name")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out '{out}': directory '{out.parent}' does not exist")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out '{out}' exists; pass --overwrite to replace it")
+    return out
+
+
+def check_coarse_grid(latitude: np.ndarray, longitude: np.ndarray, grid: dict, factor: int) -> None:
+    """The coarse input's spacing must be ``factor`` times the training grid's (ConfigError naming both)."""
+    from diffscale.data.climate.grid import grid_spacing
+
+    for axis, values in (("latitude", latitude), ("longitude", longitude)):
+        spacing = grid_spacing(values, f"coarse input {axis}")
+        expected = factor * grid[f"{axis}_spacing"]
+        if not np.isclose(abs(spacing), abs(expected), rtol=1e-4):
+            raise ConfigError(
+                f"coarse input {axis} spacing {abs(spacing):g} deg is not the coarsening factor {factor} times the "
+                f"training grid's {abs(grid[f'{axis}_spacing']):g} deg (expected {abs(expected):g} deg)"
+            )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``diffscale downscale``."""
+    from diffscale import __version__
+    from diffscale.cli.climate_runs import load_climate_run, regression_predictor
+    from diffscale.cli.runs import check_device
+    from diffscale.data.climate import open_fields
+    from diffscale.data.climate.cf import cf_attributes
+    from diffscale.data.climate.dataset import regression_base
+    from diffscale.data.climate.grid import is_global_longitude
+    from diffscale.downscaling import (
+        EnsembleWriter,
+        blocks_for_rank,
+        generate_ensemble,
+        merge_parts,
+        part_path,
+        work_blocks,
+    )
+    from diffscale.sampling import number_of_evaluations
+    from diffscale.training.distributed import init_distributed, shutdown_distributed
+
+    out = _check_output(args.out, args.overwrite)
+    context, device_name = init_distributed(args.device)
+    try:
+        device = check_device(device_name, "--device")
+        climate = load_climate_run(args.run_dir, weights=args.weights, device=str(device))
+        section = climate.section
+        if climate.deterministic and args.members != 1:
+            raise ConfigError(
+                f"--members {args.members}: '{args.run_dir}' is a regression run (deterministic); use --members 1"
+            )
+        settings = None if climate.deterministic else sampler_settings(climate.config.sampling, args)
+        time_slice = (args.start, args.end) if args.start or args.end else None
+        coarse = open_fields(args.input, variables=section.variables, time_slice=time_slice)
+        if coarse.sizes.get("time", 0) == 0:
+            raise ConfigError(f"--input: no times between --start {args.start} and --end {args.end}")
+        check_coarse_grid(coarse["latitude"].values, coarse["longitude"].values, climate.grid, section.coarsen_factor)
+        builder = climate.builder()
+        regression = None
+        if section.target == "regression_residual":
+            regression = regression_predictor(
+                load_climate_run(section.regression_run, device=str(device), key="data.regression_run")
+            )
+        conditioning = builder.build(coarse, regression=regression, device=device)
+        base = conditioning.base
+        if climate.deterministic:
+            base = regression_base(regression_predictor(climate), conditioning.cond_fields, len(section.variables))
+        height, width = conditioning.latitude.size, conditioning.longitude.size
+        periodic = builder.periodic_longitude
+        if periodic is None:
+            periodic = is_global_longitude(conditioning.longitude)
+        plan = _patch_plan(args, section.patch, height, width, periodic)
+        variables = {
+            name: cf_attributes(name, coarse[name].attrs if name in coarse else None) for name in section.variables
+        }
+        attributes = {
+            "title": "diffscale downscaled ensemble",
+            "source": f"diffscale {__version__}",
+            "run_dir": str(Path(args.run_dir).resolve()),
+            "checkpoint_step": climate.step,
+            "checkpoint_weights": args.weights,
+            "checkpoint_sha256": climate.weights_sha256,
+            "coarse_input": ", ".join(str(path) for path in args.input),
+            "coarsening_factor": section.coarsen_factor,
+            "seed": args.seed,
+            "member_batch": args.member_batch,
+            "model": "regression" if climate.deterministic else climate.config.diffusion.type,
+            "data_target": section.target,
+        }
+        if settings is not None:
+            attributes["sampler"] = settings.model_dump(mode="json")
+            attributes["nfe_per_member"] = number_of_evaluations(settings.steps, settings.solver)
+        if plan is not None:
+            attributes["patch"] = f"{plan!r}"
+        blocks = work_blocks(len(conditioning.times), args.members, args.member_batch)
+        mine = blocks_for_rank(blocks, context.rank, context.world_size)
+        target = part_path(out, context.rank, context.world_size) if context.enabled else out
+        if context.is_main:
+            what = (
+                "deterministic prediction"
+                if settings is None
+                else (f"{settings.solver}, {settings.steps} steps, NFE {attributes['nfe_per_member']} per member")
+            )
+            print(
+                f"downscaling {len(conditioning.times)} times x {args.members} members to {height} x {width} "
+                f"({', '.join(section.variables)}; {what}; {context.world_size} process(es))"
+            )
+        with EnsembleWriter(
+            target,
+            latitude=conditioning.latitude,
+            longitude=conditioning.longitude,
+            times=conditioning.times,
+            num_members=args.members,
+            variables=variables,
+            global_attributes=attributes,
+            overwrite=args.overwrite,
+            part=(context.rank, context.world_size) if context.enabled else None,
+        ) as writer:
+            generate_ensemble(
+                None if climate.deterministic else climate.model,
+                None if climate.deterministic else climate.model.formulation,
+                conditioning.cond_fields,
+                base,
+                mine,
+                writer,
+                section.variables,
+                builder.to_physical,
+                settings=settings,
+                seed=args.seed,
+                device=device,
+                patch_plan=plan,
+                progress=context.is_main and not args.no_progress,
+            )
+        if context.enabled:
+            torch.distributed.barrier()
+            if context.is_main:
+                parts = [part_path(out, rank, context.world_size) for rank in range(context.world_size)]
+                merge_parts(parts, out, overwrite=args.overwrite)
+            torch.distributed.barrier()
+    finally:
+        shutdown_distributed()
+    if context.is_main:
+        print(f"wrote {out}")
+    return 0
+
+
+def _patch_plan(
+    args: argparse.Namespace,
+    trained_patch: tuple[int, int] | None,
+    height: int,
+    width: int,
+    periodic_longitude: bool,
+) -> PatchPlan | None:
+    """The window plan: --patch, else the run's training patch when the domain is larger, else None (the whole
+    domain in one network call)."""
+    from diffscale.downscaling import PatchPlan
+
+    if args.patch:
+        patch = (min(args.patch[0], height), min(args.patch[1], width))
+    elif trained_patch is not None and (trained_patch[0] < height or trained_patch[1] < width):
+        patch = (min(trained_patch[0], height), min(trained_patch[1], width))
+    else:
+        return None
+    overlap = args.overlap if args.overlap is not None else max(1, min(patch) // 4)
+    return PatchPlan(height, width, patch, overlap=overlap, periodic_longitude=periodic_longitude)
