@@ -287,8 +287,10 @@ def load_climate_run(
     run_dir = Path(run_dir)
     if weights not in ("ema", "raw"):
         raise ConfigError(f"weights = {weights!r}: allowed: ema, raw")
-    if not run_dir.is_dir():
+    if not run_dir.exists():
         raise ConfigError(f"{key} '{run_dir}' not found")
+    if not run_dir.is_dir():
+        raise ConfigError(f"{key} '{run_dir}' is not a directory (give the run directory written by 'diffscale train')")
     checkpoint = load_checkpoint(run_dir, parts=(EMA if weights == "ema" else WEIGHTS,))
     try:
         config = config_from_dict(decode_non_finite(checkpoint.config))

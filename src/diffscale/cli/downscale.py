@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["add_parser", "run"]
 
+DEFAULT_MEMBERS = 16
+"""Ensemble members of a diffusion run when --members is not given (a regression run writes one)."""
+
 _DESCRIPTION = """\
 Downscale coarse fields with a trained climate run: write an ensemble of fine fields (netCDF, dims member,
 time, latitude, longitude, physical units, CF attributes). The coarse input must be on a grid whose
@@ -58,8 +61,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--input", action="append", required=True, metavar="FILE", help="coarse fields (repeatable; globs allowed)"
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="output netCDF file (.nc)")
-    parser.add_argument("--members", type=count(1), default=16, metavar="M", help="ensemble members")
+    parser.add_argument(
+        "--members", type=count(1), metavar="M", help="ensemble members (default: 16; 1 for a regression run)"
+    )
     parser.add_argument("--member-batch", type=count(1), default=16, metavar="B", help="members sampled together")
+    parser.add_argument(
+        "--batch-size",
+        type=count(1),
+        default=64,
+        metavar="N",
+        help="samples per network call: a deterministic sampler samples consecutive blocks (times) together",
+    )
     parser.add_argument("--start", metavar="TIME", help="first time to downscale (ISO date or time; default: all)")
     parser.add_argument("--end", metavar="TIME", help="last time to downscale, inclusive")
     parser.add_argument(
@@ -132,15 +144,19 @@ def run(args: argparse.Namespace) -> int:
         device = check_device(device_name, "--device")
         climate = load_climate_run(args.run_dir, weights=args.weights, device=str(device))
         section = climate.section
-        if climate.deterministic and args.members != 1:
+        if climate.deterministic and args.members not in (None, 1):
             raise ConfigError(
                 f"--members {args.members}: '{args.run_dir}' is a regression run (deterministic); use --members 1"
             )
+        members = args.members if args.members is not None else (1 if climate.deterministic else DEFAULT_MEMBERS)
         settings = None if climate.deterministic else sampler_settings(climate.config.sampling, args)
         time_slice = (args.start, args.end) if args.start or args.end else None
         coarse = open_fields(args.input, variables=section.variables, time_slice=time_slice)
         if coarse.sizes.get("time", 0) == 0:
-            raise ConfigError(f"--input: no times between --start {args.start} and --end {args.end}")
+            bounds = " and ".join(
+                f"{flag} {value}" for flag, value in (("--start", args.start), ("--end", args.end)) if value
+            )
+            raise ConfigError(f"--input: no times within {bounds}")
         check_coarse_grid(coarse["latitude"].values, coarse["longitude"].values, climate.grid, section.coarsen_factor)
         builder = climate.builder()
         regression = None
@@ -179,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
             attributes["nfe_per_member"] = number_of_evaluations(settings.steps, settings.solver)
         if plan is not None:
             attributes["patch"] = f"{plan!r}"
-        blocks = work_blocks(len(conditioning.times), args.members, args.member_batch)
+        blocks = work_blocks(len(conditioning.times), members, args.member_batch)
         mine = blocks_for_rank(blocks, context.rank, context.world_size)
         target = part_path(out, context.rank, context.world_size) if context.enabled else out
         if context.is_main:
@@ -189,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
                 else (f"{settings.solver}, {settings.steps} steps, NFE {attributes['nfe_per_member']} per member")
             )
             print(
-                f"downscaling {len(conditioning.times)} times x {args.members} members to {height} x {width} "
+                f"downscaling {len(conditioning.times)} times x {members} members to {height} x {width} "
                 f"({', '.join(section.variables)}; {what}; {context.world_size} process(es))"
             )
         with EnsembleWriter(
@@ -197,10 +213,10 @@ def run(args: argparse.Namespace) -> int:
             latitude=conditioning.latitude,
             longitude=conditioning.longitude,
             times=conditioning.times,
-            num_members=args.members,
+            num_members=members,
             variables=variables,
             global_attributes=attributes,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite or context.enabled,  # a part file left by a failed run is ours to replace
             part=(context.rank, context.world_size) if context.enabled else None,
         ) as writer:
             generate_ensemble(
@@ -216,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 device=device,
                 patch_plan=plan,
+                batch_size=args.batch_size,
                 progress=context.is_main and not args.no_progress,
             )
         if context.enabled:

@@ -77,8 +77,9 @@ def _train(args: argparse.Namespace) -> int:
         say = print if context.is_main else (lambda *_, **__: None)
         data = config.data.kind + (f" ({config.data.preset})" if hasattr(config.data, "preset") else "")
         processes = f" on {context.world_size} processes" if context.enabled else ""
+        what = "regression" if config.training.objective == "regression" else config.diffusion.type
         say(
-            f"training {config.diffusion.type} / {config.model.arch} on {data} "
+            f"training {what} / {config.model.arch} on {data} "
             f"for {config.training.steps} steps into {run_dir}{processes}",
             flush=True,
         )

@@ -477,7 +477,11 @@ def prepare_training(
     torch_device = check_device(config.training.device if device is None else device, "training.device")
     # The resolved model section (a U-Net's in_channels and learned_variance follow the data and formulation)
     # is what config.yaml records.
-    config = config.model_copy(update={"output": OutputSection(dir=str(run_dir)), "model": config.resolved_model()})
+    # Climate file paths are stored absolute, so that the run can be resumed and downscaled from anywhere.
+    update = {"output": OutputSection(dir=str(run_dir)), "model": config.resolved_model()}
+    if is_climate(config):
+        update["data"] = config.data.with_absolute_paths()
+    config = config.model_copy(update=update)
     checkpoint = None
     changes: list[str] = []
     if source_path is not None:

@@ -22,6 +22,7 @@ one-line :class:`~diffscale.validation.ConfigError` messages). Example::
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -184,6 +185,19 @@ class ClimateData(StrictModel):
                 if window is not None and size > window[1] - window[0]:
                     raise ValueError(f"patch {list(self.patch)} is larger than the crop's {axis} window {list(window)}")
         return self
+
+    def with_absolute_paths(self) -> ClimateData:
+        """A copy whose file paths (and regression run) are absolute, resolved against the working directory, so
+        that a run directory's stored configuration works from anywhere (globs stay globs)."""
+        update: dict[str, Any] = {
+            "paths": [os.path.abspath(path) for path in self.paths],
+            "static_paths": [os.path.abspath(path) for path in self.static_paths],
+        }
+        if self.coarse_paths is not None:
+            update["coarse_paths"] = [os.path.abspath(path) for path in self.coarse_paths]
+        if self.regression_run is not None:
+            update["regression_run"] = os.path.abspath(self.regression_run)
+        return self.model_copy(update=update)
 
     # -- what follows from the section without reading files ----------------------------------------------
     def period(self, split: Split) -> tuple[np.datetime64, np.datetime64] | None:

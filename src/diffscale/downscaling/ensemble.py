@@ -4,8 +4,9 @@ model and write the fine fields y = T^-1(r + b) as they come.
 Given the conditioning c (T, K, H, W) and base b (T, C, H, W) of a coarse input (see
 :class:`~diffscale.data.climate.ConditioningBuilder`), a block (t, members m0..m1) draws its initial noise and any
 churn noise from its own generator, seeded by (seed, t, m0, m1) only (:func:`~diffscale.downscaling.block_generator`),
-so the ensemble does not depend on how blocks are shared between processes or in which order they run. Only one
-block of members is in memory at a time.
+so the ensemble does not depend on how blocks are shared between processes or in which order they run. With a
+deterministic sampler, consecutive blocks are sampled together (up to ``batch_size`` samples), each from its own
+initial noise; memory stays bounded by that batch.
 
 For domains larger than the network's training patches, pass a :class:`~diffscale.downscaling.PatchPlan`: the
 denoiser is then applied window by window at every solver step and blended (:class:`PatchedDenoiser`), which
@@ -48,6 +49,7 @@ def generate_ensemble(
     device: torch.device | str = "cpu",
     patch_plan: PatchPlan | None = None,
     patch_batch: int = 16,
+    batch_size: int = 64,
     progress: bool = True,
     extra_cond: dict[str, Any] | None = None,
 ) -> None:
@@ -68,6 +70,9 @@ def generate_ensemble(
         seed: the ensemble's seed.
         patch_plan: tile the domain with overlapping windows and blend the denoiser's outputs.
         patch_batch: windows evaluated per network call with ``patch_plan``.
+        batch_size: with a deterministic sampler (:attr:`SamplerSettings.deterministic`), consecutive blocks are
+            sampled together, up to this many samples per call (small grids then use the hardware well);
+            stochastic samplers sample block by block.
         progress: show a bar counting members x times.
         extra_cond: further keyword conditioning given to every denoiser call unchanged (rarely needed).
     """
@@ -82,22 +87,50 @@ def generate_ensemble(
     if denoiser is not None and patch_plan is not None:
         model = PatchedDenoiser(denoiser, patch_plan, batch_size=patch_batch)
     total = sum(block.size for block in blocks)
+    group_limit = batch_size if model is not None and settings.deterministic else 1
     with tqdm(total=total, desc="downscaling", unit="member-time", disable=not progress) as bar:
-        for block in blocks:
-            t, size = block.time_index, block.size
-            block_base = base[t : t + 1].to(device).expand(size, -1, -1, -1)
+        for group in _groups(blocks, group_limit):
+            times = torch.tensor([block.time_index for block in group for _ in block.members])
+            group_base = base[times].to(device)
             if model is None:
-                normalised = block_base
+                normalised = group_base
             else:
-                generator = block_generator(seed, block, device)
-                cond = {"cond_fields": cond_fields[t : t + 1].to(device).expand(size, -1, -1, -1), **(extra_cond or {})}
-                noise = torch.randn(block_base.shape, generator=generator, device=device)
+                # Each block's initial noise (and, for stochastic samplers, every later draw: those are never
+                # grouped) comes from its own generator, so grouping does not change any member.
+                generators = [block_generator(seed, block, device) for block in group]
+                noise = torch.cat(
+                    [
+                        torch.randn((block.size, *group_base.shape[1:]), generator=generator, device=device)
+                        for block, generator in zip(group, generators, strict=True)
+                    ]
+                )
+                cond = {"cond_fields": cond_fields[times].to(device), **(extra_cond or {})}
                 with torch.no_grad():
                     residual = sample(
-                        model, noise, formulation, **settings.model_dump(), generator=generator, cond=cond
+                        model, noise, formulation, **settings.model_dump(), generator=generators[0], cond=cond
                     )
-                normalised = residual + block_base
+                normalised = residual + group_base
             physical = to_physical(normalised).cpu()
-            for channel, name in enumerate(variables):
-                writer.write(name, block.members, t, physical[:, channel])
-            bar.update(size)
+            start = 0
+            for block in group:
+                values = physical[start : start + block.size]
+                start += block.size
+                for channel, name in enumerate(variables):
+                    writer.write(name, block.members, block.time_index, values[:, channel])
+                bar.update(block.size)
+
+
+def _groups(blocks: Sequence[Block], limit: int) -> list[list[Block]]:
+    """Consecutive blocks gathered into groups of at most ``limit`` samples (a larger block stands alone)."""
+    groups: list[list[Block]] = []
+    current: list[Block] = []
+    size = 0
+    for block in blocks:
+        if current and size + block.size > limit:
+            groups.append(current)
+            current, size = [], 0
+        current.append(block)
+        size += block.size
+    if current:
+        groups.append(current)
+    return groups

@@ -58,6 +58,13 @@ class SamplerSettings(StrictModel):
         return self
 
 
+    @property
+    def deterministic(self) -> bool:
+        """Whether sampling draws nothing after the initial noise (an ODE solver without churn): then samples
+        sampled together or apart are the same function of their own initial noise."""
+        return self.s_churn == 0 and self.solver in ("euler", "heun", "dpmpp_2m", "dpmpp_3m")
+
+
 def number_of_evaluations(steps: int, solver: str) -> int:
     """Network evaluations (NFE) of a run: 2N - 1 for Heun (no correction at sigma = 0), N for the others."""
     if solver not in SOLVERS:

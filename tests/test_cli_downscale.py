@@ -1,0 +1,374 @@
+"""``diffscale downscale`` end to end: tiny climate runs trained in-process on synthetic files, their ensembles
+written as CF-netCDF and checked against independent computations (the regression prediction recomputed from
+numpy conditioning), reproducibility per seed and per block, torchrun with two gloo processes, patches, bad
+input (exit 2, one line, nothing written), ``diffscale evaluate`` on the result, and real ERA5 data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import netCDF4
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import yaml
+
+import diffscale
+from diffscale.cli.climate_runs import load_climate_run
+from diffscale.evaluation import single_thread
+from tests.conftest import run_cli, snapshot
+from tests.test_climate_runs import (
+    FACTOR,
+    LATITUDE,
+    LONGITUDE,
+    TIMES,
+    climate_config,
+    train_runs,
+    write_coarse,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+COARSE_LATITUDE = LATITUDE.reshape(-1, FACTOR).mean(axis=1)  # 50.375 .. 53.375, spacing 1
+COARSE_LONGITUDE = LONGITUDE.reshape(-1, FACTOR).mean(axis=1)  # -2.625 .. 2.375
+COARSE_TIMES = TIMES[-3:]  # validation times, not seen in training
+
+
+def _block_means(fine: np.ndarray) -> np.ndarray:
+    """Plain FACTOR x FACTOR block means (T, H / f, W / f) (any coarse field will do as input)."""
+    t, h, w = fine.shape
+    return fine.reshape(t, h // FACTOR, FACTOR, w // FACTOR, FACTOR).mean(axis=(2, 4))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    with torch.random.fork_rng(devices=[]), single_thread():
+        root = tmp_path_factory.mktemp("downscale")
+        runs = train_runs(root)
+    truth = runs["fine"][-COARSE_TIMES.size :].astype(np.float64)
+    coarse = _block_means(truth)
+    write_coarse(root / "coarse.nc", coarse, COARSE_LATITUDE, COARSE_LONGITUDE, COARSE_TIMES)
+    write_coarse(root / "truth.nc", truth, LATITUDE, LONGITUDE, COARSE_TIMES)
+    return {
+        **runs,
+        "coarse_path": root / "coarse.nc",
+        "coarse": coarse,
+        "truth_path": root / "truth.nc",
+        "truth": truth,
+    }
+
+
+def downscale(run_dir: Path, coarse: Path, out: Path, *extra: str) -> int:
+    return run_cli(["downscale", str(run_dir), "--input", str(coarse), "--out", str(out), "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def regression_file(setup: dict[str, Any]) -> Path:
+    out = setup["root"] / "regression.nc"
+    with single_thread():  # module fixtures run outside conftest's one-thread fixture
+        # no --members: a regression run writes its one member
+        assert downscale(setup["regression"], setup["coarse_path"], out, "--device", "cpu") == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def diffusion_file(setup: dict[str, Any]) -> Path:
+    out = setup["root"] / "diffusion.nc"
+    argv = ["--members", "4", "--member-batch", "2", "--steps", "3", "--seed", "7", "--device", "cpu"]
+    with single_thread():  # bitwise reproducibility needs the same number of threads as the reruns
+        assert downscale(setup["diffusion"], setup["coarse_path"], out, *argv) == 0
+    return out
+
+
+def _values(path: Path) -> np.ndarray:
+    with netCDF4.Dataset(path) as dataset:
+        return np.asarray(dataset["t2m"][:])
+
+
+# -- the file ----------------------------------------------------------------------------------------------------
+def test_regression_output_layout_attributes_and_coordinates(setup: dict[str, Any], regression_file: Path) -> None:
+    with netCDF4.Dataset(regression_file) as dataset:
+        variable = dataset["t2m"]
+        assert variable.dimensions == ("member", "time", "latitude", "longitude")
+        assert variable.dtype == np.float32 and variable.shape == (1, 3, 16, 24)
+        assert variable.units == "K" and variable.standard_name == "air_temperature"
+        assert dataset["member"].standard_name == "realization"
+        attributes = {key: dataset.getncattr(key) for key in dataset.ncattrs()}
+    assert attributes["seed"] == 0 and attributes["coarsening_factor"] == FACTOR
+    assert attributes["source"] == f"diffscale {diffscale.__version__}"
+    assert attributes["diffscale_version"] == diffscale.__version__
+    assert attributes["model"] == "regression" and not any(key.startswith("sampler") for key in attributes)
+    # the SHA-256 of the EMA weights file the run saved (the default --weights ema)
+    (ema_file,) = setup["regression"].glob("ema-*.safetensors")
+    assert attributes["checkpoint_sha256"] == hashlib.sha256(ema_file.read_bytes()).hexdigest()
+    assert attributes["checkpoint_step"] == 3
+    ds = xr.open_dataset(regression_file)
+    np.testing.assert_array_equal(ds["time"].values, COARSE_TIMES)
+    # the fine grid of the coarse centres: c + (k - 3/2) d / 4, i.e. the training grid itself
+    fine_lat = (COARSE_LATITUDE[:, None] + (np.arange(FACTOR) - 1.5) * 0.25).ravel()
+    fine_lon = (COARSE_LONGITUDE[:, None] + (np.arange(FACTOR) - 1.5) * 0.25).ravel()
+    np.testing.assert_allclose(ds["latitude"].values, fine_lat, atol=1e-9)
+    np.testing.assert_allclose(ds["longitude"].values, fine_lon, atol=1e-9)
+    np.testing.assert_allclose(ds["latitude"].values, LATITUDE, atol=1e-9)
+    ds.close()
+
+
+def _bilinear(coarse: np.ndarray) -> np.ndarray:
+    """Separable linear interpolation at fine positions (i + 1/2)/f - 1/2 of the coarse index, clamped at the
+    edges (torch's align_corners=False), with np.interp."""
+
+    def along(values: np.ndarray, axis: int) -> np.ndarray:
+        n = values.shape[axis]
+        positions = (np.arange(n * FACTOR) + 0.5) / FACTOR - 0.5
+        return np.apply_along_axis(lambda row: np.interp(positions, np.arange(n), row), axis, values)
+
+    return along(along(coarse, -2), -1)
+
+
+def test_regression_member_equals_an_independent_prediction(setup: dict[str, Any], regression_file: Path) -> None:
+    """y = T^-1(mu(c) + U(T(x))) with c = [U(T(x)), T(orography), T(lsm), lat/90, sin lon, cos lon, sin h, cos h]
+    built here with numpy from the files' values and the run's statistics."""
+    run = load_climate_run(setup["regression"])
+    stats = run.stats
+    coarse = setup["coarse"].astype(np.float32).astype(np.float64)  # as stored
+    t2m = stats["t2m"]
+    upsampled = _bilinear((coarse - t2m["mean"]) / t2m["std"])  # (T, H, W)
+    statics = [(setup[name] - stats[name]["mean"]) / stats[name]["std"] for name in ("orography", "lsm")]
+    lat, lon = np.meshgrid(LATITUDE, np.deg2rad(LONGITUDE), indexing="ij")
+    hours = (COARSE_TIMES - COARSE_TIMES.astype("datetime64[D]")) / np.timedelta64(1, "h")
+    phase = 2 * np.pi * hours / 24
+    channels = [upsampled] + [np.broadcast_to(s, upsampled.shape) for s in statics]
+    channels += [np.broadcast_to(c, upsampled.shape) for c in (lat / 90, np.sin(lon), np.cos(lon))]
+    channels += [np.broadcast_to(f(phase)[:, None, None], upsampled.shape) for f in (np.sin, np.cos)]
+    cond = torch.as_tensor(np.stack(channels, axis=1), dtype=torch.float32)
+    with torch.no_grad():
+        normalised = run.model(cond)[:, 0].double().numpy() + upsampled
+    expected = normalised * t2m["std"] + t2m["mean"]
+    written = _values(regression_file)[0]
+    # float32 conditioning and the float32 file: a few 1e-5 K at 280 K; orography is float32 in the file
+    np.testing.assert_allclose(written, expected, rtol=0, atol=1e-4)
+    assert np.abs(written - _bilinear(coarse)).max() > 1e-3  # the model did something
+
+
+# -- reproducibility ---------------------------------------------------------------------------------------------
+def test_same_seed_same_ensemble_other_seed_another(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path
+) -> None:
+    members = _values(diffusion_file)
+    assert members.shape == (4, 3, 16, 24) and np.isfinite(members).all()
+    assert np.abs(members[0] - members[1]).max() > 1e-3  # members differ
+    assert np.abs(members[0] - members[2]).max() > 1e-3  # blocks differ
+    argv = ["--members", "4", "--member-batch", "2", "--steps", "3", "--device", "cpu"]
+    assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "again.nc", *argv, "--seed", "7") == 0
+    np.testing.assert_array_equal(_values(tmp_path / "again.nc"), members)
+    assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "other.nc", *argv, "--seed", "8") == 0
+    assert np.abs(_values(tmp_path / "other.nc") - members).max() > 1e-3
+    with netCDF4.Dataset(diffusion_file) as dataset:
+        assert dataset.getncattr("seed") == 7 and dataset.getncattr("member_batch") == 2
+        sampler = {key: dataset.getncattr(key) for key in dataset.ncattrs() if key.startswith("sampler_")}
+        nfe = dataset.getncattr("nfe_per_member")
+    # --steps 3 overrides the run's sampling.steps 4; Heun takes 2 N - 1 evaluations
+    assert sampler["sampler_steps"] == 3 and sampler["sampler_solver"] == "heun" and nfe == 5
+
+
+def test_a_block_alone_gives_the_same_members(setup: dict[str, Any], diffusion_file: Path, tmp_path: Path) -> None:
+    """Block (t, members 0..1) of the 4-member run, and the whole of a 2-member run with member batch 2, come
+    from the same seeded stream."""
+    argv = ["--members", "2", "--member-batch", "2", "--steps", "3", "--seed", "7", "--device", "cpu"]
+    assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "block.nc", *argv) == 0
+    np.testing.assert_array_equal(_values(tmp_path / "block.nc"), _values(diffusion_file)[:2])
+    # the first time alone: block (0, 0..1) is the same
+    first = str(COARSE_TIMES[0])[:16]
+    assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "t0.nc", *argv, "--end", first) == 0
+    alone = _values(tmp_path / "t0.nc")
+    assert alone.shape == (2, 1, 16, 24)
+    np.testing.assert_array_equal(alone[:, 0], _values(diffusion_file)[:2, 0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not available")
+def test_two_gloo_processes_write_the_single_process_file(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ddp.nc"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    argv += ["-m", "diffscale", "downscale", str(setup["diffusion"]), "--input", str(setup["coarse_path"])]
+    argv += ["--out", str(out), "--members", "4", "--member-batch", "2", "--steps", "3", "--seed", "7"]
+    argv += ["--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1  # rank 0 alone reports
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ddp.nc"]  # the parts are gone
+    np.testing.assert_array_equal(_values(out), _values(diffusion_file))
+    single, ddp = xr.open_dataset(diffusion_file), xr.open_dataset(out)
+    for name in ("time", "latitude", "longitude", "member"):
+        np.testing.assert_array_equal(ddp[name].values, single[name].values)
+    different = {k for k in single.attrs if k not in ("history",) and str(single.attrs[k]) != str(ddp.attrs.get(k))}
+    assert different == set()
+    single.close()
+    ddp.close()
+
+
+def test_patches_on_a_diffusion_run(setup: dict[str, Any], tmp_path: Path) -> None:
+    argv = ["--members", "2", "--steps", "2", "--patch", "8", "12", "--overlap", "2", "--device", "cpu"]
+    assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "patched.nc", *argv) == 0
+    values = _values(tmp_path / "patched.nc")
+    assert values.shape == (2, 3, 16, 24) and np.isfinite(values).all()
+    # K-scale temperatures near the coarse input (a 3-step model cannot be far off a residual of a few K)
+    assert np.abs(values.mean() - setup["coarse"].mean()) < 30
+    with netCDF4.Dataset(tmp_path / "patched.nc") as dataset:
+        assert "patch" in dataset.ncattrs()
+
+
+def test_corrdiff_run_downscales(setup: dict[str, Any], tmp_path: Path) -> None:
+    argv = ["--members", "2", "--steps", "2", "--device", "cpu"]
+    assert downscale(setup["corrdiff"], setup["coarse_path"], tmp_path / "c.nc", *argv) == 0
+    values = _values(tmp_path / "c.nc")
+    assert values.shape == (2, 3, 16, 24) and np.isfinite(values).all()
+    with netCDF4.Dataset(tmp_path / "c.nc") as dataset:
+        assert dataset.getncattr("data_target") == "regression_residual"
+
+
+# -- evaluate ----------------------------------------------------------------------------------------------------
+def test_evaluate_scores_the_ensemble(setup: dict[str, Any], diffusion_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    argv = ["evaluate", str(diffusion_file), "--truth", str(setup["truth_path"]), "--out", str(out), "--no-figures"]
+    assert run_cli(argv) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["members"] == 4 and scores["coarsening_factor"] == FACTOR
+    truth = setup["truth"].astype(np.float32).astype(np.float64)
+    mean = _values(diffusion_file).astype(np.float64).mean(axis=0)
+    weights = np.cos(np.deg2rad(LATITUDE))[:, None]
+    squared = ((mean - truth) ** 2 * weights).sum(axis=(-2, -1)) / (weights.sum() * truth.shape[-1])
+    expected = math.sqrt(squared.mean())
+    assert scores["variables"]["t2m"]["ensemble"]["rmse"] == pytest.approx(expected, rel=1e-5)
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------
+def _nan_input(setup: dict[str, Any], directory: Path) -> list[str]:
+    values = setup["coarse"].copy()
+    values[1, 2, 3] = np.nan
+    write_coarse(directory / "nan.nc", values, COARSE_LATITUDE, COARSE_LONGITUDE, COARSE_TIMES)
+    return [str(setup["diffusion"]), "--input", str(directory / "nan.nc")]
+
+
+def _wrong_spacing(setup: dict[str, Any], directory: Path) -> list[str]:
+    # block centres of 2 x 2 blocks: spacing 0.5 deg, not 4 x 0.25
+    latitude = LATITUDE.reshape(-1, 2).mean(axis=1)
+    longitude = LONGITUDE.reshape(-1, 2).mean(axis=1)
+    values = setup["truth"].reshape(3, 8, 2, 12, 2).mean(axis=(2, 4))
+    write_coarse(directory / "half.nc", values, latitude, longitude, COARSE_TIMES)
+    return [str(setup["diffusion"]), "--input", str(directory / "half.nc")]
+
+
+def _missing_variable(setup: dict[str, Any], directory: Path) -> list[str]:
+    write_coarse(directory / "msl.nc", setup["coarse"], COARSE_LATITUDE, COARSE_LONGITUDE, COARSE_TIMES, name="msl")
+    return [str(setup["diffusion"]), "--input", str(directory / "msl.nc")]
+
+
+def _mixture_run(setup: dict[str, Any], directory: Path) -> list[str]:
+    run_dir = setup["root"] / "mixture"
+    if not run_dir.exists():
+        config = {
+            "model": {"width": 16, "depth": 1, "embedding_dim": 8},
+            "training": {"steps": 1, "batch_size": 8, "device": "cpu", "tensorboard": False},
+        }
+        path = setup["root"] / "mixture.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert run_cli(["train", str(path), "--out", str(run_dir), "--no-progress"]) == 0
+    return [str(run_dir), "--input", str(setup["coarse_path"])]
+
+
+def _existing_out(setup: dict[str, Any], directory: Path) -> list[str]:
+    (directory / "out.nc").write_bytes(b"keep me")
+    return [str(setup["diffusion"]), "--input", str(setup["coarse_path"])]
+
+
+BAD_INPUTS: dict[str, tuple[Any, list[str], str]] = {
+    "nan": (_nan_input, [], "variable 't2m' has NaN/inf values at time 2020-01-05T18:00"),
+    "spacing": (_wrong_spacing, [], "coarse input latitude spacing 0.5 deg is not the coarsening factor 4"),
+    "variable": (_missing_variable, [], "variable 't2m' not in"),
+    "members": (
+        lambda s, d: [str(s["regression"]), "--input", str(s["coarse_path"])],
+        ["--members", "3"],
+        "--members 3: ",
+    ),
+    "existing out": (_existing_out, [], "exists; pass --overwrite"),
+    "not netcdf": (
+        lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
+        ["--out-name", "e.zarr"],
+        "use a .nc file name",
+    ),
+    "mixture run": (_mixture_run, [], "is not a climate run"),
+    "missing run": (lambda s, d: [str(d / "nowhere"), "--input", str(s["coarse_path"])], [], "nowhere' not found"),
+    "run is a file": (lambda s, d: [str(s["coarse_path"]), "--input", str(s["coarse_path"])], [], "not a directory"),
+    "no times": (
+        lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
+        ["--start", "2020-01-05T16:00", "--end", "2020-01-05T17:00"],
+        "no times within --start 2020-01-05T16:00 and --end 2020-01-05T17:00",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    case: str, setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make, extra, message = BAD_INPUTS[case]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    head = make(setup, inputs)
+    name = "out.nc"
+    if extra[:1] == ["--out-name"]:
+        name, extra = extra[1], extra[2:]
+    out_dir = inputs if case == "existing out" else tmp_path / "out"
+    out_dir.mkdir(exist_ok=True)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    argv = ["downscale", *head, "--out", str(out_dir / name), "--members", "2", "--steps", "2", "--no-progress"]
+    argv += ["--device", "cpu", *extra]
+    assert run_cli(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffscale: error: ") and message in lines[0], lines
+    assert snapshot(tmp_path) == before  # no output, no hidden temporary or part file
+    if case == "existing out":
+        assert (inputs / "out.nc").read_bytes() == b"keep me"
+
+
+# -- real data ---------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not (DATA / "era5_t2m_uk_2019-03.nc").exists(), reason="shared ERA5 data not available")
+def test_real_era5_regression_run_downscales_to_the_crop(tmp_path: Path) -> None:
+    config = climate_config(tmp_path, "regression", "residual", 2)
+    config["data"].update(
+        paths=[str(DATA / "era5_t2m_uk_2019-03.nc")],
+        static_paths=[str(DATA / "era5_orography_lsm_global.nc")],
+        crop={"lat": [1, 33], "lon": [0, 48]},
+        train_period=["2019-03-01", "2019-03-03"],
+        validation_period=["2019-03-25", "2019-03-31"],
+    )
+    path = tmp_path / "era5.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "era5_run"
+    assert run_cli(["train", str(path), "--out", str(run_dir), "--no-progress"]) == 0
+    fine = xr.open_dataset(DATA / "era5_t2m_uk_2019-03.nc")["t2m"].isel(time=slice(600, 602))
+    crop = fine.sortby("latitude").isel(latitude=slice(1, 33), longitude=slice(0, 48)).load()
+    coarse = crop.coarsen(latitude=FACTOR, longitude=FACTOR).mean()
+    coarse.to_dataset(name="t2m").to_netcdf(tmp_path / "coarse.nc")
+    out = tmp_path / "era5.nc"
+    assert downscale(run_dir, tmp_path / "coarse.nc", out, "--members", "1", "--device", "cpu") == 0
+    ds = xr.open_dataset(out)
+    assert ds["t2m"].shape == (1, 2, 32, 48)
+    np.testing.assert_allclose(ds["latitude"].values, crop["latitude"].values, atol=1e-9)
+    np.testing.assert_allclose(ds["longitude"].values, crop["longitude"].values, atol=1e-9)
+    np.testing.assert_array_equal(ds["time"].values, crop["time"].values)
+    assert np.isfinite(ds["t2m"].values).all() and 250 < float(ds["t2m"].mean()) < 300
+    ds.close()
