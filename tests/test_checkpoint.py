@@ -289,3 +289,26 @@ def test_temporary_files_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
     trainer.run(1, progress=False)
     save_trainer_checkpoint(tmp_path, trainer, {})
     assert not stale.exists() and foreign.exists()
+
+
+def test_a_changed_weight_decay_takes_effect_on_resume(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path)
+    trainer.run(2, progress=False)
+    save_trainer_checkpoint(tmp_path / "ckpt", trainer, {})
+    config = config_from_dict({**TINY, "training": {**TINY["training"], "weight_decay": 0.1}})
+    resumed = prepare_training(config, tmp_path / "other").trainer
+    restore_trainer(resumed, load_checkpoint(tmp_path / "ckpt"))
+    assert [group["weight_decay"] for group in resumed.optimizer.param_groups] == [0.1]
+
+
+def test_a_generator_of_another_device_type_is_refused_in_one_line(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path)
+    trainer.run(1, progress=False)
+    save_trainer_checkpoint(tmp_path / "ckpt", trainer, {})
+    sidecar = tmp_path / "ckpt" / "checkpoint.json"
+    content = json.loads(sidecar.read_text())
+    content["generator"] = {"device": "cuda:0"}  # as written by a run on a GPU
+    sidecar.write_text(json.dumps(content))
+    checkpoint = load_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="resume on the same kind of device"):
+        restore_trainer(tiny_trainer(tmp_path), checkpoint)

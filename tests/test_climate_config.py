@@ -103,3 +103,12 @@ def test_bad_sections_give_one_line_errors(values: dict[str, object], message: s
     with pytest.raises(ConfigError) as error:
         climate(**values)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_period_end_covers_the_whole_calendar_unit_it_names() -> None:
+    from diffscale.config.climate import period_bounds
+
+    assert period_bounds(("2019", "2019"))[1] == np.datetime64("2019-12-31T23:59:59.999999999")
+    assert period_bounds(("2019-02", "2019-02"))[1] == np.datetime64("2019-02-28T23:59:59.999999999")
+    assert period_bounds(("2019-03-01", "2019-03-19"))[1] == np.datetime64("2019-03-19T23:59:59.999999999")
+    assert period_bounds(("2019-03-01T06:00", "2019-03-01T06:00"))[1] == np.datetime64("2019-03-01T06:00")

@@ -186,3 +186,37 @@ def test_global_statics_line_up_with_the_t2m_grid_after_the_longitude_roll() -> 
     cols = np.round((t2m["longitude"].values % 360.0) / 0.25).astype(int)
     np.testing.assert_allclose(sub["orography"].values[0], raw["z"].values[0][np.ix_(rows, cols)] / 9.80665, rtol=1e-12)
     np.testing.assert_array_equal(sub["lsm"].values[0], raw["lsm"].values[0][np.ix_(rows, cols)])
+
+
+def test_a_pickle_codec_in_a_zarr_store_is_refused_before_reading() -> None:
+    import numcodecs
+
+    from diffscale.data.climate.io import _without_pickled_arrays
+
+    ds = xr.Dataset({"t2m": (("time",), np.zeros(2, np.float32)), "note": (("time",), np.array(["a", "b"], object))})
+    assert _without_pickled_arrays(ds, Path("ok.zarr")) is ds  # strings (vlen codecs) are fine
+    ds["note"].encoding = {"filters": [numcodecs.Pickle()]}
+    with pytest.raises(ConfigError, match="'note' is stored with the pickle codec"):
+        _without_pickled_arrays(ds, Path("bad.zarr"))
+
+
+def test_bad_time_bounds_are_one_line_errors(tmp_path: Path) -> None:
+    path = tmp_path / "fine.nc"
+    xr.Dataset(
+        {"t2m": (("time", "latitude", "longitude"), np.zeros((2, 2, 2), np.float32))},
+        coords={
+            "time": np.array(["2019-03-01", "2019-03-02"], "datetime64[ns]"),
+            "latitude": [0.0, 1.0],
+            "longitude": [0.0, 1.0],
+        },
+    ).to_netcdf(path)
+    with pytest.raises(ConfigError, match="not ISO dates"):
+        open_fields(path, ["t2m"], time_slice=("yesterday", None))
+
+
+def test_source_units_win_over_the_table() -> None:
+    from diffscale.data.climate.cf import cf_attributes
+
+    assert cf_attributes("t2m", {"units": "K"})["standard_name"] == "air_temperature"
+    precipitation_rate = cf_attributes("tp", {"units": "kg m-2 s-1", "standard_name": "precipitation_flux"})
+    assert precipitation_rate == {"units": "kg m-2 s-1", "long_name": "tp", "standard_name": "precipitation_flux"}

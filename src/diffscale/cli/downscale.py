@@ -27,6 +27,7 @@ from diffscale.validation import ConfigError
 
 if TYPE_CHECKING:
     from diffscale.downscaling import PatchPlan
+    from diffscale.training.distributed import DistributedContext
 
 __all__ = ["add_parser", "run"]
 
@@ -127,14 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from diffscale.data.climate.cf import cf_attributes
     from diffscale.data.climate.dataset import regression_base
     from diffscale.data.climate.grid import is_global_longitude
-    from diffscale.downscaling import (
-        EnsembleWriter,
-        blocks_for_rank,
-        generate_ensemble,
-        merge_parts,
-        part_path,
-        work_blocks,
-    )
+    from diffscale.downscaling import EnsembleWriter, generate_ensemble, part_path, sampling_groups, work_blocks
     from diffscale.sampling import number_of_evaluations
     from diffscale.training.distributed import init_distributed, shutdown_distributed
 
@@ -197,8 +191,12 @@ def run(args: argparse.Namespace) -> int:
             attributes["nfe_per_member"] = number_of_evaluations(settings.steps, settings.solver)
         if plan is not None:
             attributes["patch"] = f"{plan!r}"
+        # Groups of blocks sampled in one call are formed from the whole plan, then shared between processes,
+        # so every member is computed in the same batch whatever the number of processes.
         blocks = work_blocks(len(conditioning.times), members, args.member_batch)
-        mine = blocks_for_rank(blocks, context.rank, context.world_size)
+        deterministic = settings is not None and settings.deterministic
+        groups = sampling_groups(blocks, args.batch_size if deterministic else 1)
+        mine = groups[context.rank :: context.world_size]
         target = part_path(out, context.rank, context.world_size) if context.enabled else out
         if context.is_main:
             what = (
@@ -210,44 +208,77 @@ def run(args: argparse.Namespace) -> int:
                 f"downscaling {len(conditioning.times)} times x {members} members to {height} x {width} "
                 f"({', '.join(section.variables)}; {what}; {context.world_size} process(es))"
             )
-        with EnsembleWriter(
-            target,
-            latitude=conditioning.latitude,
-            longitude=conditioning.longitude,
-            times=conditioning.times,
-            num_members=members,
-            variables=variables,
-            global_attributes=attributes,
-            overwrite=args.overwrite or context.enabled,  # a part file left by a failed run is ours to replace
-            part=(context.rank, context.world_size) if context.enabled else None,
-        ) as writer:
-            generate_ensemble(
-                None if climate.deterministic else climate.model,
-                None if climate.deterministic else climate.model.formulation,
-                conditioning.cond_fields,
-                base,
-                mine,
-                writer,
-                section.variables,
-                builder.to_physical,
-                settings=settings,
-                seed=args.seed,
-                device=device,
-                patch_plan=plan,
-                batch_size=args.batch_size,
-                progress=context.is_main and not args.no_progress,
-            )
+        failure: BaseException | None = None
+        try:
+            with EnsembleWriter(
+                target,
+                latitude=conditioning.latitude,
+                longitude=conditioning.longitude,
+                times=conditioning.times,
+                num_members=members,
+                variables=variables,
+                global_attributes=attributes,
+                overwrite=args.overwrite or context.enabled,  # a part file left by a failed run is ours to replace
+                part=(context.rank, context.world_size) if context.enabled else None,
+            ) as writer:
+                generate_ensemble(
+                    None if climate.deterministic else climate.model,
+                    None if climate.deterministic else climate.model.formulation,
+                    conditioning.cond_fields,
+                    base,
+                    [],
+                    writer,
+                    section.variables,
+                    builder.to_physical,
+                    settings=settings,
+                    seed=args.seed,
+                    device=device,
+                    patch_plan=plan,
+                    groups=mine,
+                    progress=context.is_main and not args.no_progress,
+                )
+        except BaseException as error:  # the writer removed its temporary file; the other ranks must hear of it
+            if not context.enabled:
+                raise
+            failure = error
         if context.enabled:
-            torch.distributed.barrier()
-            if context.is_main:
-                parts = [part_path(out, rank, context.world_size) for rank in range(context.world_size)]
-                merge_parts(parts, out, overwrite=args.overwrite)
-            torch.distributed.barrier()
+            _finish_parts(out, context, failure, args.overwrite)
     finally:
         shutdown_distributed()
     if context.is_main:
         print(f"wrote {out}")
     return 0
+
+
+def _finish_parts(out: Path, context: DistributedContext, failure: BaseException | None, overwrite: bool) -> None:
+    """All ranks agree whether every part was written; rank 0 then merges them into ``out``. On any failure
+    every part file is removed (no output is left behind) and the failure is raised on every rank."""
+    import torch.distributed as dist
+
+    from diffscale.downscaling import merge_parts, part_path
+
+    own = part_path(out, context.rank, context.world_size)
+    succeeded = torch.tensor([0 if failure is not None else 1])
+    dist.all_reduce(succeeded, op=dist.ReduceOp.MIN)
+    if not succeeded.item():
+        own.unlink(missing_ok=True)
+        if failure is not None:
+            raise failure
+        raise ConfigError("another downscaling process failed (its message is above); no output was written")
+    merged = torch.tensor([1])
+    if context.is_main:
+        parts = [part_path(out, rank, context.world_size) for rank in range(context.world_size)]
+        try:
+            merge_parts(parts, out, overwrite=overwrite)
+        except BaseException:
+            for part in parts:
+                part.unlink(missing_ok=True)
+            merged[0] = 0
+            dist.broadcast(merged, src=0)
+            raise
+    dist.broadcast(merged, src=0)
+    if not merged.item():
+        raise ConfigError("merging the parts failed (rank 0's message is above); no output was written")
 
 
 def _patch_plan(

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffscale.cli.climate_runs import (
+    STATS_NAME,
     build_climate_data,
     build_climate_model,
     climate_sample_figure,
@@ -566,10 +567,11 @@ def train(
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / CONFIG_NAME, config.to_yaml().encode("utf-8"))
-        if is_climate(config) and resumed is None:
+        if is_climate(config) and (resumed is None or not (run_dir / STATS_NAME).is_file()):
             save_stats(run_dir, plan.data)
         if resumed is not None:
-            _metrics_up_to(metrics_path, resumed)
+            # lines up to the last full logging window before the checkpoint; the checkpoint carries the rest
+            _metrics_up_to(metrics_path, resumed - resumed % settings.log_every)
         stream = metrics_path.open("a" if resumed is not None else "w", encoding="utf-8")
         if settings.tensorboard:
             writer = _tensorboard_writer(run_dir / TENSORBOARD_DIR, None if resumed is None else resumed + 1)

@@ -64,12 +64,24 @@ def _parse_time(text: str) -> np.datetime64:
         raise ValueError(f"{text!r} is not an ISO date or time (e.g. 2019-03-01 or 2019-03-01T06:00)") from None
 
 
+def _end_of(text: str) -> np.datetime64:
+    """The last instant of the calendar unit an ISO date names: '2019' -> the year's end, '2019-03' -> the
+    month's, '2019-03-31' -> the day's; a time ('2019-03-31T06:00') is an instant and is itself."""
+    text = text.strip()
+    try:
+        value = np.datetime64(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO date or time (e.g. 2019-03-01 or 2019-03-01T06:00)") from None
+    unit = np.datetime_data(value.dtype)[0]
+    if unit in ("Y", "M", "W", "D"):
+        return (value + np.timedelta64(1, unit)).astype("datetime64[ns]") - _ONE_NS
+    return value.astype("datetime64[ns]")
+
+
 def period_bounds(period: tuple[str, str]) -> tuple[np.datetime64, np.datetime64]:
-    """(first, last) instants of an inclusive ISO period; a date-only end covers its whole day."""
-    start, end = _parse_time(period[0]), _parse_time(period[1])
-    if len(period[1].strip()) <= 10:  # YYYY-MM-DD (or coarser): up to the end of that day
-        end = end + _ONE_DAY - _ONE_NS
-    return start, end
+    """(first, last) instants of an inclusive ISO period: the end covers the whole unit it names (the whole
+    year of '2019', month of '2019-03', day of '2019-03-31')."""
+    return _parse_time(period[0]), _end_of(period[1])
 
 
 class CropWindow(StrictModel):

@@ -2,7 +2,7 @@
 deterministic (time, member-batch) work plan, and seamless blending of overlapping patches."""
 
 from diffscale.downscaling.blending import PatchedDenoiser, PatchPlan, blend_patches, raised_cosine_ramp
-from diffscale.downscaling.ensemble import generate_ensemble
+from diffscale.downscaling.ensemble import generate_ensemble, sampling_groups
 from diffscale.downscaling.plan import Block, block_generator, block_seed, blocks_for_rank, work_blocks
 from diffscale.downscaling.writer import EnsembleWriter, merge_parts, part_path
 
@@ -19,5 +19,6 @@ __all__ = [
     "merge_parts",
     "part_path",
     "raised_cosine_ramp",
+    "sampling_groups",
     "work_blocks",
 ]

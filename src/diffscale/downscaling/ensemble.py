@@ -28,7 +28,7 @@ from diffscale.downscaling.writer import EnsembleWriter
 from diffscale.formulations.base import Formulation
 from diffscale.sampling import SamplerSettings, sample
 
-__all__ = ["ToPhysical", "generate_ensemble"]
+__all__ = ["ToPhysical", "generate_ensemble", "sampling_groups"]
 
 ToPhysical = Callable[[torch.Tensor], torch.Tensor]
 """T^-1: normalised fine fields (B, C, H, W) -> physical units (B, C, H, W)."""
@@ -50,6 +50,7 @@ def generate_ensemble(
     patch_plan: PatchPlan | None = None,
     patch_batch: int = 16,
     batch_size: int = 64,
+    groups: Sequence[Sequence[Block]] | None = None,
     progress: bool = True,
     extra_cond: dict[str, Any] | None = None,
 ) -> None:
@@ -73,6 +74,9 @@ def generate_ensemble(
         batch_size: with a deterministic sampler (:attr:`SamplerSettings.deterministic`), consecutive blocks are
             sampled together, up to this many samples per call (small grids then use the hardware well);
             stochastic samplers sample block by block.
+        groups: sample these groups of blocks as they are (:func:`sampling_groups`) instead of grouping
+            ``blocks``; a stochastic sampler needs groups of one block (its later draws use the first block's
+            generator).
         progress: show a bar counting members x times.
         extra_cond: further keyword conditioning given to every denoiser call unchanged (rarely needed).
     """
@@ -86,10 +90,12 @@ def generate_ensemble(
     model = denoiser
     if denoiser is not None and patch_plan is not None:
         model = PatchedDenoiser(denoiser, patch_plan, batch_size=patch_batch)
-    total = sum(block.size for block in blocks)
+    total = (
+        sum(block.size for group in groups for block in group) if groups is not None else sum(b.size for b in blocks)
+    )
     group_limit = batch_size if model is not None and settings.deterministic else 1
     with tqdm(total=total, desc="downscaling", unit="member-time", disable=not progress) as bar:
-        for group in _groups(blocks, group_limit):
+        for group in groups if groups is not None else sampling_groups(blocks, group_limit):
             times = torch.tensor([block.time_index for block in group for _ in block.members])
             group_base = base[times].to(device)
             if model is None:
@@ -120,8 +126,10 @@ def generate_ensemble(
                 bar.update(block.size)
 
 
-def _groups(blocks: Sequence[Block], limit: int) -> list[list[Block]]:
-    """Consecutive blocks gathered into groups of at most ``limit`` samples (a larger block stands alone)."""
+def sampling_groups(blocks: Sequence[Block], limit: int) -> list[list[Block]]:
+    """Consecutive blocks gathered into groups of at most ``limit`` samples (a larger block stands alone): the
+    blocks :func:`generate_ensemble` samples in one call. Form them from the whole plan and share the groups
+    between processes, so that every member is computed in the same batch whatever the number of processes."""
     groups: list[list[Block]] = []
     current: list[Block] = []
     size = 0

@@ -615,7 +615,15 @@ def restore_trainer(trainer: Trainer, checkpoint: Checkpoint) -> None:
         load_weights(trainer.ema_denoiser, checkpoint.ema_weights, where)
     if checkpoint.optimizer_meta is not None:
         trainer.optimizer.load_state_dict(checkpoint.optimizer_state_dict(trainer.optimizer, trainer.denoiser))
+        for group in trainer.optimizer.param_groups:  # a resumed configuration may change it (lr is set per step)
+            group["weight_decay"] = trainer.settings.weight_decay
     if checkpoint.generator_state is not None:
+        saved_device = str((checkpoint.sidecar.get("generator") or {}).get("device", trainer.generator.device.type))
+        if torch.device(saved_device).type != trainer.generator.device.type:
+            raise CheckpointError(
+                f"{where}: trained with its generator on {saved_device}, resumed on {trainer.generator.device}; "
+                f"resume on the same kind of device (training.device: {torch.device(saved_device).type})"
+            )
         trainer.generator.set_state(checkpoint.generator_state)
     trainer.load_counters(checkpoint.trainer_state)
     load_position = getattr(trainer.source, "load_state_dict", None)

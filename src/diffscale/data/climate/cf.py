@@ -21,15 +21,17 @@ CF_ATTRIBUTES: dict[str, dict[str, str]] = {
     "v10": {"standard_name": "northward_wind", "units": "m s-1", "long_name": "10 metre V wind component"},
     "msl": {"standard_name": "air_pressure_at_mean_sea_level", "units": "Pa", "long_name": "mean sea level pressure"},
     "orography": {"standard_name": "surface_altitude", "units": "m", "long_name": "orography"},
-    "lsm": {"standard_name": "land_binary_mask", "units": "1", "long_name": "land-sea mask"},
+    "lsm": {"standard_name": "land_area_fraction", "units": "1", "long_name": "land-sea mask"},
 }
 
 
 def cf_attributes(name: str, source: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """CF attributes of variable ``name``: the table's, else the source file's (units at least; '1' if none)."""
-    if name in CF_ATTRIBUTES:
-        return dict(CF_ATTRIBUTES[name])
+    """CF attributes of variable ``name``: the source file's units when it has them (nothing converts units, so
+    the values are in those), else the table's; standard_name and long_name from the table when the units agree
+    with it, else from the source (units at least; '1' if none)."""
     source = source or {}
+    if name in CF_ATTRIBUTES and str(source.get("units", CF_ATTRIBUTES[name]["units"])) == CF_ATTRIBUTES[name]["units"]:
+        return dict(CF_ATTRIBUTES[name])
     attributes = {"units": str(source.get("units", "1")), "long_name": str(source.get("long_name", name))}
     if "standard_name" in source:
         attributes["standard_name"] = str(source["standard_name"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import glob
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,30 @@ def _engine(path: Path) -> str:
     return engine
 
 
+def _codecs(encoding: Mapping[str, Any]) -> list[Any]:
+    """Every codec named in a zarr variable's encoding (zarr 2: compressor, filters; zarr 3: serializer,
+    compressors, filters)."""
+    found: list[Any] = []
+    for key in ("compressor", "compressors", "filters", "serializer"):
+        value = encoding.get(key)
+        if value is None:
+            continue
+        found.extend(value if isinstance(value, list | tuple) else [value])
+    return found
+
+
+def _without_pickled_arrays(ds: xr.Dataset, path: Path) -> xr.Dataset:
+    """Refuse a zarr store with an array decoded by unpickling (the pickle codec): reading it could run code
+    that the store carries. Numeric climate fields never need it (strings use the vlen codecs, which are safe)."""
+    for name, variable in ds.variables.items():
+        if any("pickle" in f"{type(codec).__name__} {codec}".lower() for codec in _codecs(variable.encoding)):
+            raise ConfigError(
+                f"{path}: variable {name!r} is stored with the pickle codec; diffscale never unpickles data "
+                "(store it as numbers or strings)"
+            )
+    return ds
+
+
 def open_dataset(path: str | Path) -> xr.Dataset:
     """One file as a lazy (dask-backed) xarray Dataset, the engine chosen by the suffix (not yet harmonised).
 
@@ -137,7 +161,7 @@ def open_dataset(path: str | Path) -> xr.Dataset:
         if engine == "zarr":
             with warnings.catch_warnings():  # stores without consolidated metadata are fine (read a bit slower)
                 warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata")
-                return xr.open_zarr(path, chunks={})
+                return _without_pickled_arrays(xr.open_zarr(path, chunks={}), path)
         if engine == "cfgrib":
             return xr.open_dataset(path, engine="cfgrib", chunks={}, backend_kwargs={"indexpath": ""})
         return xr.open_dataset(path, chunks={})
@@ -182,7 +206,14 @@ def open_fields(
                 )
             ds = ds[wanted]
         if time_slice is not None and "time" in ds.dims:
-            ds = ds.sel(time=time_slice if isinstance(time_slice, slice) else slice(*time_slice))
+            bounds = time_slice if isinstance(time_slice, slice) else slice(*time_slice)
+            try:
+                ds = ds.sel(time=bounds)
+            except (TypeError, ValueError, KeyError) as error:
+                raise ConfigError(
+                    f"times {bounds.start} to {bounds.stop}: not ISO dates or times (e.g. 2019-03-25 or "
+                    f"2019-03-25T06:00): {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                ) from None
         parts.append((path, ds))
     if len(parts) == 1:
         return parts[0][1]
@@ -215,7 +246,12 @@ def _combine_along_time(parts: list[tuple[Path, xr.Dataset]]) -> xr.Dataset:
                 f"{path} has the variables {', '.join(map(str, ds.data_vars))}, {first_path} "
                 f"{', '.join(map(str, first.data_vars))}; name the variables to read (data.variables)"
             )
-    combined = xr.concat([ds for _, ds in parts], dim="time", data_vars="all", coords="minimal", join="exact")
+    # The grids agree within rounding (checked above): give every part the first one's coordinates exactly.
+    aligned = [
+        ds.assign_coords({axis: first[axis] for axis in ("latitude", "longitude") if axis in ds.coords})
+        for _, ds in parts
+    ]
+    combined = xr.concat(aligned, dim="time", data_vars="all", coords="minimal", join="exact")
     times = combined["time"].values
     unique, counts = np.unique(times, return_counts=True)
     if (counts > 1).any():
