@@ -1,16 +1,17 @@
 """ERA5 2 m temperature over the UK, March 2019: train, downscale the test period, score against baselines.
 
-Trains the MSE regression U-Net (configs/era5_uk_regression.yaml) and then the diffusion model on its residual
-(configs/era5_uk.yaml, CorrDiff-style), both on 1-19 March; builds the coarse test input (25-31 March, the
-32 x 48 crop coarsened 4x by the area-weighted block mean); downscales it with ``diffscale downscale`` (32
-members) and scores every method on the test period against the true fine fields:
+Trains, on 1-19 March, the MSE regression U-Net (configs/era5_uk_regression.yaml), the diffusion model of the
+residual over bilinear interpolation (configs/era5_uk.yaml) and the CorrDiff-style diffusion model of the
+regression's residual (configs/era5_uk_corrdiff.yaml); builds the coarse test input (25-31 March, the 32 x 48 crop
+coarsened 4x by the area-weighted block mean); downscales it with ``diffscale downscale`` (32 members) and scores
+every method on the test period against the true fine fields:
 
-    bilinear, bicubic, lapse-rate-corrected bilinear, MSE U-Net (regression run), diffusion ensemble
+    bilinear, bicubic, lapse-rate-corrected bilinear, MSE U-Net (regression run), CorrDiff, diffusion
 
 with area-weighted RMSE / MAE of the (ensemble) mean, fair CRPS, spread-skill ratio and the power ratio above
 the coarse Nyquist wavenumber. Everything runs through the ``diffscale`` command, as a user would.
 
-    python benchmarks/era5_uk.py                       # about 30 minutes on 2 CPU cores
+    python benchmarks/era5_uk.py                       # about 20 minutes on 2 CPU cores
     python benchmarks/era5_uk.py --skip-training       # score existing runs again
     python benchmarks/era5_uk.py --quick               # a few steps of each, to check the pipeline
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -96,41 +98,50 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: this benchmark needs the shared ERA5 files (see its README)")
     torch.set_num_threads(2)
-    runs = Path(args.runs)
-    regression_dir, diffusion_dir = runs / "era5_uk_regression", runs / "era5_uk"
+    runs = Path(args.runs).resolve()
+    os.chdir(ROOT)  # the configurations name the data relative to the repository root
+    regression_dir, diffusion_dir, corrdiff_dir = (
+        runs / "era5_uk_regression",
+        runs / "era5_uk",
+        runs / "era5_uk_corrdiff",
+    )
     quick = ["--set", "training.steps=4", "--set", "training.checkpoint_every=0"] if args.quick else []
     wall = {}
     if not args.skip_training:
-        wall["regression training"] = run(
-            ["train", str(ROOT / "configs/era5_uk_regression.yaml"), "--out", str(regression_dir), *quick]
-        )
-        wall["diffusion training"] = run(
-            [
-                "train",
-                str(ROOT / "configs/era5_uk.yaml"),
-                "--out",
-                str(diffusion_dir),
-                "--set",
-                f"data.regression_run={regression_dir}",
-                *quick,
-            ]
-        )
+        for name, config, run_dir, extra in (
+            ("regression", "era5_uk_regression.yaml", regression_dir, []),
+            ("diffusion", "era5_uk.yaml", diffusion_dir, []),
+            ("CorrDiff", "era5_uk_corrdiff.yaml", corrdiff_dir, ["--set", f"data.regression_run={regression_dir}"]),
+        ):
+            command = ["train", str(ROOT / "configs" / config), "--out", str(run_dir), "--no-progress"]
+            wall[f"{name} training"] = run([*command, *extra, *quick])
+    ensembles = {}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         fine, coarse_path = test_fields(scratch)
-        wall["regression downscaling"] = run(
-            ["downscale", str(regression_dir), "--input", str(coarse_path), "--members", "1",
-             "--out", str(scratch / "regression.nc"), "--no-progress"]
-        )
-        wall["diffusion downscaling"] = run(
-            ["downscale", str(diffusion_dir), "--input", str(coarse_path), "--members", str(args.members),
-             "--out", str(scratch / "ensemble.nc"), "--no-progress"]
-        )
-        regression = xr.open_dataset(scratch / "regression.nc")["t2m"].values[0]
-        ensemble = xr.open_dataset(scratch / "ensemble.nc")["t2m"].values
+        for name, run_dir, members in (
+            ("regression", regression_dir, 1),
+            ("CorrDiff", corrdiff_dir, args.members),
+            ("diffusion", diffusion_dir, args.members),
+        ):
+            out = scratch / f"{name}.nc"
+            wall[f"{name} downscaling"] = run(
+                [
+                    "downscale",
+                    str(run_dir),
+                    "--input",
+                    str(coarse_path),
+                    "--members",
+                    str(members),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            ensembles[name] = xr.open_dataset(out)["t2m"].values
     truth = fine["t2m"].values
     latitude, longitude = fine["latitude"].values, fine["longitude"].values
-    coarse = coarsen(torch.as_tensor(truth, dtype=torch.float64), FACTOR, torch.as_tensor(latitude))
+    coarse = coarsen(torch.tensor(truth, dtype=torch.float64), FACTOR, torch.as_tensor(latitude))
     orography = select_grid(open_fields(STATICS, ["orography"]), latitude, longitude, "orography")
     orography = torch.as_tensor(orography["orography"].squeeze().values, dtype=torch.float64)
     baselines = {
@@ -145,15 +156,20 @@ def main() -> None:
         "k_min": coarse_nyquist_wavenumber(latitude, longitude, FACTOR),
     }
     rows = [scores_row(name, field.numpy(), truth, latitude, spectra) for name, field in baselines.items()]
-    rows.append(scores_row("MSE U-Net (regression run)", regression, truth, latitude, spectra))
-    rows.append(scores_row(f"diffusion ({args.members} members)", ensemble, truth, latitude, spectra))
-    print(f"\nERA5 t2m UK, test period {TEST_PERIOD[0]} to {TEST_PERIOD[1]} ({truth.shape[0]} hourly fields, "
-          f"32 x 48, coarse 8 x 12); area-weighted scores in K")
+    rows.append(scores_row("MSE U-Net (regression run)", ensembles["regression"][0], truth, latitude, spectra))
+    rows.append(scores_row(f"CorrDiff ({args.members} members)", ensembles["CorrDiff"], truth, latitude, spectra))
+    rows.append(scores_row(f"diffusion ({args.members} members)", ensembles["diffusion"], truth, latitude, spectra))
+    print(
+        f"\nERA5 t2m UK, test period {TEST_PERIOD[0]} to {TEST_PERIOD[1]} ({truth.shape[0]} hourly fields, "
+        f"32 x 48, coarse 8 x 12); area-weighted scores in K"
+    )
     print(f"{'method':32s} {'RMSE':>7s} {'MAE':>7s} {'CRPS':>7s} {'SSR':>6s} {'power>Nyq':>10s}")
     for row in rows:
         ssr = f"{row['ssr']:6.2f}" if row["ssr"] is not None else f"{'-':>6s}"
-        print(f"{row['method']:32s} {row['rmse']:7.3f} {row['mae']:7.3f} {row['crps']:7.3f} {ssr} "
-              f"{row['power_ratio']:10.2f}")
+        print(
+            f"{row['method']:32s} {row['rmse']:7.3f} {row['mae']:7.3f} {row['crps']:7.3f} {ssr} "
+            f"{row['power_ratio']:10.2f}"
+        )
     print("targets (diffusion): RMSE <= 0.35, CRPS <= 0.18, SSR in [0.8, 1.2]")
     for name, seconds in wall.items():
         print(f"{name}: {seconds / 60:.1f} min")
