@@ -141,7 +141,7 @@ def main() -> None:
             ensembles[name] = xr.open_dataset(out)["t2m"].values
     truth = fine["t2m"].values
     latitude, longitude = fine["latitude"].values, fine["longitude"].values
-    coarse = coarsen(torch.tensor(truth, dtype=torch.float64), FACTOR, torch.as_tensor(latitude))
+    coarse = coarsen(torch.from_numpy(np.array(truth, dtype=np.float64)), FACTOR, torch.as_tensor(latitude))
     orography = select_grid(open_fields(STATICS, ["orography"]), latitude, longitude, "orography")
     orography = torch.as_tensor(orography["orography"].squeeze().values, dtype=torch.float64)
     baselines = {
