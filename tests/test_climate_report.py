@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffscale.data.climate.grid import block_centres as coarse_coordinates
 from diffscale.evaluation.climate_report import (
     Spectrum,
-    coarse_coordinates,
     coarsen_block_mean,
     evaluate_variable,
     plot_maps,

@@ -27,10 +27,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from diffscale.config import Config, config_from_dict
+from diffscale.config import Config
 from diffscale.config.climate import ClimateData
-from diffscale.config.models import build_model
-from diffscale.config.schema import decode_non_finite
+from diffscale.config.models import build_initial_model, build_model
+from diffscale.config.schema import stored_config
 from diffscale.data.climate import ClimateDataset, ConditioningBuilder
 from diffscale.data.climate.cf import CF_ATTRIBUTES
 from diffscale.data.climate.grid import grid_spacing
@@ -76,15 +76,9 @@ def build_climate_model(config: Config) -> nn.Module:
     with a forked global RNG (the caller's random state is left untouched)."""
     formulation = config.formulation()
     learned_variance = formulation.learned_variance and not is_regression(config)
-    shape = config.data_shape()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.training.seed)
-        network = build_model(config.resolved_model(), shape, learned_variance)
+    shape = config.data_shape()  # a climate config only validates with a grid network
+    network = build_initial_model(config.resolved_model(), shape, learned_variance, config.training.seed)
     if is_regression(config):
-        if config.model.arch == "mlp":
-            raise ConfigError(
-                "training.objective = 'regression' needs a grid network (model.arch: ddpmpp, ncsnpp, adm)"
-            )
         return RegressionModel(network, shape[0])
     return PreconditionedDenoiser(network, formulation)
 
@@ -292,10 +286,7 @@ def load_climate_run(
     if not run_dir.is_dir():
         raise ConfigError(f"{key} '{run_dir}' is not a directory (give the run directory written by 'diffscale train')")
     checkpoint = load_checkpoint(run_dir, parts=(EMA if weights == "ema" else WEIGHTS,))
-    try:
-        config = config_from_dict(decode_non_finite(checkpoint.config))
-    except ConfigError as error:
-        raise ConfigError(f"'{run_dir / SIDECAR_NAME}': invalid stored configuration: {error}") from None
+    config = stored_config(checkpoint.config, f"'{run_dir / SIDECAR_NAME}'")
     if not is_climate(config):
         raise ConfigError(f"{key} '{run_dir}' is not a climate run (its data.kind is {config.data.kind!r})")
     saved = load_stats(run_dir)

@@ -213,9 +213,9 @@ def load_inputs(
     Raises ConfigError on a missing file or variable, grids that do not match, NaNs, differing units, no
     common time or a grid that is not divisible by the coarsening factor.
     """
-    from diffscale.data.climate.grid import is_global_longitude, select_grid
+    from diffscale.data.climate.grid import block_centres, is_global_longitude, select_grid
     from diffscale.data.climate.io import canonical_variable
-    from diffscale.evaluation.climate_report import coarse_coordinates, coarsen_block_mean, upsample_bilinear
+    from diffscale.evaluation.climate_report import coarsen_block_mean, upsample_bilinear
 
     for path, what in [(ensemble_path, "ensemble"), *((p, "truth") for p in truth_paths), (coarse_path, "coarse")]:
         if path is not None and not glob.has_magic(str(path)) and not Path(path).exists():
@@ -275,7 +275,7 @@ def load_inputs(
                 )
             factor = height // h
         _check_divisible(height, width, factor, ensemble_path)
-        coarse_latitude, coarse_longitude = coarse_coordinates(latitude, factor), coarse_coordinates(longitude, factor)
+        coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
         coarse_ds = select_grid(coarse_ds, coarse_latitude, coarse_longitude, f"{coarse_where} (coarsened {factor}x)")
         coarse_times = np.asarray(coarse_ds.time.values).astype("datetime64[s]")
         missing = ~np.isin(times, coarse_times)
@@ -302,7 +302,7 @@ def load_inputs(
                 "pass --coarsening-factor N or --coarse FILE"
             )
         _check_divisible(height, width, factor, ensemble_path)
-        coarse_latitude, coarse_longitude = coarse_coordinates(latitude, factor), coarse_coordinates(longitude, factor)
+        coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
         for name in names:
             coarse[name] = coarsen_block_mean(truth[name], latitude, factor)
         source = f"bilinear upsampling of the truth coarsened {factor}x (area-weighted block mean)"

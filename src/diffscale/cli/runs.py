@@ -39,9 +39,9 @@ from diffscale.cli.climate_runs import (
     save_stats,
     training_objective,
 )
-from diffscale.config import Config, OutputSection, config_from_dict
-from diffscale.config.models import build_model, describe_model
-from diffscale.config.schema import decode_non_finite, encode_non_finite
+from diffscale.config import Config, OutputSection
+from diffscale.config.models import build_initial_model, describe_model
+from diffscale.config.schema import encode_non_finite, stored_config
 from diffscale.data.climate import ClimateDataset
 from diffscale.data.fields import GaussianRandomField
 from diffscale.data.mixtures import GaussianMixture
@@ -144,9 +144,7 @@ def build_denoiser(config: Config, shape: int | tuple[int, ...] | None = None) -
     """
     formulation = config.formulation()
     shape = config.data_shape() if shape is None else shape
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.training.seed)
-        network = build_model(config.resolved_model(), shape, formulation.learned_variance)
+    network = build_initial_model(config.resolved_model(), shape, formulation.learned_variance, config.training.seed)
     return PreconditionedDenoiser(network, formulation)
 
 
@@ -487,12 +485,7 @@ def prepare_training(
     changes: list[str] = []
     if source_path is not None:
         checkpoint = load_checkpoint(source_path)
-        try:
-            stored = config_from_dict(decode_non_finite(checkpoint.config))
-        except ConfigError as error:
-            raise ConfigError(
-                f"'{checkpoint.directory / SIDECAR_NAME}': invalid stored configuration: {error}"
-            ) from None
+        stored = stored_config(checkpoint.config, f"'{checkpoint.directory / SIDECAR_NAME}'")
         incompatible, changes = incompatible_changes(stored, config)
         if incompatible:
             raise ConfigError(
@@ -665,10 +658,7 @@ def load_run(run_dir: str | Path, *, weights: WeightsChoice = "ema", device: str
     if not run_dir.exists():
         raise ConfigError(f"run directory '{run_dir}' not found")
     checkpoint: Checkpoint = load_checkpoint(run_dir, parts=(EMA if weights == "ema" else WEIGHTS,))
-    try:
-        config = config_from_dict(decode_non_finite(checkpoint.config))
-    except ConfigError as error:
-        raise ConfigError(f"'{run_dir / SIDECAR_NAME}': invalid stored configuration: {error}") from None
+    config = stored_config(checkpoint.config, f"'{run_dir / SIDECAR_NAME}'")
     state = checkpoint.ema_weights if weights == "ema" else checkpoint.weights
     if not state:
         raise ConfigError(f"'{run_dir / SIDECAR_NAME}': holds no {weights} weights")

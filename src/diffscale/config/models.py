@@ -26,6 +26,7 @@ from diffscale.networks.unet_base import GridUNet, count_parameters
 
 __all__ = [
     "GRID_ARCHS",
+    "build_initial_model",
     "build_model",
     "check_model_fits_data",
     "data_shape",
@@ -111,9 +112,7 @@ def resolve_model(model: BaseModel, data: BaseModel, learned_variance: bool) -> 
                 f"model.{key} = {getattr(model, key)}: data.kind = {data.kind!r} provides no "
                 f"{'conditioning fields' if key == 'cond_channels' else 'labels'} (use 0)"
             )
-    resolved = model.model_copy(
-        update={"in_channels": channels, "learned_variance": learned_variance, **conditioning}
-    )
+    resolved = model.model_copy(update={"in_channels": channels, "learned_variance": learned_variance, **conditioning})
     if height == 0:  # a climate grid known only from its files: checked when they are read
         return resolved
     with torch.device("meta"):  # the network's own checks, without allocating its weights
@@ -144,6 +143,14 @@ def build_model(model: BaseModel, shape: tuple[int, ...] | int, learned_variance
     if learned_variance:
         options["learned_variance"] = True
     return model.build(**options)
+
+
+def build_initial_model(model: BaseModel, shape: tuple[int, ...] | int, learned_variance: bool, seed: int) -> nn.Module:
+    """:func:`build_model` initialised from ``seed`` (``training.seed``) under a forked global RNG, so the
+    caller's random state is left untouched and a run's initial weights depend on its seed only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(model, shape, learned_variance)
 
 
 def describe_model(network: nn.Module, arch: str) -> str:

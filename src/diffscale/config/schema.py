@@ -156,6 +156,15 @@ def config_from_dict(data: Mapping[str, Any] | None) -> Config:
     return validate(Config, data)
 
 
+def stored_config(data: Mapping[str, Any] | None, where: str) -> Config:
+    """The configuration a checkpoint sidecar stores (strict JSON, see :func:`encode_non_finite`), validated;
+    ConfigError naming ``where`` (the sidecar) when it no longer validates."""
+    try:
+        return config_from_dict(decode_non_finite(data))
+    except ConfigError as error:
+        raise ConfigError(f"{where}: invalid stored configuration: {error}") from None
+
+
 def _lists(value: Any) -> Any:
     """Tuples (e.g. ``channel_mult``) as lists, recursively, so that YAML's safe dumper writes them."""
     if isinstance(value, Mapping):

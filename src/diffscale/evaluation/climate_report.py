@@ -29,7 +29,6 @@ from diffscale.evaluation.spectra import coarse_nyquist_wavenumber, latlon_power
 __all__ = [
     "Spectrum",
     "VariableEvaluation",
-    "coarse_coordinates",
     "coarsen_block_mean",
     "evaluate_variable",
     "plot_maps",
@@ -55,13 +54,6 @@ def coarsen_block_mean(fields: Any, latitude: Any, factor: int) -> np.ndarray:
 
     values = torch.tensor(np.asarray(fields, dtype=np.float64))
     return coarsen(values, factor, torch.tensor(np.asarray(latitude, dtype=np.float64))).numpy()
-
-
-def coarse_coordinates(coordinate: Any, factor: int) -> np.ndarray:
-    """Centres of the coarse cells: the mean of each block of ``factor`` fine centres (degrees)."""
-    from diffscale.data.climate.grid import block_centres
-
-    return block_centres(coordinate, factor)
 
 
 def upsample_bilinear(coarse: Any, factor: int, periodic_longitude: bool = False) -> np.ndarray:

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import scoringrules
 
+from diffscale.data.climate.grid import area_weights as cell_area_weights
+
 __all__ = [
     "area_mean",
     "area_weights",
@@ -63,7 +65,7 @@ def area_weights(latitude: Any) -> np.ndarray:
         raise ValueError(f"latitude must be a non-empty 1-D array, got shape {lat.shape}")
     if not (np.isfinite(lat).all() and (np.abs(lat) <= 90.0).all()):
         raise ValueError("latitude must hold finite degrees in [-90, 90]")
-    weights = np.clip(np.cos(np.deg2rad(lat)), 0.0, None)
+    weights = np.clip(cell_area_weights(lat), 0.0, None)
     if weights.sum() <= 0:
         raise ValueError("latitude: every row is at a pole, the area weights are all zero")
     return weights / weights.mean()
