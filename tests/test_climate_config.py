@@ -112,3 +112,24 @@ def test_a_period_end_covers_the_whole_calendar_unit_it_names() -> None:
     assert period_bounds(("2019-02", "2019-02"))[1] == np.datetime64("2019-02-28T23:59:59.999999999")
     assert period_bounds(("2019-03-01", "2019-03-19"))[1] == np.datetime64("2019-03-19T23:59:59.999999999")
     assert period_bounds(("2019-03-01T06:00", "2019-03-01T06:00"))[1] == np.datetime64("2019-03-01T06:00")
+
+
+def test_overrides_reach_nested_keys_of_the_climate_section() -> None:
+    from diffscale.config.loader import apply_overrides
+
+    raw = {"data": {"kind": "climate", "paths": ["/nowhere/fine.nc"], "channels": {"latlon": True, "hour": True}}}
+    data = apply_overrides(raw, ["data.channels.latlon=false", "data.crop.lat=[0, 8]"])["data"]
+    assert data["channels"] == {"latlon": False, "hour": True}  # the sibling key is kept
+    assert data["crop"] == {"lat": [0, 8]}  # an absent sub-section is created
+    assert raw["data"]["channels"]["latlon"] is True  # the input is not modified
+    section = climate(channels=data["channels"], crop=data["crop"])
+    assert section.channels.latlon is False and section.channels.hour is True and section.crop.lat == (0, 8)
+    for override, message in (
+        ("data.channels.lat_lon=true", "unknown key 'lat_lon' in data.channels; allowed keys: latlon"),
+        ("data.channels.latlon.x=1", "data.channels.latlon has no sub-keys"),
+        ("data.paths.x=1", "data.paths has no sub-keys"),
+    ):
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            apply_overrides(raw, [override])
+    with pytest.raises(ConfigError, match=r"data\.channels = 3 is not a mapping"):
+        apply_overrides({"data": {"kind": "climate", "channels": 3}}, ["data.channels.latlon=false"])

@@ -2,16 +2,17 @@
 
 >>> config = load_config("configs/mixture_1d_edm.yaml", overrides=["training.steps=100", "diffusion.type=VP"])
 
-Overrides use dotted keys (``training.steps=100``) and YAML scalars as values (``100`` is an int, ``1e-3``
-a float, ``[0.5, 0.5]`` a list, ``null`` None). Changing a section's tag (``diffusion.type``, ``model.arch``,
-``data.kind``) starts that section afresh from the new alternative's defaults: the file's keys for the old
-alternative are dropped, the other overrides of the section still apply. Every failure is a
-:class:`~diffscale.validation.ConfigError` with a one-line message.
+Overrides use dotted keys (``training.steps=100``; nested ones such as ``data.channels.latlon=false``) and
+YAML values (``100`` is an int, ``1e-3`` a float, ``[0.5, 0.5]`` a list, ``null`` None). Changing a section's
+tag (``diffusion.type``, ``model.arch``, ``data.kind``) starts that section afresh from the new alternative's
+defaults: the file's keys for the old alternative are dropped, the other overrides of the section still apply.
+Every failure is a :class:`~diffscale.validation.ConfigError` with a one-line message.
 """
 
 from __future__ import annotations
 
 import copy
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -92,24 +93,33 @@ def _section_model(name: str, section: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The configuration model of a field annotated ``Model`` or ``Model | None`` (None for a plain value)."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _check_override_path(path: list[str], data: Mapping[str, Any]) -> None:
-    """Refuse an override whose dotted key names no configuration key."""
+    """Refuse an override whose dotted key names no configuration key (nested keys such as
+    ``data.channels.latlon`` are followed through the section's sub-models)."""
     dotted = ".".join(path)
     section = path[0]
     if section not in SECTIONS:
         raise ConfigError(f"--set {dotted}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
-    if len(path) == 1:
-        return
     model = _section_model(section, data.get(section, {}))
     if model is None:  # an unknown tag: validation reports it with the allowed values
         return
-    key = path[1]
-    if key not in model.model_fields:
-        raise ConfigError(
-            f"--set {dotted}: unknown key {key!r} in {section}; allowed keys: {', '.join(model.model_fields)}"
-        )
-    if len(path) > 2:
-        raise ConfigError(f"--set {dotted}: {section}.{key} has no sub-keys")
+    for depth in range(1, len(path)):
+        where, key = ".".join(path[:depth]), path[depth]
+        if model is None:
+            raise ConfigError(f"--set {dotted}: {where} has no sub-keys")
+        if key not in model.model_fields:
+            raise ConfigError(
+                f"--set {dotted}: unknown key {key!r} in {where}; allowed keys: {', '.join(model.model_fields)}"
+            )
+        model = _nested_model(model.model_fields[key].annotation)
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -125,7 +135,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
         if len(path) == 1:
             result[path[0]] = value
             continue
-        section_name, key = path
+        section_name = path[0]
         section = result.get(section_name)
         if section is None:
             section = {}
@@ -137,9 +147,24 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
             old = tagged.canonical_tag(section.get(tagged.key, tagged.default))
             if tagged.canonical_tag(value) != old:
                 section = {}  # a different alternative: start from its defaults
-        section[key] = value
+        _set_nested(section, path[1:], value, ".".join(path))
         result[section_name] = section
     return result
+
+
+def _set_nested(mapping: dict[str, Any], keys: list[str], value: Any, dotted: str) -> None:
+    """``mapping[k1][k2]...[kn] = value``, creating (or copying) the intermediate mappings."""
+    node = mapping
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = {}
+        elif not isinstance(child, Mapping):
+            where = ".".join(dotted.split(".")[: depth + 2])
+            raise ConfigError(f"--set {dotted}: {where} = {child!r} is not a mapping")
+        node[key] = child = dict(child)
+        node = child
+    node[keys[-1]] = value
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
