@@ -57,7 +57,6 @@ class SamplerSettings(StrictModel):
             raise ValueError(f"alpha = {self.alpha!r} is only used by solver 'heun', not {self.solver!r}")
         return self
 
-
     @property
     def deterministic(self) -> bool:
         """Whether sampling draws nothing after the initial noise (an ODE solver without churn): then samples
