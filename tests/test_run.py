@@ -15,7 +15,6 @@ from diffscale.cli.runs import (
     METRICS_NAME,
     MetricsLog,
     build_denoiser,
-    check_device,
     default_run_dir,
     load_run,
     loss_by_sigma_decade,
@@ -25,6 +24,7 @@ from diffscale.cli.runs import (
     train,
 )
 from diffscale.config import config_from_dict, load_config
+from diffscale.devices import check_device
 from diffscale.formulations import VP
 from diffscale.training import StepRecord
 from diffscale.training.checkpoint import SIDECAR_NAME, list_checkpoints, load_checkpoint

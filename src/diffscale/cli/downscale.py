@@ -123,11 +123,11 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``diffscale downscale``."""
     from diffscale import __version__
     from diffscale.cli.climate_runs import load_climate_run, regression_predictor
-    from diffscale.cli.runs import check_device
     from diffscale.data.climate import open_fields
     from diffscale.data.climate.cf import cf_attributes
     from diffscale.data.climate.dataset import regression_base
     from diffscale.data.climate.grid import is_global_longitude
+    from diffscale.devices import check_device
     from diffscale.downscaling import EnsembleWriter, generate_ensemble, part_path, sampling_groups, work_blocks
     from diffscale.sampling import number_of_evaluations
     from diffscale.training.distributed import init_distributed, shutdown_distributed

@@ -46,6 +46,7 @@ from diffscale.data.climate import ClimateDataset
 from diffscale.data.fields import GaussianRandomField
 from diffscale.data.mixtures import GaussianMixture
 from diffscale.denoiser import PreconditionedDenoiser
+from diffscale.devices import check_device
 from diffscale.formulations import Formulation
 from diffscale.sampling import SamplerSettings, SamplerStep, sample
 from diffscale.training.checkpoint import (
@@ -74,7 +75,6 @@ __all__ = [
     "TrainingSummary",
     "build_data_source",
     "build_denoiser",
-    "check_device",
     "default_run_dir",
     "incompatible_changes",
     "load_run",
@@ -114,24 +114,6 @@ def resolve_run_dir(config: Config, config_path: str | Path | None = None, out: 
     if config.output.dir is not None:
         return Path(config.output.dir)
     return default_run_dir(config_path)
-
-
-def check_device(name: str, key: str) -> torch.device:
-    """``name`` as a usable torch device ('auto' picks CUDA when available); ConfigError naming ``key``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"{key} = {name!r}: not a device; allowed: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{key} = {name!r}: CUDA is not available on this machine; use cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"{key} = {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise ConfigError(f"{key} = {name!r}: unsupported device; allowed: auto, cpu, cuda, cuda:N")
-    return device
 
 
 def build_denoiser(config: Config, shape: int | tuple[int, ...] | None = None) -> PreconditionedDenoiser:

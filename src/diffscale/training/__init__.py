@@ -2,7 +2,7 @@
 
 from diffscale.training.distributed import DistributedContext
 from diffscale.training.ema import ExponentialMovingAverage
-from diffscale.training.loop import BatchSource, NonFiniteTrainingError, StepRecord, Trainer, resolve_device
+from diffscale.training.loop import BatchSource, NonFiniteTrainingError, StepRecord, Trainer
 from diffscale.training.settings import TrainingSettings
 
 __all__ = [
@@ -13,5 +13,4 @@ __all__ = [
     "StepRecord",
     "Trainer",
     "TrainingSettings",
-    "resolve_device",
 ]

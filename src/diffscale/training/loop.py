@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffscale.data.batch import Batch, as_batch
+from diffscale.devices import check_device
 from diffscale.loss import DenoisingLoss, LossTerms, Objective, SplitObjective
 from diffscale.training.distributed import DistributedContext, all_gather_rows
 from diffscale.training.ema import ExponentialMovingAverage
@@ -32,7 +33,7 @@ from diffscale.training.precision import MixedPrecision
 from diffscale.training.settings import TrainingSettings
 from diffscale.validation import ConfigError
 
-__all__ = ["BatchSource", "NonFiniteTrainingError", "StepRecord", "Trainer", "build_optimizer", "resolve_device"]
+__all__ = ["BatchSource", "NonFiniteTrainingError", "StepRecord", "Trainer", "build_optimizer"]
 
 BatchSource = Callable[[int, torch.Generator], "torch.Tensor | Batch"]
 """``source(batch_size, generator)`` returns clean training samples y, or a :class:`Batch` (y and conditioning).
@@ -42,16 +43,6 @@ checkpoints then store."""
 
 class NonFiniteTrainingError(RuntimeError):
     """Training stopped after ``training.max_nonfinite_steps`` non-finite steps in a row."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available; anything else is passed to torch.device (and checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"training.device = {name!r}: CUDA is not available on this machine")
-    return device
 
 
 def build_optimizer(parameters: Any, settings: TrainingSettings) -> torch.optim.Optimizer:
@@ -130,7 +121,7 @@ class Trainer:
                 f"training.batch_size = {settings.batch_size} must be divisible by the number of processes "
                 f"({self.distributed.world_size}) times training.grad_accumulation ({settings.grad_accumulation})"
             )
-        self.device = resolve_device(settings.device)
+        self.device = check_device(settings.device, "training.device")
         self.precision = MixedPrecision(settings.precision, self.device)
         self.denoiser = model.to(self.device).train()
         self.source = source
