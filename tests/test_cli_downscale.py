@@ -302,6 +302,11 @@ BAD_INPUTS: dict[str, tuple[Any, list[str], str]] = {
         ["--members", "3"],
         "--members 3: ",
     ),
+    "steps": (
+        lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
+        ["--steps", "0"],
+        "--steps = 0: must be greater than or equal to 1",
+    ),
     "existing out": (_existing_out, [], "exists; pass --overwrite"),
     "not netcdf": (
         lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from diffscale.config import SamplingSection
 from diffscale.sampling import SOLVERS, SamplerSettings
-from diffscale.validation import validate
+from diffscale.validation import ConfigError, validate
 
 __all__ = ["add_sampler_options", "count", "number", "sampler_settings"]
 
@@ -55,15 +55,21 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
 
 def sampler_settings(sampling: SamplingSection, args: argparse.Namespace) -> SamplerSettings:
     """The run's ``sampling:`` section with the options given on the command line (validated like the file)."""
-    section = sampling.with_overrides(
-        steps=args.steps,
-        sampler=args.sampler,
-        s_churn=args.s_churn,
-        s_min=args.s_min,
-        s_max=args.s_max,
-        s_noise=args.s_noise,
-    )
-    settings = section.to_sampler_settings()
-    if args.schedule is not None:
-        settings = validate(SamplerSettings, {**settings.model_dump(), "schedule": args.schedule})
+    given = {key: getattr(args, key) for key in ("steps", "sampler", "s_churn", "s_min", "s_max", "s_noise")}
+    try:
+        settings = sampling.with_overrides(**given).to_sampler_settings()
+        if args.schedule is not None:
+            settings = validate(SamplerSettings, {**settings.model_dump(), "schedule": args.schedule})
+    except ConfigError as error:
+        given_keys = [key for key, value in given.items() if value is not None]
+        raise ConfigError(_name_the_flag(str(error), given_keys)) from None
     return settings
+
+
+def _name_the_flag(message: str, given: list[str]) -> str:
+    """A validation message about ``sampling.<key>`` (or the schedule) names the command-line flag that set it."""
+    for key in (*given, "schedule"):
+        for prefix in (f"sampling.{key} =", f"{key} ="):
+            if message.startswith(prefix):
+                return f"--{key.replace('_', '-')} =" + message[len(prefix) :]
+    return message
