@@ -225,6 +225,27 @@ def test_missing_and_invalid_sidecar(tmp_path: Path) -> None:
         load_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"step": "ten"}, "step 'ten' is not a non-negative integer"),
+        ({"step": -1}, "step -1 is not a non-negative integer"),
+        ({"files": ["weights.safetensors"]}, "'files' must map each part"),
+        ({"files": {"weights": "weights.safetensors"}}, "'files' must map each part"),
+        ({"config": "EDM"}, "'config' is a str, not a mapping"),
+        ({"trainer": [1, 2]}, "'trainer' is a list, not a mapping"),
+    ],
+)
+def test_valid_json_sidecar_with_wrong_types_is_refused_in_one_line(tmp_path: Path, change: dict, message: str) -> None:
+    trainer = tiny_trainer(tmp_path)
+    trainer.run(1, progress=False)
+    save_trainer_checkpoint(tmp_path / "ckpt", trainer, {})
+    sidecar_path = tmp_path / "ckpt" / SIDECAR_NAME
+    sidecar_path.write_text(json.dumps({**json.loads(sidecar_path.read_text()), **change}))
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_checkpoint(sidecar_path)
+
+
 class _Booby:
     """Unpickling this object would create a marker file."""
 

@@ -437,6 +437,15 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     for key in ("step", "files", "config"):
         if key not in sidecar:
             raise CheckpointError(f"'{path}': sidecar lacks {key!r}")
+    step = sidecar["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"'{path}': step {step!r} is not a non-negative integer; corrupt?")
+    files = sidecar["files"]
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        raise CheckpointError(f"'{path}': 'files' must map each part to {{path, sha256, bytes}}; corrupt?")
+    for key, kinds in (("config", (dict,)), ("optimizer", (dict, type(None))), ("trainer", (dict, type(None)))):
+        if not isinstance(sidecar.get(key), kinds):
+            raise CheckpointError(f"'{path}': {key!r} is a {type(sidecar.get(key)).__name__}, not a mapping; corrupt?")
     return sidecar
 
 
