@@ -239,6 +239,26 @@ def test_metrics_window_means_skips_and_no_noise_levels() -> None:
     }
 
 
+def test_samples_per_second_after_a_resume_counts_the_windows_time_before_the_checkpoint(monkeypatch) -> None:
+    """4 samples in a window of 10 s before the checkpoint and 10 s after it: 0.2 samples/s, whatever the pause."""
+    import diffscale.cli.runs as runs_module
+
+    clock = [0.0]
+    monkeypatch.setattr(runs_module.time, "perf_counter", lambda: clock[0])
+    log = MetricsLog(io.StringIO(), every=2, last_step=10, started=0.0)
+    clock[0] = 10.0
+    log(StepRecord(1, 1.0, 0.1, 1.0, torch.ones(2), None))
+    state = json.loads(json.dumps(log.state_dict()))
+    clock[0] = 1000.0  # the run was killed and resumed much later
+    resumed = MetricsLog(io.StringIO(), every=2, last_step=10, started=1000.0)
+    resumed.load_state_dict(state)
+    clock[0] = 1010.0
+    resumed(StepRecord(2, 1.0, 0.1, 1.0, torch.ones(2), None))
+    line = json.loads(resumed.stream.getvalue())
+    assert line["samples"] == 4 and line["samples_per_second"] == pytest.approx(0.2)
+    assert line["seconds"] == pytest.approx(20.0)
+
+
 def test_sample_figures_need_plottable_data(tmp_path: Path) -> None:
     data = {"kind": "mixture", "preset": "custom", "means": [[0.0, 0.0, 0.0]], "stds": [[1.0, 1.0, 1.0]]}
     training = {**TINY["training"], "sample_every": 5}

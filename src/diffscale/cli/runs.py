@@ -281,10 +281,15 @@ class MetricsLog:
             self.tensorboard.flush()
 
     def state_dict(self) -> dict[str, Any]:
-        """The pending window and the elapsed time (JSON-able)."""
+        """The pending window, the elapsed time and the time spent in the window (JSON-able)."""
         window = dict(self._window)
         window["sigma"] = {label: list(pair) for label, pair in window["sigma"].items()}
-        return {"window": window, "seconds": self.seconds_before + time.perf_counter() - self.started}
+        now = time.perf_counter()
+        return {
+            "window": window,
+            "seconds": self.seconds_before + now - self.started,
+            "window_seconds": now - self._window_started,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         """Continue the window of :meth:`state_dict`'s output."""
@@ -294,6 +299,8 @@ class MetricsLog:
         window["sigma"] = {label: (float(pair[0]), int(pair[1])) for label, pair in window["sigma"].items()}
         self._window = window
         self.seconds_before = float(state.get("seconds", 0.0))
+        # the window's samples were drawn in its seconds before the checkpoint: the rate counts them, not the pause
+        self._window_started = time.perf_counter() - float(state.get("window_seconds", 0.0))
 
 
 def _bucket_order(item: tuple[str, Any]) -> float:
