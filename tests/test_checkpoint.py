@@ -162,8 +162,8 @@ def test_sidecar_records_counters_data_position_and_rng(tmp_path: Path) -> None:
     save_trainer_checkpoint(tmp_path, trainer, {}, metadata={"note": 7})
     checkpoint = load_checkpoint(tmp_path)
     assert checkpoint.data_position == {"drawn": 3 * 64}
-    assert checkpoint.trainer_state == {"skipped_steps": 0, "nonfinite_in_a_row": 0, "grad_scaler": None,
-                                        "world_size": 1}  # fmt: skip
+    assert checkpoint.trainer_state == {"samples_seen": 3 * 64, "skipped_steps": 0, "nonfinite_in_a_row": 0,
+                                        "grad_scaler": None, "world_size": 1}  # fmt: skip
     assert checkpoint.sidecar["note"] == 7
     assert checkpoint.sidecar["rng"] == {"generator": "generator.state", "global": ["rng.cpu.rank0"]}
     fresh = tiny_trainer(tmp_path, seed=5)
@@ -197,6 +197,24 @@ def _corrupt(path: Path) -> None:
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])
+
+
+def test_ema_ramp_up_counts_samples_across_a_resume_with_another_batch_size(tmp_path: Path) -> None:
+    """3 steps of 64 then one of 16: the ramp-up clock reads 3 x 64 + 16 samples, not 4 x 16."""
+    rampup = {"ema_rampup": 0.5}
+    config = config_from_dict({**TINY, "training": {**TINY["training"], **rampup}})
+    trainer = prepare_training(config, tmp_path / "unused").trainer
+    trainer.run(3, progress=False)
+    assert trainer.samples_seen == 192
+    save_trainer_checkpoint(tmp_path / "ckpt", trainer, {})
+    smaller = config_from_dict({**TINY, "training": {**TINY["training"], **rampup, "batch_size": 16}})
+    resumed = prepare_training(smaller, tmp_path / "unused2").trainer
+    restore_trainer(resumed, load_checkpoint(tmp_path / "ckpt"))
+    assert resumed.samples_seen == 192
+    records = []
+    resumed.run(4, progress=False, callback=records.append)  # up to step 4
+    assert resumed.samples_seen == 208
+    assert records[0].ema_beta == pytest.approx(0.5 ** (16 / (0.5 * 208)))  # halflife = rampup x samples seen
 
 
 @pytest.mark.parametrize("damage", [_corrupt, _truncate], ids=["flipped-byte", "truncated"])

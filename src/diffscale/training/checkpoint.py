@@ -634,6 +634,7 @@ def restore_trainer(trainer: Trainer, checkpoint: Checkpoint) -> None:
                 f"resume on the same kind of device (training.device: {torch.device(saved_device).type})"
             )
         trainer.generator.set_state(checkpoint.generator_state)
+    trainer.step = checkpoint.step
     trainer.load_counters(checkpoint.trainer_state)
     load_position = getattr(trainer.source, "load_state_dict", None)
     if checkpoint.data_position is not None and callable(load_position):
@@ -647,4 +648,3 @@ def restore_trainer(trainer: Trainer, checkpoint: Checkpoint) -> None:
     cuda_state = checkpoint.training_state.get(f"{RNG_PREFIX}cuda.rank{rank}")
     if cuda_state is not None and trainer.device.type == "cuda":
         torch.cuda.set_rng_state(cuda_state, trainer.device)
-    trainer.step = checkpoint.step

@@ -135,6 +135,7 @@ class Trainer:
         self.ema = ExponentialMovingAverage(self.denoiser, settings.ema_halflife, settings.ema_rampup)
         self.generator = torch.Generator(self.device).manual_seed(settings.seed)
         self.step = 0
+        self.samples_seen = 0  # training samples of every step so far (the EMA ramp-up's clock)
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
         self._model_view: Any = self.denoiser
@@ -239,11 +240,11 @@ class Trainer:
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         self.precision.step(self.optimizer, take=finite)
         self.step += 1
+        self.samples_seen += settings.batch_size
         ema_beta = 1.0
         if finite:
-            samples_seen = self.step * settings.batch_size
-            ema_beta = self.ema.decay(samples_seen, settings.batch_size)
-            self.ema.update(self.denoiser, samples_seen, settings.batch_size)
+            ema_beta = self.ema.decay(self.samples_seen, settings.batch_size)
+            self.ema.update(self.denoiser, self.samples_seen, settings.batch_size)
             self.nonfinite_in_a_row = 0
         else:
             self.skipped_steps += 1
@@ -270,6 +271,7 @@ class Trainer:
     def counters(self) -> dict[str, Any]:
         """JSON-able state that an exact resume needs besides the tensors (checkpoint sidecar ``trainer``)."""
         return {
+            "samples_seen": self.samples_seen,
             "skipped_steps": self.skipped_steps,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "grad_scaler": self.precision.state_dict(),
@@ -277,7 +279,9 @@ class Trainer:
         }
 
     def load_counters(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`counters`' output."""
+        """Restore :meth:`counters`' output (after :attr:`step`: checkpoints without ``samples_seen`` count
+        ``step`` batches of the current size)."""
+        self.samples_seen = int(state.get("samples_seen", self.step * self.settings.batch_size))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.precision.load_state_dict(state.get("grad_scaler"))
