@@ -306,8 +306,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override one configuration key with a YAML value, e.g. --set training.steps=100 "
-        "--set diffusion.type=VP (repeatable; changing diffusion.type starts that section from the new "
-        "formulation's defaults)",
+        "--set diffusion.type=VP --set data.channels.latlon=false (repeatable; changing diffusion.type starts "
+        "that section from the new formulation's defaults)",
     )
     parser.add_argument(
         "--out",
