@@ -14,7 +14,7 @@ the coarse Nyquist wavenumber, one table per period (the validation table shows 
 the days the settings were chosen on to the unseen test week). Everything runs through the ``diffscale``
 command, as a user would.
 
-    python benchmarks/era5_uk.py                       # about 30 minutes on 2 CPU cores
+    python benchmarks/era5_uk.py                       # about 25 minutes on 2 CPU cores
     python benchmarks/era5_uk.py --skip-training       # score existing runs again
     python benchmarks/era5_uk.py --quick               # a few steps of each, to check the pipeline
 
@@ -126,7 +126,7 @@ def score_period(scratch: Path, period: str, members: int, wall: dict, runs: dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="runs", help="directory of the two run directories")
+    parser.add_argument("--runs", default="runs", help="directory of the three run directories")
     parser.add_argument("--members", type=int, default=32)
     parser.add_argument("--skip-training", action="store_true", help="score the existing runs")
     parser.add_argument("--quick", action="store_true", help="a few training steps only (checks the pipeline)")
