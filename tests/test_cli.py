@@ -136,7 +136,7 @@ def test_train_defaults_to_output_dir_of_the_config(
     ("overrides", "expected"),
     [
         (["diffusion.type=foo"], ["diffusion.type = 'foo'", "unknown formulation", "VE, VP, EDM, iDDPM"]),
-        (["sampling.sampler=rk4"], ["--sampler = 'rk4'", "'euler'", "'heun'"]),
+        (["sampling.sampler=rk4"], ["sampling.sampler = 'rk4'", "'euler'", "'heun'"]),
         (["training.stepz=3"], ["training.stepz", "unknown key 'stepz'", "steps"]),
         (["training.steps=many"], ["training.steps = 'many'", "integer"]),
         (["diffusion.sigma_min=90"], ["sigma_min = 90", "sigma_max = 80"]),
@@ -145,7 +145,7 @@ def test_train_defaults_to_output_dir_of_the_config(
         (["sampling.steps=0"], ["sampling.steps = 0", "greater than or equal to 1"]),
         (["sampling.s_churn=-2"], ["sampling.s_churn = -2", "greater than or equal to 0"]),
         (["sampling.s_min=60"], ["s_min = 60", "s_max = 50"]),
-        (["sampling.s_noise=0"], ["--s-noise = 0", "greater than 0"]),
+        (["sampling.s_noise=0"], ["sampling.s_noise = 0", "greater than 0"]),
         (["training.device=tpu9"], ["training.device = 'tpu9'", "allowed: auto, cpu, cuda"]),
         (["data.preset=custom", "data.means=[0, 1]", "data.stds=[1]"], ["data.stds", "2 entries"]),
     ],
