@@ -194,8 +194,7 @@ def run(args: argparse.Namespace) -> int:
         # Groups of blocks sampled in one call are formed from the whole plan, then shared between processes,
         # so every member is computed in the same batch whatever the number of processes.
         blocks = work_blocks(len(conditioning.times), members, args.member_batch)
-        deterministic = settings is not None and settings.deterministic
-        groups = sampling_groups(blocks, args.batch_size if deterministic else 1)
+        groups = sampling_groups(blocks, args.batch_size, settings)
         mine = groups[context.rank :: context.world_size]
         target = part_path(out, context.rank, context.world_size) if context.enabled else out
         if context.is_main:

@@ -74,9 +74,8 @@ def generate_ensemble(
         batch_size: with a deterministic sampler (:attr:`SamplerSettings.deterministic`), consecutive blocks are
             sampled together, up to this many samples per call (small grids then use the hardware well);
             stochastic samplers sample block by block.
-        groups: sample these groups of blocks as they are (:func:`sampling_groups`) instead of grouping
-            ``blocks``; a stochastic sampler needs groups of one block (its later draws use the first block's
-            generator).
+        groups: sample these groups of blocks as they are (from :func:`sampling_groups`) instead of grouping
+            ``blocks``.
         progress: show a bar counting members x times.
         extra_cond: further keyword conditioning given to every denoiser call unchanged (rarely needed).
     """
@@ -90,12 +89,11 @@ def generate_ensemble(
     model = denoiser
     if denoiser is not None and patch_plan is not None:
         model = PatchedDenoiser(denoiser, patch_plan, batch_size=patch_batch)
-    total = (
-        sum(block.size for group in groups for block in group) if groups is not None else sum(b.size for b in blocks)
-    )
-    group_limit = batch_size if model is not None and settings.deterministic else 1
+    if groups is None:
+        groups = sampling_groups(blocks, batch_size, settings if model is not None else None)
+    total = sum(block.size for group in groups for block in group)
     with tqdm(total=total, desc="downscaling", unit="member-time", disable=not progress) as bar:
-        for group in groups if groups is not None else sampling_groups(blocks, group_limit):
+        for group in groups:
             times = torch.tensor([block.time_index for block in group for _ in block.members])
             group_base = base[times].to(device)
             if model is None:
@@ -126,10 +124,14 @@ def generate_ensemble(
                 bar.update(block.size)
 
 
-def sampling_groups(blocks: Sequence[Block], limit: int) -> list[list[Block]]:
-    """Consecutive blocks gathered into groups of at most ``limit`` samples (a larger block stands alone): the
-    blocks :func:`generate_ensemble` samples in one call. Form them from the whole plan and share the groups
-    between processes, so that every member is computed in the same batch whatever the number of processes."""
+def sampling_groups(blocks: Sequence[Block], batch_size: int, settings: SamplerSettings | None) -> list[list[Block]]:
+    """The blocks :func:`generate_ensemble` samples in one call: with a deterministic sampler
+    (:attr:`SamplerSettings.deterministic`), consecutive blocks gathered into groups of at most ``batch_size``
+    samples (a larger block stands alone); otherwise (a stochastic sampler, or None: no sampling) one block per
+    group, as a stochastic sampler's later draws come from its group's first generator. Form them from the whole
+    plan and share the groups between processes, so that every member is computed in the same batch whatever
+    the number of processes."""
+    limit = batch_size if settings is not None and settings.deterministic else 1
     groups: list[list[Block]] = []
     current: list[Block] = []
     size = 0

@@ -41,17 +41,11 @@ from collections.abc import Callable
 import torch
 
 from diffscale.sampling.ode import ProbabilityFlow
+from diffscale.sampling.settings import MULTISTEP_SOLVERS
 from diffscale.sampling.steps import SamplerStep
 
 __all__ = ["MULTISTEP_SOLVERS", "kernel_moments", "solve_multistep"]
 
-MULTISTEP_SOLVERS: dict[str, tuple[int, float]] = {
-    "dpmpp_2m": (2, 0.0),
-    "dpmpp_3m": (3, 0.0),
-    "dpmpp_2m_sde": (2, 1.0),
-    "dpmpp_3m_sde": (3, 1.0),
-}
-"""solver name -> (order k, Langevin strength eta)."""
 
 EXTRAPOLATION_LIMIT = 2.0
 """An older node at distance |tau_j| in lambda is used only for steps h <= EXTRAPOLATION_LIMIT |tau_j|."""

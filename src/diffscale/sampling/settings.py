@@ -10,12 +10,19 @@ from pydantic import Field, model_validator
 from diffscale.sampling.schedules import ScheduleName
 from diffscale.validation import StrictModel
 
-__all__ = ["CHURN_SOLVERS", "SOLVERS", "SamplerSettings", "SolverName", "number_of_evaluations"]
+__all__ = ["CHURN_SOLVERS", "MULTISTEP_SOLVERS", "SOLVERS", "SamplerSettings", "SolverName", "number_of_evaluations"]
 
 SolverName = Literal["euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ancestral"]
 SOLVERS: tuple[str, ...] = get_args(SolverName)
 CHURN_SOLVERS: tuple[str, ...] = ("euler", "heun")
 """Solvers that take the churn of Algorithm 2; the multistep solvers have their own SDE variants."""
+MULTISTEP_SOLVERS: dict[str, tuple[int, float]] = {
+    "dpmpp_2m": (2, 0.0),
+    "dpmpp_3m": (3, 0.0),
+    "dpmpp_2m_sde": (2, 1.0),
+    "dpmpp_3m_sde": (3, 1.0),
+}
+"""DPM-Solver++ multistep solver name -> (order k, Langevin strength eta; 0: the ODE)."""
 
 Steps = Annotated[int, Field(ge=1, strict=True, description="number of time steps N")]
 Solver = Annotated[SolverName, Field(description="ODE/SDE solver: " + ", ".join(SOLVERS))]
@@ -61,7 +68,9 @@ class SamplerSettings(StrictModel):
     def deterministic(self) -> bool:
         """Whether sampling draws nothing after the initial noise (an ODE solver without churn): then samples
         sampled together or apart are the same function of their own initial noise."""
-        return self.s_churn == 0 and self.solver in ("euler", "heun", "dpmpp_2m", "dpmpp_3m")
+        if self.solver in CHURN_SOLVERS:
+            return self.s_churn == 0
+        return self.solver in MULTISTEP_SOLVERS and MULTISTEP_SOLVERS[self.solver][1] == 0  # ancestral: never
 
 
 def number_of_evaluations(steps: int, solver: str) -> int:
