@@ -179,18 +179,20 @@ def test_same_seed_same_ensemble_other_seed_another(
     assert sampler["sampler_steps"] == 3 and sampler["sampler_solver"] == "heun" and nfe == 5
 
 
-def test_a_block_alone_gives_the_same_members(setup: dict[str, Any], diffusion_file: Path, tmp_path: Path) -> None:
-    """Block (t, members 0..1) of the 4-member run, and the whole of a 2-member run with member batch 2, come
-    from the same seeded stream."""
-    argv = ["--members", "2", "--member-batch", "2", "--steps", "3", "--seed", "7", "--device", "cpu"]
-    assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "block.nc", *argv) == 0
-    np.testing.assert_array_equal(_values(tmp_path / "block.nc"), _values(diffusion_file)[:2])
-    # the first time alone: block (0, 0..1) is the same
-    first = str(COARSE_TIMES[0])[:16]
-    assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "t0.nc", *argv, "--end", first) == 0
-    alone = _values(tmp_path / "t0.nc")
-    assert alone.shape == (2, 1, 16, 24)
-    np.testing.assert_array_equal(alone[:, 0], _values(diffusion_file)[:2, 0])
+def test_a_member_is_the_same_whatever_else_the_run_holds(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path
+) -> None:
+    """Members 0..2 of the 4-member run (member batch 2) from a 3-member run with member batch 1, and the last
+    time alone (--start): each member comes from its own stream, seeded by (seed, timestamp, member)."""
+    argv = ["--members", "3", "--member-batch", "1", "--batch-size", "2", "--steps", "3", "--seed", "7"]
+    assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "three.nc", *argv, "--device", "cpu") == 0
+    np.testing.assert_allclose(_values(tmp_path / "three.nc"), _values(diffusion_file)[:3], rtol=0, atol=1e-4)
+    last = str(COARSE_TIMES[-1])[:16]
+    start = ["--start", last, "--device", "cpu"]
+    assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "last.nc", *argv, *start) == 0
+    alone = _values(tmp_path / "last.nc")
+    assert alone.shape == (3, 1, 16, 24)
+    np.testing.assert_allclose(alone[:, 0], _values(diffusion_file)[:3, -1], rtol=0, atol=1e-4)
 
 
 @pytest.mark.slow

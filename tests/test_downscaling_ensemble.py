@@ -33,16 +33,30 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return cond, base
 
 
-def _write(path: Path, members: int, *, rank: int = 0, world: int = 1, denoiser=gaussian_denoiser, plan=None) -> Path:
+def _write(
+    path: Path,
+    members: int,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    denoiser=gaussian_denoiser,
+    plan=None,
+    settings: SamplerSettings | None = None,
+    member_batch: int = 4,
+    batch_size: int = 64,
+    times: slice = slice(None),
+) -> Path:
+    """An ensemble of ``members`` at TIMES[times], written through generate_ensemble (or one rank's part)."""
     cond, base = _inputs()
-    blocks = blocks_for_rank(work_blocks(len(TIMES), members, 4), rank, world)
+    cond, base, stamps = cond[times], base[times], TIMES[times]
+    blocks = blocks_for_rank(work_blocks(len(stamps), members, member_batch), rank, world)
     part = (rank, world) if world > 1 else None
     target = part_path(path, rank, world) if world > 1 else path
     with EnsembleWriter(
         target,
         latitude=LAT,
         longitude=LON,
-        times=TIMES,
+        times=stamps,
         num_members=members,
         variables={"t2m": {"units": "K"}},
         part=part,
@@ -56,10 +70,12 @@ def _write(path: Path, members: int, *, rank: int = 0, world: int = 1, denoiser=
             writer,
             ["t2m"],
             lambda z: 2.0 * z + 280.0,
-            settings=SamplerSettings(steps=32, solver="heun"),
+            settings=settings or SamplerSettings(steps=32, solver="heun"),
             seed=5,
+            times=stamps,
             progress=False,
             patch_plan=plan,
+            batch_size=batch_size,
         )
     return target
 
@@ -82,6 +98,28 @@ def test_the_ensemble_does_not_depend_on_how_blocks_are_shared(tmp_path: Path) -
     parts = [_write(tmp_path / "merged.nc", 6, rank=rank, world=2) for rank in (1, 0)]  # any order
     merged = merge_parts(parts, tmp_path / "merged.nc")
     np.testing.assert_array_equal(xr.open_dataset(single)["t2m"].values, xr.open_dataset(merged)["t2m"].values)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SamplerSettings(steps=8, solver="heun"),
+        SamplerSettings(steps=8, solver="heun", s_churn=20.0),  # churn noise at every step
+        SamplerSettings(steps=8, solver="dpmpp_2m_sde"),
+    ],
+    ids=["ode", "churn", "sde"],
+)
+def test_a_member_depends_only_on_seed_timestamp_and_member(tmp_path: Path, settings: SamplerSettings) -> None:
+    """The same members whether the input holds all three times or only the last two, whatever the member batch
+    and however many samples share a network call, for deterministic and stochastic samplers alike."""
+    whole = xr.open_dataset(_write(tmp_path / "whole.nc", 5, settings=settings))["t2m"]
+    later = xr.open_dataset(
+        _write(tmp_path / "later.nc", 5, settings=settings, times=slice(1, None), member_batch=2, batch_size=3)
+    )["t2m"]
+    one_by_one = xr.open_dataset(_write(tmp_path / "single.nc", 5, settings=settings, member_batch=1, batch_size=1))
+    np.testing.assert_allclose(later.values, whole.sel(time=later.time).values, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(one_by_one["t2m"].values, whole.values, rtol=0, atol=1e-5)
+    assert np.abs(whole.values[0] - whole.values[1]).mean() > 0.1  # and the members differ
 
 
 def test_deterministic_model_writes_the_base_for_every_member(tmp_path: Path) -> None:

@@ -13,12 +13,15 @@ import torch
 import xarray as xr
 
 import diffscale
+from diffscale.devices import standard_normal
 from diffscale.downscaling import (
+    Block,
     EnsembleWriter,
-    block_generator,
     blocks_for_rank,
+    member_generators,
     merge_parts,
     part_path,
+    time_key,
     work_blocks,
 )
 from diffscale.validation import ConfigError
@@ -161,27 +164,29 @@ def test_bad_blocks_fail_fast_naming_the_variable_and_time(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.nc"]
 
 
+def _noise(seed: int, block: Block) -> torch.Tensor:
+    """Each member's own noise (a stand-in for the sampler), from its own generator."""
+    generators = member_generators(seed, time_key(TIMES[block.time_index]), block)
+    return standard_normal((block.size, LATITUDE.size, LONGITUDE.size), generators, dtype=torch.float32, device="cpu")
+
+
 def _run_rank(out: Path, rank: int, world_size: int, seed: int) -> Path:
-    """One simulated rank of a downscaling run: its blocks, each from its own generator (a stand-in for the
-    sampler: 280 K plus the block's noise), written to its part file."""
+    """One simulated rank of a downscaling run: its blocks (a stand-in for the sampler: 280 K plus each member's
+    noise), written to its part file."""
     blocks = work_blocks(TIMES.size, num_members=3, member_batch=2)
     path = part_path(out, rank, world_size)
     with _writer(path, part=(rank, world_size)) as writer:
         for block in blocks_for_rank(blocks, rank, world_size):
-            generator = block_generator(seed, block)
             for name in VARIABLES:
-                noise = torch.randn(block.size, LATITUDE.size, LONGITUDE.size, generator=generator)
-                writer.write(name, block.members, block.time_index, 280.0 + noise)
+                writer.write(name, block.members, block.time_index, 280.0 + _noise(seed, block))
     return path
 
 
 def _single_process(out: Path, seed: int) -> Path:
     with _writer(out) as writer:
         for block in work_blocks(TIMES.size, num_members=3, member_batch=2):
-            generator = block_generator(seed, block)
             for name in VARIABLES:
-                noise = torch.randn(block.size, LATITUDE.size, LONGITUDE.size, generator=generator)
-                writer.write(name, block.members, block.time_index, 280.0 + noise)
+                writer.write(name, block.members, block.time_index, 280.0 + _noise(seed, block))
     return out
 
 

@@ -4,6 +4,7 @@ configurations are refused with one message and nothing overwritten."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -11,6 +12,7 @@ import random
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -66,16 +68,28 @@ def reference_run(root: Path, config: dict) -> Path:
     return run_dir
 
 
-def _train_in_child(argv: list[str]) -> None:
-    """The child process: ``diffscale train`` (forked, so torch is already imported), exit status as its own."""
-    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the child exits right after
-    os._exit(run_cli(argv))
+def _train_in_child(argv: list[str], log: Path) -> None:
+    """The child process: ``diffscale train`` (forked, so torch is already imported), exit status as its own;
+    its output goes to ``log``."""
+    sys.stdout = sys.stderr = open(log, "a")  # noqa: SIM115 - the child exits right after
+    torch.set_num_threads(1)  # as the parent (a spawned child does not inherit it)
+    try:
+        status = run_cli(argv)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    os._exit(status)
 
 
 def start(config_path: Path, run_dir: Path) -> multiprocessing.process.BaseProcess:
-    """``diffscale train CONFIG --out RUN_DIR`` in a forked child process (one intra-op thread, as here)."""
+    """``diffscale train CONFIG --out RUN_DIR`` in a forked (or, after CUDA work, spawned) child process, its
+    output in RUN_DIR's parent's child.log."""
     argv = ["train", str(config_path), "--out", str(run_dir), "--no-progress"]
-    process = multiprocessing.get_context("fork").Process(target=_train_in_child, args=(argv,))
+    log = run_dir.parent / "child.log"
+    # fork is fast (torch already imported), but autograd refuses a fork once CUDA autograd threads exist
+    method = "spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"
+    process = multiprocessing.get_context(method).Process(target=_train_in_child, args=(argv, log))
     process.start()
     return process
 
@@ -94,7 +108,12 @@ def kill_after(process: multiprocessing.process.BaseProcess, run_dir: Path, min_
         time.sleep(0.002)
     time.sleep(seconds)
     assert process.pid is not None
-    os.kill(process.pid, signal.SIGKILL)
+    if not process.is_alive() and process.exitcode != 0:  # it failed before the kill: say why
+        log = run_dir.parent / "child.log"
+        output = log.read_text()[-3000:] if log.exists() else ""
+        pytest.fail(f"training exited with status {process.exitcode}: {output}")
+    with contextlib.suppress(ProcessLookupError):  # it may have finished in the meantime
+        os.kill(process.pid, signal.SIGKILL)
     process.join()
 
 

@@ -46,7 +46,7 @@ from diffscale.data.climate import ClimateDataset
 from diffscale.data.fields import GaussianRandomField
 from diffscale.data.mixtures import GaussianMixture
 from diffscale.denoiser import PreconditionedDenoiser
-from diffscale.devices import check_device
+from diffscale.devices import check_device, standard_normal
 from diffscale.formulations import Formulation
 from diffscale.sampling import SamplerSettings, SamplerStep, sample
 from diffscale.training.checkpoint import (
@@ -675,13 +675,14 @@ def sample_run(
     batch_size: int = 10_000,
     progress: bool = False,
 ) -> torch.Tensor:
-    """``num`` samples from a loaded run, drawn in batches from one generator seeded with ``seed``.
+    """``num`` samples from a loaded run, drawn in batches from one CPU generator seeded with ``seed`` (the same
+    numbers whatever the run's device, so a GPU gives the CPU's samples to floating-point rounding).
 
     Returns a float32 CPU tensor of shape (num, D) for vectors or (num, C, H, W) for fields.
     """
     if num < 1 or batch_size < 1:
         raise ConfigError(f"num = {num}, batch_size = {batch_size}: both must be >= 1")
-    generator = torch.Generator(run.device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     sizes = [min(batch_size, num - start) for start in range(0, num, batch_size)]
     chunks = []
     with tqdm(total=len(sizes) * settings.steps, desc="sampling", unit="step", disable=not progress) as bar:
@@ -690,7 +691,7 @@ def sample_run(
             bar.update(1)
 
         for size in sizes:
-            noise = torch.randn((size, *run.data_shape), generator=generator, device=run.device)
+            noise = standard_normal((size, *run.data_shape), generator, dtype=torch.float32, device=run.device)
             samples = sample(
                 run.denoiser, noise, run.formulation, **settings.model_dump(), generator=generator, callback=advance
             )

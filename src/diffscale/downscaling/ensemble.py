@@ -2,11 +2,11 @@
 model and write the fine fields y = T^-1(r + b) as they come.
 
 Given the conditioning c (T, K, H, W) and base b (T, C, H, W) of a coarse input (see
-:class:`~diffscale.data.climate.ConditioningBuilder`), a block (t, members m0..m1) draws its initial noise and any
-churn noise from its own generator, seeded by (seed, t, m0, m1) only (:func:`~diffscale.downscaling.block_generator`),
-so the ensemble does not depend on how blocks are shared between processes or in which order they run. With a
-deterministic sampler, consecutive blocks are sampled together (up to ``batch_size`` samples), each from its own
-initial noise; memory stays bounded by that batch.
+:class:`~diffscale.data.climate.ConditioningBuilder`), member k at time t draws its initial noise and any churn or
+SDE noise from its own CPU generator, seeded by (seed, the timestamp of t, k) only
+(:func:`~diffscale.downscaling.member_generators`), so a member does not depend on the other times of the input,
+on the member batch, on how blocks are grouped or shared between processes, or on the device. Consecutive blocks
+are sampled together, up to ``batch_size`` samples per call; memory stays bounded by that batch.
 
 For domains larger than the network's training patches, pass a :class:`~diffscale.downscaling.PatchPlan`: the
 denoiser is then applied window by window at every solver step and blended (:class:`PatchedDenoiser`), which
@@ -22,8 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from diffscale.denoiser import Denoiser
+from diffscale.devices import standard_normal
 from diffscale.downscaling.blending import PatchedDenoiser, PatchPlan
-from diffscale.downscaling.plan import Block, block_generator
+from diffscale.downscaling.plan import Block, member_generators, time_key
 from diffscale.downscaling.writer import EnsembleWriter
 from diffscale.formulations.base import Formulation
 from diffscale.sampling import SamplerSettings, sample
@@ -46,6 +47,7 @@ def generate_ensemble(
     *,
     settings: SamplerSettings | None = None,
     seed: int = 0,
+    times: Sequence[object] | None = None,
     device: torch.device | str = "cpu",
     patch_plan: PatchPlan | None = None,
     patch_batch: int = 16,
@@ -69,11 +71,13 @@ def generate_ensemble(
         to_physical: T^-1.
         settings: sampler settings (required with a denoiser).
         seed: the ensemble's seed.
+        times: the timestamps of the T times (datetime64 or anything :func:`~diffscale.downscaling.time_key`
+            names); they seed the members. Default: the time indices 0 .. T-1 (members then depend on where a
+            time sits in the input).
         patch_plan: tile the domain with overlapping windows and blend the denoiser's outputs.
         patch_batch: windows evaluated per network call with ``patch_plan``.
-        batch_size: with a deterministic sampler (:attr:`SamplerSettings.deterministic`), consecutive blocks are
-            sampled together, up to this many samples per call (small grids then use the hardware well);
-            stochastic samplers sample block by block.
+        batch_size: consecutive blocks are sampled together, up to this many samples per call (small grids then
+            use the hardware well).
         groups: sample these groups of blocks as they are (from :func:`sampling_groups`) instead of grouping
             ``blocks``.
         progress: show a bar counting members x times.
@@ -89,29 +93,26 @@ def generate_ensemble(
     model = denoiser
     if denoiser is not None and patch_plan is not None:
         model = PatchedDenoiser(denoiser, patch_plan, batch_size=patch_batch)
+    if times is not None and len(times) != base.shape[0]:
+        raise ValueError(f"times has {len(times)} entries for {base.shape[0]} times")
+    keys = [time_key(value) for value in times] if times is not None else [str(index) for index in range(len(base))]
     if groups is None:
-        groups = sampling_groups(blocks, batch_size, settings if model is not None else None)
+        groups = sampling_groups(blocks, batch_size)
     total = sum(block.size for group in groups for block in group)
     with tqdm(total=total, desc="downscaling", unit="member-time", disable=not progress) as bar:
         for group in groups:
-            times = torch.tensor([block.time_index for block in group for _ in block.members])
-            group_base = base[times].to(device)
+            indices = torch.tensor([block.time_index for block in group for _ in block.members])
+            group_base = base[indices].to(device)
             if model is None:
                 normalised = group_base
             else:
-                # Each block's initial noise (and, for stochastic samplers, every later draw: those are never
-                # grouped) comes from its own generator, so grouping does not change any member.
-                generators = [block_generator(seed, block, device) for block in group]
-                noise = torch.cat(
-                    [
-                        torch.randn((block.size, *group_base.shape[1:]), generator=generator, device=device)
-                        for block, generator in zip(group, generators, strict=True)
-                    ]
-                )
-                cond = {"cond_fields": cond_fields[times].to(device), **(extra_cond or {})}
+                # Every member draws all its noise from its own generator: grouping changes no member.
+                generators = [g for block in group for g in member_generators(seed, keys[block.time_index], block)]
+                noise = standard_normal(group_base.shape, generators, dtype=group_base.dtype, device=device)
+                cond = {"cond_fields": cond_fields[indices].to(device), **(extra_cond or {})}
                 with torch.no_grad():
                     residual = sample(
-                        model, noise, formulation, **settings.model_dump(), generator=generators[0], cond=cond
+                        model, noise, formulation, **settings.model_dump(), generator=generators, cond=cond
                     )
                 normalised = residual + group_base
             physical = to_physical(normalised).cpu()
@@ -124,19 +125,16 @@ def generate_ensemble(
                 bar.update(block.size)
 
 
-def sampling_groups(blocks: Sequence[Block], batch_size: int, settings: SamplerSettings | None) -> list[list[Block]]:
-    """The blocks :func:`generate_ensemble` samples in one call: with a deterministic sampler
-    (:attr:`SamplerSettings.deterministic`), consecutive blocks gathered into groups of at most ``batch_size``
-    samples (a larger block stands alone); otherwise (a stochastic sampler, or None: no sampling) one block per
-    group, as a stochastic sampler's later draws come from its group's first generator. Form them from the whole
-    plan and share the groups between processes, so that every member is computed in the same batch whatever
-    the number of processes."""
-    limit = batch_size if settings is not None and settings.deterministic else 1
+def sampling_groups(blocks: Sequence[Block], batch_size: int) -> list[list[Block]]:
+    """The blocks :func:`generate_ensemble` samples in one call: consecutive blocks gathered into groups of at
+    most ``batch_size`` samples (a larger block stands alone). Form them from the whole plan and share the groups
+    between processes, so that every member is computed in the same batch whatever the number of processes (a
+    network's output can differ in the last bits with the batch it is computed in)."""
     groups: list[list[Block]] = []
     current: list[Block] = []
     size = 0
     for block in blocks:
-        if current and size + block.size > limit:
+        if current and size + block.size > batch_size:
             groups.append(current)
             current, size = [], 0
         current.append(block)

@@ -1,15 +1,16 @@
 """The deterministic work plan of a downscaling run: which (time, member-batch) blocks exist, which rank does
-which, and the random stream of each block.
+which, and the random stream of each member.
 
 A run with T times, M members and member batch size m has the blocks
 
     (t, [j m, min((j + 1) m, M)))    for t = 0 .. T-1,  j = 0 .. ceil(M / m) - 1,
 
 listed time-major. Rank r of a world of size R does the blocks r, r + R, r + 2R, ... (round robin, so ranks get
-near-equal shares whatever T and M). Every block draws its random numbers from its own ``torch.Generator`` seeded
-from a SHA-256 hash of (seed, t, member_start, member_stop) (:func:`block_seed`): the numbers of a block do not depend
-on the rank that computes it, on the world size or on the order of the blocks, so R processes write the same ensemble
-as one. (They do depend on the member batch size m, which is part of the plan and the same on every rank.)
+near-equal shares whatever T and M). Every member draws its random numbers (the sampler's initial noise and any
+churn or SDE noise) from its own CPU ``torch.Generator`` seeded from a SHA-256 hash of (seed, time, member)
+(:func:`member_seed`), the time being the field's timestamp, not its position in the input. So member k of a date
+is the same whatever else the input holds (``--start``/``--end``), whatever the member batch, the batching of
+blocks, the rank that computes it, the number of ranks and the device (to floating-point rounding on a GPU).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from diffscale.validation import ConfigError
 
-__all__ = ["Block", "block_generator", "block_seed", "blocks_for_rank", "work_blocks"]
+__all__ = ["Block", "blocks_for_rank", "member_generators", "member_seed", "time_key", "work_blocks"]
 
 
 @dataclass(frozen=True, order=True)
@@ -80,27 +82,36 @@ def blocks_for_rank(blocks: Sequence[Block], rank: int, world_size: int) -> list
     return list(blocks[int(rank) :: world_size])
 
 
-def block_seed(seed: int, block: Block) -> int:
-    """A 63-bit seed for ``block``: the first 8 bytes of SHA-256 of the text
-    ``seed:time_index:member_start:member_stop``.
+def member_seed(seed: int, time_key: str, member: int) -> int:
+    """A 63-bit seed for member ``member`` at the time ``time_key``: the first 8 bytes of SHA-256 of the text
+    ``diffscale.downscaling.member:seed:time_key:member``.
 
-    Python's ``hash`` is not used: it may change between processes and versions; SHA-256 does not.
+    ``time_key`` names the time itself (:func:`time_key`), so the seed does not depend on which times an input
+    holds. Python's ``hash`` is not used: it may change between processes and versions; SHA-256 does not.
     """
     if not _is_int(seed):
         raise ConfigError(f"seed = {seed!r}: must be an integer")
-    seed = int(seed)
-    payload = f"diffscale.downscaling.block:{seed}:{block.time_index}:{block.member_start}:{block.member_stop}"
-    digest = hashlib.sha256(payload.encode("ascii")).digest()
+    if not _is_int(member) or member < 0:
+        raise ConfigError(f"member = {member!r}: must be a non-negative integer")
+    payload = f"diffscale.downscaling.member:{int(seed)}:{time_key}:{int(member)}"
+    digest = hashlib.sha256(payload.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def block_generator(seed: int, block: Block, device: torch.device | str = "cpu") -> torch.Generator:
-    """A fresh ``torch.Generator`` on ``device`` seeded with :func:`block_seed`.
+def time_key(value: object) -> str:
+    """The text that names a time in :func:`member_seed`: ISO 8601 to the nanosecond for a datetime64 (or
+    anything numpy reads as one), else ``str(value)`` (e.g. a cftime date)."""
+    try:
+        return str(np.datetime64(value, "ns"))
+    except (TypeError, ValueError):
+        return str(value)
 
-    Draw all of a block's random numbers from it (the initial noise of the sampler and its churn noise,
-    ``diffscale.sample(..., generator=block_generator(seed, block, device))``). Streams on CPU and CUDA differ,
-    so a run is reproducible per device type.
+
+def member_generators(seed: int, key: str, block: Block) -> list[torch.Generator]:
+    """One CPU ``torch.Generator`` per member of ``block``, seeded with :func:`member_seed` at time ``key``.
+
+    Pass them to ``diffscale.sample(..., generator=...)`` (one per sample) after drawing each member's initial
+    noise from its own generator with :func:`diffscale.devices.standard_normal`. CPU generators give the same
+    numbers whatever device samples.
     """
-    generator = torch.Generator(device=torch.device(device))
-    generator.manual_seed(block_seed(seed, block))
-    return generator
+    return [torch.Generator().manual_seed(member_seed(seed, key, member)) for member in block.members]

@@ -67,7 +67,7 @@ from typing import Any, Literal
 import torch
 
 from diffscale.denoiser import Denoiser
-from diffscale.devices import draw_device
+from diffscale.devices import draw_device, standard_normal
 from diffscale.formulations.base import Formulation
 
 __all__ = [
@@ -126,12 +126,13 @@ def hutchinson_probes(
         raise ValueError(f"probe kind = {kind!r}: allowed: {', '.join(PROBE_KINDS)}")
     if num_probes < 1:
         raise ValueError(f"num_probes = {num_probes}: must be >= 1")
-    device = draw_device(generator, device)
+    target = draw_device(generator, device)
     size = (num_probes, *shape)
     if kind == "gaussian":
-        return torch.randn(size, generator=generator, dtype=dtype, device=device)
-    bits = torch.randint(0, 2, size, generator=generator, device=device)
-    return (2 * bits - 1).to(dtype)
+        return standard_normal(size, generator, dtype=dtype, device=target)
+    draw_on = generator.device if generator is not None else target  # a generator draws on its own device
+    bits = torch.randint(0, 2, size, generator=generator, device=draw_on)
+    return (2 * bits - 1).to(device=target, dtype=dtype)
 
 
 def basis_probes(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from diffscale.devices import Generators, standard_normal
 from diffscale.formulations.posterior import (
     interpolated_log_variance,
     posterior_log_variance_bounds,
@@ -32,7 +33,7 @@ def solve_ancestral(
     flow: ProbabilityFlow,
     noise: torch.Tensor,
     t_steps: torch.Tensor,
-    generator: torch.Generator | None,
+    generator: Generators,
     on_step: Callable[[SamplerStep, int], None],
 ) -> torch.Tensor:
     """Ancestral sampling over ``t_steps`` (N + 1 values ending in 0); returns x_N."""
@@ -52,7 +53,7 @@ def solve_ancestral(
             a, b = posterior_mean_weights(sigma, sigma_next)
             log_beta, log_beta_tilde = posterior_log_variance_bounds(sigma, sigma_next)
             log_variance = log_beta_tilde if v is None else interpolated_log_variance(v, log_beta, log_beta_tilde)
-            z = torch.randn(x_hat.shape, generator=generator, dtype=x_hat.dtype, device=x_hat.device)
+            z = standard_normal(x_hat.shape, generator, dtype=x_hat.dtype, device=x_hat.device)
             x_hat = a * x_hat + b * denoised + (0.5 * log_variance).exp() * z
         t_next = t_steps[i + 1]
         on_step(SamplerStep(index=i, t=t_next, sigma=sigma_next, x=x_hat * f.scale(t_next), denoised=denoised), 1)

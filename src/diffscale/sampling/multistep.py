@@ -40,6 +40,7 @@ from collections.abc import Callable
 
 import torch
 
+from diffscale.devices import Generators, standard_normal
 from diffscale.sampling.ode import ProbabilityFlow
 from diffscale.sampling.settings import MULTISTEP_SOLVERS
 from diffscale.sampling.steps import SamplerStep
@@ -106,7 +107,7 @@ def solve_multistep(
     noise: torch.Tensor,
     t_steps: torch.Tensor,
     solver: str,
-    generator: torch.Generator | None,
+    generator: Generators,
     on_step: Callable[[SamplerStep, int], None],
 ) -> torch.Tensor:
     """The exponential multistep solver ``solver`` over ``t_steps`` (N + 1 values ending in 0); returns x_N."""
@@ -136,7 +137,7 @@ def solve_multistep(
             for weight, value in zip(weights, values, strict=True):
                 x_hat = x_hat + weight * value
             if eta > 0.0:
-                eps = torch.randn(x_hat.shape, generator=generator, dtype=x_hat.dtype, device=x_hat.device)
+                eps = standard_normal(x_hat.shape, generator, dtype=x_hat.dtype, device=x_hat.device)
                 x_hat = x_hat + sigma_next * math.sqrt(-math.expm1(-2.0 * eta * h)) * eps
         t_next = t_steps[i + 1]
         x = x_hat * f.scale(t_next)

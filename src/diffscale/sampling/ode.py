@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from diffscale.denoiser import Denoiser
+from diffscale.devices import Generators, standard_normal
 from diffscale.formulations.base import Formulation
 from diffscale.sampling.settings import SamplerSettings
 from diffscale.sampling.steps import SamplerStep
@@ -65,7 +66,7 @@ def solve_euler_heun(
     noise: torch.Tensor,
     t_steps: torch.Tensor,
     settings: SamplerSettings,
-    generator: torch.Generator | None,
+    generator: Generators,
     on_step: Callable[[SamplerStep, int], None],
 ) -> torch.Tensor:
     """Algorithm 1/2 of the EDM paper over ``t_steps`` (N + 1 values ending in 0); returns x_N."""
@@ -82,7 +83,7 @@ def solve_euler_heun(
             sigma_cur = f.sigma(t_cur)
             t_hat = f.sigma_inv(f.round_sigma(sigma_cur * (1.0 + gamma)))
             sigma_hat = f.sigma(t_hat)
-            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            eps = standard_normal(x.shape, generator, dtype=x.dtype, device=x.device)
             extra_std = (sigma_hat**2 - sigma_cur**2).clamp_min(0.0).sqrt() * settings.s_noise
             x_hat = (f.scale(t_hat) / f.scale(t_cur)) * x + extra_std * f.scale(t_hat) * eps
         else:

@@ -64,14 +64,6 @@ class SamplerSettings(StrictModel):
             raise ValueError(f"alpha = {self.alpha!r} is only used by solver 'heun', not {self.solver!r}")
         return self
 
-    @property
-    def deterministic(self) -> bool:
-        """Whether sampling draws nothing after the initial noise (an ODE solver without churn): then samples
-        sampled together or apart are the same function of their own initial noise."""
-        if self.solver in CHURN_SOLVERS:
-            return self.s_churn == 0
-        return self.solver in MULTISTEP_SOLVERS and MULTISTEP_SOLVERS[self.solver][1] == 0  # ancestral: never
-
 
 def number_of_evaluations(steps: int, solver: str) -> int:
     """Network evaluations (NFE) of a run: 2N - 1 for Heun (no correction at sigma = 0), N for the others."""

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffscale.denoiser import Denoiser
+from diffscale.devices import Generators, check_generators
 from diffscale.formulations.base import Formulation
 from diffscale.sampling.ancestral import solve_ancestral
 from diffscale.sampling.multistep import MULTISTEP_SOLVERS, solve_multistep
@@ -54,7 +55,7 @@ def sample(
     s_min: float = 0.0,
     s_max: float = math.inf,
     s_noise: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     *,
     schedule: str = "native",
     rho: float = 7.0,
@@ -73,7 +74,9 @@ def sample(
         steps: number of steps N (NFE: 2N - 1 for Heun, N for the others; see number_of_evaluations).
         solver: "euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde" or "ancestral".
         s_churn, s_min, s_max, s_noise: churn of Algorithm 2 (euler, heun); S_churn = 0 is deterministic.
-        generator: random generator for the churn or SDE noise.
+        generator: random source of the churn or SDE noise: one ``torch.Generator``, or one per sample (then each
+            sample's draws come from its own generator, whatever batch it is drawn in). A generator draws on its
+            own device, so a CPU generator gives the same numbers to a CPU and a CUDA ``noise``.
         schedule: time grid, "native" (the formulation's own) or "edm" (rho schedule in sigma, any formulation).
         rho: exponent of the "edm" schedule.
         alpha: Heun's generalised intermediate point (1: Heun; 1/2: midpoint).
@@ -101,6 +104,7 @@ def sample(
         },
     )
     _validate_noise(noise)
+    check_generators(generator, noise.shape[0])
     if not isinstance(formulation, Formulation):
         raise ConfigError(f"formulation: expected a diffscale Formulation, got {type(formulation).__name__}")
     t_steps = time_grid(
