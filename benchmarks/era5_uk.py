@@ -101,7 +101,8 @@ def score_period(scratch: Path, period: str, members: int, wall: dict, runs: dic
         ensembles[name] = xr.open_dataset(out)["t2m"].values
     truth = fine["t2m"].values
     latitude, longitude = fine["latitude"].values, fine["longitude"].values
-    coarse = coarsen(torch.from_numpy(np.array(truth, dtype=np.float64)), FACTOR, torch.as_tensor(latitude))
+    # torch.tensor copies (xarray index values are read-only)
+    coarse = coarsen(torch.tensor(truth, dtype=torch.float64), FACTOR, torch.tensor(latitude))
     orography = select_grid(open_fields(STATICS, ["orography"]), latitude, longitude, "orography")
     orography = torch.as_tensor(orography["orography"].squeeze().values, dtype=torch.float64)
     baselines = {

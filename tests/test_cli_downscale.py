@@ -272,6 +272,13 @@ def _wrong_spacing(setup: dict[str, Any], directory: Path) -> list[str]:
     return [str(setup["diffusion"]), "--input", str(directory / "half.nc")]
 
 
+def _shifted_grid(setup: dict[str, Any], directory: Path) -> list[str]:
+    # the right spacing, shifted by half a fine cell: the statics cannot be matched
+    shifted = COARSE_LATITUDE + 0.125
+    write_coarse(directory / "shifted.nc", setup["coarse"], shifted, COARSE_LONGITUDE, COARSE_TIMES)
+    return [str(setup["diffusion"]), "--input", str(directory / "shifted.nc")]
+
+
 def _missing_variable(setup: dict[str, Any], directory: Path) -> list[str]:
     write_coarse(directory / "msl.nc", setup["coarse"], COARSE_LATITUDE, COARSE_LONGITUDE, COARSE_TIMES, name="msl")
     return [str(setup["diffusion"]), "--input", str(directory / "msl.nc")]
@@ -298,6 +305,7 @@ def _existing_out(setup: dict[str, Any], directory: Path) -> list[str]:
 BAD_INPUTS: dict[str, tuple[Any, list[str], str]] = {
     "nan": (_nan_input, [], "variable 't2m' has NaN/inf values at time 2020-01-05T18:00"),
     "spacing": (_wrong_spacing, [], "coarse input latitude spacing 0.5 deg is not the coarsening factor 4"),
+    "shifted": (_shifted_grid, [], "coarse input latitude: its fine cells fall 0.125 deg off the training grid"),
     "variable": (_missing_variable, [], "variable 't2m' not in"),
     "members": (
         lambda s, d: [str(s["regression"]), "--input", str(s["coarse_path"])],

@@ -35,19 +35,25 @@ CONFIG = {
 }
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
-    # the distributed run also accumulates 2 micro-batches per process: 4 shards of 8 samples each
-    distributed = {**CONFIG, "training": {**CONFIG["training"], "grad_accumulation": 2}}
-    config_path = tmp_path / "ddp.yaml"
-    config_path.write_text(yaml.safe_dump(distributed))
-    run_dir = tmp_path / "ddp"
+def _torchrun_train(config: dict, run_dir: Path, name: str) -> str:
+    """``diffscale train`` under ``torchrun --nproc-per-node 2`` (gloo, one thread per process); its stdout."""
+    config_path = run_dir.parent / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     argv += ["-m", "diffscale", "train", str(config_path), "--out", str(run_dir), "--no-progress"]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("trained 8 steps") == 1  # rank 0 alone reports
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
+    # the distributed run also accumulates 2 micro-batches per process: 4 shards of 8 samples each
+    distributed = {**CONFIG, "training": {**CONFIG["training"], "grad_accumulation": 2}}
+    run_dir = tmp_path / "ddp"
+    output = _torchrun_train(distributed, run_dir, "ddp")
+    assert output.count("trained 8 steps") == 1  # rank 0 alone reports
 
     single_dir = tmp_path / "single"
     train(prepare_training(config_from_dict(CONFIG), single_dir), progress=False)
@@ -67,6 +73,24 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
         assert ddp_line["samples"] == single_line["samples"] == 4 * 32  # the whole global batch is logged
         assert ddp_line["loss"] == pytest.approx(single_line["loss"], rel=1e-4)
         assert ddp_line["loss_by_sigma"].keys() == single_line["loss_by_sigma"].keys()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_resume_exactly(tmp_path: Path) -> None:
+    """Two processes trained 4 steps, then resumed by two processes to 8 steps, end bitwise where two processes
+    trained for 8 steps in one go (weights, EMA, optimiser, data generator and both ranks' RNG states restored)."""
+    config = {**CONFIG, "training": {**CONFIG["training"], "lr_decay": "none"}}
+    short = {**config, "training": {**config["training"], "steps": 4}}
+    _torchrun_train(short, tmp_path / "resumed", "short")
+    _torchrun_train(config, tmp_path / "resumed", "long")  # the same --out: resumes from step 4
+    _torchrun_train(config, tmp_path / "straight", "straight")
+    resumed, straight = load_checkpoint(tmp_path / "resumed"), load_checkpoint(tmp_path / "straight")
+    assert resumed.step == straight.step == 8
+    for part in ("weights", "ema_weights"):
+        for key, value in getattr(straight, part).items():
+            assert torch.equal(getattr(resumed, part)[key], value), (part, key)
+    for key in ("rng.cpu.rank0", "rng.cpu.rank1"):
+        assert torch.equal(resumed.training_state[key], straight.training_state[key])
 
 
 def test_batch_must_split_evenly_over_processes_and_micro_batches() -> None:

@@ -76,5 +76,9 @@ def standard_normal(
     if isinstance(generator, torch.Generator):
         return torch.randn(shape, generator=generator, dtype=dtype, device=generator.device).to(device)
     check_generators(generator, shape[0])
-    rows = [torch.randn(shape[1:], generator=g, dtype=dtype, device=g.device).to(device) for g in generator]
-    return torch.stack(rows) if rows else torch.empty(shape, dtype=dtype, device=device)
+    if not generator:
+        return torch.empty(shape, dtype=dtype, device=device)
+    rows = [torch.randn(shape[1:], generator=g, dtype=dtype, device=g.device) for g in generator]
+    if len({row.device for row in rows}) == 1:
+        return torch.stack(rows).to(device)  # one transfer for the batch
+    return torch.stack([row.to(device) for row in rows])

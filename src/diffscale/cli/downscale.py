@@ -112,9 +112,13 @@ def _check_output(path: str, overwrite: bool) -> Path:
     return out
 
 
-def check_coarse_grid(latitude: np.ndarray, longitude: np.ndarray, grid: dict, factor: int) -> None:
-    """The coarse input's spacing must be ``factor`` times the training grid's (ConfigError naming both)."""
-    from diffscale.data.climate.grid import grid_spacing
+def check_coarse_grid(
+    latitude: np.ndarray, longitude: np.ndarray, grid: dict, factor: int, *, aligned: bool = False
+) -> None:
+    """The coarse input's spacing must be ``factor`` times the training grid's (ConfigError naming both). With
+    ``aligned`` (a run with static fields, which are matched by coordinates) the fine cells it implies must also
+    lie on the training grid's lattice (origin + k x spacing): a shifted coarse grid is named as such."""
+    from diffscale.data.climate.grid import fine_coordinates, grid_spacing
 
     for axis, values in (("latitude", latitude), ("longitude", longitude)):
         spacing = grid_spacing(values, f"coarse input {axis}")
@@ -123,6 +127,18 @@ def check_coarse_grid(latitude: np.ndarray, longitude: np.ndarray, grid: dict, f
             raise ConfigError(
                 f"coarse input {axis} spacing {abs(spacing):g} deg is not the coarsening factor {factor} times the "
                 f"training grid's {abs(grid[f'{axis}_spacing']):g} deg (expected {abs(expected):g} deg)"
+            )
+    if not aligned:
+        return
+    for axis, fine in zip(("latitude", "longitude"), fine_coordinates(latitude, longitude, factor), strict=True):
+        step, origin = abs(grid[f"{axis}_spacing"]), grid[f"{axis}_range"][0]
+        cells = (fine[0] - origin) / step
+        offset = abs(cells - round(cells)) * step
+        if offset > 1e-3 * step:
+            raise ConfigError(
+                f"coarse input {axis}: its fine cells fall {offset:g} deg off the training grid ({origin:g} + k x "
+                f"{step:g} deg), where the static fields are matched; a coarse cell must be the block of {factor} x "
+                f"{factor} training cells"
             )
 
 
@@ -162,8 +178,14 @@ def run(args: argparse.Namespace) -> int:
                 f"{flag} {value}" for flag, value in (("--start", args.start), ("--end", args.end)) if value
             )
             raise ConfigError(f"--input: no times within {bounds}")
-        check_coarse_grid(coarse["latitude"].values, coarse["longitude"].values, climate.grid, section.coarsen_factor)
         builder = climate.builder()
+        check_coarse_grid(
+            coarse["latitude"].values,
+            coarse["longitude"].values,
+            climate.grid,
+            section.coarsen_factor,
+            aligned=bool(builder.static_variables),
+        )
         regression = None
         if section.target == "regression_residual":
             regression = regression_predictor(

@@ -82,18 +82,18 @@ def blocks_for_rank(blocks: Sequence[Block], rank: int, world_size: int) -> list
     return list(blocks[int(rank) :: world_size])
 
 
-def member_seed(seed: int, time_key: str, member: int) -> int:
-    """A 63-bit seed for member ``member`` at the time ``time_key``: the first 8 bytes of SHA-256 of the text
-    ``diffscale.downscaling.member:seed:time_key:member``.
+def member_seed(seed: int, key: str, member: int) -> int:
+    """A 63-bit seed for member ``member`` at the time named ``key``: the first 8 bytes of SHA-256 of the text
+    ``diffscale.downscaling.member:seed:key:member``.
 
-    ``time_key`` names the time itself (:func:`time_key`), so the seed does not depend on which times an input
+    ``key`` names the time itself (:func:`time_key`), so the seed does not depend on which times an input
     holds. Python's ``hash`` is not used: it may change between processes and versions; SHA-256 does not.
     """
     if not _is_int(seed):
         raise ConfigError(f"seed = {seed!r}: must be an integer")
     if not _is_int(member) or member < 0:
         raise ConfigError(f"member = {member!r}: must be a non-negative integer")
-    payload = f"diffscale.downscaling.member:{int(seed)}:{time_key}:{int(member)}"
+    payload = f"diffscale.downscaling.member:{int(seed)}:{key}:{int(member)}"
     digest = hashlib.sha256(payload.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
