@@ -22,7 +22,9 @@ import diffscale
 from diffscale.cli.runs import prepare_training, train
 from diffscale.config import config_from_dict
 from diffscale.data import two_gaussians_1d
+from diffscale.data.fields import GaussianRandomField
 from diffscale.evaluation import single_thread
+from diffscale.evaluation.likelihood import hutchinson_probes
 from diffscale.networks import build_network
 from diffscale.training import Trainer, TrainingSettings
 from tests.conftest import FORMULATION_NAMES, run_cli, wasserstein1_1d
@@ -90,6 +92,24 @@ def test_stochastic_samplers_on_cuda(name: str, kwargs: dict[str, Any]) -> None:
     torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
     assert not torch.allclose(draws[0].cpu(), cpu)
     assert wasserstein1_1d(draws[0].cpu(), MIXTURE) < 0.06  # CPU streams: 0.008 to 0.04 at 64 steps
+
+
+def test_every_draw_with_a_cpu_generator_gives_the_cpu_numbers_on_cuda() -> None:
+    """Training draws (data, noise levels, iDDPM's discrete sigma, random fields) and likelihood probes take a CPU
+    generator with device='cuda': drawn on the CPU, moved to the GPU."""
+    fields = GaussianRandomField(channels=1, height=8, width=8)
+    draws = {
+        "mixture": lambda g, d: MIXTURE.sample(64, g, device=d),
+        "EDM sigma": lambda g, d: diffscale.formulation("EDM").sample_sigma(64, g, device=d),
+        "iDDPM sigma": lambda g, d: diffscale.formulation("iDDPM").sample_sigma(64, g, device=d),
+        "fields": lambda g, d: fields.sample(4, g, device=d),
+        "probes": lambda g, d: hutchinson_probes(3, (2, 5), kind="rademacher", generator=g, device=d),
+    }
+    for name, draw in draws.items():
+        cpu = draw(torch.Generator().manual_seed(9), "cpu")
+        gpu = draw(torch.Generator().manual_seed(9), "cuda")
+        assert gpu.device.type == "cuda", name
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-12, msg=name)
 
 
 # -- networks ----------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 
 from diffscale.validation import ConfigError
 
-__all__ = ["Generators", "check_device", "check_generators", "draw_device", "standard_normal"]
+__all__ = ["Generators", "check_device", "check_generators", "draw_device", "draw_devices", "standard_normal"]
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 """The random source of a draw: torch's global generator (None), one generator, or one generator per sample."""
@@ -28,6 +28,15 @@ def draw_device(generator: torch.Generator | None, device: torch.device | str | 
     if generator is not None:
         return generator.device
     return torch.get_default_device()
+
+
+def draw_devices(
+    generator: torch.Generator | None, device: torch.device | str | None = None
+) -> tuple[torch.device, torch.device]:
+    """(where to draw, where the result goes): a generator draws on its own device, and the result is moved to
+    ``device`` (default: the generator's device, else torch's default). Without a generator both are the same."""
+    target = draw_device(generator, device)
+    return (generator.device if generator is not None else target), target
 
 
 def check_device(name: str, key: str) -> torch.device:

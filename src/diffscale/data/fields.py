@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from diffscale.devices import draw_device
+from diffscale.devices import draw_devices
 
 __all__ = [
     "GaussianRandomField",
@@ -192,9 +192,9 @@ class GaussianRandomField:
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """``n`` draws y = IFFT(sqrt(P) FFT(w)), w white noise, shape (n, C, H, W)."""
-        device = draw_device(generator, device)
-        white = torch.randn((n, *self.shape), generator=generator, dtype=torch.float64, device=device)
-        return self._filter(white, self.spectrum.to(device).sqrt()).to(dtype)
+        source, target = draw_devices(generator, device)  # drawn on the generator's device, then moved
+        white = torch.randn((n, *self.shape), generator=generator, dtype=torch.float64, device=source)
+        return self._filter(white, self.spectrum.to(source).sqrt()).to(device=target, dtype=dtype)
 
     def _sigma(self, sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
         """sigma as (B or 1, 1, 1, 1) in x's dtype (a number, a 0-dim tensor, or one value per sample)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from diffscale.devices import draw_device
+from diffscale.devices import draw_devices
 
 __all__ = ["GaussianMixture", "ring_2d", "two_gaussians_1d"]
 
@@ -100,11 +100,11 @@ class GaussianMixture:
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """``n`` draws y ~ p_data, shape (n, D)."""
-        device = draw_device(generator, device)
-        component = torch.multinomial(self.weights.to(device), n, replacement=True, generator=generator)
-        noise = torch.randn((n, self.dims), generator=generator, dtype=torch.float64, device=device)
-        means, stds = self.means.to(device), self.stds.to(device)
-        return (means[component] + stds[component] * noise).to(dtype)
+        source, target = draw_devices(generator, device)  # drawn on the generator's device, then moved
+        component = torch.multinomial(self.weights.to(source), n, replacement=True, generator=generator)
+        noise = torch.randn((n, self.dims), generator=generator, dtype=torch.float64, device=source)
+        means, stds = self.means.to(source), self.stds.to(source)
+        return (means[component] + stds[component] * noise).to(device=target, dtype=dtype)
 
     def _component_log_density(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """log w_k + log N(x; mu_k, diag(s_k^2 + sigma^2)), shape (B, K)."""

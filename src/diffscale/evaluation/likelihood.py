@@ -67,7 +67,7 @@ from typing import Any, Literal
 import torch
 
 from diffscale.denoiser import Denoiser
-from diffscale.devices import draw_device, standard_normal
+from diffscale.devices import draw_devices, standard_normal
 from diffscale.formulations.base import Formulation
 
 __all__ = [
@@ -126,12 +126,11 @@ def hutchinson_probes(
         raise ValueError(f"probe kind = {kind!r}: allowed: {', '.join(PROBE_KINDS)}")
     if num_probes < 1:
         raise ValueError(f"num_probes = {num_probes}: must be >= 1")
-    target = draw_device(generator, device)
+    source, target = draw_devices(generator, device)  # drawn on the generator's device, then moved
     size = (num_probes, *shape)
     if kind == "gaussian":
         return standard_normal(size, generator, dtype=dtype, device=target)
-    draw_on = generator.device if generator is not None else target  # a generator draws on its own device
-    bits = torch.randint(0, 2, size, generator=generator, device=draw_on)
+    bits = torch.randint(0, 2, size, generator=generator, device=source)
     return (2 * bits - 1).to(device=target, dtype=dtype)
 
 

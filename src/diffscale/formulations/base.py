@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import model_validator
 
-from diffscale.devices import draw_device
+from diffscale.devices import draw_devices
 from diffscale.validation import StrictModel, validate
 
 __all__ = ["Formulation", "FormulationParams", "Preconditioning", "SigmaIsTime", "TensorLike", "as_tensor"]
@@ -197,14 +197,14 @@ class SigmaIsTime:
 def uniform(
     n: int, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device | str | None
 ) -> torch.Tensor:
-    """U(0, 1) draws on the generator's device unless ``device`` says otherwise."""
-    device = draw_device(generator, device)
-    return torch.rand(n, generator=generator, dtype=dtype, device=device)
+    """U(0, 1) draws by ``generator`` on its own device, returned on ``device`` (default: the generator's)."""
+    source, target = draw_devices(generator, device)
+    return torch.rand(n, generator=generator, dtype=dtype, device=source).to(target)
 
 
 def normal(
     n: int, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device | str | None
 ) -> torch.Tensor:
-    """N(0, 1) draws on the generator's device unless ``device`` says otherwise."""
-    device = draw_device(generator, device)
-    return torch.randn(n, generator=generator, dtype=dtype, device=device)
+    """N(0, 1) draws by ``generator`` on its own device, returned on ``device`` (default: the generator's)."""
+    source, target = draw_devices(generator, device)
+    return torch.randn(n, generator=generator, dtype=dtype, device=source).to(target)

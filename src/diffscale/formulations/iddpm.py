@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from diffscale.devices import draw_device
+from diffscale.devices import draw_devices
 from diffscale.formulations.base import (
     Formulation,
     FormulationParams,
@@ -154,6 +154,6 @@ class IDDPM(SigmaIsTime, Formulation):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        device = draw_device(generator, device)
-        index = torch.randint(0, self.params.M, (n,), generator=generator, device=device)
+        source, target = draw_devices(generator, device)
+        index = torch.randint(0, self.params.M, (n,), generator=generator, device=source).to(target)
         return self._table_on(index.device)[0][index].to(dtype)
