@@ -82,7 +82,8 @@ def regression_file(setup: dict[str, Any]) -> Path:
 @pytest.fixture(scope="module")
 def diffusion_file(setup: dict[str, Any]) -> Path:
     out = setup["root"] / "diffusion.nc"
-    argv = ["--members", "4", "--member-batch", "2", "--steps", "3", "--seed", "7", "--device", "cpu"]
+    # Heun with churn: every member also draws noise at each step (the stochastic path of the seeding)
+    argv = ["--members", "4", "--member-batch", "2", "--steps", "3", "--s-churn", "5", "--seed", "7", "--device", "cpu"]
     with single_thread():  # bitwise reproducibility needs the same number of threads as the reruns
         assert downscale(setup["diffusion"], setup["coarse_path"], out, *argv) == 0
     return out
@@ -166,7 +167,7 @@ def test_same_seed_same_ensemble_other_seed_another(
     assert members.shape == (4, 3, 16, 24) and np.isfinite(members).all()
     assert np.abs(members[0] - members[1]).max() > 1e-3  # members differ
     assert np.abs(members[0] - members[2]).max() > 1e-3  # blocks differ
-    argv = ["--members", "4", "--member-batch", "2", "--steps", "3", "--device", "cpu"]
+    argv = ["--members", "4", "--member-batch", "2", "--steps", "3", "--s-churn", "5", "--device", "cpu"]
     assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "again.nc", *argv, "--seed", "7") == 0
     np.testing.assert_array_equal(_values(tmp_path / "again.nc"), members)
     assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "other.nc", *argv, "--seed", "8") == 0
@@ -177,6 +178,7 @@ def test_same_seed_same_ensemble_other_seed_another(
         nfe = dataset.getncattr("nfe_per_member")
     # --steps 3 overrides the run's sampling.steps 4; Heun takes 2 N - 1 evaluations
     assert sampler["sampler_steps"] == 3 and sampler["sampler_solver"] == "heun" and nfe == 5
+    assert sampler["sampler_s_churn"] == 5
 
 
 def test_a_member_is_the_same_whatever_else_the_run_holds(
@@ -184,7 +186,8 @@ def test_a_member_is_the_same_whatever_else_the_run_holds(
 ) -> None:
     """Members 0..2 of the 4-member run (member batch 2) from a 3-member run with member batch 1, and the last
     time alone (--start): each member comes from its own stream, seeded by (seed, timestamp, member)."""
-    argv = ["--members", "3", "--member-batch", "1", "--batch-size", "2", "--steps", "3", "--seed", "7"]
+    argv = ["--members", "3", "--member-batch", "1", "--batch-size", "2", "--steps", "3", "--s-churn", "5"]
+    argv += ["--seed", "7"]
     assert downscale(setup["diffusion"], setup["coarse_path"], tmp_path / "three.nc", *argv, "--device", "cpu") == 0
     np.testing.assert_allclose(_values(tmp_path / "three.nc"), _values(diffusion_file)[:3], rtol=0, atol=1e-4)
     last = str(COARSE_TIMES[-1])[:16]
@@ -203,7 +206,8 @@ def test_two_gloo_processes_write_the_single_process_file(
     out = tmp_path / "ddp.nc"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     argv += ["-m", "diffscale", "downscale", str(setup["diffusion"]), "--input", str(setup["coarse_path"])]
-    argv += ["--out", str(out), "--members", "4", "--member-batch", "2", "--steps", "3", "--seed", "7"]
+    argv += ["--out", str(out), "--members", "4", "--member-batch", "2", "--steps", "3", "--s-churn", "5"]
+    argv += ["--seed", "7"]
     argv += ["--device", "cpu", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
