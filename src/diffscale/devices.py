@@ -15,28 +15,22 @@ import torch
 
 from diffscale.validation import ConfigError
 
-__all__ = ["Generators", "check_device", "check_generators", "draw_device", "draw_devices", "standard_normal"]
+__all__ = ["Generators", "check_device", "check_generators", "draw_devices", "standard_normal"]
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 """The random source of a draw: torch's global generator (None), one generator, or one generator per sample."""
 
 
-def draw_device(generator: torch.Generator | None, device: torch.device | str | None = None) -> torch.device:
-    """``device`` if given, else the generator's device (a generator only draws on its own), else torch's default."""
-    if device is not None:
-        return torch.device(device)
-    if generator is not None:
-        return generator.device
-    return torch.get_default_device()
-
-
 def draw_devices(
     generator: torch.Generator | None, device: torch.device | str | None = None
 ) -> tuple[torch.device, torch.device]:
-    """(where to draw, where the result goes): a generator draws on its own device, and the result is moved to
-    ``device`` (default: the generator's device, else torch's default). Without a generator both are the same."""
-    target = draw_device(generator, device)
-    return (generator.device if generator is not None else target), target
+    """(where to draw, where the result goes): a generator draws on its own device, and the result goes to
+    ``device`` (default: the generator's device). Without a generator both are ``device`` (default: torch's
+    default device)."""
+    if generator is None:
+        target = torch.device(device) if device is not None else torch.get_default_device()
+        return target, target
+    return generator.device, torch.device(device) if device is not None else generator.device
 
 
 def check_device(name: str, key: str) -> torch.device:
