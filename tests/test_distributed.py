@@ -43,7 +43,7 @@ def _torchrun_train(config: dict, run_dir: Path, name: str) -> str:
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     argv += ["-m", "diffscale", "train", str(config_path), "--out", str(run_dir), "--no-progress"]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, f"stdout: {result.stdout[-1500:]}\nstderr: {result.stderr[-3000:]}"
     return result.stdout
 
 

@@ -92,8 +92,10 @@ def _train(args: argparse.Namespace) -> int:
         except NonFiniteTrainingError as error:
             sys.stderr.write(f"{PROG}: {_one_line(str(error))}\n")
             return 1
+        del plan  # the DDP wrapper goes before its process group
+        shutdown_distributed(synchronise=True)
     finally:
-        shutdown_distributed()
+        shutdown_distributed()  # after an error (a no-op once shut down)
     loss = f", final loss {summary.final_loss:.4g}" if summary.final_loss is not None else ""
     skipped = f", {summary.skipped_steps} non-finite steps skipped" if summary.skipped_steps else ""
     say(f"trained {summary.steps} steps{loss}{skipped}")

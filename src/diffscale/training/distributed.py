@@ -89,9 +89,16 @@ def init_distributed(device_name: str) -> tuple[DistributedContext, str]:
     return context, device_name
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group (if one was joined)."""
+def shutdown_distributed(*, synchronise: bool = False) -> None:
+    """Leave the process group (if one was joined).
+
+    ``synchronise`` (for a command that ended well on this rank): first wait until every rank gets here, so that no
+    rank tears its connections down while another still uses them (gloo can abort a process that exits with
+    communication in flight). Without it (after an error) nothing waits for ranks that may never arrive.
+    """
     if dist.is_available() and dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()
 
 
