@@ -273,9 +273,10 @@ def run(args: argparse.Namespace) -> int:
                 raise
             failure = error
         if context.enabled:
-            _finish_parts(out, context, failure, args.overwrite)
+            _finish_parts(out, context, failure, args.overwrite)  # raises on every rank if any rank failed
+            shutdown_distributed(synchronise=True)
     finally:
-        shutdown_distributed()
+        shutdown_distributed()  # after an error (a no-op once shut down)
     if context.is_main:
         print(f"wrote {out}")
     return 0
