@@ -200,10 +200,12 @@ def test_a_member_is_the_same_whatever_else_the_run_holds(
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not available")
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
 def test_two_gloo_processes_write_the_single_process_file(
-    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path, suffix: str
 ) -> None:
-    out = tmp_path / "ddp.nc"
+    """netCDF: each rank writes a part, rank 0 merges; Zarr: both ranks write one store."""
+    out = tmp_path / f"ddp{suffix}"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     argv += ["-m", "diffscale", "downscale", str(setup["diffusion"]), "--input", str(setup["coarse_path"])]
     argv += ["--out", str(out), "--members", "4", "--member-batch", "2", "--steps", "3", "--s-churn", "5"]
@@ -213,9 +215,9 @@ def test_two_gloo_processes_write_the_single_process_file(
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("wrote ") == 1  # rank 0 alone reports
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["ddp.nc"]  # the parts are gone
-    np.testing.assert_array_equal(_values(out), _values(diffusion_file))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [out.name]  # no part or partial store left
     single, ddp = xr.open_dataset(diffusion_file), xr.open_dataset(out)
+    np.testing.assert_array_equal(ddp["t2m"].values, _values(diffusion_file))
     for name in ("time", "latitude", "longitude", "member"):
         np.testing.assert_array_equal(ddp[name].values, single[name].values)
     different = {k for k in single.attrs if k not in ("history",) and str(single.attrs[k]) != str(ddp.attrs.get(k))}
@@ -257,6 +259,27 @@ def test_evaluate_scores_the_ensemble(setup: dict[str, Any], diffusion_file: Pat
     squared = ((mean - truth) ** 2 * weights).sum(axis=(-2, -1)) / (weights.sum() * truth.shape[-1])
     expected = math.sqrt(squared.mean())
     assert scores["variables"]["t2m"]["ensemble"]["rmse"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_zarr_store_holds_the_netcdf_ensemble_and_evaluates_alike(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "ensemble.zarr"
+    argv = ["--members", "4", "--member-batch", "2", "--steps", "3", "--s-churn", "5", "--seed", "7", "--device", "cpu"]
+    assert downscale(setup["diffusion"], setup["coarse_path"], store, *argv) == 0
+    zarr_ds, netcdf = xr.open_zarr(store), xr.open_dataset(diffusion_file)
+    np.testing.assert_array_equal(zarr_ds["t2m"].values, _values(diffusion_file))
+    for name in ("member", "time", "latitude", "longitude"):
+        np.testing.assert_array_equal(zarr_ds[name].values, netcdf[name].values)
+    assert zarr_ds["member"].attrs["standard_name"] == "realization" and zarr_ds.attrs["seed"] == 7
+    netcdf.close()
+    scores = {}
+    for path in (diffusion_file, store):
+        out = tmp_path / f"report_{path.suffix[1:]}"
+        argv = ["evaluate", str(path), "--truth", str(setup["truth_path"]), "--out", str(out), "--no-figures"]
+        assert run_cli(argv) == 0
+        scores[path.suffix] = json.loads((out / "scores.json").read_text())["variables"]["t2m"]["ensemble"]
+    assert scores[".zarr"]["rmse"] == scores[".nc"]["rmse"] and scores[".zarr"]["crps"] == scores[".nc"]["crps"]
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------
@@ -322,10 +345,10 @@ BAD_INPUTS: dict[str, tuple[Any, list[str], str]] = {
         "--steps = 0: must be greater than or equal to 1",
     ),
     "existing out": (_existing_out, [], "exists; pass --overwrite"),
-    "not netcdf": (
+    "not netcdf or zarr": (
         lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
-        ["--out-name", "e.zarr"],
-        "use a .nc file name",
+        ["--out-name", "e.grib"],
+        "the ensemble is written as netCDF (.nc) or a Zarr store (.zarr)",
     ),
     "mixture run": (_mixture_run, [], "is not a climate run"),
     "missing run": (lambda s, d: [str(d / "nowhere"), "--input", str(s["coarse_path"])], [], "nowhere' not found"),

@@ -17,10 +17,14 @@ from diffscale.devices import standard_normal
 from diffscale.downscaling import (
     Block,
     EnsembleWriter,
+    ZarrEnsembleWriter,
     blocks_for_rank,
+    discard_shared,
     member_generators,
     merge_parts,
     part_path,
+    publish_shared,
+    shared_temporary_path,
     time_key,
     work_blocks,
 )
@@ -285,3 +289,82 @@ def test_parts_with_their_own_default_history_merge_keeping_rank_0s(tmp_path: Pa
     with xr.open_dataset(out) as merged:
         assert merged.attrs["history"] == histories[1]  # rank 0's
         np.testing.assert_array_equal(merged["tp"].values[0, :, 0, 0], [0.0, 0.0, 1.0, 1.0])
+
+
+# -- Zarr stores ---------------------------------------------------------------------------------------------------
+def _fill(writer: EnsembleWriter, blocks: list[Block] | None = None) -> None:
+    """Every (or the given) block's slabs, each member's known field."""
+    for block in blocks if blocks is not None else work_blocks(TIMES.size, num_members=3, member_batch=2):
+        for name in VARIABLES:
+            values = np.stack([_field(name, m, block.time_index) for m in block.members])
+            writer.write(name, block.members, block.time_index, values)
+
+
+def test_a_zarr_store_holds_what_the_netcdf_file_holds(tmp_path: Path) -> None:
+    with _writer(tmp_path / "e.nc") as writer:
+        _fill(writer)
+    with ZarrEnsembleWriter(tmp_path / "e.zarr", **_layout()) as writer:
+        _fill(writer)
+    netcdf, store = xr.open_dataset(tmp_path / "e.nc"), xr.open_zarr(tmp_path / "e.zarr", consolidated=True)
+    for name in ("member", "time", "latitude", "longitude", *VARIABLES):
+        np.testing.assert_array_equal(store[name].values, netcdf[name].values)
+        assert store[name].attrs == netcdf[name].attrs, name
+    assert store["t2m"].dtype == np.float32 and store["t2m"].encoding["chunks"] == (1, 1, 5, 7)
+    assert {k: str(v) for k, v in store.attrs.items()} == {k: str(v) for k, v in netcdf.attrs.items()}
+    assert store.time.encoding["units"].startswith("hours since 1970-01-01")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["e.nc", "e.zarr"]  # no temporary left
+    netcdf.close()
+
+
+def test_a_zarr_store_is_complete_or_absent(tmp_path: Path) -> None:
+    path = tmp_path / "e.zarr"
+    with pytest.raises(ValueError, match="slab"), ZarrEnsembleWriter(path, **_layout()) as writer:
+        _fill(writer, work_blocks(TIMES.size, num_members=3, member_batch=2)[:-1])
+    with pytest.raises(RuntimeError, match="boom"), ZarrEnsembleWriter(path, **_layout()) as writer:
+        _fill(writer)
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    path.mkdir()
+    with pytest.raises(ConfigError, match="exists"):
+        ZarrEnsembleWriter(path, **_layout())
+    with pytest.raises(ConfigError, match=r"must end in \.zarr"):
+        ZarrEnsembleWriter(tmp_path / "e.zip", **_layout())
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_write_one_shared_zarr_store(tmp_path: Path, world_size: int) -> None:
+    """Rank 0 creates the store, the others open it, each writes its own blocks; published, it equals a single
+    process's store; discarded, nothing is left."""
+    with ZarrEnsembleWriter(tmp_path / "single.zarr", **_layout()) as writer:
+        _fill(writer)
+    out = tmp_path / "shared.zarr"
+    with pytest.raises(ConfigError, match="was not created by rank 0"):
+        ZarrEnsembleWriter(out, shared=(1, world_size), **_layout())
+    blocks = work_blocks(TIMES.size, num_members=3, member_batch=2)
+    writers = [ZarrEnsembleWriter(out, shared=(rank, world_size), **_layout()) for rank in range(world_size)]
+    for rank in reversed(range(world_size)):
+        with writers[rank] as writer:
+            _fill(writer, blocks_for_rank(blocks, rank, world_size))
+    assert not out.exists() and shared_temporary_path(out).is_dir()  # not published yet
+    publish_shared(out)
+    single, shared = xr.open_zarr(tmp_path / "single.zarr"), xr.open_zarr(out)
+    for name in VARIABLES:
+        np.testing.assert_array_equal(shared[name].values, single[name].values)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shared.zarr", "single.zarr"]
+    other = tmp_path / "failed.zarr"
+    with ZarrEnsembleWriter(other, shared=(0, world_size), **_layout()) as writer:
+        _fill(writer, blocks[:1])
+    discard_shared(other)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shared.zarr", "single.zarr"]
+
+
+def _layout(**overrides) -> dict:
+    layout = dict(
+        latitude=LATITUDE,
+        longitude=LONGITUDE,
+        times=TIMES,
+        num_members=3,
+        variables=VARIABLES,
+        global_attributes=GLOBALS,
+    )
+    return {**layout, **overrides}

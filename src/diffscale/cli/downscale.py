@@ -1,4 +1,4 @@
-"""``diffscale downscale``: coarse fields in, a CF-netCDF ensemble of fine fields out.
+"""``diffscale downscale``: coarse fields in, a CF ensemble of fine fields out (netCDF, or a Zarr store).
 
 For a trained climate run and a coarse input (netCDF, zarr or GRIB, any of the quirks
 :func:`~diffscale.data.climate.harmonise` handles), the conditioning c and base b are built exactly as in
@@ -6,8 +6,9 @@ training (:class:`~diffscale.data.climate.ConditioningBuilder` with the run's st
 member batch) block is sampled and written as it comes (:func:`~diffscale.downscaling.generate_ensemble`), so
 memory stays bounded. Each member draws from its own generator seeded by (seed, timestamp, member): the same
 seed gives the same member for a date whatever the other times of the input, the batch sizes, the number of
-processes and the device (to rounding). Under ``torchrun`` the blocks are shared round-robin between ranks, each
-writes a part file and rank 0 merges them.
+processes and the device (to rounding). Under ``torchrun`` the blocks are shared round-robin between ranks; for
+netCDF each writes a part file and rank 0 merges them, a Zarr store (one chunk per member and time) is written by
+every rank directly.
 
 Everything that can be checked is checked before the first block is sampled (run, input variables, NaNs, grid
 spacing against the training grid, output path); bad input ends the command with one line (exit 2) and no
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from diffscale.cli.arguments import add_sampler_options, count, sampler_settings
 from diffscale.validation import ConfigError
 
 if TYPE_CHECKING:
-    from diffscale.downscaling import PatchPlan
+    from diffscale.downscaling import EnsembleWriter, PatchPlan
     from diffscale.training.distributed import DistributedContext
 
 __all__ = ["add_parser", "run"]
@@ -62,7 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--input", action="append", required=True, metavar="FILE", help="coarse fields (repeatable; globs allowed)"
     )
-    parser.add_argument("--out", required=True, metavar="FILE", help="output netCDF file (.nc)")
+    parser.add_argument(
+        "--out", required=True, metavar="PATH", help="output: a netCDF file (.nc) or a Zarr store (.zarr)"
+    )
     parser.add_argument(
         "--members", type=count(1), metavar="M", help="ensemble members (default: 16; 1 for a regression run)"
     )
@@ -103,8 +106,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _check_output(path: str, overwrite: bool) -> Path:
     out = Path(path)
-    if out.suffix != ".nc":
-        raise ConfigError(f"--out '{out}': the ensemble is written as netCDF; use a .nc file name")
+    if out.suffix not in (".nc", ".zarr"):
+        raise ConfigError(f"--out '{out}': the ensemble is written as netCDF (.nc) or a Zarr store (.zarr)")
     if not out.parent.is_dir():
         raise ConfigError(f"--out '{out}': directory '{out.parent}' does not exist")
     if out.exists() and not overwrite:
@@ -151,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from diffscale.data.climate.dataset import regression_base
     from diffscale.data.climate.grid import is_global_longitude
     from diffscale.devices import check_device
-    from diffscale.downscaling import EnsembleWriter, generate_ensemble, part_path, sampling_groups, work_blocks
+    from diffscale.downscaling import generate_ensemble, sampling_groups, work_blocks
     from diffscale.sampling import number_of_evaluations
     from diffscale.training.distributed import init_distributed, shutdown_distributed
 
@@ -227,7 +230,14 @@ def run(args: argparse.Namespace) -> int:
         blocks = work_blocks(len(conditioning.times), members, args.member_batch)
         groups = sampling_groups(blocks, args.batch_size)
         mine = groups[context.rank :: context.world_size]
-        target = part_path(out, context.rank, context.world_size) if context.enabled else out
+        layout = {
+            "latitude": conditioning.latitude,
+            "longitude": conditioning.longitude,
+            "times": conditioning.times,
+            "num_members": members,
+            "variables": variables,
+            "global_attributes": attributes,
+        }
         if context.is_main:
             what = (
                 "deterministic prediction"
@@ -240,17 +250,7 @@ def run(args: argparse.Namespace) -> int:
             )
         failure: BaseException | None = None
         try:
-            with EnsembleWriter(
-                target,
-                latitude=conditioning.latitude,
-                longitude=conditioning.longitude,
-                times=conditioning.times,
-                num_members=members,
-                variables=variables,
-                global_attributes=attributes,
-                overwrite=args.overwrite or context.enabled,  # a part file left by a failed run is ours to replace
-                part=(context.rank, context.world_size) if context.enabled else None,
-            ) as writer:
+            with _open_writer(out, layout, context, args.overwrite) as writer:
                 generate_ensemble(
                     None if climate.deterministic else climate.model,
                     None if climate.deterministic else climate.model.formulation,
@@ -268,12 +268,12 @@ def run(args: argparse.Namespace) -> int:
                     groups=mine,
                     progress=context.is_main and not args.no_progress,
                 )
-        except BaseException as error:  # the writer removed its temporary file; the other ranks must hear of it
+        except BaseException as error:  # the writer removed its temporary output; the other ranks must hear of it
             if not context.enabled:
                 raise
             failure = error
         if context.enabled:
-            _finish_parts(out, context, failure, args.overwrite)  # raises on every rank if any rank failed
+            _finish_together(out, context, failure, args.overwrite)  # raises on every rank if any rank failed
             shutdown_distributed(synchronise=True)
     finally:
         shutdown_distributed()  # after an error (a no-op once shut down)
@@ -282,35 +282,79 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finish_parts(out: Path, context: DistributedContext, failure: BaseException | None, overwrite: bool) -> None:
-    """All ranks agree whether every part was written; rank 0 then merges them into ``out``. On any failure
-    every part file is removed (no output is left behind) and the failure is raised on every rank."""
+def _open_writer(out: Path, layout: dict[str, Any], context: DistributedContext, overwrite: bool) -> EnsembleWriter:
+    """The writer of this process: a netCDF file (under torchrun, this rank's part file for the merge) or a Zarr
+    store (under torchrun, the one store every rank writes into: rank 0 creates it, then the others open it)."""
     import torch.distributed as dist
 
-    from diffscale.downscaling import merge_parts, part_path
+    from diffscale.downscaling import EnsembleWriter, ZarrEnsembleWriter, part_path
 
-    own = part_path(out, context.rank, context.world_size)
+    if out.suffix != ".zarr":
+        if not context.enabled:
+            return EnsembleWriter(out, overwrite=overwrite, **layout)
+        part = (context.rank, context.world_size)
+        # a part file left by a failed run is ours to replace
+        return EnsembleWriter(part_path(out, *part), overwrite=True, part=part, **layout)
+    if not context.enabled:
+        return ZarrEnsembleWriter(out, overwrite=overwrite, **layout)
+    shared = (context.rank, context.world_size)
+    writer, failure = None, None
+    if context.is_main:
+        try:
+            writer = ZarrEnsembleWriter(out, shared=shared, overwrite=overwrite, **layout)
+        except BaseException as error:
+            failure = error
+    created = torch.tensor([0 if failure is not None else 1])
+    dist.broadcast(created, src=0)
+    if failure is not None:
+        raise failure
+    if not created.item():
+        raise ConfigError(f"--out '{out}': rank 0 could not create the store (its message is above)")
+    return writer if writer is not None else ZarrEnsembleWriter(out, shared=shared, overwrite=overwrite, **layout)
+
+
+def _finish_together(out: Path, context: DistributedContext, failure: BaseException | None, overwrite: bool) -> None:
+    """All ranks agree whether every rank wrote its share; rank 0 then completes ``out`` (merges the netCDF parts,
+    or moves the shared Zarr store into place). On any failure the partial output is removed (nothing is left
+    behind) and the failure is raised on every rank."""
+    import torch.distributed as dist
+
+    from diffscale.downscaling import discard_shared, merge_parts, part_path, publish_shared
+
+    parts = [part_path(out, rank, context.world_size) for rank in range(context.world_size)]
+    zarr_out = out.suffix == ".zarr"
+
+    def clean(everything: bool) -> None:
+        """Remove this rank's partial output (or, on rank 0 after its own failure, all of it)."""
+        if zarr_out:
+            if everything or context.is_main:  # the shared store belongs to rank 0
+                discard_shared(out)
+            return
+        for part in parts if everything else [parts[context.rank]]:
+            part.unlink(missing_ok=True)
+
     succeeded = torch.tensor([0 if failure is not None else 1])
     dist.all_reduce(succeeded, op=dist.ReduceOp.MIN)
     if not succeeded.item():
-        own.unlink(missing_ok=True)
+        clean(everything=False)
         if failure is not None:
             raise failure
         raise ConfigError("another downscaling process failed (its message is above); no output was written")
-    merged = torch.tensor([1])
+    completed = torch.tensor([1])
     if context.is_main:
-        parts = [part_path(out, rank, context.world_size) for rank in range(context.world_size)]
         try:
-            merge_parts(parts, out, overwrite=overwrite)
+            if zarr_out:
+                publish_shared(out)
+            else:
+                merge_parts(parts, out, overwrite=overwrite)
         except BaseException:
-            for part in parts:
-                part.unlink(missing_ok=True)
-            merged[0] = 0
-            dist.broadcast(merged, src=0)
+            clean(everything=True)
+            completed[0] = 0
+            dist.broadcast(completed, src=0)
             raise
-    dist.broadcast(merged, src=0)
-    if not merged.item():
-        raise ConfigError("merging the parts failed (rank 0's message is above); no output was written")
+    dist.broadcast(completed, src=0)
+    if not completed.item():
+        raise ConfigError("completing the output failed (rank 0's message is above); no output was written")
 
 
 def _patch_plan(

@@ -1,25 +1,31 @@
-"""Downscaling: ensemble generation block by block, the CF-netCDF ensemble writer (and the merge of per-rank parts), the
+"""Downscaling: ensemble generation block by block, the CF-netCDF ensemble writer (and the merge of per-rank parts) and
+the Zarr one (all ranks write one store), the
 deterministic (time, member-batch) work plan, and seamless blending of overlapping patches."""
 
 from diffscale.downscaling.blending import PatchedDenoiser, PatchPlan, blend_patches, raised_cosine_ramp
 from diffscale.downscaling.ensemble import generate_ensemble, sampling_groups
 from diffscale.downscaling.plan import Block, blocks_for_rank, member_generators, member_seed, time_key, work_blocks
 from diffscale.downscaling.writer import EnsembleWriter, merge_parts, part_path
+from diffscale.downscaling.zarr_writer import ZarrEnsembleWriter, discard_shared, publish_shared, shared_temporary_path
 
 __all__ = [
     "Block",
     "EnsembleWriter",
     "PatchPlan",
     "PatchedDenoiser",
+    "ZarrEnsembleWriter",
     "blend_patches",
     "blocks_for_rank",
+    "discard_shared",
     "generate_ensemble",
     "member_generators",
     "member_seed",
     "merge_parts",
     "part_path",
+    "publish_shared",
     "raised_cosine_ramp",
     "sampling_groups",
+    "shared_temporary_path",
     "time_key",
     "work_blocks",
 ]

@@ -214,16 +214,47 @@ class EnsembleWriter:
         if self.path.exists() and not overwrite:
             raise ConfigError(f"output {self.path}: exists (choose another path or allow overwriting)")
         self._written = {name: np.zeros((self.num_members, self.times.size), dtype=bool) for name in self.variables}
-        # Created by netCDF (the umask's permissions, unlike mkstemp's 0600), named uniquely per process.
-        token = f"{os.getpid()}.{secrets.token_hex(4)}"
-        self._temporary = self.path.with_name(f".{self.path.name}.{token}.tmp")
-        self._dataset: netCDF4.Dataset | None = None
+        self._temporary = self._temporary_path()
+        self._dataset: Any = None
         try:
-            self._dataset = netCDF4.Dataset(self._temporary, mode="w", clobber=False, format="NETCDF4")
-            self._define(complevel)
+            self._create(complevel)
         except BaseException:
             self.abort()
             raise
+
+    # ----------------------------------------------------------------- the storage (netCDF; see ZarrEnsembleWriter)
+    def _temporary_path(self) -> Path:
+        """Where the output is written until :meth:`close`: a hidden name, unique per process, beside it."""
+        token = f"{os.getpid()}.{secrets.token_hex(4)}"
+        return self.path.with_name(f".{self.path.name}.{token}.tmp")
+
+    def _create(self, complevel: int) -> None:
+        """Create the (temporary) output and define its layout; sets ``self._dataset``."""
+        # Created by netCDF (the umask's permissions, unlike mkstemp's 0600).
+        self._dataset = netCDF4.Dataset(self._temporary, mode="w", clobber=False, format="NETCDF4")
+        self._define(complevel)
+
+    def _store(self, variable: str, members: slice, times: slice, block: np.ndarray) -> None:
+        """Write a checked float32 block (members, times, H, W)."""
+        dataset = self._require_open()
+        dataset[variable][members, times] = block
+        if self.part is not None:
+            dataset[WRITTEN_PREFIX + variable][members, times] = np.int8(1)
+
+    def _finish(self) -> None:
+        """Close the temporary output and move it to ``self.path``."""
+        self._require_open().close()
+        self._dataset = None
+        os.replace(self._temporary, self.path)
+
+    def _discard(self) -> None:
+        """Close and delete the temporary output."""
+        if self._dataset is not None:
+            with contextlib.suppress(Exception):
+                self._dataset.close()
+            self._dataset = None
+        with contextlib.suppress(FileNotFoundError):
+            self._temporary.unlink()
 
     # ----------------------------------------------------------------- definition
     def _variables(self, variables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, AttributeValue]]:
@@ -308,7 +339,7 @@ class EnsembleWriter:
         """Write ``values`` of ``variable`` for the members ``members`` (a step-1 slice or range) at
         ``time_index``: shape (len(members), H, W) for an integer time index, (len(members), len(times), H, W) for
         a slice. Values are physical (units restored), finite and cast to float32."""
-        dataset = self._require_open()
+        self._require_open()
         if variable not in self.variables:
             raise ConfigError(f"variable {variable!r}: not in the file; its variables: {', '.join(self.variables)}")
         member_range = _as_range("members", members, self.num_members)
@@ -341,10 +372,8 @@ class EnsembleWriter:
             )
         members_slice = slice(member_range.start, member_range.stop)
         times_slice = slice(time_range.start, time_range.stop)
-        dataset[variable][members_slice, times_slice] = block
+        self._store(variable, members_slice, times_slice, block)
         self._written[variable][members_slice, times_slice] = True
-        if self.part is not None:
-            dataset[WRITTEN_PREFIX + variable][members_slice, times_slice] = np.int8(1)
 
     def missing(self) -> Iterator[tuple[str, int, int]]:
         """The (variable, member, time index) slabs not written yet."""
@@ -356,7 +385,7 @@ class EnsembleWriter:
     def close(self) -> Path:
         """Finish the file and rename it into place; returns the path. A complete file must hold every slab
         (else ValueError, naming the first missing one, and the temporary file is deleted)."""
-        dataset = self._require_open()
+        self._require_open()
         try:
             if self.part is None:
                 first = next(self.missing(), None)
@@ -367,22 +396,15 @@ class EnsembleWriter:
                         f"output {self.path}: {count} slab(s) not written, the first: variable {name}, "
                         f"member {member}, {self._time_label(time)}"
                     )
-            dataset.close()
-            self._dataset = None
-            os.replace(self._temporary, self.path)
+            self._finish()
         except BaseException:
             self.abort()
             raise
         return self.path
 
     def abort(self) -> None:
-        """Close and delete the temporary file (nothing is left under the target name)."""
-        if self._dataset is not None:
-            with contextlib.suppress(Exception):
-                self._dataset.close()
-            self._dataset = None
-        with contextlib.suppress(FileNotFoundError):
-            self._temporary.unlink()
+        """Close and delete the temporary output (nothing is left under the target name)."""
+        self._discard()
 
     def __enter__(self) -> EnsembleWriter:
         return self

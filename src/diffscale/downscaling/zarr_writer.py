@@ -1,0 +1,202 @@
+"""Zarr ensemble stores: the layout of :class:`~diffscale.downscaling.EnsembleWriter` (CF-1.8 attributes; member,
+time, latitude, longitude; float32, compressed) in a Zarr directory (format 2, consolidated metadata, readable by
+``xarray.open_zarr``), one chunk per (member, time) slab.
+
+Because every slab is its own chunk, the processes of a ``torchrun`` write their blocks into one store directly:
+no part files and no merge. With ``shared=(rank, world_size)`` the store is built under a name that every rank
+knows (:func:`shared_temporary_path`): rank 0 creates it before the others open it (the caller separates the two,
+e.g. with a collective), each rank writes its own slabs, and once every rank is done rank 0 moves it into place
+with :func:`publish_shared` (or removes it with :func:`discard_shared` when any rank failed). A single process
+writes under a hidden temporary name that :meth:`ZarrEnsembleWriter.close` renames into place, as the netCDF
+writer does; an exception inside its ``with`` block removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from diffscale.downscaling.writer import DIMENSIONS, FILL_VALUE, EnsembleWriter, encode_times
+from diffscale.validation import ConfigError
+
+__all__ = ["ZarrEnsembleWriter", "discard_shared", "publish_shared", "shared_temporary_path"]
+
+ZARR_FORMAT = 2
+
+
+def shared_temporary_path(path: str | os.PathLike[str]) -> Path:
+    """Where the ranks of a shared store write it until it is published: ``.NAME.partial`` beside ``path``."""
+    out = Path(path)
+    return out.with_name(f".{out.name}.partial")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    """Rename the finished store ``source`` to ``target``, replacing an existing one (the caller allowed it)."""
+    if target.exists() or target.is_symlink():
+        _remove(target)
+    os.replace(source, target)
+
+
+def publish_shared(path: str | os.PathLike[str]) -> Path:
+    """Rank 0, after every rank has written its slabs: move the shared store into place at ``path``."""
+    _move_into_place(shared_temporary_path(path), Path(path))
+    return Path(path)
+
+
+def discard_shared(path: str | os.PathLike[str]) -> None:
+    """Remove the shared store of ``path`` (after a failure on any rank); nothing is left behind."""
+    with contextlib.suppress(FileNotFoundError):
+        _remove(shared_temporary_path(path))
+
+
+def _json_value(value: Any) -> Any:
+    """An attribute value as JSON can hold it (numpy scalars and arrays become Python numbers and lists)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class ZarrEnsembleWriter(EnsembleWriter):
+    """:class:`~diffscale.downscaling.EnsembleWriter`'s interface and checks, writing a Zarr store (``.zarr``).
+
+    Args:
+        path: the output store (a directory ending in ``.zarr``).
+        shared: ``(rank, world_size)`` when several processes write the one store (module docstring); rank 0
+            creates it, the other ranks open it. A shared writer does not check on :meth:`close` that every slab
+            was written (each rank holds only its own); the caller's plan covers them.
+        **layout: ``latitude``, ``longitude``, ``times``, ``num_members``, ``variables``, ``global_attributes``,
+            ``complevel`` (zstd level, 1-9) and ``overwrite``, as for the netCDF writer.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, shared: tuple[int, int] | None = None, **layout: Any) -> None:
+        if Path(path).suffix != ".zarr":
+            raise ConfigError(f"output {path}: a Zarr store's name must end in .zarr")
+        if shared is not None:
+            rank, world_size = shared
+            if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
+                raise ConfigError(f"shared = {shared!r}: must be (rank, world_size) with 0 <= rank < world_size")
+        if "part" in layout:
+            raise ConfigError("a Zarr store is written by all ranks directly: use shared=(rank, world_size)")
+        self.shared = shared
+        self._arrays: dict[str, Any] = {}
+        super().__init__(path, **layout)
+
+    @property
+    def _creates(self) -> bool:
+        return self.shared is None or self.shared[0] == 0
+
+    def _temporary_path(self) -> Path:
+        return shared_temporary_path(self.path) if self.shared is not None else super()._temporary_path()
+
+    def _create(self, complevel: int) -> None:
+        if not self._creates:
+            if not (self._temporary / ".zmetadata").is_file():
+                raise ConfigError(f"output {self.path}: the shared store {self._temporary} was not created by rank 0")
+            self._dataset = self._temporary
+            return
+        if self.shared is not None:
+            discard_shared(self.path)  # a store left by an earlier run that failed
+        self._skeleton(complevel).to_zarr(
+            self._temporary,
+            mode="w-",
+            compute=False,
+            encoding=self._encoding(complevel),
+            zarr_format=ZARR_FORMAT,
+            consolidated=True,
+        )
+        self._dataset = self._temporary
+
+    def _skeleton(self, complevel: int) -> xr.Dataset:
+        """Coordinates, attributes and lazy (never computed) data variables: what ``to_zarr`` defines."""
+        import dask.array as da
+
+        shape = (self.num_members, self.times.size, self.latitude.size, self.longitude.size)
+        chunks = (1, 1, self.latitude.size, self.longitude.size)
+        data = {
+            name: (
+                DIMENSIONS,
+                da.zeros(shape, chunks=chunks, dtype=np.float32),
+                {key: _json_value(value) for key, value in attributes.items()},
+            )
+            for name, attributes in self.variables.items()
+        }
+        coordinates = {
+            "member": (
+                "member",
+                np.arange(self.num_members, dtype=np.int32),
+                {"standard_name": "realization", "long_name": "ensemble member number", "units": "1"},
+            ),
+            "time": (
+                "time",
+                self.times.astype("datetime64[ns]"),
+                {"standard_name": "time", "long_name": "time", "axis": "T"},
+            ),
+            "latitude": (
+                "latitude",
+                self.latitude,
+                {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"},
+            ),
+            "longitude": (
+                "longitude",
+                self.longitude,
+                {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X"},
+            ),
+        }
+        attributes = {key: _json_value(value) for key, value in self.global_attributes.items()}
+        return xr.Dataset(data, coords=coordinates, attrs=attributes)
+
+    def _encoding(self, complevel: int) -> dict[str, dict[str, Any]]:
+        from numcodecs import Blosc
+
+        _, units = encode_times(self.times)
+        chunks = (1, 1, self.latitude.size, self.longitude.size)
+        compressor = Blosc(cname="zstd", clevel=complevel, shuffle=Blosc.SHUFFLE)
+        encoding: dict[str, dict[str, Any]] = {
+            name: {"chunks": chunks, "compressors": (compressor,), "_FillValue": FILL_VALUE} for name in self.variables
+        }
+        encoding["time"] = {"units": units, "calendar": "proleptic_gregorian", "dtype": "int64"}
+        return encoding
+
+    def _store(self, variable: str, members: slice, times: slice, block: np.ndarray) -> None:
+        import zarr
+
+        if variable not in self._arrays:
+            self._arrays[variable] = zarr.open_array(self._temporary / variable, mode="r+", zarr_format=ZARR_FORMAT)
+        self._arrays[variable][members, times] = block
+
+    def close(self) -> Path:
+        """Single process: check that every slab was written and rename the store into place (its path). Shared:
+        only stop writing (returns the shared store's path; rank 0 publishes it once every rank is done)."""
+        if self.shared is None:
+            return super().close()
+        self._require_open()
+        self._dataset = None
+        self._arrays.clear()
+        return self._temporary
+
+    def _finish(self) -> None:
+        self._dataset = None
+        self._arrays.clear()
+        _move_into_place(self._temporary, self.path)
+
+    def _discard(self) -> None:
+        self._dataset = None
+        self._arrays.clear()
+        if self.shared is None:  # a shared store is removed by rank 0 once every rank has stopped
+            with contextlib.suppress(FileNotFoundError):
+                _remove(self._temporary)
