@@ -111,7 +111,7 @@ class ZarrEnsembleWriter(EnsembleWriter):
             return
         if self.shared is not None:
             discard_shared(self.path)  # a store left by an earlier run that failed
-        self._skeleton(complevel).to_zarr(
+        self._skeleton().to_zarr(
             self._temporary,
             mode="w-",
             compute=False,
@@ -121,7 +121,7 @@ class ZarrEnsembleWriter(EnsembleWriter):
         )
         self._dataset = self._temporary
 
-    def _skeleton(self, complevel: int) -> xr.Dataset:
+    def _skeleton(self) -> xr.Dataset:
         """Coordinates, attributes and lazy (never computed) data variables: what ``to_zarr`` defines."""
         import dask.array as da
 
