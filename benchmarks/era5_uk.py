@@ -101,14 +101,14 @@ def score_period(scratch: Path, period: str, members: int, wall: dict, runs: dic
         ensembles[name] = xr.open_dataset(out)["t2m"].values
     truth = fine["t2m"].values
     latitude, longitude = fine["latitude"].values, fine["longitude"].values
-    # torch.tensor copies (xarray index values are read-only)
-    coarse = coarsen(torch.tensor(truth, dtype=torch.float64), FACTOR, torch.tensor(latitude))
+    latitude_tensor = torch.tensor(latitude)  # a copy: xarray index values are read-only
+    coarse = coarsen(torch.tensor(truth, dtype=torch.float64), FACTOR, latitude_tensor)
     orography = select_grid(open_fields(STATICS, ["orography"]), latitude, longitude, "orography")
     orography = torch.as_tensor(orography["orography"].squeeze().values, dtype=torch.float64)
     baselines = {
         "bilinear": interpolation_baseline(coarse, FACTOR),
         "bicubic": interpolation_baseline(coarse, FACTOR, mode="bicubic"),
-        "lapse-rate bilinear": lapse_rate_baseline(coarse, orography, FACTOR, torch.as_tensor(latitude)),
+        "lapse-rate bilinear": lapse_rate_baseline(coarse, orography, FACTOR, latitude_tensor),
     }
     _, truth_power = latlon_power_spectrum(truth, latitude, longitude)
     spectra = {

@@ -49,8 +49,9 @@ GLOBALS = {
 }
 
 
-def _writer(path: Path, **overrides) -> EnsembleWriter:
-    kwargs = dict(
+def _layout(**overrides) -> dict:
+    """The writers' keyword arguments for the test grid, times and variables."""
+    layout = dict(
         latitude=LATITUDE,
         longitude=LONGITUDE,
         times=TIMES,
@@ -58,8 +59,11 @@ def _writer(path: Path, **overrides) -> EnsembleWriter:
         variables=VARIABLES,
         global_attributes=GLOBALS,
     )
-    kwargs.update(overrides)
-    return EnsembleWriter(path, **kwargs)
+    return {**layout, **overrides}
+
+
+def _writer(path: Path, **overrides) -> EnsembleWriter:
+    return EnsembleWriter(path, **_layout(**overrides))
 
 
 def _field(name: str, member: int, time: int) -> np.ndarray:
@@ -356,15 +360,3 @@ def test_ranks_write_one_shared_zarr_store(tmp_path: Path, world_size: int) -> N
         _fill(writer, blocks[:1])
     discard_shared(other)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shared.zarr", "single.zarr"]
-
-
-def _layout(**overrides) -> dict:
-    layout = dict(
-        latitude=LATITUDE,
-        longitude=LONGITUDE,
-        times=TIMES,
-        num_members=3,
-        variables=VARIABLES,
-        global_attributes=GLOBALS,
-    )
-    return {**layout, **overrides}

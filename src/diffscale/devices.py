@@ -74,10 +74,9 @@ def standard_normal(
     ``device`` draws.
     """
     shape = tuple(int(size) for size in shape)
-    if generator is None:
-        return torch.randn(shape, dtype=dtype, device=device)
-    if isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, dtype=dtype, device=generator.device).to(device)
+    if generator is None or isinstance(generator, torch.Generator):
+        source, target = draw_devices(generator, device)
+        return torch.randn(shape, generator=generator, dtype=dtype, device=source).to(target)
     check_generators(generator, shape[0])
     if not generator:
         return torch.empty(shape, dtype=dtype, device=device)

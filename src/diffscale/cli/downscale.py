@@ -321,8 +321,8 @@ def _finish_together(out: Path, context: DistributedContext, failure: BaseExcept
 
     from diffscale.downscaling import discard_shared, merge_parts, part_path, publish_shared
 
-    parts = [part_path(out, rank, context.world_size) for rank in range(context.world_size)]
     zarr_out = out.suffix == ".zarr"
+    parts = [] if zarr_out else [part_path(out, rank, context.world_size) for rank in range(context.world_size)]
 
     def clean(everything: bool) -> None:
         """Remove this rank's partial output (or, on rank 0 after its own failure, all of it)."""

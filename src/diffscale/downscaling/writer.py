@@ -55,6 +55,15 @@ _RESERVED_ATTRIBUTES = {"_FillValue", "missing_value", "scale_factor", "add_offs
 AttributeValue = str | int | float | np.ndarray
 
 
+def check_rank_pair(name: str, pair: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``pair`` unchanged if None or ``(rank, world_size)`` with 0 <= rank < world_size; else ConfigError naming it."""
+    if pair is not None:
+        rank, world_size = pair
+        if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
+            raise ConfigError(f"{name} = {pair!r}: must be (rank, world_size) with 0 <= rank < world_size")
+    return pair
+
+
 def part_path(out_path: str | os.PathLike[str], rank: int, world_size: int) -> Path:
     """The part file of rank ``rank`` for the output ``out_path``: a hidden file in the same directory,
     ``.NAME.part-RANK-of-WORLD.nc``."""
@@ -204,11 +213,7 @@ class EnsembleWriter:
             raise ConfigError(f"complevel = {complevel!r}: must be an integer in [1, 9]")
         self.variables = self._variables(variables)
         self.global_attributes = self._global_attributes(global_attributes or {})
-        if part is not None:
-            rank, world_size = part
-            if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
-                raise ConfigError(f"part = {part!r}: must be (rank, world_size) with 0 <= rank < world_size")
-        self.part = part
+        self.part = check_rank_pair("part", part)
         if not self.path.parent.is_dir():
             raise ConfigError(f"output {self.path}: directory {self.path.parent} does not exist")
         if self.path.exists() and not overwrite:

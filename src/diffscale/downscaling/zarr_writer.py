@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from diffscale.downscaling.writer import DIMENSIONS, FILL_VALUE, EnsembleWriter, encode_times
+from diffscale.downscaling.writer import DIMENSIONS, FILL_VALUE, EnsembleWriter, check_rank_pair, encode_times
 from diffscale.validation import ConfigError
 
 __all__ = ["ZarrEnsembleWriter", "discard_shared", "publish_shared", "shared_temporary_path"]
@@ -86,13 +86,9 @@ class ZarrEnsembleWriter(EnsembleWriter):
     def __init__(self, path: str | os.PathLike[str], *, shared: tuple[int, int] | None = None, **layout: Any) -> None:
         if Path(path).suffix != ".zarr":
             raise ConfigError(f"output {path}: a Zarr store's name must end in .zarr")
-        if shared is not None:
-            rank, world_size = shared
-            if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
-                raise ConfigError(f"shared = {shared!r}: must be (rank, world_size) with 0 <= rank < world_size")
         if "part" in layout:
             raise ConfigError("a Zarr store is written by all ranks directly: use shared=(rank, world_size)")
-        self.shared = shared
+        self.shared = check_rank_pair("shared", shared)
         self._arrays: dict[str, Any] = {}
         super().__init__(path, **layout)
 
