@@ -51,8 +51,8 @@ def _worker(rank: int, world_size: int, port: int, args: argparse.Namespace, res
     environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank)}
     os.environ.update({**environment, "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(args.threads)
-    from diffscale.cli.runs import prepare_training
     from diffscale.config import config_from_dict
+    from diffscale.runs import prepare_training
     from diffscale.training.distributed import init_distributed, shutdown_distributed
 
     config = config_from_dict(

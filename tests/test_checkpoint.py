@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffscale.cli.runs import prepare_training
 from diffscale.config import config_from_dict
+from diffscale.runs import prepare_training
 from diffscale.training.checkpoint import (
     ALL_PARTS,
     FORMAT_VERSION,

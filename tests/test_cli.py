@@ -314,7 +314,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_internal_errors_keep_their_traceback(
     config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import diffscale.cli.runs as run_module
+    import diffscale.runs as run_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")

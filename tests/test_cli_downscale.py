@@ -23,8 +23,8 @@ import xarray as xr
 import yaml
 
 import diffscale
-from diffscale.cli.climate_runs import load_climate_run
 from diffscale.evaluation import single_thread
+from diffscale.runs import load_climate_run
 from tests.conftest import run_cli, snapshot
 from tests.test_climate_runs import (
     FACTOR,
@@ -280,6 +280,96 @@ def test_a_zarr_store_holds_the_netcdf_ensemble_and_evaluates_alike(
         assert run_cli(argv) == 0
         scores[path.suffix] = json.loads((out / "scores.json").read_text())["variables"]["t2m"]["ensemble"]
     assert scores[".zarr"]["rmse"] == scores[".nc"]["rmse"] and scores[".zarr"]["crps"] == scores[".nc"]["crps"]
+
+
+# -- the Python API ------------------------------------------------------------------------------------------------
+def _without_history(dataset: xr.Dataset) -> xr.Dataset:
+    """The dataset without its ``history`` attribute (a time stamp of when it was written)."""
+    copy = dataset.copy()
+    copy.attrs = {key: value for key, value in dataset.attrs.items() if key != "history"}
+    return copy
+
+
+def test_the_api_returns_what_the_command_writes(setup: dict[str, Any], diffusion_file: Path) -> None:
+    run = diffscale.load_run(setup["diffusion"], device="cpu")
+    assert isinstance(run, diffscale.ClimateRun) and run.kind == "climate" and run.variables == ["t2m"]
+    with single_thread():  # as the command ran: bitwise needs the same thread count
+        ensemble = run.downscale(setup["coarse_path"], members=4, member_batch=2, steps=3, s_churn=5, seed=7)
+    with xr.open_dataset(diffusion_file) as written:
+        xr.testing.assert_identical(_without_history(ensemble), _without_history(written.load()))
+        assert written.attrs["history"] != "" and "history" in ensemble.attrs
+    assert ensemble["t2m"].dtype == np.float32 and ensemble["t2m"].attrs["units"] == "K"
+    # an xarray Dataset as input (what a notebook holds) gives the same members
+    with xr.open_dataset(setup["coarse_path"]) as coarse, single_thread():
+        from_dataset = run.downscale(coarse, members=4, member_batch=2, steps=3, s_churn=5, seed=7)
+    np.testing.assert_array_equal(from_dataset["t2m"].values, ensemble["t2m"].values)
+
+
+def test_the_api_writes_long_ensembles_to_a_store_and_opens_them_lazily(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path
+) -> None:
+    import dask.array
+
+    run = diffscale.load_run(setup["diffusion"], device="cpu")
+    with single_thread():
+        stored = run.downscale(
+            setup["coarse_path"], 4, member_batch=2, steps=3, s_churn=5, seed=7, out=tmp_path / "e.zarr"
+        )
+    assert isinstance(stored["t2m"].data, dask.array.Array)  # nothing read yet
+    np.testing.assert_array_equal(stored["t2m"].values, _values(diffusion_file))
+    with pytest.raises(diffscale.ConfigError, match="exists; pass overwrite=True to replace it"):
+        run.downscale(setup["coarse_path"], 4, steps=3, out=tmp_path / "e.zarr")
+
+
+def test_the_api_downscales_a_regression_run_as_the_command(setup: dict[str, Any], regression_file: Path) -> None:
+    run = diffscale.load_run(setup["regression"], device="cpu")
+    assert run.kind == "regression" and run.deterministic
+    with single_thread():
+        prediction = run.downscale(setup["coarse_path"])
+    assert prediction.sizes["member"] == 1
+    np.testing.assert_array_equal(prediction["t2m"].values, _values(regression_file))
+    with pytest.raises(diffscale.ConfigError, match=r"^members 3: .* is a regression run .* use members=1$"):
+        run.downscale(setup["coarse_path"], members=3)
+    with pytest.raises(diffscale.ConfigError, match="has no denoiser"):
+        _ = run.denoiser
+
+
+def test_a_climate_run_refuses_unconditional_sampling_in_one_line(setup: dict[str, Any]) -> None:
+    run = diffscale.load_run(setup["diffusion"], device="cpu")
+    for call, words in ((lambda: run.sample(4), "downscale"), (lambda: run.likelihood(4), "conditional")):
+        with pytest.raises(diffscale.ConfigError, match="is a climate run") as caught:
+            call()
+        assert words in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(diffscale.ConfigError, match=r"^coarse: no times within start 2030-01-01 and end 2030-01-02$"):
+        run.downscale(setup["coarse_path"], start="2030-01-01", end="2030-01-02")
+
+
+def test_the_api_scores_what_the_command_writes(setup: dict[str, Any], diffusion_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    argv = ["evaluate", str(diffusion_file), "--truth", str(setup["truth_path"]), "--out", str(out), "--no-figures"]
+    assert run_cli(argv) == 0
+    document = json.loads((out / "scores.json").read_text())
+    written = document["variables"]["t2m"]
+    scores = diffscale.evaluate(diffusion_file, truth=setup["truth_path"])
+    t2m = scores.sel(variable="t2m")
+    for prediction in ("ensemble", "bilinear"):
+        scored, expected = t2m.sel(prediction=prediction), written[prediction]
+        for key in ("rmse", "mae", "bias", "crps"):
+            assert float(scored[key]) == expected[key]
+        assert float(scored["spectral_ratio"]) == expected["spectral_ratio"]["mean_ratio"]
+        for percentile in ("p01", "p99"):
+            value = float(scored["percentile_error"].sel(percentile=percentile))
+            assert value == expected["percentile_errors"][percentile]["bias"]
+    assert float(t2m["spread"]) == written["ensemble"]["spread"]
+    assert float(t2m["spread_skill_ratio"]) == written["ensemble"]["spread_skill_ratio"]
+    assert t2m["rank_histogram"].values.tolist() == written["ensemble"]["rank_histogram"]["frequency"]
+    assert t2m["power"].sel(spectrum="truth").values.tolist() == written["spectra"]["truth"]
+    assert str(t2m["units"].values) == "K" and scores.attrs["members"] == 4 == document["members"]
+    # in memory, one day: the ensemble and truth as Datasets select like any xarray object
+    with xr.open_dataset(diffusion_file) as ensemble, xr.open_dataset(setup["truth_path"]) as truth:
+        one_time = diffscale.evaluate(ensemble.isel(time=[0]), truth, variables=["t2m"])
+    rmse = one_time["rmse"].sel(variable="t2m", prediction="ensemble")
+    assert one_time.attrs["times_count"] == 1 and np.isfinite(float(rmse))
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from diffscale.cli.main import main
-from diffscale.cli.samples_io import write_samples
 from diffscale.data import two_gaussians_1d
+from diffscale.data.samples_io import write_samples
 from diffscale.evaluation import single_thread
 from tests.conftest import run_cli, snapshot
 

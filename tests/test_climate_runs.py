@@ -16,9 +16,10 @@ import torch
 import xarray as xr
 import yaml
 
-from diffscale.cli.climate_runs import STATS_NAME, load_climate_run
 from diffscale.data.climate import ClimateDataset
 from diffscale.evaluation import single_thread
+from diffscale.runs import load_climate_run
+from diffscale.runs.stats import STATS_NAME
 from diffscale.training.checkpoint import load_checkpoint
 from tests.conftest import run_cli
 
@@ -212,7 +213,7 @@ def test_corrdiff_base_is_the_regression_prediction(runs: dict[str, Any]) -> Non
     regression = load_climate_run(runs["regression"])
     with torch.no_grad():
         expected = regression.model(dataset.cond_fields) + dataset.cond_fields[:, :1]
-    from diffscale.cli.climate_runs import build_climate_data
+    from diffscale.runs.climate import build_climate_data
 
     built = build_climate_data(corrdiff.config)
     torch.testing.assert_close(built.base, expected, rtol=1e-5, atol=1e-5)
@@ -236,8 +237,8 @@ def test_a_resumed_run_continues_with_its_saved_statistics(runs: dict[str, Any],
     assert run_cli(["train", str(path), "--out", str(run_dir), "--no-progress"]) == 0
     assert load_checkpoint(run_dir).step == 4
     assert json.loads((run_dir / STATS_NAME).read_text())["transforms"]["t2m"]["mean"] == 123.0
-    from diffscale.cli.climate_runs import build_climate_data
     from diffscale.config import config_from_dict
+    from diffscale.runs.climate import build_climate_data
 
     dataset = build_climate_data(config_from_dict(config), run_dir)
     assert dataset.stats["t2m"]["mean"] == 123.0

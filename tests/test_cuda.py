@@ -19,13 +19,13 @@ import torch
 import yaml
 
 import diffscale
-from diffscale.cli.runs import prepare_training, train
 from diffscale.config import config_from_dict
 from diffscale.data import two_gaussians_1d
 from diffscale.data.fields import GaussianRandomField
 from diffscale.evaluation import single_thread
 from diffscale.evaluation.likelihood import hutchinson_probes
 from diffscale.networks import build_network
+from diffscale.runs import prepare_training, train
 from diffscale.training import Trainer, TrainingSettings
 from tests.conftest import FORMULATION_NAMES, run_cli, wasserstein1_1d
 from tests.test_cli_downscale import COARSE_LATITUDE, COARSE_LONGITUDE, COARSE_TIMES, _block_means

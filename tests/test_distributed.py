@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from diffscale.cli.runs import METRICS_NAME, prepare_training, train
 from diffscale.config import config_from_dict
+from diffscale.runs import METRICS_NAME, prepare_training, train
 from diffscale.training import DistributedContext
 from diffscale.training.checkpoint import load_checkpoint
 from diffscale.validation import ConfigError

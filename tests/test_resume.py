@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
-from diffscale.cli.runs import METRICS_NAME, load_run, prepare_training, train
 from diffscale.config import config_from_dict
+from diffscale.runs import METRICS_NAME, load_run, prepare_training, train
 from diffscale.training.checkpoint import SIDECAR_NAME, CheckpointError, list_checkpoints, load_checkpoint
 from diffscale.validation import ConfigError
 from tests.conftest import run_cli, snapshot

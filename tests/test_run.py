@@ -10,7 +10,10 @@ import pytest
 import torch
 
 import diffscale
-from diffscale.cli.runs import (
+from diffscale.config import config_from_dict, load_config
+from diffscale.devices import check_device
+from diffscale.formulations import VP
+from diffscale.runs import (
     CONFIG_NAME,
     METRICS_NAME,
     MetricsLog,
@@ -23,9 +26,6 @@ from diffscale.cli.runs import (
     sample_run,
     train,
 )
-from diffscale.config import config_from_dict, load_config
-from diffscale.devices import check_device
-from diffscale.formulations import VP
 from diffscale.training import StepRecord
 from diffscale.training.checkpoint import SIDECAR_NAME, list_checkpoints, load_checkpoint
 from diffscale.validation import ConfigError
@@ -241,7 +241,7 @@ def test_metrics_window_means_skips_and_no_noise_levels() -> None:
 
 def test_samples_per_second_after_a_resume_counts_the_windows_time_before_the_checkpoint(monkeypatch) -> None:
     """4 samples in a window of 10 s before the checkpoint and 10 s after it: 0.2 samples/s, whatever the pause."""
-    import diffscale.cli.runs as runs_module
+    import diffscale.runs.metrics as runs_module
 
     clock = [0.0]
     monkeypatch.setattr(runs_module.time, "perf_counter", lambda: clock[0])

@@ -13,9 +13,9 @@ import yaml
 
 import diffscale
 from diffscale.cli.main import main
-from diffscale.cli.runs import build_denoiser, load_run, prepare_training, sample_run, train
 from diffscale.config import config_from_dict
 from diffscale.data import GaussianRandomField, radial_power_spectrum, spectrum_log_error
+from diffscale.runs import build_denoiser, load_run, prepare_training, sample_run, train
 
 TINY_UNET = {
     "arch": "ddpmpp",

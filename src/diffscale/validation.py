@@ -10,13 +10,23 @@ value and what is allowed, e.g.::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, model_validator
 
-__all__ = ["ConfigError", "StrictModel", "format_validation_error", "validate"]
+__all__ = [
+    "ConfigError",
+    "StrictModel",
+    "command_line_names",
+    "format_validation_error",
+    "option_name",
+    "option_setting",
+    "validate",
+]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -73,3 +83,38 @@ def validate(model: type[ModelT], data: Mapping[str, Any] | None, prefix: str = 
         return model.model_validate(dict(data or {}))
     except pydantic.ValidationError as error:
         raise ConfigError(format_validation_error(error, prefix)) from None
+
+
+# -- naming a parameter in a message -------------------------------------------------------------------------
+_COMMAND_LINE: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "diffscale_command_line_names", default=None
+)
+
+
+@contextlib.contextmanager
+def command_line_names(aliases: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Inside the block, :func:`option_name` names parameters as the command line spells them (``--member-batch``;
+    ``aliases`` maps a Python parameter to another flag, e.g. ``{"coarse": "input"}``). The ``diffscale`` command
+    runs its handlers in it, so one message serves the Python API and the command."""
+    token = _COMMAND_LINE.set(dict(aliases or {}))
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def option_name(parameter: str) -> str:
+    """``parameter`` as the user spelled it: ``member_batch`` in Python, ``--member-batch`` on the command line."""
+    aliases = _COMMAND_LINE.get()
+    if aliases is None:
+        return parameter
+    return "--" + aliases.get(parameter, parameter).replace("_", "-")
+
+
+def option_setting(parameter: str, value: Any) -> str:
+    """How the user sets ``parameter`` to ``value``: ``overwrite=True`` in Python, ``--overwrite`` on the command
+    line (a flag), ``--seed 3`` otherwise."""
+    if _COMMAND_LINE.get() is None:
+        return f"{parameter}={value!r}"
+    flag = option_name(parameter)
+    return flag if value is True else f"{flag} {value}"

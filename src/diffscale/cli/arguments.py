@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 from diffscale.config import SamplingSection
+from diffscale.runs.sampling import SAMPLER_KEYS
 from diffscale.sampling import SOLVERS, SamplerSettings
-from diffscale.validation import ConfigError, validate
 
-__all__ = ["add_sampler_options", "count", "number", "sampler_settings"]
+__all__ = ["add_sampler_options", "count", "number", "sampler_overrides", "sampler_settings"]
 
 
 def count(minimum: int) -> Callable[[str], int]:
@@ -53,23 +54,14 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler options given on the command line (None where not given), as keyword arguments of the runs API
+    (``steps``, ``sampler``, ``s_churn``, ``s_min``, ``s_max``, ``s_noise``, ``schedule``)."""
+    return {key: getattr(args, key) for key in (*SAMPLER_KEYS, "schedule")}
+
+
 def sampler_settings(sampling: SamplingSection, args: argparse.Namespace) -> SamplerSettings:
     """The run's ``sampling:`` section with the options given on the command line (validated like the file)."""
-    given = {key: getattr(args, key) for key in ("steps", "sampler", "s_churn", "s_min", "s_max", "s_noise")}
-    try:
-        settings = sampling.with_overrides(**given).to_sampler_settings()
-        if args.schedule is not None:
-            settings = validate(SamplerSettings, {**settings.model_dump(), "schedule": args.schedule})
-    except ConfigError as error:
-        given_keys = [key for key, value in given.items() if value is not None]
-        raise ConfigError(_name_the_flag(str(error), given_keys)) from None
-    return settings
+    from diffscale.runs.sampling import sampler_settings as settings_with
 
-
-def _name_the_flag(message: str, given: list[str]) -> str:
-    """A validation message about ``sampling.<key>`` (or the schedule) names the command-line flag that set it."""
-    for key in (*given, "schedule"):
-        for prefix in (f"sampling.{key} =", f"{key} ="):
-            if message.startswith(prefix):
-                return f"--{key.replace('_', '-')} =" + message[len(prefix) :]
-    return message
+    return settings_with(sampling, None, **sampler_overrides(args))

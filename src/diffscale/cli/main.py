@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from diffscale.cli.arguments import add_sampler_options, count, number, sampler_settings
-from diffscale.validation import ConfigError
+from diffscale.cli.arguments import add_sampler_options, count, number
+from diffscale.validation import ConfigError, command_line_names
 
 __all__ = ["PROG", "build_parser", "main"]
 
@@ -55,8 +55,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 # -- commands -------------------------------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
-    from diffscale.cli.runs import CONFIG_NAME, prepare_training, resolve_run_dir, train
     from diffscale.config import load_config
+    from diffscale.runs import CONFIG_NAME, prepare_training, resolve_run_dir, train
     from diffscale.training import NonFiniteTrainingError
     from diffscale.training.distributed import init_distributed, shutdown_distributed
 
@@ -105,15 +105,17 @@ def _train(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from diffscale import __version__
-    from diffscale.cli.plot import check_plot_path, check_plottable, plot_samples
-    from diffscale.cli.runs import load_run, sample_run
-    from diffscale.cli.samples_io import check_sample_path, write_samples
+    from diffscale.cli.arguments import sampler_overrides
+    from diffscale.data.samples_io import check_sample_path, write_samples
+    from diffscale.evaluation.sample_plots import check_plot_path, check_plottable, plot_samples
+    from diffscale.runs import load_run, sample_run
     from diffscale.sampling import number_of_evaluations
 
     out = check_sample_path(args.out)
     plot = check_plot_path(args.plot) if args.plot is not None else None
     run = load_run(args.run_dir, weights=args.weights, device=args.device)
-    settings = sampler_settings(run.config.sampling, args)
+    run.check_sampling()
+    settings = run.sampler_settings(**sampler_overrides(args))
     if plot is not None:
         check_plottable(run.data)
     nfe = number_of_evaluations(settings.steps, settings.solver)
@@ -137,21 +139,15 @@ def _sample(args: argparse.Namespace) -> int:
     print(f"wrote {samples.shape[0]} samples of shape {tuple(samples.shape)} to {out} (settings in {out}.json)")
     if plot is not None:
         title = f"{run.config.diffusion.type}, {settings.solver}, {settings.steps} steps (NFE {nfe})"
-        plot_samples(plot, samples, run.mixture, title=title)
+        plot_samples(plot, samples, run.data, title=title)
         print(f"wrote plot to {plot}")
     return 0
 
 
 def _likelihood(args: argparse.Namespace) -> int:
-    from diffscale.cli.likelihood import (
-        LikelihoodSettings,
-        check_json_path,
-        evaluate_run,
-        load_data,
-        parse_data_spec,
-        write_results,
-    )
-    from diffscale.cli.runs import load_run
+    from diffscale.cli.likelihood import check_json_path, parse_data_spec, write_results
+    from diffscale.runs import LikelihoodSettings, load_run
+    from diffscale.runs.likelihood import evaluate_run, likelihood_data
 
     out = check_json_path(args.out) if args.out is not None else None
     spec = parse_data_spec(args.data)
@@ -166,7 +162,8 @@ def _likelihood(args: argparse.Namespace) -> int:
         zero_noise_correction=args.zero_noise_correction,
     )
     run = load_run(args.run_dir, weights=args.weights, device=args.device)
-    data = load_data(spec, run.data, run.data_shape, args.seed)
+    run.check_likelihood()
+    data = likelihood_data(run, spec.count if spec.count is not None else spec.path, args.seed)
     sigma_0, sigma_max = settings.check(run)  # validated before any work
     print(
         f"{data.shape[0]} samples of dimension {data[0].numel()} from {spec.text}; "
@@ -235,7 +232,7 @@ Commands:
   train       train a model from a YAML configuration into a run directory
   sample      draw samples from a trained run
   likelihood  log-likelihood of data under a trained run (probability-flow ODE)
-  downscale   downscale coarse climate fields into a netCDF ensemble of fine fields
+  downscale   downscale coarse climate fields into an ensemble of fine fields (netCDF or Zarr)
   evaluate    score a downscaled ensemble against the truth and the bilinear baseline
   demo        train every formulation on a 1-D mixture and compare them
 
@@ -461,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: CommandHandler = args.handler
     try:
-        return handler(args)
+        with command_line_names(getattr(args, "aliases", None)):
+            return handler(args)
     except ConfigError as error:  # bad user input (CheckpointError included); bugs keep their traceback
         _fail(str(error))
     except KeyboardInterrupt:

@@ -1,9 +1,10 @@
-"""Downscaling: ensemble generation block by block, the CF-netCDF ensemble writer (and the merge of per-rank parts) and
-the Zarr one (all ranks write one store), the
-deterministic (time, member-batch) work plan, and seamless blending of overlapping patches."""
+"""Downscaling: ensemble generation block by block, the CF-netCDF ensemble writer (and the merge of per-rank parts),
+the Zarr one (all ranks write one store) and the in-memory one (an xarray Dataset), the deterministic (time,
+member-batch) work plan, and seamless blending of overlapping patches."""
 
 from diffscale.downscaling.blending import PatchedDenoiser, PatchPlan, blend_patches, raised_cosine_ramp
 from diffscale.downscaling.ensemble import generate_ensemble, sampling_groups
+from diffscale.downscaling.memory_writer import MemoryEnsembleWriter
 from diffscale.downscaling.plan import Block, blocks_for_rank, member_generators, member_seed, time_key, work_blocks
 from diffscale.downscaling.writer import EnsembleWriter, merge_parts, part_path
 from diffscale.downscaling.zarr_writer import ZarrEnsembleWriter, discard_shared, publish_shared, shared_temporary_path
@@ -11,6 +12,7 @@ from diffscale.downscaling.zarr_writer import ZarrEnsembleWriter, discard_shared
 __all__ = [
     "Block",
     "EnsembleWriter",
+    "MemoryEnsembleWriter",
     "PatchPlan",
     "PatchedDenoiser",
     "ZarrEnsembleWriter",

@@ -34,6 +34,7 @@ from typing import Any
 
 import netCDF4
 import numpy as np
+import xarray as xr
 
 from diffscale.validation import ConfigError
 
@@ -137,6 +138,15 @@ def flatten_attributes(attributes: Mapping[str, Any], prefix: str = "") -> dict[
     return flat
 
 
+def _json_value(value: Any) -> Any:
+    """An attribute value as Python holds it (numpy scalars and arrays become Python numbers and lists)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def _coordinate(name: str, values: Any, limit: float | None) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
@@ -214,10 +224,7 @@ class EnsembleWriter:
         self.variables = self._variables(variables)
         self.global_attributes = self._global_attributes(global_attributes or {})
         self.part = check_rank_pair("part", part)
-        if not self.path.parent.is_dir():
-            raise ConfigError(f"output {self.path}: directory {self.path.parent} does not exist")
-        if self.path.exists() and not overwrite:
-            raise ConfigError(f"output {self.path}: exists (choose another path or allow overwriting)")
+        self._check_target(overwrite)
         self._written = {name: np.zeros((self.num_members, self.times.size), dtype=bool) for name in self.variables}
         self._temporary = self._temporary_path()
         self._dataset: Any = None
@@ -228,6 +235,13 @@ class EnsembleWriter:
             raise
 
     # ----------------------------------------------------------------- the storage (netCDF; see ZarrEnsembleWriter)
+    def _check_target(self, overwrite: bool) -> None:
+        """ConfigError when the output cannot be created: a missing directory, or an existing output."""
+        if not self.path.parent.is_dir():
+            raise ConfigError(f"output {self.path}: directory {self.path.parent} does not exist")
+        if self.path.exists() and not overwrite:
+            raise ConfigError(f"output {self.path}: exists (choose another path or allow overwriting)")
+
     def _temporary_path(self) -> Path:
         """Where the output is written until :meth:`close`: a hidden name, unique per process, beside it."""
         token = f"{os.getpid()}.{secrets.token_hex(4)}"
@@ -262,6 +276,39 @@ class EnsembleWriter:
             self._temporary.unlink()
 
     # ----------------------------------------------------------------- definition
+    def layout_dataset(self, arrays: Mapping[str, Any]) -> xr.Dataset:
+        """The ensemble as an ``xarray.Dataset`` around ``arrays`` ({variable: (M, T, H, W) array}): the
+        coordinates, variables' and global attributes as ``xarray.open_dataset`` reads them back from the file
+        (time decoded to datetime64[ns]; its units and calendar are the file's encoding)."""
+        data = {
+            name: (DIMENSIONS, arrays[name], {key: _json_value(value) for key, value in attributes.items()})
+            for name, attributes in self.variables.items()
+        }
+        coordinates = {
+            "member": (
+                "member",
+                np.arange(self.num_members, dtype=np.int32),
+                {"standard_name": "realization", "long_name": "ensemble member number", "units": "1"},
+            ),
+            "time": (
+                "time",
+                self.times.astype("datetime64[ns]"),
+                {"standard_name": "time", "long_name": "time", "axis": "T"},
+            ),
+            "latitude": (
+                "latitude",
+                self.latitude,
+                {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"},
+            ),
+            "longitude": (
+                "longitude",
+                self.longitude,
+                {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X"},
+            ),
+        }
+        attributes = {key: _json_value(value) for key, value in self.global_attributes.items()}
+        return xr.Dataset(data, coords=coordinates, attrs=attributes)
+
     def _variables(self, variables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, AttributeValue]]:
         if not isinstance(variables, Mapping) or not variables:
             raise ConfigError("variables: must be a non-empty mapping {name: {attribute: value}}")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from diffscale.downscaling.writer import DIMENSIONS, FILL_VALUE, EnsembleWriter, check_rank_pair, encode_times
+from diffscale.downscaling.writer import FILL_VALUE, EnsembleWriter, check_rank_pair, encode_times
 from diffscale.validation import ConfigError
 
 __all__ = ["ZarrEnsembleWriter", "discard_shared", "publish_shared", "shared_temporary_path"]
@@ -60,15 +60,6 @@ def discard_shared(path: str | os.PathLike[str]) -> None:
     """Remove the shared store of ``path`` (after a failure on any rank); nothing is left behind."""
     with contextlib.suppress(FileNotFoundError):
         _remove(shared_temporary_path(path))
-
-
-def _json_value(value: Any) -> Any:
-    """An attribute value as JSON can hold it (numpy scalars and arrays become Python numbers and lists)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 class ZarrEnsembleWriter(EnsembleWriter):
@@ -123,38 +114,7 @@ class ZarrEnsembleWriter(EnsembleWriter):
 
         shape = (self.num_members, self.times.size, self.latitude.size, self.longitude.size)
         chunks = (1, 1, self.latitude.size, self.longitude.size)
-        data = {
-            name: (
-                DIMENSIONS,
-                da.zeros(shape, chunks=chunks, dtype=np.float32),
-                {key: _json_value(value) for key, value in attributes.items()},
-            )
-            for name, attributes in self.variables.items()
-        }
-        coordinates = {
-            "member": (
-                "member",
-                np.arange(self.num_members, dtype=np.int32),
-                {"standard_name": "realization", "long_name": "ensemble member number", "units": "1"},
-            ),
-            "time": (
-                "time",
-                self.times.astype("datetime64[ns]"),
-                {"standard_name": "time", "long_name": "time", "axis": "T"},
-            ),
-            "latitude": (
-                "latitude",
-                self.latitude,
-                {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"},
-            ),
-            "longitude": (
-                "longitude",
-                self.longitude,
-                {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X"},
-            ),
-        }
-        attributes = {key: _json_value(value) for key, value in self.global_attributes.items()}
-        return xr.Dataset(data, coords=coordinates, attrs=attributes)
+        return self.layout_dataset({name: da.zeros(shape, chunks=chunks, dtype=np.float32) for name in self.variables})
 
     def _encoding(self, complevel: int) -> dict[str, dict[str, Any]]:
         from numcodecs import Blosc

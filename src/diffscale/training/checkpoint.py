@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,6 +41,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from diffscale.files import TEMPORARY_FILE, atomic_write_bytes, fsync_directory
 from diffscale.validation import ConfigError
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ __all__ = [
     "CheckpointError",
     "atomic_write_bytes",
     "has_checkpoint",
+    "is_sidecar_name",
     "list_checkpoints",
     "load_checkpoint",
     "load_weights",
@@ -80,49 +81,11 @@ OPTIMIZER_STATE_PREFIX = "optimizer.state."
 OPTIMIZER_GROUP_PREFIX = "optimizer.param_groups."
 _PART_FILE = re.compile(rf"^({'|'.join(ALL_PARTS)})-(\d+)\.safetensors$")
 _STEP_SIDECAR = re.compile(r"^checkpoint-(\d+)\.json$")
-_TEMPORARY = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]{12}\.tmp$")
-"""A temporary file of :func:`atomic_write_bytes` (``.<name>.<pid>.<random>.tmp``)."""
 RNG_PREFIX = "rng."
 
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be loaded (missing, truncated, corrupt, not safetensors): one line, naming the file."""
-
-
-# -- atomic files -----------------------------------------------------------------------------------------------
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
-    if os.name != "posix":
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, *, sync_directory: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
-
-    The bytes go to a temporary file in the same directory, which is flushed, fsynced and renamed over
-    ``path`` with :func:`os.replace`; the directory is then fsynced so the rename survives a crash (unless
-    ``sync_directory`` is False: the caller then fsyncs it once after several files).
-    """
-    path = Path(path)
-    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    # os.open with mode 0o666 honours the umask (tempfile.mkstemp would leave the file private, 0o600).
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    if sync_directory:
-        _fsync_directory(path.parent)
 
 
 # -- safetensors files ---------------------------------------------------------------------------------------
@@ -319,7 +282,7 @@ def save_checkpoint(
         name = f"{part}-{step:08d}{SAFETENSORS_SUFFIX}"
         digest, size = write_safetensors(directory / name, tensors, sync_directory=False)
         files[part] = {"path": name, "sha256": digest, "bytes": size}
-    _fsync_directory(directory)  # every tensor file is durable before a sidecar names it
+    fsync_directory(directory)  # every tensor file is durable before a sidecar names it
     sidecar = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -364,7 +327,7 @@ def _prune(directory: Path, step: int, keep: int) -> None:
         found = _file_step(path.name)
         if found is not None and found not in kept:
             path.unlink(missing_ok=True)
-        temporary = _TEMPORARY.match(path.name)
+        temporary = TEMPORARY_FILE.match(path.name)
         if temporary and int(temporary.group(2)) != os.getpid():
             name = temporary.group(1)
             if name == SIDECAR_NAME or _file_step(name) is not None:  # left by a writer that was killed
@@ -449,6 +412,11 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return sidecar
 
 
+def is_sidecar_name(name: str) -> bool:
+    """Whether ``name`` is a checkpoint sidecar's file name (``checkpoint.json`` or ``checkpoint-<step>.json``)."""
+    return name == SIDECAR_NAME or _STEP_SIDECAR.match(name) is not None
+
+
 def _sidecar_path(path: Path) -> Path:
     """The sidecar of a run directory, or ``path`` itself when it is a sidecar; refuse anything else."""
     if path.is_dir():
@@ -458,7 +426,7 @@ def _sidecar_path(path: Path) -> Path:
         return sidecar
     if not path.exists():
         raise CheckpointError(f"'{path}': no such run directory or checkpoint")
-    if path.name != SIDECAR_NAME and not _STEP_SIDECAR.match(path.name):
+    if not is_sidecar_name(path.name):
         raise CheckpointError(
             f"'{path}': not a diffscale checkpoint; pass a run directory (or its {SIDECAR_NAME}); "
             "pickled .pt/.pkl files are never loaded"

@@ -38,6 +38,7 @@ __all__ = [
     "harmonise",
     "open_dataset",
     "open_fields",
+    "select_fields",
 ]
 
 STANDARD_GRAVITY = 9.80665
@@ -194,30 +195,40 @@ def open_fields(
             has), the files' grids differ, or a time appears in more than one file.
     """
     files = expand_paths(paths)
-    wanted = None if variables is None else [canonical_variable(name) for name in variables]
-    parts = []
-    for path in files:
-        ds = harmonise(open_dataset(path), source=str(path))
-        if wanted is not None:
-            missing = [name for name in wanted if name not in ds.data_vars]
-            if missing:
-                raise ConfigError(
-                    f"variable {', '.join(map(repr, missing))} not in {path}; it has: {_describe_variables(ds)}"
-                )
-            ds = ds[wanted]
-        if time_slice is not None and "time" in ds.dims:
-            bounds = time_slice if isinstance(time_slice, slice) else slice(*time_slice)
-            try:
-                ds = ds.sel(time=bounds)
-            except (TypeError, ValueError, KeyError) as error:
-                raise ConfigError(
-                    f"times {bounds.start} to {bounds.stop}: not ISO dates or times (e.g. 2019-03-25 or "
-                    f"2019-03-25T06:00): {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-                ) from None
-        parts.append((path, ds))
+    parts = [(path, select_fields(open_dataset(path), variables, time_slice, str(path))) for path in files]
     if len(parts) == 1:
         return parts[0][1]
     return _combine_along_time(parts)
+
+
+def select_fields(
+    ds: xr.Dataset,
+    variables: Iterable[str] | None = None,
+    time_slice: slice | tuple[Any, Any] | None = None,
+    source: str = "dataset",
+) -> xr.Dataset:
+    """One dataset harmonised (:func:`harmonise`), reduced to ``variables`` (canonical names or aliases; None keeps
+    all) and to the times of ``time_slice`` (both ends inclusive); ConfigError naming ``source`` for a missing
+    variable or a bad time bound."""
+    ds = harmonise(ds, source=source)
+    if variables is not None:
+        wanted = [canonical_variable(name) for name in variables]
+        missing = [name for name in wanted if name not in ds.data_vars]
+        if missing:
+            raise ConfigError(
+                f"variable {', '.join(map(repr, missing))} not in {source}; it has: {_describe_variables(ds)}"
+            )
+        ds = ds[wanted]
+    if time_slice is not None and "time" in ds.dims:
+        bounds = time_slice if isinstance(time_slice, slice) else slice(*time_slice)
+        try:
+            ds = ds.sel(time=bounds)
+        except (TypeError, ValueError, KeyError) as error:
+            raise ConfigError(
+                f"times {bounds.start} to {bounds.stop}: not ISO dates or times (e.g. 2019-03-25 or "
+                f"2019-03-25T06:00): {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            ) from None
+    return ds
 
 
 def _describe_variables(ds: xr.Dataset) -> str:

@@ -11,7 +11,7 @@ import torch
 
 from diffscale.data.fields import GaussianRandomField, radial_power_spectrum, spectrum_log_error
 from diffscale.data.mixtures import GaussianMixture
-from diffscale.training.checkpoint import atomic_write_bytes
+from diffscale.files import atomic_write_bytes
 from diffscale.validation import ConfigError
 
 __all__ = ["PLOT_FORMATS", "check_plot_path", "check_plottable", "plot_fields", "plot_samples"]

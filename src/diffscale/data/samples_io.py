@@ -1,4 +1,4 @@
-"""Writing samples to a file chosen by its extension: ``.npy``, ``.csv`` or ``.safetensors``, with their
+"""Reading and writing samples in a file chosen by its extension: ``.npy``, ``.csv`` or ``.safetensors``, with their
 metadata (sampler settings, NFE, seed, checkpoint) in a JSON file beside them (``FILE.json``) and, for
 ``.safetensors``, also in the file's own header.
 
@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import safetensors.torch
 import torch
 
-from diffscale.training.checkpoint import atomic_write_bytes
+from diffscale.files import atomic_write_bytes
 from diffscale.validation import ConfigError
 
-__all__ = ["SAMPLES_KEY", "SAMPLE_FORMATS", "check_sample_path", "write_samples"]
+__all__ = ["SAMPLES_KEY", "SAMPLE_FORMATS", "check_sample_path", "read_samples", "write_samples"]
 
 SAMPLE_FORMATS: tuple[str, ...] = (".npy", ".csv", ".safetensors")
 SAMPLES_KEY = "samples"
@@ -70,3 +71,51 @@ def write_samples(path: str | Path, samples: torch.Tensor, metadata: dict[str, A
         sidecar = {**metadata, "file": path.name, "shape": list(samples.shape)}
         atomic_write_bytes(path.with_name(path.name + ".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
     return path
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    first = lines[0] if lines else ""
+    try:
+        [float(value) for value in first.split(",")]
+        skip = 0
+    except ValueError:
+        skip = 1  # a header such as "x0,x1" (as written by write_samples)
+    return np.loadtxt(io.StringIO(text), delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+
+
+def _read_safetensors(path: Path) -> np.ndarray:
+    tensors = safetensors.torch.load_file(str(path))
+    if SAMPLES_KEY in tensors:
+        return tensors[SAMPLES_KEY].to(torch.float64).numpy()
+    if len(tensors) == 1:
+        return next(iter(tensors.values())).to(torch.float64).numpy()
+    raise ValueError(f"holds tensors {sorted(tensors)} but none called {SAMPLES_KEY!r}")
+
+
+def read_samples(path: str | Path, option: str = "data") -> torch.Tensor:
+    """Samples of shape (N, ...) as float64 from a ``.npy``, ``.csv`` (optional header line) or ``.safetensors``
+    file (tensor ``samples``, or its only tensor); 1-D arrays are read as (N, 1). ConfigError (naming ``option``)
+    for unreadable files, no samples or non-finite values."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix == ".csv":
+            array = _read_csv(path)
+        elif suffix == ".safetensors":
+            array = _read_safetensors(path)
+        else:
+            raise ValueError(f"unknown file type {suffix!r}; allowed: {', '.join(SAMPLE_FORMATS)}")
+        array = np.asarray(array, dtype=np.float64)
+    except (OSError, ValueError, safetensors.SafetensorError) as error:
+        raise ConfigError(f"{option} = '{path}': cannot read samples: {error}") from None
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim < 2 or array.shape[0] == 0:
+        raise ConfigError(f"{option} = '{path}': expected samples of shape (N, D) with N >= 1, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ConfigError(f"{option} = '{path}': samples must be finite")
+    return torch.from_numpy(np.ascontiguousarray(array))

@@ -1,0 +1,62 @@
+"""Runs: the Python API over trained models (what the ``diffscale`` command calls).
+
+>>> import diffscale
+>>> run = diffscale.load_run("runs/era5_uk", device="auto", weights="ema")
+>>> ensemble = run.downscale("coarse.nc", members=32, seed=0, progress=True)   # an xarray.Dataset
+>>> scores = diffscale.evaluate(ensemble, truth="era5_t2m.nc")                   # an xarray.Dataset of scores
+
+* :func:`load_run` returns a :class:`Run` (toy data: ``.sample``, ``.likelihood``) or a :class:`ClimateRun`
+  (``.downscale``); :func:`prepare_training` and :func:`train` train one from a configuration;
+* :func:`evaluate` scores a downscaled ensemble against the truth, beside the bilinear baseline;
+  :func:`write_report` writes the scores and figures of ``diffscale evaluate``.
+
+Bad input raises :class:`~diffscale.validation.ConfigError` (a ValueError) with a one-line message.
+"""
+
+from diffscale.runs.building import build_denoiser, build_model_for, default_run_dir, resolve_run_dir
+from diffscale.runs.downscaling import DownscalingJob, check_ensemble_output
+from diffscale.runs.evaluation import EvaluationInputs, evaluate, load_inputs, write_report
+from diffscale.runs.likelihood import LikelihoodReport, LikelihoodSettings, likelihood
+from diffscale.runs.metrics import MetricsLog, loss_by_sigma_decade
+from diffscale.runs.run import ClimateRun, Run, load_climate_run, load_run
+from diffscale.runs.sampling import sample_run, sampler_settings
+from diffscale.runs.training import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    TrainingPlan,
+    TrainingSummary,
+    build_data_source,
+    prepare_training,
+    train,
+)
+
+__all__ = [
+    "CONFIG_NAME",
+    "METRICS_NAME",
+    "ClimateRun",
+    "DownscalingJob",
+    "EvaluationInputs",
+    "LikelihoodReport",
+    "LikelihoodSettings",
+    "MetricsLog",
+    "Run",
+    "TrainingPlan",
+    "TrainingSummary",
+    "build_data_source",
+    "build_denoiser",
+    "build_model_for",
+    "check_ensemble_output",
+    "default_run_dir",
+    "evaluate",
+    "likelihood",
+    "load_climate_run",
+    "load_inputs",
+    "load_run",
+    "loss_by_sigma_decade",
+    "prepare_training",
+    "resolve_run_dir",
+    "sample_run",
+    "sampler_settings",
+    "train",
+    "write_report",
+]

@@ -1,0 +1,524 @@
+"""Downscaling with a trained climate run: coarse fields in, a CF ensemble of fine fields out (an
+``xarray.Dataset`` in memory, a netCDF file or a Zarr store).
+
+>>> run = diffscale.load_run("runs/era5_uk")
+>>> ensemble = run.downscale("coarse.nc", members=32, seed=0)               # xarray.Dataset (member, time, lat, lon)
+>>> ensemble = run.downscale(coarse_ds, members=8, out="ensemble.zarr")     # written block by block, opened lazily
+
+For a coarse input (an ``xarray.Dataset`` or files: netCDF, zarr or GRIB, any of the quirks
+:func:`~diffscale.data.climate.harmonise` handles) the conditioning c and base b are built exactly as in training
+(:class:`~diffscale.data.climate.ConditioningBuilder` with the run's statistics); every (time, member batch) block
+is sampled and written as it comes (:func:`~diffscale.downscaling.generate_ensemble`), so memory stays bounded when
+the ensemble goes to a file. Each member draws from its own generator seeded by (seed, timestamp, member): the same
+seed gives the same member for a date whatever the other times of the input, the batch sizes, the number of
+processes and the device (to rounding). Under ``torchrun`` the blocks are shared round-robin between ranks; for
+netCDF each writes a part file and rank 0 merges them, a Zarr store (one chunk per member and time) is written by
+every rank directly.
+
+:meth:`DownscalingJob.prepare` checks everything that can be checked before the first block is sampled (input
+variables, NaNs, grid spacing against the training grid, sampler settings, sizes); bad input raises
+:class:`~diffscale.validation.ConfigError` with one line, and no output is left behind by a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from diffscale.data.climate import Conditioning, open_fields
+from diffscale.data.climate.cf import cf_attributes
+from diffscale.data.climate.dataset import regression_base
+from diffscale.data.climate.grid import fine_coordinates, grid_spacing, is_global_longitude
+from diffscale.data.climate.io import select_fields
+from diffscale.downscaling import (
+    EnsembleWriter,
+    MemoryEnsembleWriter,
+    PatchPlan,
+    ZarrEnsembleWriter,
+    generate_ensemble,
+    sampling_groups,
+    work_blocks,
+)
+from diffscale.downscaling.ensemble import ToPhysical
+from diffscale.sampling import SamplerSettings, number_of_evaluations
+from diffscale.training.distributed import DistributedContext
+from diffscale.validation import ConfigError, option_name, option_setting
+
+if TYPE_CHECKING:
+    from diffscale.runs.run import ClimateRun
+
+__all__ = [
+    "DEFAULT_MEMBERS",
+    "ENSEMBLE_SUFFIXES",
+    "CoarseInput",
+    "DownscalingJob",
+    "check_coarse_grid",
+    "check_ensemble_output",
+    "coarse_fields",
+]
+
+CoarseInput = xr.Dataset | str | os.PathLike | Sequence[str | os.PathLike]
+"""A coarse input: an ``xarray.Dataset``, a file, or a list of files / glob patterns (combined along time)."""
+DEFAULT_MEMBERS = 16
+"""Ensemble members of a diffusion run when none are asked for (a regression run writes one)."""
+DEFAULT_MEMBER_BATCH = 16
+DEFAULT_BATCH_SIZE = 64
+ENSEMBLE_SUFFIXES = (".nc", ".zarr")
+MEMORY_FRACTION = 0.5
+"""An in-memory ensemble may take at most this fraction of the memory available when it is asked for."""
+
+
+# -- inputs and outputs ------------------------------------------------------------------------------------------
+def coarse_fields(
+    coarse: CoarseInput, variables: Sequence[str], start: Any = None, end: Any = None
+) -> tuple[xr.Dataset, str]:
+    """(the harmonised coarse fields of ``variables`` between ``start`` and ``end`` (inclusive), a description of
+    the source for the ensemble's attributes); ConfigError when there is no time left."""
+    time_slice = (start, end) if start is not None or end is not None else None
+    if isinstance(coarse, xr.Dataset | xr.DataArray):
+        source = str(coarse.encoding.get("source", "an in-memory xarray.Dataset"))
+        fields = select_fields(coarse, variables, time_slice, source=f"{option_name('coarse')} ({source})")
+    else:
+        paths = [coarse] if isinstance(coarse, str | os.PathLike) else list(coarse)
+        source = ", ".join(str(path) for path in paths)
+        fields = open_fields(paths, variables=variables, time_slice=time_slice)
+    if fields.sizes.get("time", 0) == 0:
+        bounds = " and ".join(
+            f"{option_name(name)} {value}" for name, value in (("start", start), ("end", end)) if value
+        )
+        raise ConfigError(f"{option_name('coarse')}: no times within {bounds}")
+    return fields, source
+
+
+def check_ensemble_output(out: str | os.PathLike, overwrite: bool) -> Path:
+    """``out`` if an ensemble can be written there (``.nc`` or ``.zarr``, its directory exists, and it does not
+    exist unless ``overwrite``); ConfigError otherwise."""
+    path = Path(out)
+    name = option_name("out")
+    if path.suffix not in ENSEMBLE_SUFFIXES:
+        raise ConfigError(f"{name} '{path}': the ensemble is written as netCDF (.nc) or a Zarr store (.zarr)")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{name} '{path}': directory '{path.parent}' does not exist")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{name} '{path}' exists; pass {option_setting('overwrite', True)} to replace it")
+    return path
+
+
+def check_coarse_grid(
+    latitude: np.ndarray, longitude: np.ndarray, grid: dict, factor: int, *, aligned: bool = False
+) -> None:
+    """The coarse input's spacing must be ``factor`` times the training grid's (ConfigError naming both). With
+    ``aligned`` (a run with static fields, which are matched by coordinates) the fine cells it implies must also
+    lie on the training grid's lattice (origin + k x spacing): a shifted coarse grid is named as such."""
+    for axis, values in (("latitude", latitude), ("longitude", longitude)):
+        spacing = grid_spacing(values, f"coarse input {axis}")
+        expected = factor * grid[f"{axis}_spacing"]
+        if not np.isclose(abs(spacing), abs(expected), rtol=1e-4):
+            raise ConfigError(
+                f"coarse input {axis} spacing {abs(spacing):g} deg is not the coarsening factor {factor} times the "
+                f"training grid's {abs(grid[f'{axis}_spacing']):g} deg (expected {abs(expected):g} deg)"
+            )
+    if not aligned:
+        return
+    for axis, fine in zip(("latitude", "longitude"), fine_coordinates(latitude, longitude, factor), strict=True):
+        step, origin = abs(grid[f"{axis}_spacing"]), grid[f"{axis}_range"][0]
+        cells = (fine[0] - origin) / step
+        offset = abs(cells - round(cells)) * step
+        if offset > 1e-3 * step:
+            raise ConfigError(
+                f"coarse input {axis}: its fine cells fall {offset:g} deg off the training grid ({origin:g} + k x "
+                f"{step:g} deg), where the static fields are matched; a coarse cell must be the block of {factor} x "
+                f"{factor} training cells"
+            )
+
+
+def _check_count(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ConfigError(f"{option_name(name)} = {value!r}: must be an integer >= {minimum}")
+    return int(value)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux /proc/meminfo), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _patch_plan(
+    patch: Sequence[int] | None,
+    overlap: int | None,
+    trained_patch: tuple[int, int] | None,
+    height: int,
+    width: int,
+    periodic_longitude: bool,
+) -> PatchPlan | None:
+    """The window plan: ``patch``, else the run's training patch when the domain is larger, else None (the whole
+    domain in one network call)."""
+    if patch is not None:
+        if len(patch) != 2:
+            raise ConfigError(f"{option_name('patch')} = {list(patch)}: give (height, width)")
+        patch = (min(_check_count("patch", patch[0], 1), height), min(_check_count("patch", patch[1], 1), width))
+    elif trained_patch is not None and (trained_patch[0] < height or trained_patch[1] < width):
+        patch = (min(trained_patch[0], height), min(trained_patch[1], width))
+    else:
+        return None
+    overlap = _check_count("overlap", overlap, 0) if overlap is not None else max(1, min(patch) // 4)
+    return PatchPlan(height, width, tuple(patch), overlap=overlap, periodic_longitude=periodic_longitude)
+
+
+# -- the job -----------------------------------------------------------------------------------------------------
+@dataclass
+class DownscalingJob:
+    """A checked downscaling of one coarse input by one run: the conditioning is built, nothing sampled yet.
+
+    Build it with :meth:`prepare` (or ``ClimateRun.prepare_downscaling``), then :meth:`run` it.
+    """
+
+    climate: ClimateRun
+    conditioning: Conditioning
+    base: torch.Tensor
+    members: int
+    settings: SamplerSettings | None
+    seed: int
+    member_batch: int
+    batch_size: int
+    patch_plan: PatchPlan | None
+    variables: dict[str, dict[str, str]]
+    attributes: dict[str, Any]
+    to_physical: ToPhysical
+
+    @classmethod
+    def prepare(
+        cls,
+        run: ClimateRun,
+        coarse: CoarseInput,
+        *,
+        members: int | None = None,
+        settings: SamplerSettings | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        s_churn: float | None = None,
+        s_min: float | None = None,
+        s_max: float | None = None,
+        s_noise: float | None = None,
+        schedule: str | None = None,
+        seed: int = 0,
+        start: Any = None,
+        end: Any = None,
+        patch: Sequence[int] | None = None,
+        overlap: int | None = None,
+        member_batch: int = DEFAULT_MEMBER_BATCH,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> DownscalingJob:
+        """Check the options and the coarse input and build its conditioning (the regression base of a CorrDiff or
+        regression run too). See :meth:`ClimateRun.downscale` for the arguments.
+
+        Raises:
+            ConfigError: a bad option, a missing variable, NaNs (naming variable and time), a grid whose spacing is
+                not the run's factor times the training grid's, or no times between ``start`` and ``end``.
+        """
+        device = run.device
+        if device.type == "cpu":
+            # channels_last convolution weights: the same outputs (to rounding), 1.2-1.3x faster on CPU (oneDNN);
+            # on a GPU (cuDNN, H200) it was slower: 0.83x the evaluations per second of the default layout
+            run.model.to(memory_format=torch.channels_last)
+        section = run.section
+        if members is not None:
+            _check_count("members", members, 1)
+        if run.deterministic and members not in (None, 1):
+            raise ConfigError(
+                f"{option_name('members')} {members}: '{run.run_dir}' is a regression run (deterministic); "
+                f"use {option_setting('members', 1)}"
+            )
+        members = members if members is not None else (1 if run.deterministic else DEFAULT_MEMBERS)
+        seed = _check_count("seed", seed, 0)
+        member_batch = _check_count("member_batch", member_batch, 1)
+        batch_size = _check_count("batch_size", batch_size, 1)
+        chosen = None
+        if not run.deterministic:
+            chosen = run.sampler_settings(
+                settings,
+                steps=steps,
+                sampler=sampler,
+                s_churn=s_churn,
+                s_min=s_min,
+                s_max=s_max,
+                s_noise=s_noise,
+                schedule=schedule,
+            )
+        fields, source = coarse_fields(coarse, section.variables, start, end)
+        builder = run.builder()
+        check_coarse_grid(
+            fields["latitude"].values,
+            fields["longitude"].values,
+            run.grid,
+            section.coarsen_factor,
+            aligned=bool(builder.static_variables),
+        )
+        base_run = run.base_run()
+        regression = base_run.regression_predictor() if base_run is not None else None
+        conditioning = builder.build(fields, regression=regression, device=device)
+        base = conditioning.base
+        if run.deterministic:
+            base = regression_base(run.regression_predictor(), conditioning.cond_fields, len(section.variables))
+        periodic = builder.periodic_longitude
+        if periodic is None:
+            periodic = is_global_longitude(conditioning.longitude)
+        height, width = conditioning.latitude.size, conditioning.longitude.size
+        plan = _patch_plan(patch, overlap, section.patch, height, width, periodic)
+        variables = {
+            name: cf_attributes(name, fields[name].attrs if name in fields else None) for name in section.variables
+        }
+        attributes: dict[str, Any] = {
+            "title": "diffscale downscaled ensemble",
+            "source": f"diffscale {_version()}",
+            "run_dir": str(Path(run.run_dir).resolve()),
+            "checkpoint_step": run.step,
+            "checkpoint_weights": run.weights,
+            "checkpoint_sha256": run.weights_sha256,
+            "coarse_input": source,
+            "coarsening_factor": section.coarsen_factor,
+            "seed": seed,
+            "member_batch": member_batch,
+            "model": "regression" if run.deterministic else run.config.diffusion.type,
+            "data_target": section.target,
+        }
+        if chosen is not None:
+            attributes["sampler"] = chosen.model_dump(mode="json")
+            attributes["nfe_per_member"] = number_of_evaluations(chosen.steps, chosen.solver)
+        if plan is not None:
+            attributes["patch"] = f"{plan!r}"
+        return cls(
+            climate=run,
+            conditioning=conditioning,
+            base=base,
+            members=members,
+            settings=chosen,
+            seed=seed,
+            member_batch=member_batch,
+            batch_size=batch_size,
+            patch_plan=plan,
+            variables=variables,
+            attributes=attributes,
+            to_physical=builder.to_physical,
+        )
+
+    # -- what it will do --------------------------------------------------------------------------------------------
+    @property
+    def times(self) -> np.ndarray:
+        """The times to downscale (datetime64)."""
+        return self.conditioning.times
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(H, W) of the fine grid."""
+        return self.conditioning.latitude.size, self.conditioning.longitude.size
+
+    def describe(self, processes: int = 1) -> str:
+        """One line: times x members, the grid, the variables, the sampler and the number of processes."""
+        height, width = self.grid_shape
+        what = (
+            "deterministic prediction"
+            if self.settings is None
+            else (
+                f"{self.settings.solver}, {self.settings.steps} steps, NFE {self.attributes['nfe_per_member']} "
+                "per member"
+            )
+        )
+        return (
+            f"downscaling {len(self.times)} times x {self.members} members to {height} x {width} "
+            f"({', '.join(self.climate.section.variables)}; {what}; {processes} process(es))"
+        )
+
+    def layout(self) -> dict[str, Any]:
+        """The ensemble's coordinates and attributes, as the writers take them."""
+        return {
+            "latitude": self.conditioning.latitude,
+            "longitude": self.conditioning.longitude,
+            "times": self.conditioning.times,
+            "num_members": self.members,
+            "variables": self.variables,
+            "global_attributes": self.attributes,
+        }
+
+    def nbytes(self) -> int:
+        """Bytes of the ensemble in float32."""
+        height, width = self.grid_shape
+        return 4 * self.members * len(self.times) * len(self.variables) * height * width
+
+    # -- doing it ---------------------------------------------------------------------------------------------------
+    def run(
+        self,
+        out: str | os.PathLike | None = None,
+        *,
+        overwrite: bool = False,
+        progress: bool = False,
+        distributed: DistributedContext | None = None,
+    ) -> xr.Dataset:
+        """Sample the ensemble: into memory (``out`` None; the Dataset that ``xarray.open_dataset`` reads back from
+        the netCDF file), or into ``out`` (netCDF ``.nc`` or Zarr ``.zarr``), then opened lazily (dask-backed).
+        ``distributed``: this process's place under torchrun (the blocks are shared; ``out`` required)."""
+        if out is None:
+            if distributed is not None and distributed.enabled:
+                raise ConfigError(f"downscaling under torchrun writes a file: give {option_name('out')}")
+            return self._in_memory(progress)
+        path = self.write(out, overwrite=overwrite, progress=progress, distributed=distributed)
+        if path.suffix == ".zarr":
+            return xr.open_zarr(path)
+        return xr.open_dataset(path, chunks={})
+
+    def _in_memory(self, progress: bool) -> xr.Dataset:
+        available = _available_memory()
+        if available is not None and self.nbytes() > MEMORY_FRACTION * available:
+            raise ConfigError(
+                f"the ensemble would take {self.nbytes() / 2**30:.1f} GiB in memory ({available / 2**30:.1f} GiB "
+                f"available): write it to a file instead ({option_name('out')}='ensemble.zarr')"
+            )
+        with MemoryEnsembleWriter(**self.layout()) as writer:
+            self._generate(writer, self._groups(), progress)
+        assert writer.dataset is not None
+        return writer.dataset
+
+    def write(
+        self,
+        out: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        progress: bool = False,
+        distributed: DistributedContext | None = None,
+    ) -> Path:
+        """Sample the ensemble into ``out`` (netCDF or Zarr; complete or absent) and return its path."""
+        context = distributed if distributed is not None else DistributedContext()
+        path = check_ensemble_output(out, overwrite) if context.is_main else Path(out)
+        # Groups of blocks sampled in one call are formed from the whole plan, then shared between processes,
+        # so every member is computed in the same batch whatever the number of processes.
+        mine = self._groups()[context.rank :: context.world_size]
+        failure: BaseException | None = None
+        try:
+            with _open_writer(path, self.layout(), context, overwrite) as writer:
+                self._generate(writer, mine, progress and context.is_main)
+        except BaseException as error:  # the writer removed its temporary output; the other ranks must hear of it
+            if not context.enabled:
+                raise
+            failure = error
+        if context.enabled:
+            _finish_together(path, context, failure, overwrite)  # raises on every rank if any rank failed
+        return path
+
+    def _groups(self) -> list[list[Any]]:
+        blocks = work_blocks(len(self.times), self.members, self.member_batch)
+        return sampling_groups(blocks, self.batch_size)
+
+    def _generate(self, writer: EnsembleWriter, groups: list[list[Any]], progress: bool) -> None:
+        run = self.climate
+        generate_ensemble(
+            None if run.deterministic else run.model,
+            None if run.deterministic else run.model.formulation,
+            self.conditioning.cond_fields,
+            self.base,
+            [],
+            writer,
+            run.section.variables,
+            self.to_physical,
+            settings=self.settings,
+            seed=self.seed,
+            times=self.conditioning.times,
+            device=run.device,
+            patch_plan=self.patch_plan,
+            groups=groups,
+            progress=progress,
+        )
+
+
+def _version() -> str:
+    import diffscale
+
+    return diffscale.__version__
+
+
+def _open_writer(out: Path, layout: dict[str, Any], context: DistributedContext, overwrite: bool) -> EnsembleWriter:
+    """The writer of this process: a netCDF file (under torchrun, this rank's part file for the merge) or a Zarr
+    store (under torchrun, the one store every rank writes into: rank 0 creates it, then the others open it)."""
+    import torch.distributed as dist
+
+    from diffscale.downscaling import part_path
+
+    if out.suffix != ".zarr":
+        if not context.enabled:
+            return EnsembleWriter(out, overwrite=overwrite, **layout)
+        part = (context.rank, context.world_size)
+        # a part file left by a failed run is ours to replace
+        return EnsembleWriter(part_path(out, *part), overwrite=True, part=part, **layout)
+    if not context.enabled:
+        return ZarrEnsembleWriter(out, overwrite=overwrite, **layout)
+    shared = (context.rank, context.world_size)
+    writer, failure = None, None
+    if context.is_main:
+        try:
+            writer = ZarrEnsembleWriter(out, shared=shared, overwrite=overwrite, **layout)
+        except BaseException as error:
+            failure = error
+    created = torch.tensor([0 if failure is not None else 1])
+    dist.broadcast(created, src=0)
+    if failure is not None:
+        raise failure
+    if not created.item():
+        raise ConfigError(f"{option_name('out')} '{out}': rank 0 could not create the store (its message is above)")
+    return writer if writer is not None else ZarrEnsembleWriter(out, shared=shared, overwrite=overwrite, **layout)
+
+
+def _finish_together(out: Path, context: DistributedContext, failure: BaseException | None, overwrite: bool) -> None:
+    """All ranks agree whether every rank wrote its share; rank 0 then completes ``out`` (merges the netCDF parts,
+    or moves the shared Zarr store into place). On any failure the partial output is removed (nothing is left
+    behind) and the failure is raised on every rank."""
+    import torch.distributed as dist
+
+    from diffscale.downscaling import discard_shared, merge_parts, part_path, publish_shared
+
+    zarr_out = out.suffix == ".zarr"
+    parts = [] if zarr_out else [part_path(out, rank, context.world_size) for rank in range(context.world_size)]
+
+    def clean(everything: bool) -> None:
+        """Remove this rank's partial output (or, on rank 0 after its own failure, all of it)."""
+        if zarr_out:
+            if everything or context.is_main:  # the shared store belongs to rank 0
+                discard_shared(out)
+            return
+        for part in parts if everything else [parts[context.rank]]:
+            part.unlink(missing_ok=True)
+
+    succeeded = torch.tensor([0 if failure is not None else 1])
+    dist.all_reduce(succeeded, op=dist.ReduceOp.MIN)
+    if not succeeded.item():
+        clean(everything=False)
+        if failure is not None:
+            raise failure
+        raise ConfigError("another downscaling process failed (its message is above); no output was written")
+    completed = torch.tensor([1])
+    if context.is_main:
+        try:
+            if zarr_out:
+                publish_shared(out)
+            else:
+                merge_parts(parts, out, overwrite=overwrite)
+        except BaseException:
+            clean(everything=True)
+            completed[0] = 0
+            dist.broadcast(completed, src=0)
+            raise
+    dist.broadcast(completed, src=0)
+    if not completed.item():
+        raise ConfigError("completing the output failed (rank 0's message is above); no output was written")

@@ -1,0 +1,596 @@
+"""Scoring a downscaled ensemble against the truth, next to the bilinear baseline: what ``diffscale evaluate`` does.
+
+>>> scores = diffscale.evaluate("ensemble.nc", truth="era5_t2m.nc")          # files or xarray Datasets
+>>> scores["rmse"].sel(variable="t2m", method="ensemble")
+>>> day = diffscale.evaluate(ensemble.sel(time="2019-03-25"), truth=truth_ds, variables=["t2m"])
+
+The ensemble (dims member, time, latitude, longitude) and the truth (any layout
+:func:`diffscale.data.climate.harmonise` reads) are matched by coordinate: the truth at the ensemble's times (those
+it lacks are left out and counted) and grid points (longitudes match modulo 360). The coarse input is ``coarse``
+(on the grid of blocks of the ensemble's grid), else the truth's area-weighted block mean by the ensemble's
+``coarsening_factor`` attribute or ``coarsening_factor``. Every input is checked before anything is computed;
+bad input raises :class:`~diffscale.validation.ConfigError` (one line naming the input, variable or coordinate).
+
+Scores, area-weighted by cos(latitude) (:func:`diffscale.evaluation.climate_report.evaluate_variable`): RMSE, MAE
+and bias of the ensemble mean; fair CRPS; spread and spread-skill ratio sqrt((M+1)/M) spread / RMSE; rank
+histogram; radially averaged power spectra and their ratio to the truth's above the coarse Nyquist wavenumber;
+errors of the 1st and 99th percentiles.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from diffscale.data.climate.grid import block_centres, is_global_longitude, select_grid
+from diffscale.data.climate.io import canonical_variable, open_dataset, open_fields, select_fields
+from diffscale.evaluation.climate_report import (
+    VariableEvaluation,
+    coarsen_block_mean,
+    evaluate_variable,
+    plot_maps,
+    plot_qq,
+    plot_rank_histogram,
+    plot_spectra,
+    upsample_bilinear,
+    write_scores_json,
+)
+from diffscale.evaluation.spectra import grid_spacing_km
+from diffscale.validation import ConfigError, option_name
+
+__all__ = [
+    "ENSEMBLE_DIMS",
+    "EnsembleSource",
+    "Evaluation",
+    "EvaluationInputs",
+    "FieldsSource",
+    "check_report_directory",
+    "check_seed",
+    "evaluate",
+    "evaluate_inputs",
+    "load_inputs",
+    "scores_dataset",
+    "write_report",
+]
+
+ENSEMBLE_DIMS = ("member", "time", "latitude", "longitude")
+EnsembleSource = xr.Dataset | str | os.PathLike
+"""An ensemble: an ``xarray.Dataset`` (e.g. what ``run.downscale`` returns) or a netCDF file / Zarr store."""
+FieldsSource = xr.Dataset | str | os.PathLike | Sequence[str | os.PathLike]
+"""Fields: an ``xarray.Dataset``, a file, or a list of files / glob patterns (combined along time)."""
+PREDICTIONS = ("ensemble", "bilinear")
+PERCENTILE_KEYS = ("p01", "p99")
+
+
+# -- reading and matching ------------------------------------------------------------------------------------
+@dataclass
+class EvaluationInputs:
+    """Checked, aligned arrays: ``ensemble[v]`` (M, T, H, W), ``truth[v]``/``baseline[v]`` (T, H, W),
+    ``coarse[v]`` (T, h, w) on the grid (latitude ascending) and times of the ensemble found in the truth."""
+
+    variables: list[str]
+    units: dict[str, str]
+    ensemble: dict[str, np.ndarray]
+    truth: dict[str, np.ndarray]
+    coarse: dict[str, np.ndarray]
+    baseline: dict[str, np.ndarray]
+    latitude: np.ndarray
+    longitude: np.ndarray
+    coarse_latitude: np.ndarray
+    coarse_longitude: np.ndarray
+    times: np.ndarray
+    missing_times: int
+    factor: int
+    baseline_source: str
+    sources: dict[str, Any]
+    """How the inputs were given (paths, or a note that they were Datasets), for the report."""
+
+    @property
+    def members(self) -> int:
+        """M, the ensemble size."""
+        return next(iter(self.ensemble.values())).shape[0]
+
+    def grid_spacing_km(self) -> tuple[float, float]:
+        """(dy, dx) of the ensemble's grid in km (ConfigError for a grid without a spacing)."""
+        try:
+            return grid_spacing_km(self.latitude, self.longitude)
+        except ValueError as error:
+            raise ConfigError(f"ensemble {self.sources['ensemble']}: {error}") from None
+
+    def describe(self) -> str:
+        """One line: members, times, the grid and the baseline."""
+        dy, dx = self.grid_spacing_km()
+        return (
+            f"scoring {self.members} members at {self.times.size} times on a {self.latitude.size} x "
+            f"{self.longitude.size} grid ({dy:.3g} x {dx:.3g} km); baseline: {self.baseline_source}"
+        )
+
+
+def _describe(source: Any) -> str:
+    """How messages name an input: its file name(s), or the file an in-memory Dataset was read from."""
+    if isinstance(source, xr.Dataset | xr.DataArray):
+        return f"(xarray.Dataset{', from ' + str(source.encoding['source']) if 'source' in source.encoding else ''})"
+    if isinstance(source, str | os.PathLike):
+        return str(source)
+    return ", ".join(map(str, source))
+
+
+def _absolute(source: Any) -> Any:
+    """A JSON-able record of an input: absolute paths, or a description of a Dataset."""
+    if isinstance(source, xr.Dataset | xr.DataArray):
+        return f"xarray.Dataset{' read from ' + str(source.encoding['source']) if 'source' in source.encoding else ''}"
+    if isinstance(source, str | os.PathLike):
+        return str(Path(source).resolve())
+    return [str(Path(path).resolve()) for path in source]
+
+
+def _check_exists(source: Any, what: str) -> None:
+    if isinstance(source, xr.Dataset | xr.DataArray) or source is None:
+        return
+    for path in [source] if isinstance(source, str | os.PathLike) else source:
+        if not glob.has_magic(str(path)) and not Path(path).exists():
+            raise ConfigError(f"{what} file {path} does not exist")
+
+
+def _ensemble_dataset(source: EnsembleSource) -> xr.Dataset:
+    if isinstance(source, xr.Dataset):
+        return source
+    try:
+        return open_dataset(Path(source))
+    except ConfigError as error:
+        raise ConfigError(f"ensemble: {error}") from None
+
+
+def _fields_dataset(source: FieldsSource, variables: list[str], what: str) -> xr.Dataset:
+    """The harmonised fields (canonical names and dims, latitude ascending) of ``variables``; ConfigError names
+    ``what`` and the input."""
+    names = _describe(source)
+    try:
+        if isinstance(source, xr.Dataset | xr.DataArray):
+            dataset = select_fields(source, variables, source=f"{what} {names}")
+        else:
+            paths = [source] if isinstance(source, str | os.PathLike) else list(source)
+            dataset = open_fields([str(path) for path in paths], variables)
+    except ConfigError as error:
+        raise ConfigError(f"{what} {names}: {error}") from None
+    for name in variables:
+        dims = set(dataset[canonical_variable(name)].dims)
+        if dims != {"time", "latitude", "longitude"}:
+            raise ConfigError(
+                f"{what} {names}: variable {name!r} has dims {tuple(dataset[canonical_variable(name)].dims)}, "
+                "not (time, latitude, longitude)"
+            )
+    return dataset
+
+
+def _finite(values: np.ndarray, variable: str, where: str, times: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        time_axis = values.ndim - 3
+        first_time = np.nonzero(bad.reshape(*values.shape[: time_axis + 1], -1).any(axis=-1))[-1][0]
+        raise ConfigError(
+            f"{where}: variable {variable!r} holds {int(bad.sum())} NaN or infinite values "
+            f"(first at time {np.datetime_as_string(times[first_time], unit='s')})"
+        )
+    return values
+
+
+def _ensemble_variables(dataset: xr.Dataset, requested: Sequence[str] | None, where: str) -> list[str]:
+    available = [name for name in dataset.data_vars if set(dataset[name].dims) == set(ENSEMBLE_DIMS)]
+    if requested is None:
+        if not available:
+            raise ConfigError(f"ensemble {where}: no data variable with dims {ENSEMBLE_DIMS}")
+        return [str(name) for name in available]
+    for name in requested:
+        if name not in dataset.data_vars:
+            raise ConfigError(
+                f"ensemble {where} has no variable {name!r}; it has: {', '.join(map(str, dataset.data_vars))}"
+            )
+        if name not in available:
+            raise ConfigError(
+                f"ensemble {where}: variable {name!r} has dims {tuple(dataset[name].dims)}, not {ENSEMBLE_DIMS}"
+            )
+    return list(dict.fromkeys(requested))
+
+
+def _factor(dataset: xr.Dataset, override: int | None, where: str) -> int | None:
+    if override is not None:
+        if isinstance(override, bool) or not isinstance(override, int | np.integer) or override < 1:
+            raise ConfigError(f"{option_name('coarsening_factor')} = {override}: must be an integer >= 1")
+        return int(override)
+    value = dataset.attrs.get("coarsening_factor")
+    if value is None:
+        return None
+    try:
+        factor = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ensemble {where}: attribute coarsening_factor = {value!r} is not an integer") from None
+    if factor < 1 or factor != float(np.asarray(value)):
+        raise ConfigError(f"ensemble {where}: attribute coarsening_factor = {value!r} must be an integer >= 1")
+    return factor
+
+
+def _check_divisible(height: int, width: int, factor: int, where: str) -> None:
+    if height % factor or width % factor:
+        raise ConfigError(
+            f"ensemble {where}: its {height} x {width} grid is not divisible by the coarsening factor {factor}"
+        )
+
+
+def _units(dataset: xr.Dataset, name: str) -> str:
+    return str(dataset[name].attrs.get("units", ""))
+
+
+def load_inputs(
+    ensemble: EnsembleSource,
+    truth: FieldsSource,
+    coarse: FieldsSource | None = None,
+    variables: Sequence[str] | None = None,
+    coarsening_factor: int | None = None,
+) -> EvaluationInputs:
+    """Read, check and align the ensemble, the truth and the coarse input; build the bilinear baseline.
+
+    Raises ConfigError on a missing file or variable, grids that do not match, NaNs, differing units, no
+    common time or a grid that is not divisible by the coarsening factor.
+    """
+    for source, what in ((ensemble, "ensemble"), (truth, "truth"), (coarse, "coarse")):
+        _check_exists(source, what)
+    ensemble_where = _describe(ensemble)
+    ensemble_ds = _ensemble_dataset(ensemble)
+    names = _ensemble_variables(ensemble_ds, variables, ensemble_where)
+    for coordinate in ("time", "latitude", "longitude"):
+        if coordinate not in ensemble_ds.coords:
+            raise ConfigError(f"ensemble {ensemble_where} has no {coordinate!r} coordinate")
+    if ensemble_ds.sizes["latitude"] > 1 and float(ensemble_ds.latitude[0]) > float(ensemble_ds.latitude[-1]):
+        ensemble_ds = ensemble_ds.sortby("latitude")
+    latitude = np.asarray(ensemble_ds.latitude, dtype=np.float64)
+    longitude = np.asarray(ensemble_ds.longitude, dtype=np.float64)
+    ensemble_times = np.atleast_1d(np.asarray(ensemble_ds.time.values)).astype("datetime64[s]")
+    factor = _factor(ensemble_ds, coarsening_factor, ensemble_where)
+
+    truth_where = "truth " + _describe(truth)
+    truth_ds = _fields_dataset(truth, names, "truth")
+    truth_times = np.asarray(truth_ds.time.values).astype("datetime64[s]")
+    common = np.isin(ensemble_times, truth_times)
+    if not common.any():
+        raise ConfigError(
+            f"{truth_where}: no time in common with the ensemble (ensemble {ensemble_times[0]} to "
+            f"{ensemble_times[-1]}, truth {truth_times.min()} to {truth_times.max()})"
+        )
+    times = ensemble_times[common]
+    truth_ds = select_grid(truth_ds, latitude, longitude, truth_where)
+    truth_time_index = np.array([int(np.nonzero(truth_times == time)[0][0]) for time in times])
+
+    ensemble_values: dict[str, np.ndarray] = {}
+    truth_values: dict[str, np.ndarray] = {}
+    units: dict[str, str] = {}
+    for name in names:
+        field = ensemble_ds[name]
+        if "time" not in field.dims:
+            field = field.expand_dims("time")
+        members = field.transpose(*ENSEMBLE_DIMS).isel(time=np.nonzero(common)[0])
+        ensemble_values[name] = _finite(
+            np.asarray(members.values, dtype=np.float64), name, f"ensemble {ensemble_where}", times
+        )
+        truth_field = truth_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
+        truth_field = truth_field.isel(time=truth_time_index)
+        truth_values[name] = _finite(np.asarray(truth_field.values, dtype=np.float64), name, truth_where, times)
+        units[name] = _units(ensemble_ds, name)
+        truth_units = _units(truth_ds, canonical_variable(name))
+        if units[name] and truth_units and units[name] != truth_units:
+            raise ConfigError(
+                f"{truth_where}: variable {name!r} is in {truth_units!r}, the ensemble in {units[name]!r}"
+            )
+
+    height, width = latitude.size, longitude.size
+    coarse_values: dict[str, np.ndarray] = {}
+    if coarse is not None:
+        coarse_ds = _fields_dataset(coarse, names, "coarse input")
+        coarse_where = f"coarse input {_describe(coarse)}"
+        if factor is None:  # the coarse file covers the ensemble's domain: the factor is the ratio of the sizes
+            h, w = coarse_ds.sizes["latitude"], coarse_ds.sizes["longitude"]
+            if not (h and w and height % h == 0 and width % w == 0 and height // h == width // w):
+                raise ConfigError(
+                    f"{coarse_where}: its {h} x {w} grid does not coarsen the ensemble's {height} x {width} grid "
+                    f"by one integer factor (pass {option_name('coarsening_factor')})"
+                )
+            factor = height // h
+        _check_divisible(height, width, factor, ensemble_where)
+        coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
+        coarse_ds = select_grid(coarse_ds, coarse_latitude, coarse_longitude, f"{coarse_where} (coarsened {factor}x)")
+        coarse_times = np.asarray(coarse_ds.time.values).astype("datetime64[s]")
+        missing = ~np.isin(times, coarse_times)
+        if missing.any():
+            raise ConfigError(
+                f"{coarse_where}: {int(missing.sum())} of the {times.size} evaluated times are missing "
+                f"(first {times[missing][0]})"
+            )
+        coarse_time_index = np.array([int(np.nonzero(coarse_times == time)[0][0]) for time in times])
+        for name in names:
+            field = coarse_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
+            field = field.isel(time=coarse_time_index)
+            coarse_values[name] = _finite(np.asarray(field.values, dtype=np.float64), name, coarse_where, times)
+            coarse_units = _units(coarse_ds, canonical_variable(name))
+            if units[name] and coarse_units and units[name] != coarse_units:
+                raise ConfigError(
+                    f"{coarse_where}: variable {name!r} is in {coarse_units!r}, the ensemble in {units[name]!r}"
+                )
+        baseline_source = f"bilinear upsampling of {_describe(coarse)}"
+    else:
+        if factor is None:
+            raise ConfigError(
+                f"ensemble {ensemble_where} has no coarsening_factor attribute: "
+                f"pass {option_name('coarsening_factor')} or {option_name('coarse')}"
+            )
+        _check_divisible(height, width, factor, ensemble_where)
+        coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
+        for name in names:
+            coarse_values[name] = coarsen_block_mean(truth_values[name], latitude, factor)
+        baseline_source = f"bilinear upsampling of the truth coarsened {factor}x (area-weighted block mean)"
+    periodic = is_global_longitude(longitude)
+    baseline = {name: upsample_bilinear(coarse_values[name], factor, periodic_longitude=periodic) for name in names}
+    return EvaluationInputs(
+        variables=names,
+        units=units,
+        ensemble=ensemble_values,
+        truth=truth_values,
+        coarse=coarse_values,
+        baseline=baseline,
+        latitude=latitude,
+        longitude=longitude,
+        coarse_latitude=coarse_latitude,
+        coarse_longitude=coarse_longitude,
+        times=times,
+        missing_times=int((~common).sum()),
+        factor=factor,
+        baseline_source=baseline_source,
+        sources={
+            "ensemble": _absolute(ensemble),
+            "truth": _absolute(truth) if not isinstance(truth, str | os.PathLike) else [_absolute(truth)],
+            "coarse": _absolute(coarse) if coarse is not None else None,
+        },
+    )
+
+
+# -- scoring ---------------------------------------------------------------------------------------------------
+def check_seed(seed: Any) -> int:
+    """``seed`` if it is an integer >= 0; ConfigError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"{option_name('seed')} = {seed}: must be an integer >= 0")
+    return int(seed)
+
+
+@dataclass
+class Evaluation:
+    """The scores of every variable (``document``: the JSON of ``scores.json``) and what the figures need."""
+
+    inputs: EvaluationInputs
+    variables: list[VariableEvaluation]
+    document: dict[str, Any]
+
+    def dataset(self) -> xr.Dataset:
+        """The scores as an ``xarray.Dataset`` (:func:`scores_dataset`)."""
+        return scores_dataset(self.document)
+
+
+def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0) -> Evaluation:
+    """Score every variable of checked ``inputs``; ``seed`` breaks the ties of the rank histogram."""
+    check_seed(seed)
+    dy, dx = inputs.grid_spacing_km()
+    evaluations = [
+        evaluate_variable(
+            name,
+            inputs.ensemble[name],
+            inputs.truth[name],
+            inputs.baseline[name],
+            inputs.latitude,
+            inputs.longitude,
+            inputs.factor,
+            units=inputs.units[name],
+            seed=int(seed),
+        )
+        for name in inputs.variables
+    ]
+    document: dict[str, Any] = {
+        **inputs.sources,
+        "baseline": inputs.baseline_source,
+        "coarsening_factor": inputs.factor,
+        "members": inputs.members,
+        "times": {
+            "count": int(inputs.times.size),
+            "first": str(inputs.times[0]),
+            "last": str(inputs.times[-1]),
+            "ensemble_times_without_truth": inputs.missing_times,
+        },
+        "grid": {
+            "latitude": [float(inputs.latitude[0]), float(inputs.latitude[-1]), int(inputs.latitude.size)],
+            "longitude": [float(inputs.longitude[0]), float(inputs.longitude[-1]), int(inputs.longitude.size)],
+            "dy_km": dy,
+            "dx_km": dx,
+        },
+        "area_weighting": "cos(latitude)",
+        "seed": int(seed),
+        "variables": {evaluation.name: evaluation.scores for evaluation in evaluations},
+    }
+    return Evaluation(inputs, evaluations, document)
+
+
+def evaluate(
+    ensemble: EnsembleSource,
+    truth: FieldsSource,
+    coarse: FieldsSource | None = None,
+    *,
+    variables: Sequence[str] | None = None,
+    coarsening_factor: int | None = None,
+    seed: int = 0,
+) -> xr.Dataset:
+    """The scores of ``ensemble`` against ``truth`` and of the bilinear baseline, as an ``xarray.Dataset``: the
+    numbers ``diffscale evaluate`` writes to scores.json (:func:`scores_dataset` has the layout).
+
+    Args:
+        ensemble: an ``xarray.Dataset`` with dims (member, time, latitude, longitude), or its file.
+        truth: the true fields (Dataset, file or files).
+        coarse: the coarse input the baseline upsamples (default: the truth's block mean).
+        variables: the variables to score (default: every ensemble variable).
+        coarsening_factor: fine cells per coarse cell (default: the ensemble's attribute).
+        seed: seed of the random tie-breaking of ranks.
+    """
+    check_seed(seed)
+    inputs = load_inputs(ensemble, truth, coarse, variables, coarsening_factor)
+    return evaluate_inputs(inputs, seed).dataset()
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
+    """The scores of an evaluation document (scores.json) as an ``xarray.Dataset``.
+
+    Dims: ``variable``, ``prediction`` (ensemble, bilinear), ``percentile`` (p01, p99), ``rank`` (0..M) and
+    ``wavenumber`` (1/km); coordinate ``units`` along ``variable``. Data: ``rmse``, ``mae``, ``bias``, ``crps``,
+    ``spectral_ratio`` and ``percentile_error`` per (variable, prediction); ``spread``, ``spread_skill_ratio``,
+    ``rank_histogram`` (frequencies) and ``ensemble_mean_spectral_ratio`` of the ensemble; ``power``
+    (variable, spectrum, wavenumber) the radially averaged spectra of the truth, the members, the ensemble mean and
+    the baseline; ``k_nyquist_coarse`` per variable. The document's other entries (inputs, times, grid, seed)
+    are the attributes. Missing values (e.g. a spread-skill ratio of one member) are NaN.
+    """
+    scores = document["variables"]
+    names = list(scores)
+    first = scores[names[0]]
+    spectrum_labels = [key for key in first["spectra"] if key not in ("k_nyquist_coarse_per_km", "wavenumber_per_km")]
+
+    def per_method(key: str) -> list[list[float]]:
+        return [[_number(scores[name][prediction][key]) for prediction in PREDICTIONS] for name in names]
+
+    data = {key: (("variable", "prediction"), per_method(key)) for key in ("rmse", "mae", "bias", "crps")}
+    data["spectral_ratio"] = (
+        ("variable", "prediction"),
+        [[_number(scores[name][prediction]["spectral_ratio"]["mean_ratio"]) for prediction in PREDICTIONS] for name in names],
+    )
+    data["percentile_error"] = (
+        ("variable", "prediction", "percentile"),
+        [
+            [
+                [_number(scores[name][prediction]["percentile_errors"][key]["bias"]) for key in PERCENTILE_KEYS]
+                for prediction in PREDICTIONS
+            ]
+            for name in names
+        ],
+    )
+    data["spread"] = (("variable",), [_number(scores[name]["ensemble"]["spread"]) for name in names])
+    data["spread_skill_ratio"] = (
+        ("variable",),
+        [_number(scores[name]["ensemble"]["spread_skill_ratio"]) for name in names],
+    )
+    data["ensemble_mean_spectral_ratio"] = (
+        ("variable",),
+        [_number(scores[name]["ensemble"]["ensemble_mean"]["spectral_ratio"]["mean_ratio"]) for name in names],
+    )
+    data["rank_histogram"] = (
+        ("variable", "rank"),
+        [[_number(value) for value in scores[name]["ensemble"]["rank_histogram"]["frequency"]] for name in names],
+    )
+    data["power"] = (
+        ("variable", "spectrum", "wavenumber"),
+        [[[_number(value) for value in scores[name]["spectra"][label]] for label in spectrum_labels] for name in names],
+    )
+    data["k_nyquist_coarse"] = (
+        ("variable",),
+        [_number(scores[name]["spectra"]["k_nyquist_coarse_per_km"]) for name in names],
+    )
+    members = int(document["members"])
+    coordinates = {
+        "variable": names,
+        "prediction": list(PREDICTIONS),
+        "percentile": list(PERCENTILE_KEYS),
+        "rank": np.arange(members + 1),
+        "spectrum": spectrum_labels,
+        "wavenumber": ("wavenumber", np.asarray(first["spectra"]["wavenumber_per_km"]), {"units": "km-1"}),
+        "units": ("variable", [str(scores[name]["units"]) for name in names]),
+    }
+    attributes = {
+        key: value for key, value in document.items() if key not in ("variables", "figures") and value is not None
+    }
+    flat: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}_{inner}": item for inner, item in value.items()})
+        else:
+            flat[key] = value
+    return xr.Dataset(data, coords=coordinates, attrs=flat)
+
+
+# -- the report -----------------------------------------------------------------------------------------------
+def check_report_directory(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option_name('out')} {out}: exists and is not a directory")
+    parent = out.resolve().parent
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise ConfigError(f"{option_name('out')} {out}: cannot write into {parent}")
+    return out
+
+
+def _write_files(directory: Path, evaluation: Evaluation, figures: bool) -> list[str]:
+    inputs = evaluation.inputs
+    written: list[str] = []
+    time_label = np.datetime_as_string(inputs.times[0], unit="m")
+    for result in evaluation.variables if figures else []:
+        name, units = result.name, result.units
+        members = inputs.ensemble[name]
+        plot_maps(
+            directory / f"{name}_maps.png",
+            variable=name,
+            units=units,
+            latitude=inputs.latitude,
+            longitude=inputs.longitude,
+            truth=inputs.truth[name][0],
+            ensemble_mean=members[:, 0].mean(axis=0),
+            spread=members[:, 0].std(axis=0, ddof=1) if members.shape[0] > 1 else np.zeros_like(members[0, 0]),
+            members=members[:3, 0],
+            coarse=inputs.coarse[name][0],
+            coarse_latitude=inputs.coarse_latitude,
+            coarse_longitude=inputs.coarse_longitude,
+            bilinear=inputs.baseline[name][0],
+            title=f"{name} at {time_label}",
+        )
+        plot_spectra(directory / f"{name}_spectra.png", result.spectra, result.k_nyquist_coarse, name, units)
+        frequency = result.scores["ensemble"]["rank_histogram"]["frequency"]
+        plot_rank_histogram(directory / f"{name}_rank_histogram.png", frequency, name)
+        plot_qq(
+            directory / f"{name}_qq.png",
+            inputs.truth[name],
+            {"ensemble members": members, "bilinear": inputs.baseline[name]},
+            inputs.latitude,
+            name,
+            units,
+        )
+        written += [f"{name}_{kind}.png" for kind in ("maps", "spectra", "rank_histogram", "qq")]
+    return written
+
+
+def write_report(out: str | os.PathLike, evaluation: Evaluation, *, figures: bool = True) -> Path:
+    """Write ``scores.json`` and (with ``figures``) per variable PNG maps, spectra, rank histogram and
+    quantile-quantile plot into the directory ``out``: written to a temporary directory beside it and moved into
+    place only when all are done (an error leaves nothing). Returns the path of scores.json."""
+    out = check_report_directory(Path(out))
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
+    try:
+        evaluation.document["figures"] = _write_files(staging, evaluation, figures)
+        write_scores_json(staging / "scores.json", evaluation.document)
+        out.mkdir(exist_ok=True)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / "scores.json"

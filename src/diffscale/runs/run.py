@@ -1,0 +1,382 @@
+"""A trained run as a Python object: what ``diffscale.load_run(run_dir)`` returns.
+
+>>> run = diffscale.load_run("runs/mixture_1d_edm")              # EMA weights, CUDA when available
+>>> x = run.sample(1000, steps=40, seed=0)                        # (1000, *run.data_shape)
+>>> report = run.likelihood(x[:100])                              # log p by the probability-flow ODE
+>>> climate = diffscale.load_run("runs/era5_uk", device="cpu")
+>>> ensemble = climate.downscale("coarse.nc", members=32, seed=0) # an xarray.Dataset, as `diffscale downscale` writes
+
+Every kind of run loads the same way: a toy run (``data.kind`` mixture or gaussian_fields) is a :class:`Run`; a
+climate run (``data.kind: climate``) is a :class:`ClimateRun`, diffusion or regression (``training.objective``).
+Bad input raises :class:`~diffscale.validation.ConfigError` with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from diffscale.config import Config
+from diffscale.config.climate import ClimateData
+from diffscale.config.schema import stored_config
+from diffscale.data.climate import ConditioningBuilder
+from diffscale.denoiser import PreconditionedDenoiser
+from diffscale.devices import check_device
+from diffscale.formulations import Formulation
+from diffscale.runs.building import DataDistribution, build_distribution, build_model_for, is_climate, is_regression
+from diffscale.runs.stats import STATS_NAME, load_stats
+from diffscale.sampling import SamplerSettings
+from diffscale.training.checkpoint import (
+    EMA,
+    SIDECAR_NAME,
+    WEIGHTS,
+    Checkpoint,
+    is_sidecar_name,
+    load_checkpoint,
+    load_weights,
+)
+from diffscale.validation import ConfigError, option_name
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from diffscale.runs.downscaling import CoarseInput, DownscalingJob
+    from diffscale.runs.likelihood import LikelihoodReport
+
+__all__ = ["ClimateRun", "RegressionFn", "Run", "WeightsChoice", "load_climate_run", "load_run"]
+
+WeightsChoice = Literal["ema", "raw"]
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+"""Suffixes of files that other frameworks save by pickling (never loaded)."""
+RegressionFn = Any
+"""R: conditioning (B, K, H, W) -> the normalised fine field predicted by a regression run (B, C, H, W)."""
+
+
+@dataclass
+class Run:
+    """A trained run: its configuration and model (EMA weights by default), on ``device``, ready to use.
+
+    Attributes:
+        run_dir: the run directory.
+        config: the configuration stored with the checkpoint.
+        step: the checkpoint's training step.
+        weights: ``ema`` or ``raw``.
+        model: the network with its preconditioning: a :class:`~diffscale.PreconditionedDenoiser` D(x; sigma),
+            or for a regression run the deterministic model mu(c).
+        device: where the model lives.
+        weights_sha256: the sha256 of the weights file (recorded in downscaled ensembles).
+    """
+
+    run_dir: Path
+    config: Config
+    step: int
+    weights: WeightsChoice
+    model: nn.Module
+    device: torch.device
+    weights_sha256: str
+    _data: DataDistribution | None = field(default=None, repr=False)
+
+    # -- what the run is -----------------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """``mixture``, ``gaussian_fields``, ``climate`` (a diffusion model of climate fields) or ``regression``."""
+        if is_regression(self.config):
+            return "regression"
+        return str(self.config.data.kind)
+
+    @property
+    def formulation(self) -> Formulation:
+        """The run's formulation (its ``diffusion:`` section)."""
+        if isinstance(self.model, PreconditionedDenoiser):
+            return self.model.formulation
+        return self.config.formulation()
+
+    @property
+    def denoiser(self) -> PreconditionedDenoiser:
+        """D(x; sigma, **cond) = c_skip x + c_out F(c_in x; c_noise, cond) (ConfigError for a regression run)."""
+        if not isinstance(self.model, PreconditionedDenoiser):
+            raise ConfigError(f"'{self.run_dir}' is a regression run (deterministic): it has no denoiser; use .model")
+        return self.model
+
+    @property
+    def data(self) -> DataDistribution:
+        """The distribution the run was trained on (a Gaussian mixture or a Gaussian random field)."""
+        if self._data is None:
+            self._data = build_distribution(self.config)
+        return self._data
+
+    @property
+    def mixture(self) -> DataDistribution:
+        """The data distribution (name kept from when every run modelled a mixture)."""
+        return self.data
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: (D,) for vectors, (C, H, W) for fields."""
+        return self.config.data_shape()
+
+    def sampler_settings(self, settings: SamplerSettings | None = None, **overrides: Any) -> SamplerSettings:
+        """The run's ``sampling:`` section, or ``settings``, with ``overrides`` (``steps``, ``sampler``, ``s_churn``,
+        ``s_min``, ``s_max``, ``s_noise``, ``schedule``; None keeps a key), validated like the configuration."""
+        from diffscale.runs.sampling import sampler_settings
+
+        return sampler_settings(self.config.sampling, settings, **overrides)
+
+    # -- using it ----------------------------------------------------------------------------------------------
+    def check_sampling(self) -> None:
+        """ConfigError when the run cannot draw unconditional samples (a climate run needs coarse input)."""
+
+    def check_likelihood(self) -> None:
+        """ConfigError when the run has no unconditional likelihood (a climate run)."""
+
+    def sample(
+        self,
+        num: int,
+        *,
+        settings: SamplerSettings | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        s_churn: float | None = None,
+        s_min: float | None = None,
+        s_max: float | None = None,
+        s_noise: float | None = None,
+        schedule: str | None = None,
+        seed: int = 0,
+        batch_size: int = 10_000,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """``num`` samples (float32, CPU; shape (num, *data_shape)) drawn with the run's sampler settings, or
+        ``settings``, with any of the given keys overridden; the noise comes from one CPU generator seeded with
+        ``seed`` (the same samples on CPU and GPU, to rounding)."""
+        from diffscale.runs.sampling import sample_run
+
+        self.check_sampling()
+        chosen = self.sampler_settings(
+            settings,
+            steps=steps,
+            sampler=sampler,
+            s_churn=s_churn,
+            s_min=s_min,
+            s_max=s_max,
+            s_noise=s_noise,
+            schedule=schedule,
+        )
+        return sample_run(self, num, chosen, seed=seed, batch_size=batch_size, progress=progress)
+
+    def likelihood(self, data: torch.Tensor | int | str | Path, **options: Any) -> LikelihoodReport:
+        """log p of ``data`` under the run by the probability-flow ODE (:func:`diffscale.runs.likelihood.likelihood`
+        has the options: steps, solver, num_probes, probe, exact_trace, sigma_start, sigma_end,
+        zero_noise_correction, seed, batch_size, progress). ``data``: samples (N, *data_shape), a samples file, or
+        an integer N for N fresh draws of the run's own distribution."""
+        from diffscale.runs.likelihood import likelihood
+
+        self.check_likelihood()
+        return likelihood(self, data, **options)
+
+
+@dataclass
+class ClimateRun(Run):
+    """A trained climate run: a diffusion model of fine fields given coarse ones, or (``training.objective:
+    regression``) the deterministic regression model mu(c). It samples only given coarse fields: :meth:`downscale`.
+
+    Attributes (beside :class:`Run`'s):
+        stats: the per-variable transform statistics saved with the run (``data_stats.json``).
+        grid: the training grid (spacing, extent) saved with the run.
+    """
+
+    stats: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deterministic(self) -> bool:
+        """A regression run: one prediction, no ensemble."""
+        return is_regression(self.config)
+
+    @property
+    def section(self) -> ClimateData:
+        """The run's ``data:`` section."""
+        return self.config.data
+
+    @property
+    def variables(self) -> list[str]:
+        """The modelled variables, in channel order."""
+        return list(self.section.variables)
+
+    @property
+    def data(self) -> DataDistribution:
+        raise ConfigError(
+            f"'{self.run_dir}' is a climate run: its data are the files of data.paths "
+            "(diffscale.data.climate.ClimateDataset(run.section, split, run.stats) reads them)"
+        )
+
+    def builder(self) -> ConditioningBuilder:
+        """The conditioning builder of the run (its statistics; reads the static files)."""
+        return ConditioningBuilder.from_section(self.section, self.stats)
+
+    def regression_predictor(self) -> RegressionFn:
+        """R(c): the normalised fine field T(y) this regression run predicts from the conditioning c.
+
+        The regression model learnt the target of its own ``data.target``: T(y) itself (``fine``), or the residual
+        over the upsampled coarse field U(T(x)) (``residual``), which is the first C channels of c.
+        """
+        if not self.deterministic:
+            raise ConfigError(f"'{self.run_dir}' is not a regression run")
+        channels = len(self.section.variables)
+        target = self.section.target
+        if target not in ("fine", "residual"):
+            raise ConfigError(
+                f"'{self.run_dir}': a regression run with data.target = {target!r} cannot serve as a base"
+            )
+        model, device = self.model, self.device
+
+        def predict(cond_fields: torch.Tensor) -> torch.Tensor:
+            cond_fields = cond_fields.to(device)
+            prediction = model(cond_fields)
+            return prediction + cond_fields[:, :channels] if target == "residual" else prediction
+
+        return predict
+
+    def base_run(self) -> ClimateRun | None:
+        """The regression run whose prediction is the base of a CorrDiff run (``data.target:
+        regression_residual``), on this run's device; None for other targets."""
+        if self.section.target != "regression_residual":
+            return None
+        return load_climate_run(self.section.regression_run, device=str(self.device), key="data.regression_run")
+
+    # -- sampling needs coarse fields ----------------------------------------------------------------------------
+    def check_sampling(self) -> None:
+        """Refused: a climate run generates fine fields given coarse ones (:meth:`downscale`)."""
+        raise ConfigError(
+            f"'{self.run_dir}' is a climate run: it samples fine fields given coarse ones; downscale coarse input "
+            "instead (run.downscale(coarse) in Python, 'diffscale downscale RUN --input COARSE' on the command line)"
+        )
+
+    def check_likelihood(self) -> None:
+        """Refused: the likelihood of a climate run would be conditional on coarse fields, which is not offered."""
+        raise ConfigError(
+            f"'{self.run_dir}' is a climate run: its likelihood would be conditional on coarse fields, which is not "
+            "offered; likelihood takes mixture and Gaussian-field runs"
+        )
+
+    def prepare_downscaling(self, coarse: CoarseInput, **options: Any) -> DownscalingJob:
+        """Check everything and build the conditioning of ``coarse`` (nothing is sampled or written yet); see
+        :class:`diffscale.runs.downscaling.DownscalingJob` for the options."""
+        from diffscale.runs.downscaling import DownscalingJob
+
+        return DownscalingJob.prepare(self, coarse, **options)
+
+    def downscale(
+        self,
+        coarse: CoarseInput,
+        members: int | None = None,
+        *,
+        out: str | Path | None = None,
+        overwrite: bool = False,
+        progress: bool = False,
+        **options: Any,
+    ) -> xr.Dataset:
+        """An ensemble of fine fields for the coarse fields ``coarse`` (an ``xarray.Dataset``, a file, or a list of
+        files), equal to what ``diffscale downscale`` writes: dims (member, time, latitude, longitude), physical
+        units, CF attributes.
+
+        Args:
+            coarse: the coarse input (any layout :func:`diffscale.data.climate.harmonise` reads).
+            members: ensemble size (default 16; 1 for a regression run).
+            out: write the ensemble there (``.nc`` netCDF or ``.zarr`` store) block by block and return it opened
+                lazily (dask-backed): use it for inputs whose ensemble does not fit in memory. Without ``out`` the
+                ensemble is built in memory (refused, before any work, when it would take more than half the
+                available memory).
+            overwrite: replace an existing ``out``.
+            progress: show a progress bar.
+            **options: sampler settings (``steps``, ``sampler``, ``s_churn``, ``s_min``, ``s_max``, ``s_noise``,
+                ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive), ``patch``
+                (H, W) and ``overlap``, ``member_batch``, ``batch_size``: see
+                :class:`~diffscale.runs.downscaling.DownscalingJob`.
+        """
+        job = self.prepare_downscaling(coarse, members=members, **options)
+        return job.run(out=out, overwrite=overwrite, progress=progress)
+
+
+def _weights_sha256(checkpoint: Checkpoint, part: str, state: dict[str, torch.Tensor]) -> str:
+    """The sha256 of the weights file: recorded in the sidecar, else computed from the tensors."""
+    recorded = (checkpoint.sidecar.get("files") or {}).get(part, {}).get("sha256")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    tensors = {name: value.contiguous() for name, value in state.items()}
+    return hashlib.sha256(safetensors.torch.save(tensors)).hexdigest()
+
+
+def load_run(
+    run_dir: str | Path, *, weights: WeightsChoice = "ema", device: str = "auto", key: str = "run directory"
+) -> Run:
+    """Load a run directory written by ``diffscale train`` (or :func:`diffscale.runs.train`).
+
+    Args:
+        run_dir: the run directory.
+        weights: ``ema`` (the EMA-averaged weights, default) or ``raw``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        key: how messages name ``run_dir``.
+
+    Returns:
+        A :class:`ClimateRun` for climate runs, else a :class:`Run`.
+
+    Raises:
+        ConfigError: a missing run, a missing or corrupt checkpoint (CheckpointError), weights that do not fit the
+            configured model, or a bad device.
+    """
+    run_dir = Path(run_dir)
+    if weights not in ("ema", "raw"):
+        raise ConfigError(f"{option_name('weights')} = {weights!r}: allowed: ema, raw")
+    torch_device = check_device(device, option_name("device"))
+    if not run_dir.exists():
+        raise ConfigError(f"{key} '{run_dir}' not found")
+    source = run_dir
+    if not run_dir.is_dir():
+        if not is_sidecar_name(run_dir.name):
+            pickled = "; pickled .pt/.pkl files are never loaded" if run_dir.suffix in PICKLE_SUFFIXES else ""
+            raise ConfigError(
+                f"{key} '{run_dir}' is not a directory (give the run directory written by 'diffscale train', or one "
+                f"of its checkpoint sidecars){pickled}"
+            )
+        run_dir = run_dir.parent  # a checkpoint sidecar: that checkpoint of its run
+    part = EMA if weights == "ema" else WEIGHTS
+    checkpoint = load_checkpoint(source, parts=(part,))
+    where = f"'{checkpoint.directory / SIDECAR_NAME}'"
+    config = stored_config(checkpoint.config, where)
+    state = checkpoint.ema_weights if weights == "ema" else checkpoint.weights
+    if not state:
+        raise ConfigError(f"{where}: holds no {weights} weights")
+    model = build_model_for(config)
+    load_weights(model, state, where)
+    model = model.to(torch_device).eval().requires_grad_(False)
+    loaded: dict[str, Any] = {
+        "run_dir": run_dir,
+        "config": config,
+        "step": checkpoint.step,
+        "weights": weights,
+        "model": model,
+        "device": torch_device,
+        "weights_sha256": _weights_sha256(checkpoint, part, state),
+    }
+    if not is_climate(config):
+        return Run(**loaded)
+    saved = load_stats(run_dir)
+    if saved is None:
+        raise ConfigError(f"{key} '{run_dir}' has no {STATS_NAME} (was it trained by this version of diffscale?)")
+    return ClimateRun(**loaded, stats=saved["transforms"], grid=saved["grid"])
+
+
+def load_climate_run(
+    run_dir: str | Path, *, weights: WeightsChoice = "ema", device: str = "auto", key: str = "run directory"
+) -> ClimateRun:
+    """:func:`load_run` for a run that must be a climate run (ConfigError naming ``key`` otherwise)."""
+    run = load_run(run_dir, weights=weights, device=device, key=key)
+    if not isinstance(run, ClimateRun):
+        raise ConfigError(f"{key} '{run_dir}' is not a climate run (its data.kind is {run.config.data.kind!r})")
+    return run
