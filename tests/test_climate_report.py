@@ -10,14 +10,21 @@ import numpy as np
 import pytest
 
 from diffscale.data.climate.grid import block_centres as coarse_coordinates
+from diffscale.evaluation.calibration import rank_histogram_flatness, spread_error_bins
 from diffscale.evaluation.climate_report import (
     Spectrum,
     coarsen_block_mean,
     evaluate_variable,
+    maps_figure,
     plot_maps,
     plot_qq,
     plot_rank_histogram,
     plot_spectra,
+    plot_spread_error,
+    qq_figure,
+    rank_histogram_figure,
+    spectra_figure,
+    spread_error_figure,
     upsample_bilinear,
     weighted_quantiles,
     write_scores_json,
@@ -93,6 +100,28 @@ def test_evaluate_variable_scores_a_perfect_ensemble_and_the_smooth_baseline() -
     assert set(result.spectra) == {"truth", "ensemble members", "ensemble mean", "bilinear"}
     assert result.k_nyquist_coarse == result.scores["spectra"]["k_nyquist_coarse_per_km"]
     assert len(result.scores["spectra"]["truth"]) == len(result.scores["spectra"]["wavenumber_per_km"])
+    # every member equals the truth: ties broken at random, so the ranks are uniform; no spread, no error
+    assert ensemble_scores["rank_flatness"]["p_value"] > 1e-4
+    assert ensemble_scores["spread_error"]["sorted_by"].startswith("variance of all members")  # M = 3 < 4
+    assert ensemble_scores["spread_error"]["rmse"] == [0.0] * 10
+
+
+@pytest.mark.parametrize("members", [1, 5])
+def test_evaluate_variable_adds_the_calibration_figures_as_json(members: int, tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    truth = _smooth_fields(rng, 5)
+    ensemble = truth + rng.normal(size=(members, *truth.shape))
+    baseline = upsample_bilinear(coarsen_block_mean(truth, LATITUDE, 4), 4)
+    result = evaluate_variable("t2m", ensemble, truth, baseline, LATITUDE, LONGITUDE, 4, spread_error_bin_count=4)
+    scores = result.scores["ensemble"]
+    assert scores["rank_flatness"] == rank_histogram_flatness(ensemble, truth, LATITUDE)
+    if members == 1:
+        assert scores["spread_error"] is None
+    else:
+        assert scores["spread_error"] == spread_error_bins(ensemble, truth, LATITUDE, bins=4)
+    assert "rank_flatness" not in result.scores["bilinear"] and "spread_error" not in result.scores["bilinear"]
+    write_scores_json(tmp_path / "scores.json", result.scores)
+    assert json.loads((tmp_path / "scores.json").read_text())["ensemble"]["rank_flatness"]["dof"] == members
 
 
 def test_scores_json_writes_nan_as_null(tmp_path: Path) -> None:
@@ -134,3 +163,54 @@ def test_every_figure_is_written_as_a_png(tmp_path: Path) -> None:
     plot_qq(tmp_path / "qq.png", truth, {"members": members, "bilinear": baseline}, LATITUDE, "t2m", "K")
     for name in ("maps", "spectra", "ranks", "qq"):
         assert _is_png(tmp_path / f"{name}.png"), name
+
+
+def test_calibration_figures_carry_their_numbers_and_leave_pyplot_alone(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    before = plt.get_fignums()
+    rng = np.random.default_rng(5)
+    truth = rng.normal(size=(6, 16, 24))
+    members = 0.5 * rng.normal(size=(8, 6, 16, 24))  # under-dispersed
+    flatness = rank_histogram_flatness(members, truth, LATITUDE)
+    spread_error = spread_error_bins(members, truth, LATITUDE)
+    figure = rank_histogram_figure(np.full(9, 1 / 9), "t2m", flatness)
+    assert isinstance(figure, Figure)
+    title = figure.axes[0].get_title()
+    assert "chi-square p" in title and f"{flatness['reliability_index']:.3g}" in title
+    figure = spread_error_figure(spread_error, "t2m", "K")
+    axis = figure.axes[0]
+    assert axis.get_xlabel().endswith("[K]") and axis.get_ylabel().endswith("[K]")
+    assert "sorted by the variance of members 1, 3" in axis.get_title()
+    points = next(line for line in axis.get_lines() if line.get_marker() == "o")
+    assert points.get_xdata() == pytest.approx(spread_error["spread"])
+    assert points.get_ydata() == pytest.approx(spread_error["rmse"])
+    assert sorted(text.get_text() for text in axis.texts if text.get_text().isdigit()) == sorted(
+        str(count) for count in spread_error["counts"]
+    )
+    # the numbers as read back from JSON (NaN as null) draw too
+    round_trip = json.loads(json.dumps({**flatness, "design_effect": None, "p_value_time_clustered": None}))
+    plot_rank_histogram(tmp_path / "ranks.png", [0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.0], "t2m", round_trip)
+    plot_spread_error(tmp_path / "spread_error.png", {**spread_error, "log_slope": None}, "t2m", "K")
+    assert _is_png(tmp_path / "ranks.png") and _is_png(tmp_path / "spread_error.png")
+    k = np.array([0.01, 0.02])
+    figures = [
+        spectra_figure({"truth": Spectrum(k, np.array([2.0, 1.0]))}, 0.015, "t2m", "K"),
+        qq_figure(truth, {"members": members}, LATITUDE, "t2m", "K"),
+        maps_figure(
+            variable="t2m",
+            units="K",
+            latitude=LATITUDE,
+            longitude=LONGITUDE,
+            truth=truth[0],
+            ensemble_mean=members[:, 0].mean(axis=0),
+            spread=members[:, 0].std(axis=0, ddof=1),
+            members=members[:, 0],
+            coarse=coarsen_block_mean(truth[0], LATITUDE, 4),
+            coarse_latitude=coarse_coordinates(LATITUDE, 4),
+            coarse_longitude=coarse_coordinates(LONGITUDE, 4),
+        ),
+    ]
+    assert all(isinstance(item, Figure) for item in figures)
+    assert plt.get_fignums() == before

@@ -17,7 +17,8 @@ xbar = (1/M) sum_m x_m: ensemble mean):
   SSR = sqrt((M+1)/M) spread / RMSE (Fortin et al. 2014): for members and truth drawn from one distribution
   E[(xbar - y)^2] = (1 + 1/M) sigma^2 and E[s^2] = sigma^2, so SSR -> 1; SSR < 1 is an under-dispersed ensemble;
 - rank histogram: the rank of y among the members, #{m: x_m < y} plus a uniform draw from 0..#{m: x_m = y}
-  (ties broken at random), in 0..M; flat for a calibrated ensemble, U-shaped for an under-dispersed one;
+  (ties broken at random), in 0..M; flat for a calibrated ensemble, U-shaped for an under-dispersed one (its
+  flatness, and the binned spread-error relation: :mod:`diffscale.evaluation.calibration`);
 - 1st/99th percentile errors: the p-th percentile over all samples (times, and members of an ensemble) at each
   grid point, prediction minus truth, summarised by its area-weighted mean (bias) and mean absolute value.
 """
