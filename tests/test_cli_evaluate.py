@@ -141,8 +141,10 @@ def test_round_trip_writes_the_report_with_independently_checked_scores(
     assert evaluate([str(files["ensemble"]), "--truth", str(files["truth"]), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "RMSE [K]" in printed and "spread-skill ratio" in printed and "bilinear" in printed
+    assert "rank histogram: chi-square p = " in printed and "spread-error (" in printed
+    kinds = ("maps", "spectra", "rank_histogram", "qq", "spread_error")
     assert sorted(path.name for path in out.iterdir()) == sorted(
-        ["scores.json"] + [f"t2m_{kind}.png" for kind in ("maps", "spectra", "rank_histogram", "qq")]
+        ["scores.json"] + [f"t2m_{kind}.png" for kind in kinds]
     )
     document = json.loads((out / "scores.json").read_text())
     assert document["members"] == MEMBERS and document["coarsening_factor"] == FACTOR
@@ -287,3 +289,35 @@ def test_real_era5_truth_with_a_noisy_ensemble(tmp_path: Path, capsys: pytest.Ca
     assert scores["ensemble"]["rmse"] == pytest.approx(0.25, rel=0.05)
     assert 0.05 < scores["bilinear"]["rmse"] < 2.0  # 4x coarsening of hourly UK 2 m temperature
     assert scores["bilinear"]["spectral_ratio"]["mean_ratio"] < 0.5
+
+
+def test_the_python_api_gives_the_command_s_scores_and_figures(files: dict, tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    import diffscale
+    from diffscale.runs import plots
+
+    out = tmp_path / "report"
+    assert evaluate([str(files["ensemble"]), "--truth", str(files["truth"]), "--out", str(out), "--no-figures"]) == 0
+    written = json.loads((out / "scores.json").read_text())["variables"]["t2m"]["ensemble"]
+    scores = diffscale.evaluate(files["ensemble"], truth=files["truth"])
+    t2m = scores.sel(variable="t2m")
+    flatness, binned = written["rank_flatness"], written["spread_error"]
+    assert float(t2m["rank_p_value"]) == flatness["p_value"]
+    assert float(t2m["rank_reliability_index"]) == flatness["reliability_index"]
+    assert t2m["spread_error_rmse"].values[: binned["bins"]].tolist() == binned["rmse"]
+    assert t2m["spread_error_spread"].values[: binned["bins"]].tolist() == binned["spread"]
+    assert float(t2m["spread_error_log_slope"]) == binned["log_slope"]
+    figures = [
+        plots.rank_histogram(scores),
+        plots.spread_error(scores, "t2m"),
+        plots.spectra(scores),
+        plots.maps(files["ensemble"], files["truth"], time=1),
+        plots.maps(files["ensemble"], files["truth"], "t2m", time=str(TIMES[2])),
+        plots.quantiles(files["ensemble"], files["truth"]),
+    ]
+    assert all(isinstance(figure, Figure) and figure.axes for figure in figures)
+    with pytest.raises(ConfigError, match="not among the scored variables"):
+        plots.spectra(scores, "u10")
+    with pytest.raises(ConfigError, match="not among the evaluated times"):
+        plots.maps(files["ensemble"], files["truth"], time="1999-01-01")

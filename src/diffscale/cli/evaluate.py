@@ -21,10 +21,12 @@ Score a downscaled ensemble (dims member, time, latitude, longitude) against the
 baseline (the coarse input upsampled bilinearly) alongside it.
 
 Scores, area-weighted by cos(latitude): RMSE, MAE and bias of the ensemble mean; fair CRPS; spread and
-spread-skill ratio sqrt((M+1)/M) spread / RMSE; rank histogram; radially averaged power spectra in physical
-wavenumbers and their ratio to the truth's above the coarse grid's Nyquist wavenumber; errors of the 1st
+spread-skill ratio sqrt((M+1)/M) spread / RMSE; rank histogram and its flatness (chi-square p-value, reliability
+index, share of truths outside the ensemble); the binned spread-error relation (spread against the RMSE of the
+ensemble mean in bins of spread: a calibrated ensemble lies on the diagonal); radially averaged power spectra in
+physical wavenumbers and their ratio to the truth's above the coarse grid's Nyquist wavenumber; errors of the 1st
 and 99th percentiles. The report directory receives scores.json and, per variable, PNG maps, spectra, rank
-histogram and quantile-quantile plot; a table of the main scores is printed at the end.
+histogram, spread-error and quantile-quantile plots; a table of the main scores is printed at the end.
 
 The truth is selected at the ensemble's times (those it lacks are left out and counted) and grid points
 (longitudes match modulo 360). The coarse input is --coarse FILE (on the grid of blocks of the ensemble's
@@ -103,7 +105,33 @@ def _table(name: str, units: str, scores: dict[str, Any], members: int, times: i
         rows.append((f"{key} error{unit}", item["bias"], bilinear["percentile_errors"][key]["bias"]))
     lines = [f"{name}: {members} members, {times} times", f"{'score':<34}{'ensemble':>12}{'bilinear':>12}"]
     lines += [f"{label:<34}{_format(a):>12}{_format(b):>12}" for label, a, b in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + _calibration_lines(ensemble))
+
+
+def _calibration_lines(ensemble: dict[str, Any]) -> list[str]:
+    """The rank histogram's flatness and the spread-error relation, each beside what a calibrated ensemble gives."""
+    lines = []
+    flatness = ensemble.get("rank_flatness")
+    if flatness:
+        lines.append(
+            f"rank histogram: chi-square p = {_format(flatness['p_value'], 2)} (times as clusters: "
+            f"{_format(flatness.get('p_value_time_clustered'), 2)}), reliability index "
+            f"{_format(flatness['reliability_index'], 3)} "
+            f"(calibrated: {_format(flatness['reliability_index_calibrated'], 3)}), "
+            f"outside the ensemble {_format(100 * flatness['outside_fraction'], 3)} % "
+            f"(calibrated: {_format(100 * flatness['outside_fraction_calibrated'], 3)} %)"
+        )
+    binned = ensemble.get("spread_error")
+    if binned:
+        pairs = ", ".join(
+            f"{_format(a, 3)}/{_format(b, 3)}" for a, b in zip(binned["spread"], binned["rmse"], strict=True)
+        )
+        lines.append(
+            f"spread-error ({binned['bins']} bins, spread/RMSE): {pairs}; mean |ln(spread/RMSE)| = "
+            f"{_format(binned['mean_abs_log_ratio'], 3)} (calibrated: 0), log-log slope "
+            f"{_format(binned['log_slope'], 3)} (calibrated: 1)"
+        )
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

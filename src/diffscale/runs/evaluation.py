@@ -20,6 +20,7 @@ errors of the 1st and 99th percentiles.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import shutil
 import tempfile
@@ -41,6 +42,7 @@ from diffscale.evaluation.climate_report import (
     plot_qq,
     plot_rank_histogram,
     plot_spectra,
+    plot_spread_error,
     upsample_bilinear,
     write_scores_json,
 )
@@ -69,6 +71,19 @@ FieldsSource = xr.Dataset | str | os.PathLike | Sequence[str | os.PathLike]
 """Fields: an ``xarray.Dataset``, a file, or a list of files / glob patterns (combined along time)."""
 PREDICTIONS = ("ensemble", "bilinear")
 PERCENTILE_KEYS = ("p01", "p99")
+FLATNESS_KEYS = (
+    "chi2",
+    "p_value",
+    "p_value_time_clustered",
+    "effective_cases",
+    "effective_cases_time_clustered",
+    "reliability_index",
+    "reliability_index_calibrated",
+    "outside_fraction",
+    "outside_fraction_calibrated",
+)
+"""The rank histogram's flatness figures (:func:`~diffscale.evaluation.calibration.rank_histogram_flatness`)
+stored as ``rank_<key>`` per variable."""
 
 
 # -- reading and matching ------------------------------------------------------------------------------------
@@ -461,8 +476,13 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
     ``spectral_ratio`` and ``percentile_error`` per (variable, prediction); ``spread``, ``spread_skill_ratio``,
     ``rank_histogram`` (frequencies) and ``ensemble_mean_spectral_ratio`` of the ensemble; ``power``
     (variable, spectrum, wavenumber) the radially averaged spectra of the truth, the members, the ensemble mean and
-    the baseline; ``k_nyquist_coarse`` per variable. The document's other entries (inputs, times, grid, seed)
-    are the attributes. Missing values (e.g. a spread-skill ratio of one member) are NaN.
+    the baseline; ``k_nyquist_coarse`` per variable; the rank histogram's flatness ``rank_chi2``, ``rank_p_value``,
+    ``rank_p_value_time_clustered``, ``rank_reliability_index`` (and ``..._calibrated``, its value for a
+    calibrated ensemble), ``rank_outside_fraction`` (and ``..._calibrated``, 2 / (M + 1)); the binned spread-error
+    relation ``spread_error_spread``, ``spread_error_rmse``, ``spread_error_counts`` and
+    ``spread_error_weight_share`` (variable, spread_bin; lowest spread first) with its summaries
+    ``spread_error_mean_abs_log_ratio`` and ``spread_error_log_slope``. The document's other entries (inputs,
+    times, grid, seed) are the attributes. Missing values (e.g. a spread-skill ratio of one member) are NaN.
     """
     scores = document["variables"]
     names = list(scores)
@@ -475,7 +495,10 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
     data = {key: (("variable", "prediction"), per_method(key)) for key in ("rmse", "mae", "bias", "crps")}
     data["spectral_ratio"] = (
         ("variable", "prediction"),
-        [[_number(scores[name][prediction]["spectral_ratio"]["mean_ratio"]) for prediction in PREDICTIONS] for name in names],
+        [
+            [_number(scores[name][prediction]["spectral_ratio"]["mean_ratio"]) for prediction in PREDICTIONS]
+            for name in names
+        ],
     )
     data["percentile_error"] = (
         ("variable", "prediction", "percentile"),
@@ -508,6 +531,22 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
         ("variable",),
         [_number(scores[name]["spectra"]["k_nyquist_coarse_per_km"]) for name in names],
     )
+    flatness = [scores[name]["ensemble"].get("rank_flatness") or {} for name in names]
+    for key in FLATNESS_KEYS:
+        data[f"rank_{key}"] = (("variable",), [_number(item.get(key)) for item in flatness])
+    binned = [scores[name]["ensemble"].get("spread_error") or {} for name in names]
+    width = max([len(item.get("spread", [])) for item in binned] + [0])
+    for key in ("spread", "rmse", "counts", "weight_share"):
+        data[f"spread_error_{key}"] = (
+            ("variable", "spread_bin"),
+            [
+                [_number(value) for value in item.get(key, [])] + [math.nan] * (width - len(item.get(key, [])))
+                for item in binned
+            ],
+        )
+    for key in ("mean_abs_log_ratio", "log_slope"):
+        data[f"spread_error_{key}"] = (("variable",), [_number(item.get(key)) for item in binned])
+    sorted_by = {item["sorted_by"] for item in binned if item.get("sorted_by")}
     members = int(document["members"])
     coordinates = {
         "variable": names,
@@ -517,6 +556,7 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
         "spectrum": spectrum_labels,
         "wavenumber": ("wavenumber", np.asarray(first["spectra"]["wavenumber_per_km"]), {"units": "km-1"}),
         "units": ("variable", [str(scores[name]["units"]) for name in names]),
+        "spread_bin": np.arange(width),
     }
     attributes = {
         key: value for key, value in document.items() if key not in ("variables", "figures") and value is not None
@@ -527,6 +567,8 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
             flat.update({f"{key}_{inner}": item for inner, item in value.items()})
         else:
             flat[key] = value
+    if sorted_by:
+        flat["spread_error_sorted_by"] = "; ".join(sorted(sorted_by))
     return xr.Dataset(data, coords=coordinates, attrs=flat)
 
 
@@ -564,8 +606,10 @@ def _write_files(directory: Path, evaluation: Evaluation, figures: bool) -> list
             title=f"{name} at {time_label}",
         )
         plot_spectra(directory / f"{name}_spectra.png", result.spectra, result.k_nyquist_coarse, name, units)
-        frequency = result.scores["ensemble"]["rank_histogram"]["frequency"]
-        plot_rank_histogram(directory / f"{name}_rank_histogram.png", frequency, name)
+        ensemble_scores = result.scores["ensemble"]
+        frequency = ensemble_scores["rank_histogram"]["frequency"]
+        flatness = ensemble_scores.get("rank_flatness")
+        plot_rank_histogram(directory / f"{name}_rank_histogram.png", frequency, name, flatness)
         plot_qq(
             directory / f"{name}_qq.png",
             inputs.truth[name],
@@ -575,6 +619,9 @@ def _write_files(directory: Path, evaluation: Evaluation, figures: bool) -> list
             units,
         )
         written += [f"{name}_{kind}.png" for kind in ("maps", "spectra", "rank_histogram", "qq")]
+        if ensemble_scores.get("spread_error") is not None:
+            plot_spread_error(directory / f"{name}_spread_error.png", ensemble_scores["spread_error"], name, units)
+            written.append(f"{name}_spread_error.png")
     return written
 
 
