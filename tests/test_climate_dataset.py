@@ -467,6 +467,7 @@ def test_units_are_recorded_and_a_coarse_input_in_other_units_is_converted(
     builder = ConditioningBuilder.from_section(config, ds.stats)
     built = builder.build(coarse)
     torch.testing.assert_close(built.cond_fields, ds.cond_fields, atol=2e-5, rtol=0)
+    assert built.units == {"t2m": "K", "tp": "m"}  # what the generated fields will be in
     daily = coarse.assign(tp=coarse["tp"].assign_attrs(units="mm d-1"))
     with pytest.raises(ConfigError, match=r"^coarse fields: variable 'tp' is in 'mm d-1', expected 'm': no unambig"):
         builder.build(daily)

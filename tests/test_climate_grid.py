@@ -345,3 +345,19 @@ def test_odd_and_large_factors_upsample_coordinates_and_select(factor: int) -> N
     np.testing.assert_allclose(up[:, inner].numpy(), np.tile(columns[inner], (factor, 1)), atol=1e-12)
     if factor % 2:
         np.testing.assert_allclose(up[:, (factor - 1) // 2 :: factor].numpy()[0], columns.reshape(-1, factor).mean(1))
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_upsampling_is_constant_in_latitude_beyond_the_outermost_coarse_centres(factor: int) -> None:
+    values = np.random.default_rng(factor).normal(size=(1, 181, 360))
+    fine, _ = trim_to_factor(global_dataset(values), factor)
+    coarse = torch.tensor(coarsen(fine, factor)["t2m"].values[0])
+    up = upsample(coarse, factor, periodic_longitude=True)
+    # fine row i sits at coarse position (i + 1/2) / f - 1/2: below 0 (south of the first centre) for i < f / 2
+    # and beyond h - 1 for the last f / 2 rows; there every row is the first (last) coarse row, interpolated
+    # (and wrapped) in longitude only
+    edges = upsample(coarse[[0, -1]].repeat_interleave(2, dim=0), factor, periodic_longitude=True)
+    for i in range(factor // 2):
+        torch.testing.assert_close(up[i], edges[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(up[-1 - i], edges[-1], rtol=0, atol=1e-12)
+    assert fine["latitude"].values[-1] == 90.0 or factor == 8  # the north pole row is among them

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -201,7 +201,8 @@ def latitude_row_weights(latitude: np.ndarray | torch.Tensor) -> torch.Tensor:
 class Conditioning:
     """What a coarse dataset gives the model: ``cond_fields`` (T, K, H, W) float32, ``base`` (T, C, H, W)
     normalised (None for ``regression_residual`` until a regression model is given), the fine grid
-    ``latitude`` (H,) and ``longitude`` (W,), ``times`` (T,) datetime64 and ``channel_names`` (K)."""
+    ``latitude`` (H,) and ``longitude`` (W,), ``times`` (T,) datetime64, ``channel_names`` (K) and ``units``:
+    those of each variable after conversion, i.e. of the fields generated from it (None where unknown)."""
 
     cond_fields: torch.Tensor
     base: torch.Tensor | None
@@ -209,6 +210,7 @@ class Conditioning:
     longitude: np.ndarray
     times: np.ndarray
     channel_names: list[str]
+    units: dict[str, str | None] = field(default_factory=dict)
 
 
 class ConditioningBuilder:
@@ -361,7 +363,8 @@ class ConditioningBuilder:
                 if regression is None
                 else regression_base(regression, cond_fields, len(self.variables), batch_size, device)
             )
-        return Conditioning(cond_fields, base, latitude, longitude, times, self.channel_names)
+        units = {name: coarse[name].attrs.get("units") for name in self.variables}
+        return Conditioning(cond_fields, base, latitude, longitude, times, self.channel_names, units)
 
 
 # -- reading a split -----------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ Any integer f >= 1 works. A grid whose size is not a multiple of f is trimmed (:
 r = n mod f surplus rows (columns) ceil(r / 2) are dropped at the start of the harmonised axis (south, west) and
 floor(r / 2) at its end (north, east), so the kept domain stays centred; a global 181-row grid (both poles)
 loses its south-pole row for f = 2, 3, 4, 5, 10 and the rows -90, -89, -88 and 89, 90 for f = 8. A global
-longitude axis is never trimmed (it would lose its wrap-around): f must divide its number of columns.
+longitude axis is never trimmed (it would lose its wrap-around): f must divide its number of columns (360 at 1
+degree: 2, 3, 4, 5, 6, 8, 9, 10, 12, ...), unless periodic_longitude is set false.
 
 Near the poles:
 
@@ -189,8 +190,9 @@ def trim_to_factor(
     Rule (``remainder: trim``): of the r = n mod f surplus points of an axis, ceil(r / 2) are dropped at its
     start (south, west) and floor(r / 2) at its end (north, east), keeping the domain centred; a 181-row global
     grid loses its south-pole row for f = 4. A periodic longitude axis (``periodic_longitude``, or when None a
-    global one) is never trimmed: f must divide it. Nothing is padded (padding would invent fine values that
-    the model would learn as truth). ``remainder: error`` refuses any surplus instead.
+    global one) is never trimmed: f must divide it (``periodic_longitude=False`` trims it like any other).
+    Nothing is padded (padding would invent fine values that the model would learn as truth).
+    ``remainder: error`` refuses any surplus instead.
 
     Returns:
         The trimmed data (lazy arrays stay lazy) and what was dropped (:class:`GridTrim`).
