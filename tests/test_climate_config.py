@@ -25,6 +25,16 @@ def test_defaults_work_and_no_file_is_read() -> None:
     assert section.period("train") is None
 
 
+def test_grid_keys_default_to_trim_bilinear_statics_and_an_unweighted_loss() -> None:
+    section = climate()
+    assert section.remainder == "trim" and section.static_interpolation == "bilinear"
+    assert section.latitude_weighted_loss is False
+    # a crop of both axes gives the shape without reading files: less the surplus that trimming drops
+    assert climate(crop={"lat": [0, 33], "lon": [2, 51]}).sample_shape() == (1, 32, 48)
+    assert climate(crop={"lat": [0, 33], "lon": [2, 51]}, coarsen_factor=3).sample_shape() == (1, 33, 48)
+    assert climate(crop={"lat": [0, 33], "lon": [2, 51]}, remainder="error").sample_shape() == (1, 33, 49)
+
+
 def test_every_key_has_a_description() -> None:
     for model in (ClimateData, ClimateChannels, CropWindow):
         for name, field in model.model_fields.items():
@@ -93,6 +103,8 @@ def test_periods_are_inclusive_and_yaml_dates_are_accepted() -> None:
         ({"crop": {"lat": [10, 5]}}, "stop must be greater than start"),
         ({"crop": {"lat": [0, 8]}, "patch": [16, 8]}, "larger than the crop's lat window"),
         ({"coarsen_factor": 0}, "data.coarsen_factor = 0"),
+        ({"remainder": "pad"}, "data.remainder = 'pad'"),
+        ({"static_interpolation": "nearest"}, "data.static_interpolation = 'nearest'"),
         ({"target": "delta"}, "data.target = 'delta'"),
         ({"patch": [0, 8]}, "data.patch.0 = 0"),
         ({"color": "red"}, "unknown key 'color'"),

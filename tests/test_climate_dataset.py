@@ -231,9 +231,9 @@ def test_bad_inputs_give_one_line_config_errors(files: dict[str, Any], tmp_path:
         ClimateDataset(section(files, variables=["msl"], transforms={}))
     shifted = str(files["root"] / "statics_shifted.nc")
     with pytest.raises(ConfigError, match="static fields does not line up with the grid: no latitude"):
-        ClimateDataset(section(files, static_paths=[shifted]))
+        ClimateDataset(section(files, static_paths=[shifted], static_interpolation="none"))
     with pytest.raises(ConfigError, match="not divisible by the coarsen factor 5"):
-        ClimateDataset(section(files, coarsen_factor=5))
+        ClimateDataset(section(files, coarsen_factor=5, remainder="error"))
     with pytest.raises(ConfigError, match=r"data.crop.lat = \[0, 20\] exceeds the fine grid's 16 latitude points"):
         ClimateDataset(section(files, crop={"lat": [0, 20]}))
     raw.expand_dims(step=2, axis=1).to_netcdf(tmp_path / "steps.nc")
@@ -346,3 +346,198 @@ def test_real_era5_dataset_with_statics() -> None:
     )
     batch = ds.sample(4, torch.Generator().manual_seed(0))
     assert batch.target.shape == (4, 1, 16, 16) and torch.isfinite(batch.target).all()
+
+
+# -- grids not divisible by the factor, statics from other grids, units, a latitude-weighted loss ----------------
+def test_a_grid_not_divisible_by_the_factor_is_trimmed_and_recorded(
+    files: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = section(files, coarsen_factor=5, static_variables=[], static_paths=[], channels={})
+    with caplog.at_level("WARNING", logger="diffscale.data.climate.dataset"):
+        ds = ClimateDataset(config, "train")
+    # 16 rows: 1 surplus, dropped in the south (40.5); 24 columns: 4 surplus, 2 west (-10, -9) and 2 east (12, 13)
+    np.testing.assert_array_equal(ds.latitude, FINE_LAT[::-1][1:])
+    np.testing.assert_array_equal(ds.longitude, np.arange(-8.0, 12.0))
+    assert ds.shape == (2, 15, 20) and target_shape(config) == (2, 15, 20)
+    assert ds.grid_trim.describe() == (
+        "dropped 1 row at latitude 40.5 (south) and 2 columns at longitude -10, -9 (west) and 2 columns at longitude "
+        "12, 13 (east) so that the coarsen factor 5 divides the fine grid: 16 x 24 -> 15 x 20"
+    )
+    assert "dropped 1 row at latitude 40.5 (south)" in caplog.text
+    t2m = ascending(files["t2m"][:12]).astype(np.float64)[:, 1:, 2:22]
+    coarse = block_mean(t2m, ds.latitude, 5)
+    stats = ds.stats["t2m"]
+    expected = bilinear((coarse - stats["mean"]) / stats["std"], 5)
+    np.testing.assert_allclose(ds.cond_fields[:, 0].double().numpy(), expected, atol=2e-5)
+    assert stats["mean"] == pytest.approx(t2m.mean())  # the statistics of the trimmed grid
+    cropped = section(files, coarsen_factor=5, crop={"lat": [0, 16], "lon": [0, 24]}, static_variables=[])
+    assert cropped.sample_shape() == (2, 15, 20)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 5, 8, 10])
+def test_a_global_grid_with_both_poles_works_for_any_factor(tmp_path: Path, factor: int) -> None:
+    latitude, longitude = np.arange(90.0, -90.5, -1.0), np.arange(0.0, 360.0, 1.0)  # as ERA5 files: 181 x 360
+    rng = np.random.default_rng(factor)
+    values = (280.0 + rng.normal(size=(2, 181, 360))).astype(np.float32)
+    xr.Dataset(
+        {"t2m": (("time", "latitude", "longitude"), values, {"units": "K"})},
+        coords={"time": TIMES[:2], "latitude": latitude, "longitude": longitude},
+    ).to_netcdf(tmp_path / "global.nc")
+    config = validate(
+        ClimateData,
+        {"paths": [str(tmp_path / "global.nc")], "coarsen_factor": factor, "latitude_weighted_loss": True},
+    )
+    ds = ClimateDataset(config)
+    surplus = 181 % factor
+    assert ds.latitude[0] == -90.0 + -(-surplus // 2) and ds.latitude[-1] == 90.0 - surplus // 2
+    assert ds.longitude.size == 360 and ds.periodic_longitude and ds.units == {"t2m": "K"}
+    fine = values[:, ::-1][:, -(-surplus // 2) : 181 - surplus // 2].astype(np.float64)
+    fine = np.roll(fine, 180, axis=-1)  # harmonised longitudes -180..179
+    normalised = (block_mean(fine, ds.latitude, factor) - ds.stats["t2m"]["mean"]) / ds.stats["t2m"]["std"]
+    upsampled = ds.cond_fields[:, 0].double().numpy()
+    inner = slice(factor, -factor)  # away from the seam, where the reference (torch) does not wrap
+    np.testing.assert_allclose(upsampled[..., inner], bilinear(normalised, factor)[..., inner], atol=2e-5)
+    if factor % 2:  # odd f: the middle fine point of a block sits on the coarse centre, where U(x) = x
+        centres = upsampled[:, factor // 2 :: factor, factor // 2 :: factor]
+        np.testing.assert_allclose(centres, normalised, atol=2e-5)
+    assert torch.isfinite(ds.cond_fields).all()
+    batch = ds.sample(3, torch.Generator().manual_seed(0))
+    weights = np.cos(np.radians(ds.latitude))
+    weights[np.isclose(np.abs(ds.latitude), 90.0)] = 0.0
+    np.testing.assert_allclose(batch.cond["row_weights"].numpy(), np.tile(weights / weights.mean(), (3, 1)), rtol=1e-6)
+
+
+def test_statics_on_another_grid_are_interpolated_and_the_method_recorded(files: dict[str, Any]) -> None:
+    aligned = ClimateDataset(section(files), "train")
+    assert aligned.static_regridding == "exact"
+    np.testing.assert_array_equal(  # the coinciding points are copied: as the exact selection did
+        aligned.builder.static_fields(aligned.latitude, aligned.longitude)["orography"].values,
+        static_on_fine_grid(files, "orography").astype(np.float64),
+    )
+    shifted = ClimateDataset(section(files, static_paths=[str(files["root"] / "statics_shifted.nc")]), "train")
+    assert shifted.static_regridding == "bilinear"
+    # the shifted file's row k lies at 70.25 - 0.5 k: a fine row phi lies halfway between its rows
+    # k = (70 - phi) / 0.5 (at phi + 0.25) and k + 1 (at phi - 0.25); in longitude it lies on a column
+    latitude = FINE_LAT[::-1]
+    columns = np.round((np.arange(-10.0, 14.0) % 360.0) / 0.5).astype(int)
+    rows = np.round((70.0 - latitude) / 0.5).astype(int)
+    orography = 0.5 * (files["z"][rows][:, columns] + files["z"][rows + 1][:, columns]) / G0
+    statics = shifted.builder.static_fields(shifted.latitude, shifted.longitude)
+    np.testing.assert_allclose(statics["orography"].values, orography, rtol=1e-12)
+    assert shifted.stats["orography"]["mean"] == pytest.approx(orography.mean())
+
+
+def test_statics_that_do_not_cover_the_grid_are_refused_in_one_line(files: dict[str, Any], tmp_path: Path) -> None:
+    statics = xr.open_dataset(files["root"] / "statics.nc").load()
+    statics.sel(latitude=slice(70.0, 45.0)).to_netcdf(tmp_path / "north.nc")
+    with pytest.raises(ConfigError) as error:
+        ClimateDataset(section(files, static_paths=[str(tmp_path / "north.nc")]), "train")
+    assert str(error.value) == (
+        "static fields do not cover the data grid: latitude 40.5 .. 44.5 (5 of 16 rows) lies outside their "
+        "latitude 45 .. 70"
+    )
+
+
+def test_units_are_recorded_and_a_coarse_input_in_other_units_is_converted(
+    files: dict[str, Any], tmp_path: Path
+) -> None:
+    raw = xr.open_dataset(files["root"] / "fine.nc").load()
+    raw["2m_temperature"].attrs["units"] = "K"
+    raw["total_precipitation"].attrs["units"] = "m"
+    raw.to_netcdf(tmp_path / "fine_units.nc")
+    config = section(files, paths=[str(tmp_path / "fine_units.nc")])
+    ds = ClimateDataset(config, "train")
+    assert ds.units == {"t2m": "K", "tp": "m", "orography": "m", "lsm": None}
+    assert ds.stats["t2m"]["units"] == "K" and "units" not in ds.stats["lsm"]
+    latitude = FINE_LAT[::-1]
+    coarse_values = {
+        name: block_mean(ascending(files[name][:12]).astype(np.float64), latitude, 4) for name in ("t2m", "tp")
+    }
+    coarse = xr.Dataset(
+        {
+            "t2m": (("time", "latitude", "longitude"), coarse_values["t2m"] - 273.15, {"units": "degC"}),
+            "tp": (("time", "latitude", "longitude"), coarse_values["tp"] * 1000.0, {"units": "mm"}),
+        },
+        coords={
+            "time": TIMES[:12],
+            "latitude": latitude.reshape(-1, 4).mean(1),
+            "longitude": np.arange(-10.0, 14.0).reshape(-1, 4).mean(1),
+        },
+    )
+    builder = ConditioningBuilder.from_section(config, ds.stats)
+    built = builder.build(coarse)
+    torch.testing.assert_close(built.cond_fields, ds.cond_fields, atol=2e-5, rtol=0)
+    assert built.units == {"t2m": "K", "tp": "m"}  # what the generated fields will be in
+    daily = coarse.assign(tp=coarse["tp"].assign_attrs(units="mm d-1"))
+    with pytest.raises(ConfigError, match=r"^coarse fields: variable 'tp' is in 'mm d-1', expected 'm': no unambig"):
+        builder.build(daily)
+    unitless = coarse.assign(t2m=coarse["t2m"].assign_attrs(units=""))
+    with pytest.raises(ConfigError, match=r"variable 't2m': the input has no units attribute, expected 'K'"):
+        builder.build(unitless)
+
+
+def test_the_latitude_weighted_loss_adds_row_weights_and_changes_nothing_else(files: dict[str, Any]) -> None:
+    plain = ClimateDataset(section(files, patch=[8, 12]), "train")
+    weighted = ClimateDataset(section(files, patch=[8, 12], latitude_weighted_loss=True), "train")
+    a = plain.sample(5, torch.Generator().manual_seed(7))
+    b = weighted.sample(5, torch.Generator().manual_seed(7))
+    assert set(a.cond) == {"cond_fields"} and set(b.cond) == {"cond_fields", "row_weights"}
+    assert torch.equal(a.target, b.target) and torch.equal(a.cond["cond_fields"], b.cond["cond_fields"])
+    # each patch's rows: find them from the latitude channel (phi / 90), then cos(phi) / mean
+    phi = b.cond["cond_fields"][:, 4, :, 0].double() * 90.0
+    expected = torch.cos(torch.deg2rad(phi))
+    torch.testing.assert_close(
+        b.cond["row_weights"].double(), expected / expected.mean(dim=1, keepdim=True), rtol=1e-5, atol=0
+    )
+    full = ClimateDataset(section(files, latitude_weighted_loss=True, static_variables=[], static_paths=[]), "train")
+    weights = np.cos(np.radians(full.latitude))
+    np.testing.assert_allclose(
+        full.sample(2).cond["row_weights"].numpy(), np.tile(weights / weights.mean(), (2, 1)), rtol=1e-6
+    )
+
+
+@needs_data
+def test_real_italy_data_with_the_global_orography() -> None:
+    config = validate(
+        ClimateData,
+        {
+            "paths": [str(DATA / "era5_t2m_italy_2022-05-06_3h.nc")],
+            "static_paths": [str(DATA / "era5_orography_lsm_global.nc")],
+            "static_variables": ["orography", "lsm"],
+            "train_period": ["2022-05-01", "2022-05-02"],
+        },
+    )
+    ds = ClimateDataset(config)
+    assert ds.shape == (1, 40, 48) and ds.static_regridding == "bilinear" and ds.units["t2m"] == "K"
+    assert ds.grid_trim.latitude_start == pytest.approx((36.4, 36.65)) and ds.grid_trim.latitude_end == pytest.approx(
+        (46.9,)
+    )
+    assert torch.isfinite(ds.cond_fields).all() and ds.cond_channel_names == ["t2m_coarse", "orography", "lsm"]
+
+
+@needs_data
+def test_real_global_data_trims_the_south_pole_row_for_factor_4() -> None:
+    config = validate(
+        ClimateData,
+        {
+            "paths": [str(DATA / "era5_global_1deg_2026-03.nc")],
+            "variables": ["t2m", "u10", "v10", "msl", "tp"],
+            "transforms": {"tp": "log1p"},
+            "static_paths": [str(DATA / "era5_orography_lsm_global.nc")],
+            "static_variables": ["orography", "lsm"],
+            "train_period": ["2026-03-25", "2026-03-26"],
+        },
+    )
+    ds = ClimateDataset(config)
+    assert ds.shape == (5, 180, 360) and ds.latitude[0] == -89.0 and ds.latitude[-1] == 90.0
+    assert ds.grid_trim.describe().startswith("dropped 1 row at latitude -90 (south)")
+    assert ds.static_regridding == "exact" and ds.periodic_longitude
+    assert ds.units == {
+        "t2m": "K",
+        "u10": "m s**-1",
+        "v10": "m s**-1",
+        "msl": "Pa",
+        "tp": "m",
+        "orography": "m",
+        "lsm": "(0 - 1)",
+    }

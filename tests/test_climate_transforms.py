@@ -80,3 +80,12 @@ def test_constant_field_gets_unit_std_and_bad_input_is_refused() -> None:
         Transforms({"t2m": {"transform": "standardize", "mean": 0.0, "std": 0.0}})
     with pytest.raises(ConfigError, match="no statistics for 'tp'; the statistics cover: t2m"):
         Transforms({"t2m": {"transform": "standardize", "mean": 0.0, "std": 1.0}}).forward(torch.ones(1), "tp")
+
+
+def test_units_recorded_in_the_statistics_are_kept() -> None:
+    stats = {"t2m": {"transform": "standardize", "mean": 280.0, "std": 5.0, "units": "K"}}
+    stats["tp"] = {"transform": "log1p", "mean": 0.001, "std": 0.002}
+    transforms = Transforms(stats)
+    assert transforms.units("t2m") == "K" and transforms.units("tp") is None
+    assert transforms.to_dict() == stats
+    assert Transforms({"tp": {**stats["tp"], "units": None}}).to_dict() == {"tp": stats["tp"]}

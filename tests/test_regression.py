@@ -69,3 +69,13 @@ def test_bad_inputs_are_named() -> None:
         model(torch.zeros(1, 8, 8))
     with pytest.raises(ValueError, match="channels = 0"):
         RegressionModel(_network(), channels=0)
+
+
+def test_row_weights_weight_the_squared_error_of_each_row() -> None:
+    model = RegressionModel(_network(), channels=1)
+    cond, target = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    weights = torch.linspace(0.0, 2.0, 8).expand(2, 8)  # mean 1 over the rows
+    terms = RegressionLoss()(model, target, None, cond_fields=cond, row_weights=weights)
+    with torch.no_grad():
+        explicit = (((model(cond) - target) ** 2) * weights[:, None, :, None]).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(terms.per_sample.detach(), explicit)

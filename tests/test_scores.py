@@ -154,3 +154,18 @@ def test_bad_input_is_refused() -> None:
         ensemble_scores(np.zeros((2, 2, 8, 4)), truth, LATITUDE)
     with pytest.raises(ValueError, match="latitude"):
         area_weights([0.0, 95.0])
+
+
+def test_pole_rows_weigh_exactly_nothing() -> None:
+    latitude = np.arange(-90.0, 90.5, 1.0)  # a global grid with both poles
+    weights = area_weights(latitude)
+    assert weights[0] == 0.0 and weights[-1] == 0.0 and weights.mean() == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(2, latitude.size, 6))
+    ensemble = truth + rng.normal(size=(3, 2, latitude.size, 6))
+    changed = ensemble.copy()
+    changed[:, :, [0, -1], :] += 1e6  # only the pole rows: no score may move
+    for key in ("rmse", "mae", "bias", "crps", "spread"):
+        assert ensemble_scores(changed, truth, latitude)[key] == ensemble_scores(ensemble, truth, latitude)[key]
+    with pytest.raises(ValueError, match="every row is at a pole"):
+        area_weights([90.0, -90.0])

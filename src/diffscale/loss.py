@@ -1,5 +1,10 @@
 """The weighted denoising loss E_{sigma, y, n}[lambda(sigma) |D(y + sigma n; sigma) - y|^2] (EDM paper, Eq. 8),
 and, for iDDPM with learned variance, the hybrid loss L_simple + lambda L_vlb (Nichol & Dhariwal 2021, Sec. 3.1).
+
+Row weights: a batch of grids (B, C, H, W) may carry ``row_weights`` w (B, H) in its conditioning (e.g. cos of
+each row's latitude, normalised to mean 1 over the rows: a latitude-weighted loss for global grids). The mean
+over a sample's elements is then the weighted mean (1 / (C H W)) sum_{c,i,j} w_bi e_bcij; the objective takes
+w out of the conditioning, so the model never sees it. Without it the loss is unchanged (bitwise).
 """
 
 from __future__ import annotations
@@ -19,9 +24,34 @@ from diffscale.formulations.posterior import (
     posterior_mean_weights,
 )
 
-__all__ = ["DenoisingLoss", "LossTerms", "Objective", "SplitObjective", "variational_bound_term"]
+__all__ = [
+    "ROW_WEIGHTS",
+    "DenoisingLoss",
+    "LossTerms",
+    "Objective",
+    "SplitObjective",
+    "mean_per_sample",
+    "variational_bound_term",
+]
 
 LOG_2 = math.log(2.0)
+ROW_WEIGHTS = "row_weights"
+"""Key of per-row loss weights (B, H) in a batch's conditioning (see the module docstring)."""
+
+
+def mean_per_sample(per_element: torch.Tensor, row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) the mean of ``per_element`` (B, ...) over each sample's elements; with ``row_weights`` w (B, H) for
+    grids (B, ..., H, W) the row-weighted mean (1 / N) sum_{..., i, j} w_bi e_b...ij (N elements per sample)."""
+    batch = per_element.shape[0]
+    if row_weights is None:
+        return per_element.reshape(batch, -1).mean(dim=1)
+    if per_element.ndim < 3 or tuple(row_weights.shape) != (batch, per_element.shape[-2]):
+        raise ValueError(
+            f"row_weights of shape {tuple(row_weights.shape)} do not fit a batch of grids {tuple(per_element.shape)}"
+        )
+    shape = (batch,) + (1,) * (per_element.ndim - 3) + (per_element.shape[-2], 1)
+    weighted = per_element * row_weights.to(per_element.dtype).reshape(shape)
+    return weighted.reshape(batch, -1).mean(dim=1)
 
 
 @dataclass(frozen=True)
@@ -73,8 +103,10 @@ def variational_bound_term(
     sigma: torch.Tensor,
     sigma_next: torch.Tensor,
     clipped_log_beta_tilde: torch.Tensor,
+    row_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_t of the step sigma -> sigma' per sample, in bits per dimension (iDDPM, Eq. 4-5 and 15).
+    """L_t of the step sigma -> sigma' per sample, in bits per dimension (iDDPM, Eq. 4-5 and 15); with
+    ``row_weights`` (B, H) the row-weighted mean over the elements (:func:`mean_per_sample`).
 
     For sigma' > 0: KL(q(x_hat' | x_hat, y) || N(a x_hat + b D, Sigma)); for sigma' = 0 the continuous decoder
     term -log N(y; D, Sigma). Sigma = exp(f log beta + (1 - f) log beta_tilde), with beta_tilde replaced by
@@ -94,7 +126,7 @@ def variational_bound_term(
     )
     decoder_nll = 0.5 * (math.log(2 * math.pi) + log_variance + (clean - denoised) ** 2 / log_variance.exp())
     per_element = torch.where(final, decoder_nll, kl) / LOG_2
-    return per_element.reshape(clean.shape[0], -1).mean(dim=1)
+    return mean_per_sample(per_element, row_weights)
 
 
 class DenoisingLoss:
@@ -118,7 +150,9 @@ class DenoisingLoss:
     def evaluate(
         self, denoiser: Denoiser, clean: torch.Tensor, drawn: Mapping[str, torch.Tensor], **cond: Any
     ) -> LossTerms:
-        """The per-sample loss at the drawn sigma and n: x = y + sigma n, lambda(sigma) |D(x; sigma) - y|^2."""
+        """The per-sample loss at the drawn sigma and n: x = y + sigma n, lambda(sigma) |D(x; sigma) - y|^2
+        (averaged with the ``row_weights`` of ``cond`` when it has them)."""
+        row_weights = cond.pop(ROW_WEIGHTS, None)
         f = self.formulation
         sigma, noise = drawn["sigma"], drawn["noise"]
         batch = clean.shape[0]
@@ -130,12 +164,18 @@ class DenoisingLoss:
             denoised, v = denoiser.denoise_with_variance(noisy, sigma, **cond)
         else:
             denoised, v = denoiser(noisy, sigma, **cond), None
-        squared_error = (denoised.float() - clean.float()).square().reshape(batch, -1).mean(dim=1)
+        squared_error = mean_per_sample((denoised.float() - clean.float()).square(), row_weights)
         per_sample = f.loss_weight(sigma).float() * squared_error
         if v is not None:
             sigma_next, clipped, weight = f.variance_transition(sigma)
             bound = variational_bound_term(
-                clean.float(), denoised.detach().float(), v.float(), sigma.float(), sigma_next.float(), clipped.float()
+                clean.float(),
+                denoised.detach().float(),
+                v.float(),
+                sigma.float(),
+                sigma_next.float(),
+                clipped.float(),
+                row_weights,
             )
             per_sample = per_sample + weight * bound
         return LossTerms(per_sample=per_sample, sigma=sigma)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffscale.loss import LossTerms
+from diffscale.loss import ROW_WEIGHTS, LossTerms, mean_per_sample
 
 __all__ = ["RegressionLoss", "RegressionModel"]
 
@@ -61,7 +61,8 @@ class RegressionLoss:
     """The mean squared error per sample, ``per_sample[b] = mean_k (mu(c_b)_k - y_b,k)^2``; no noise level.
 
     Called like :class:`~diffscale.loss.DenoisingLoss`: ``loss(model, target, generator, **cond)`` (the
-    generator is unused: the regression objective draws nothing).
+    generator is unused: the regression objective draws nothing). ``row_weights`` (B, H) in ``cond`` make it
+    the row-weighted mean (:func:`~diffscale.loss.mean_per_sample`); the model does not see them.
     """
 
     def __call__(
@@ -73,8 +74,12 @@ class RegressionLoss:
     ) -> LossTerms:
         if "cond_fields" not in cond:
             raise ValueError("the regression objective needs conditioning fields (cond_fields=...)")
+        row_weights = cond.pop(ROW_WEIGHTS, None)
         prediction = model(**cond)
         if prediction.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(prediction.shape)} differs from target {tuple(target.shape)}")
-        per_sample = (prediction - target).square().flatten(1).mean(dim=1)
+        if row_weights is None:
+            per_sample = (prediction - target).square().flatten(1).mean(dim=1)
+        else:
+            per_sample = mean_per_sample((prediction - target).square(), row_weights)
         return LossTerms(per_sample=per_sample, sigma=None)

@@ -8,9 +8,11 @@ one-line :class:`~diffscale.validation.ConfigError` messages). Example::
       paths: [/data/era5_t2m_*.nc]          # fine (high-resolution) fields
       variables: [t2m]
       coarsen_factor: 4                     # coarse input = area-weighted 4 x 4 block mean of the fine fields
+      remainder: trim                       # a grid not divisible by 4: drop the surplus rows/columns (or: error)
       crop: {lat: [0, 32], lon: [0, 48]}    # index window of the harmonised fine grid (south -> north, west -> east)
       static_paths: [/data/era5_orography_lsm_global.nc]
       static_variables: [orography, lsm]
+      static_interpolation: bilinear        # statics on another grid: bilinear in lat/lon (none: must line up)
       channels: {latlon: true, hour: true, day_of_year: true}
       transforms: {t2m: standardize}
       target: residual
@@ -116,11 +118,18 @@ class ClimateData(StrictModel):
         None, description="low-resolution files; null: coarsen the fine fields by coarsen_factor"
     )
     coarsen_factor: int = Field(4, ge=1, strict=True, description="fine cells per coarse cell along each axis")
+    remainder: Literal["trim", "error"] = Field(
+        "trim",
+        description="a grid not divisible by coarsen_factor: trim (drop the surplus, south/west first) or error",
+    )
     crop: CropWindow | None = Field(
         None, description="index window {lat: [start, stop], lon: [start, stop]} of the fine grid"
     )
     static_paths: PathList = Field([], description="files of time-invariant fields (orography, land-sea mask)")
     static_variables: NameList = Field([], description="static fields to condition on, e.g. [orography, lsm]")
+    static_interpolation: Literal["bilinear", "none"] = Field(
+        "bilinear", description="statics onto the data grid: bilinear in lat/lon (copied where points coincide) or none"
+    )
     channels: ClimateChannels = Field(default_factory=ClimateChannels, description="optional lat/lon and time channels")
     transforms: dict[str, Literal["standardize", "log1p", "sqrt"]] = Field(
         {}, description="per-variable transform before standardising (default standardize; log1p/sqrt for tp)"
@@ -144,6 +153,9 @@ class ClimateData(StrictModel):
     )
     periodic_longitude: bool | None = Field(
         None, description="wrap in longitude (patches, upsampling); null: true when the grid is global"
+    )
+    latitude_weighted_loss: bool = Field(
+        False, description="weight each row's training loss by cos(latitude), normalised to mean 1 over a sample"
     )
 
     @field_validator("variables", "static_variables")
@@ -250,14 +262,13 @@ class ClimateData(StrictModel):
         return len(self.cond_channel_names())
 
     def sample_shape(self) -> tuple[int, int, int] | None:
-        """(C, h, w) of a training target when known without reading files (a patch, or a crop of both axes);
-        None otherwise (then it is the dataset's ``shape``)."""
+        """(C, h, w) of a training target when known without reading files (a patch, or a crop of both axes,
+        less the surplus that ``remainder: trim`` drops); None otherwise (then it is the dataset's ``shape``)."""
         if self.patch is not None:
             return (len(self.variables), *self.patch)
         if self.crop is not None and self.crop.lat is not None and self.crop.lon is not None:
-            return (
-                len(self.variables),
-                self.crop.lat[1] - self.crop.lat[0],
-                self.crop.lon[1] - self.crop.lon[0],
-            )
+            height, width = self.crop.lat[1] - self.crop.lat[0], self.crop.lon[1] - self.crop.lon[0]
+            if self.remainder == "trim":
+                height, width = height - height % self.coarsen_factor, width - width % self.coarsen_factor
+            return (len(self.variables), height, width)
         return None

@@ -1,6 +1,7 @@
-"""Climate fields for downscaling: reading and harmonising files (:mod:`.io`), coarsening and upsampling
-(:mod:`.grid`), per-variable transforms (:mod:`.transforms`), conditioning channels (:mod:`.channels`) and the
-training dataset with the conditioning builder shared with downscaling (:mod:`.dataset`)."""
+"""Climate fields for downscaling: reading and harmonising files (:mod:`.io`), coarsening, upsampling and
+trimming to the factor (:mod:`.grid`), static fields from other grids (:mod:`.regrid`), units (:mod:`.units`),
+per-variable transforms (:mod:`.transforms`), conditioning channels (:mod:`.channels`) and the training dataset
+with the conditioning builder shared with downscaling (:mod:`.dataset`)."""
 
 from diffscale.data.climate.channels import latlon_channels, time_channel_names, time_channels
 from diffscale.data.climate.dataset import (
@@ -13,6 +14,7 @@ from diffscale.data.climate.dataset import (
     target_shape,
 )
 from diffscale.data.climate.grid import (
+    GridTrim,
     area_weights,
     block_centres,
     check_factor,
@@ -20,10 +22,13 @@ from diffscale.data.climate.grid import (
     fine_coordinates,
     is_global_longitude,
     select_grid,
+    trim_to_factor,
     upsample,
 )
 from diffscale.data.climate.io import CANONICAL_NAMES, canonical_variable, harmonise, open_fields
+from diffscale.data.climate.regrid import regrid_bilinear
 from diffscale.data.climate.transforms import TRANSFORMS, Transforms, fit_stats
+from diffscale.data.climate.units import convert_units
 
 __all__ = [
     "CANONICAL_NAMES",
@@ -32,12 +37,14 @@ __all__ = [
     "ClimateFields",
     "Conditioning",
     "ConditioningBuilder",
+    "GridTrim",
     "Transforms",
     "area_weights",
     "block_centres",
     "canonical_variable",
     "check_factor",
     "coarsen",
+    "convert_units",
     "fine_coordinates",
     "fit_climate_stats",
     "fit_stats",
@@ -46,9 +53,11 @@ __all__ = [
     "latlon_channels",
     "open_fields",
     "regression_base",
+    "regrid_bilinear",
     "select_grid",
     "target_shape",
     "time_channel_names",
     "time_channels",
+    "trim_to_factor",
     "upsample",
 ]

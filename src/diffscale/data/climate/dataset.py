@@ -9,6 +9,11 @@ For variables v = 1..C on the fine grid (H, W) and the coarse grid (H / f, W / f
   (``regression_residual``, CorrDiff: Mardani et al. 2023, arXiv 2309.15214);
 * training target  r = z - b; a generated r is turned back into physical units by y = T^-1(r + b).
 
+The fine grid is the files' grid, cropped (``data.crop``) and trimmed to a multiple of f (``data.remainder``,
+:func:`~diffscale.data.climate.grid.trim_to_factor`): that is the model's grid. Static fields are brought onto
+it from their own grid (:func:`~diffscale.data.climate.regrid.regrid_bilinear`), and every field is put in the
+units the statistics record (:func:`~diffscale.data.climate.units.convert_units`).
+
 :class:`ConditioningBuilder` turns a coarse dataset (the coarsened training fields, or a user's coarse file at
 downscaling time) into (c, b, fine grid, times); :class:`ClimateDataset` uses that same builder for its own
 coarse fields, so training and downscaling cannot diverge.
@@ -16,8 +21,9 @@ coarse fields, so training and downscaling cannot diverge.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,18 +33,23 @@ import xarray as xr
 from diffscale.data.batch import Batch
 from diffscale.data.climate.channels import LATLON_NAMES, latlon_channels, time_channel_names, time_channels
 from diffscale.data.climate.grid import (
+    GridTrim,
+    area_weights,
     block_centres,
-    check_divisible,
     check_factor,
     coarsen,
     fine_coordinates,
     grid_spacing,
     is_global_longitude,
     select_grid,
+    trim_to_factor,
     upsample,
 )
 from diffscale.data.climate.io import harmonise, open_fields
+from diffscale.data.climate.regrid import regrid_bilinear
 from diffscale.data.climate.transforms import Transforms, fit_stats
+from diffscale.data.climate.units import convert_units
+from diffscale.loss import ROW_WEIGHTS
 from diffscale.validation import ConfigError
 
 if TYPE_CHECKING:
@@ -51,13 +62,17 @@ __all__ = [
     "ConditioningBuilder",
     "check_finite",
     "fit_climate_stats",
+    "latitude_row_weights",
     "load_fine",
+    "load_fine_grid",
     "load_statics",
     "regression_base",
+    "statics_on_grid",
     "target_shape",
 ]
 
 RegressionFn = Callable[[torch.Tensor], torch.Tensor]
+logger = logging.getLogger(__name__)
 
 
 # -- helpers shared by training and downscaling --------------------------------------------------------------
@@ -144,12 +159,50 @@ def load_statics(paths: Sequence[str], variables: Sequence[str]) -> xr.Dataset |
     return statics
 
 
+def statics_on_grid(
+    statics: xr.Dataset,
+    variables: Sequence[str],
+    latitude: np.ndarray,
+    longitude: np.ndarray,
+    interpolation: str = "bilinear",
+) -> xr.Dataset:
+    """The static ``variables`` on the fine grid (loaded, checked for NaNs), from any grid that covers it.
+
+    ``interpolation``: ``bilinear`` (:func:`~diffscale.data.climate.regrid.regrid_bilinear`: copied where the
+    points coincide, bilinear in latitude/longitude elsewhere) or ``none`` (the points must coincide; matched
+    by coordinates within 1 % of a step). ``attrs["regridding"]`` says what was done: ``exact`` or ``bilinear``.
+
+    Raises:
+        ConfigError: the statics do not cover the grid (naming the uncovered range), do not line up
+            (``none``), or have NaNs there.
+    """
+    if interpolation == "bilinear":
+        matched = regrid_bilinear(statics[list(variables)], latitude, longitude, "static fields")
+    elif interpolation == "none":
+        matched = select_grid(statics[list(variables)], latitude, longitude, "static fields").load()
+        matched.attrs["regridding"] = "exact"
+    else:
+        raise ConfigError(f"data.static_interpolation = {interpolation!r}: allowed: bilinear, none")
+    check_finite(matched, variables, "static fields")
+    return matched
+
+
+def latitude_row_weights(latitude: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Loss weights of rows at latitudes phi (..., h) in degrees: w_i = cos(phi_i) / mean_k cos(phi_k) over
+    the last axis (mean 1 per sample; a pole row weighs 0; a sample whose rows all sit at a pole gets 1s)."""
+    cosine = area_weights(torch.as_tensor(latitude, dtype=torch.float64))
+    mean = cosine.mean(dim=-1, keepdim=True)
+    weights = torch.where(mean > 0, cosine / mean.clamp_min(torch.finfo(torch.float64).tiny), 1.0)
+    return weights.to(torch.float32)
+
+
 # -- conditioning --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Conditioning:
     """What a coarse dataset gives the model: ``cond_fields`` (T, K, H, W) float32, ``base`` (T, C, H, W)
     normalised (None for ``regression_residual`` until a regression model is given), the fine grid
-    ``latitude`` (H,) and ``longitude`` (W,), ``times`` (T,) datetime64 and ``channel_names`` (K)."""
+    ``latitude`` (H,) and ``longitude`` (W,), ``times`` (T,) datetime64, ``channel_names`` (K) and ``units``:
+    those of each variable after conversion, i.e. of the fields generated from it (None where unknown)."""
 
     cond_fields: torch.Tensor
     base: torch.Tensor | None
@@ -157,6 +210,7 @@ class Conditioning:
     longitude: np.ndarray
     times: np.ndarray
     channel_names: list[str]
+    units: dict[str, str | None] = field(default_factory=dict)
 
 
 class ConditioningBuilder:
@@ -172,6 +226,10 @@ class ConditioningBuilder:
         target: ``fine`` | ``residual`` | ``regression_residual``: which base b to build.
         interpolation: ``bilinear`` | ``bicubic``.
         periodic_longitude: wrap in longitude; None: when the fine grid is global.
+        static_interpolation: ``bilinear`` | ``none``: how the statics reach the fine grid (:func:`statics_on_grid`).
+
+    Fields are converted to the units the transforms record (:func:`~diffscale.data.climate.units.convert_units`;
+    nothing is checked for statistics without units).
     """
 
     def __init__(
@@ -187,6 +245,7 @@ class ConditioningBuilder:
         target: str = "residual",
         interpolation: str = "bilinear",
         periodic_longitude: bool | None = None,
+        static_interpolation: str = "bilinear",
     ) -> None:
         if target not in ("fine", "residual", "regression_residual"):
             raise ConfigError(f"data.target = {target!r}: allowed: fine, residual, regression_residual")
@@ -203,6 +262,9 @@ class ConditioningBuilder:
         self.target = target
         self.interpolation = interpolation
         self.periodic_longitude = periodic_longitude
+        self.static_interpolation = static_interpolation
+        self.static_regridding: str | None = None
+        """What :meth:`static_fields` last did: ``exact`` or ``bilinear`` (None before, or without statics)."""
 
     @classmethod
     def from_section(cls, section: ClimateData, stats: Mapping[str, Any] | Transforms) -> ConditioningBuilder:
@@ -220,6 +282,7 @@ class ConditioningBuilder:
             target=section.target,
             interpolation=section.interpolation,
             periodic_longitude=section.periodic_longitude,
+            static_interpolation=section.static_interpolation,
         )
 
     def to_physical(self, normalised_fine: torch.Tensor) -> torch.Tensor:
@@ -235,13 +298,17 @@ class ConditioningBuilder:
             names += LATLON_NAMES
         return names + time_channel_names(self.hour, self.day_of_year)
 
+    def _expected_units(self, variables: Sequence[str]) -> dict[str, str | None]:
+        return {name: self.transforms.stats.get(name, {}).get("units") for name in variables}
+
     def static_fields(self, latitude: np.ndarray, longitude: np.ndarray) -> xr.Dataset | None:
-        """The statics on the fine grid (loaded), matched by coordinates; ConfigError when they do not line up."""
+        """The statics on the fine grid (loaded; :func:`statics_on_grid`, then in the recorded units); the
+        method used is kept in :attr:`static_regridding`. ConfigError when they do not cover the grid."""
         if not self.static_variables:
             return None
-        matched = select_grid(self.statics[self.static_variables], latitude, longitude, "static fields").load()
-        check_finite(matched, self.static_variables, "static fields")
-        return matched
+        matched = statics_on_grid(self.statics, self.static_variables, latitude, longitude, self.static_interpolation)
+        self.static_regridding = matched.attrs["regridding"]
+        return convert_units(matched, self._expected_units(self.static_variables), source="static fields")
 
     def build(
         self,
@@ -259,12 +326,14 @@ class ConditioningBuilder:
             batch_size, device: how R is evaluated (:func:`regression_base`).
 
         Raises:
-            ConfigError: a variable is missing, has NaNs (naming it and the time), or the statics do not line up.
+            ConfigError: a variable is missing, has NaNs (naming it and the time), is in units that do not convert
+                to the recorded ones, or the statics do not cover the grid.
         """
         coarse = harmonise(coarse, source="coarse fields")
         _require_variables(coarse, self.variables, "coarse fields")
         _check_dims(coarse, self.variables, "coarse fields")
-        coarse = coarse[self.variables].load()
+        coarse = convert_units(coarse[self.variables], self._expected_units(self.variables), source="coarse fields")
+        coarse = coarse.load()
         check_finite(coarse, self.variables, "coarse fields")
         latitude, longitude = fine_coordinates(coarse["latitude"].values, coarse["longitude"].values, self.factor)
         periodic = is_global_longitude(longitude) if self.periodic_longitude is None else self.periodic_longitude
@@ -294,7 +363,8 @@ class ConditioningBuilder:
                 if regression is None
                 else regression_base(regression, cond_fields, len(self.variables), batch_size, device)
             )
-        return Conditioning(cond_fields, base, latitude, longitude, times, self.channel_names)
+        units = {name: coarse[name].attrs.get("units") for name in self.variables}
+        return Conditioning(cond_fields, base, latitude, longitude, times, self.channel_names, units)
 
 
 # -- reading a split -----------------------------------------------------------------------------------------
@@ -323,8 +393,25 @@ def _crop(ds: xr.Dataset, section: ClimateData) -> xr.Dataset:
     return ds.isel(selection)
 
 
+def _model_grid(ds: xr.Dataset, section: ClimateData) -> tuple[xr.Dataset, GridTrim]:
+    """The files' grid cropped (``data.crop``) and trimmed to a multiple of the factor (``data.remainder``)."""
+    return trim_to_factor(
+        _crop(ds, section),
+        section.coarsen_factor,
+        section.remainder,
+        section.periodic_longitude,
+        what="fine grid" if section.crop is None else "cropped fine grid",
+    )
+
+
 def load_fine(section: ClimateData, split: str) -> xr.Dataset:
-    """The fine fields of ``split`` (harmonised, cropped, loaded, checked for NaNs)."""
+    """The fine fields of ``split`` on the model's grid (:func:`load_fine_grid`)."""
+    return load_fine_grid(section, split)[0]
+
+
+def load_fine_grid(section: ClimateData, split: str) -> tuple[xr.Dataset, GridTrim]:
+    """The fine fields of ``split`` (harmonised, cropped, trimmed to the factor, loaded, checked for NaNs) and
+    what the trimming dropped (logged when it dropped anything)."""
     period, excluded = _time_selection(section, split)
     fine = open_fields(section.paths, section.variables, time_slice=period)
     _check_dims(fine, section.variables, ", ".join(section.paths))
@@ -340,9 +427,12 @@ def load_fine(section: ClimateData, split: str) -> xr.Dataset:
             else "the files have no times"
         )
         raise ConfigError(f"no fields in the {split} split (data.{split}_period); {span}")
-    fine = _crop(fine, section).load()
+    fine, trim = _model_grid(fine, section)
+    if trim.dropped:
+        logger.warning("data (%s split): %s (data.remainder: trim)", split, trim.describe())
+    fine = fine.load()
     check_finite(fine, section.variables, ", ".join(section.paths))
-    return fine
+    return fine, trim
 
 
 def _coarse_for(section: ClimateData, fine: xr.Dataset, split: str) -> xr.Dataset:
@@ -367,7 +457,6 @@ def _coarse_for(section: ClimateData, fine: xr.Dataset, split: str) -> xr.Datase
             f"{np.datetime_as_string(missing[0], unit='m')}"
         )
     coarse = coarse.sel(time=times)
-    check_divisible(fine.sizes["latitude"], fine.sizes["longitude"], factor, what="fine grid")
     expected_lat = block_centres(fine["latitude"].values, factor)
     expected_lon = block_centres(fine["longitude"].values, factor)
     coarse = select_grid(coarse, expected_lat, expected_lon, f"coarse grid of {source}").load()
@@ -376,18 +465,19 @@ def _coarse_for(section: ClimateData, fine: xr.Dataset, split: str) -> xr.Datase
 
 
 def target_shape(section: ClimateData) -> tuple[int, int, int]:
-    """(C, h, w) of one training target: the patch, or the (cropped) fine grid, read from the first file's
-    metadata only (no data are loaded)."""
+    """(C, h, w) of one training target: the patch, or the (cropped, trimmed) fine grid, read from the first
+    file's metadata only (no data are loaded)."""
     shape = section.sample_shape()
     if shape is not None:
         return shape
-    fine = _crop(open_fields(section.paths[:1], section.variables), section)
+    fine, _ = _model_grid(open_fields(section.paths[:1], section.variables), section)
     return (len(section.variables), fine.sizes["latitude"], fine.sizes["longitude"])
 
 
 def fit_climate_stats(section: ClimateData, fine: xr.Dataset | None = None) -> dict[str, dict[str, Any]]:
     """Statistics of the train split (variables with their transforms, statics standardised over the fine
-    domain): a JSON-able dict for :class:`~diffscale.data.climate.transforms.Transforms`.
+    domain): a JSON-able dict for :class:`~diffscale.data.climate.transforms.Transforms`. Each entry also
+    records the field's ``units`` attribute when it has one (later fields are converted to those units).
 
     Args:
         fine: the train split's fine fields when already loaded (else read here).
@@ -395,14 +485,23 @@ def fit_climate_stats(section: ClimateData, fine: xr.Dataset | None = None) -> d
     if fine is None:
         fine = load_fine(section, "train")
     data: dict[str, Any] = {name: fine[name].values for name in section.variables}
+    units = {name: fine[name].attrs.get("units") for name in section.variables}
     statics = load_statics(section.static_paths, section.static_variables)
     if statics is not None:
-        matched = select_grid(
-            statics[section.static_variables], fine["latitude"].values, fine["longitude"].values, "static fields"
-        ).load()
-        check_finite(matched, section.static_variables, "static fields")
+        matched = statics_on_grid(
+            statics,
+            section.static_variables,
+            fine["latitude"].values,
+            fine["longitude"].values,
+            section.static_interpolation,
+        )
         data.update({name: matched[name].values for name in section.static_variables})
-    return fit_stats(data, section.transforms)
+        units.update({name: matched[name].attrs.get("units") for name in section.static_variables})
+    stats = fit_stats(data, section.transforms)
+    for name, entry in stats.items():
+        if units.get(name) is not None and str(units[name]).strip():
+            entry["units"] = str(units[name])
+    return stats
 
 
 # -- the dataset ---------------------------------------------------------------------------------------------
@@ -432,10 +531,12 @@ class ClimateDataset:
             raise ConfigError(f"split = {split!r}: allowed: train, validation, test")
         self.section = section
         self.split = split
-        fine = load_fine(section, split)
+        fine, self.grid_trim = load_fine_grid(section, split)
         if stats is None:
             stats = fit_climate_stats(section, fine if split == "train" else None)
         self.transforms = Transforms(stats)
+        expected = {name: self.transforms.stats.get(name, {}).get("units") for name in section.variables}
+        fine = convert_units(fine, expected, source=", ".join(section.paths))
         coarse = _coarse_for(section, fine, split)
         self.periodic_longitude = (
             is_global_longitude(fine["longitude"].values)
@@ -466,6 +567,17 @@ class ClimateDataset:
     def stats(self) -> dict[str, dict[str, Any]]:
         """The statistics (JSON-able), to save with the run and pass back as ``stats``."""
         return self.transforms.to_dict()
+
+    @property
+    def units(self) -> dict[str, str | None]:
+        """Units of each variable and static field as trained (None where the files gave none)."""
+        return {name: entry.get("units") for name, entry in self.transforms.stats.items()}
+
+    @property
+    def static_regridding(self) -> str | None:
+        """How the statics reached the fine grid: ``exact`` (a copy of coinciding points) or ``bilinear``; None
+        without statics."""
+        return self.builder.static_regridding
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -501,16 +613,24 @@ class ClimateDataset:
 
         Returns:
             ``Batch(target=(B, C, h, w) normalised fine - base, cond={'cond_fields': (B, K, h, w)})``; windows
-            wrap in longitude when it is periodic.
+            wrap in longitude when it is periodic. With ``data.latitude_weighted_loss`` the conditioning also
+            holds ``row_weights`` (B, h): cos(latitude) of each sample's rows, normalised to mean 1
+            (:func:`latitude_row_weights`), which the objective takes out (the network never sees it).
         """
         base = self._base()
         index = _randint(len(self), batch_size, generator)
         target = self.normalised[index] - base[index]
         cond = self.cond_fields[index]
+        rows = None
         if self.section.patch is not None:
             rows, cols = self._windows(batch_size, generator)
             target, cond = _gather(target, rows, cols), _gather(cond, rows, cols)
-        return Batch(target.contiguous(), {"cond_fields": cond.contiguous()})
+        fields = {"cond_fields": cond.contiguous()}
+        if self.section.latitude_weighted_loss:
+            latitude = torch.tensor(self.latitude, dtype=torch.float64)
+            rows_latitude = latitude[rows] if rows is not None else latitude.expand(batch_size, -1)
+            fields[ROW_WEIGHTS] = latitude_row_weights(rows_latitude).contiguous()
+        return Batch(target.contiguous(), fields)
 
     def _windows(self, count: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = self.section.patch

@@ -4,20 +4,41 @@ Coarsening (the low-resolution input built from high-resolution data) is the are
 regular latitude-longitude grid the area of a cell is proportional to cos(phi) (phi its latitude), so the
 coarse value of the block B (f x f fine cells) is
 
-    X_B = sum_{(i, j) in B} cos(phi_i) x_ij / sum_{(i, j) in B} cos(phi_i).
+    X_B = sum_{(i, j) in B} w_i x_ij / sum_{(i, j) in B} w_i,    w_i = cos(phi_i).
 
 The coarse cell's centre is the plain mean of its fine centres (so for a regular grid with spacing d the
-fine centres of coarse centre c are c + (k - (f - 1) / 2) d / f, k = 0..f-1: :func:`fine_coordinates`).
+fine centres of coarse centre c are c + (k - (f - 1) / 2) d / f, k = 0..f-1: :func:`fine_coordinates`). For
+odd f the middle fine centre (k = (f - 1) / 2) is the coarse centre itself.
 
 Upsampling back to the fine grid places the fine index i at the coarse position (i + 1/2) / f - 1/2 (the
 convention of ``torch.nn.functional.interpolate(align_corners=False)``): exactly the block geometry above. A
 global grid is periodic in longitude: the interpolation then wraps round, so the date-line seam is smooth.
+
+Any integer f >= 1 works. A grid whose size is not a multiple of f is trimmed (:func:`trim_to_factor`): of the
+r = n mod f surplus rows (columns) ceil(r / 2) are dropped at the start of the harmonised axis (south, west) and
+floor(r / 2) at its end (north, east), so the kept domain stays centred; a global 181-row grid (both poles)
+loses its south-pole row for f = 2, 3, 4, 5, 10 and the rows -90, -89, -88 and 89, 90 for f = 8. A global
+longitude axis is never trimmed (it would lose its wrap-around): f must divide its number of columns (360 at 1
+degree: 2, 3, 4, 5, 6, 8, 9, 10, 12, ...), unless periodic_longitude is set false.
+
+Near the poles:
+
+* w_i = cos(phi_i) is exactly 0 on a row at phi = +-90 (:func:`area_weights` snaps it; cos(pi / 2) is 6e-17 in
+  floating point): a pole row is a single point repeated along longitude and has no area, so it does not
+  contribute to its block's mean, and the evaluation scores give it no weight. A block always holds f rows
+  and a grid at most one row per pole, so for f >= 2 every block has rows of positive weight; for f = 1 a pole
+  row is its own block and keeps its values (a block whose weights are all 0 takes the plain mean, the limit
+  of the weighted mean when its rows approach one latitude).
+* Upsampling is held constant in latitude beyond the outermost coarse centres (the fine rows between the
+  last coarse centre and the pole take the edge block's value); there is no interpolation across a pole
+  (it would join longitudes lambda and lambda + 180). Longitude wraps round on a global grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, TypeVar, overload
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 import torch
@@ -26,6 +47,9 @@ import xarray as xr
 from diffscale.validation import ConfigError
 
 __all__ = [
+    "POLE_TOLERANCE_DEG",
+    "REMAINDER_RULES",
+    "GridTrim",
     "area_weights",
     "block_centres",
     "check_divisible",
@@ -36,10 +60,17 @@ __all__ = [
     "interpolation_matrix",
     "is_global_longitude",
     "select_grid",
+    "trim_to_factor",
     "upsample",
 ]
 
 XrT = TypeVar("XrT", xr.Dataset, xr.DataArray)
+
+POLE_TOLERANCE_DEG = 1e-6
+"""A row within this many degrees of +-90 is a pole row: its area weight is exactly 0."""
+
+REMAINDER_RULES: tuple[str, ...] = ("trim", "error")
+"""What to do with a fine grid whose size is not a multiple of the factor (``data.remainder``)."""
 
 
 @overload
@@ -47,24 +78,164 @@ def area_weights(latitude: torch.Tensor) -> torch.Tensor: ...
 @overload
 def area_weights(latitude: np.ndarray | Sequence[float] | xr.DataArray) -> np.ndarray: ...
 def area_weights(latitude):
-    """cos(phi) for latitudes phi in degrees (proportional to the area of a cell of a regular lat-lon grid).
+    """cos(phi) for latitudes phi in degrees (proportional to the area of a cell of a regular lat-lon grid),
+    exactly 0 within :data:`POLE_TOLERANCE_DEG` of a pole (and beyond it: never negative).
 
     A tensor gives a tensor (same device and dtype), anything else a float64 numpy array.
     """
     if isinstance(latitude, torch.Tensor):
-        return torch.cos(torch.deg2rad(latitude))
-    return np.cos(np.deg2rad(np.asarray(latitude, dtype=np.float64)))
+        weights = torch.cos(torch.deg2rad(latitude))
+        pole = latitude.abs() >= 90.0 - POLE_TOLERANCE_DEG
+        return torch.where(pole, torch.zeros_like(weights), weights)
+    latitude = np.asarray(latitude, dtype=np.float64)
+    weights = np.cos(np.deg2rad(latitude))
+    return np.where(np.abs(latitude) >= 90.0 - POLE_TOLERANCE_DEG, 0.0, weights)
 
 
-def check_divisible(height: int, width: int, factor: int, what: str = "grid") -> None:
-    """ConfigError unless the factor f is an integer >= 1 that divides H and W (naming the crop that would fit)."""
+def _check_factor_value(factor: int) -> None:
     if not isinstance(factor, int | np.integer) or isinstance(factor, bool) or factor < 1:
         raise ConfigError(f"coarsen factor = {factor!r}: must be an integer >= 1")
+
+
+def check_divisible(height: int, width: int, factor: int, what: str = "grid", hint: str = "data.crop") -> None:
+    """ConfigError unless the factor f is an integer >= 1 that divides H and W (naming the crop that would fit
+    and ``hint``, the setting that makes it fit)."""
+    _check_factor_value(factor)
     if height % factor or width % factor:
         raise ConfigError(
             f"the {what} of {height} x {width} (latitude x longitude) is not divisible by the coarsen factor {factor}; "
-            f"crop it to {height - height % factor} x {width - width % factor} (data.crop)"
+            f"crop it to {height - height % factor} x {width - width % factor} ({hint})"
         )
+
+
+def _divisors(count: int, up_to: int = 12) -> list[int]:
+    return [d for d in range(2, min(count, up_to) + 1) if count % d == 0]
+
+
+def _format_values(values: Sequence[float]) -> str:
+    return ", ".join(f"{value:g}" for value in values)
+
+
+@dataclass(frozen=True)
+class GridTrim:
+    """What :func:`trim_to_factor` dropped from a fine grid of ``original_shape`` (H, W) so that the coarsen
+    factor divides it: the coordinates of the rows (latitudes) and columns (longitudes) dropped at the start
+    (south, west) and at the end (north, east) of the harmonised axes. The kept grid is the model's grid."""
+
+    factor: int
+    original_shape: tuple[int, int]
+    latitude_start: tuple[float, ...] = ()
+    latitude_end: tuple[float, ...] = ()
+    longitude_start: tuple[float, ...] = ()
+    longitude_end: tuple[float, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the kept grid."""
+        height, width = self.original_shape
+        return (
+            height - len(self.latitude_start) - len(self.latitude_end),
+            width - len(self.longitude_start) - len(self.longitude_end),
+        )
+
+    @property
+    def dropped(self) -> bool:
+        """Whether anything was dropped."""
+        return self.shape != self.original_shape
+
+    def describe(self) -> str:
+        """One line: what was dropped and why, e.g. ``dropped 1 row at latitude -90 (south) so that the coarsen
+        factor 4 divides the fine grid: 181 x 360 -> 180 x 360``."""
+        if not self.dropped:
+            return (
+                f"the coarsen factor {self.factor} divides the fine grid {self.original_shape[0]} x "
+                f"{self.original_shape[1]}: nothing dropped"
+            )
+        parts = []
+        for noun, axis, start, end, first, last in (
+            ("row", "latitude", self.latitude_start, self.latitude_end, "south", "north"),
+            ("column", "longitude", self.longitude_start, self.longitude_end, "west", "east"),
+        ):
+            for values, side in ((start, first), (end, last)):
+                if values:
+                    plural = "" if len(values) == 1 else "s"
+                    parts.append(f"{len(values)} {noun}{plural} at {axis} {_format_values(values)} ({side})")
+        (height, width), (kept_h, kept_w) = self.original_shape, self.shape
+        return (
+            f"dropped {' and '.join(parts)} so that the coarsen factor {self.factor} divides the fine grid: "
+            f"{height} x {width} -> {kept_h} x {kept_w}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record (for a run's statistics file)."""
+        return {
+            "rule": "trim",
+            "factor": self.factor,
+            "original_shape": list(self.original_shape),
+            "shape": list(self.shape),
+            "dropped_latitude": {"south": list(self.latitude_start), "north": list(self.latitude_end)},
+            "dropped_longitude": {"west": list(self.longitude_start), "east": list(self.longitude_end)},
+        }
+
+
+def trim_to_factor(
+    data: XrT,
+    factor: int,
+    remainder: str = "trim",
+    periodic_longitude: bool | None = None,
+    what: str = "fine grid",
+) -> tuple[XrT, GridTrim]:
+    """``data`` (harmonised: latitude and longitude ascending) cut to a multiple of the coarsen factor f.
+
+    Rule (``remainder: trim``): of the r = n mod f surplus points of an axis, ceil(r / 2) are dropped at its
+    start (south, west) and floor(r / 2) at its end (north, east), keeping the domain centred; a 181-row global
+    grid loses its south-pole row for f = 4. A periodic longitude axis (``periodic_longitude``, or when None a
+    global one) is never trimmed: f must divide it (``periodic_longitude=False`` trims it like any other).
+    Nothing is padded (padding would invent fine values that the model would learn as truth).
+    ``remainder: error`` refuses any surplus instead.
+
+    Returns:
+        The trimmed data (lazy arrays stay lazy) and what was dropped (:class:`GridTrim`).
+
+    Raises:
+        ConfigError: f is not an integer >= 1, the grid is smaller than f, ``remainder`` is ``error`` and f does
+            not divide the grid, or f does not divide a periodic longitude axis.
+    """
+    _check_factor_value(factor)
+    if remainder not in REMAINDER_RULES:
+        raise ConfigError(f"data.remainder = {remainder!r}: allowed: {', '.join(REMAINDER_RULES)}")
+    height, width = data.sizes["latitude"], data.sizes["longitude"]
+    if height < factor or width < factor:
+        raise ConfigError(
+            f"the {what} of {height} x {width} (latitude x longitude) is smaller than the coarsen factor {factor}"
+        )
+    extra_rows, extra_columns = height % factor, width % factor
+    if remainder == "error":
+        check_divisible(height, width, factor, what, hint="data.crop, or data.remainder: trim")
+    longitude = data["longitude"].values
+    periodic = is_global_longitude(longitude) if periodic_longitude is None else periodic_longitude
+    if extra_columns and periodic:
+        fitting = ", ".join(map(str, _divisors(width))) or "none up to 12"
+        raise ConfigError(
+            f"the coarsen factor {factor} does not divide the {width} longitudes of the periodic {what}, and "
+            f"trimming would break its wrap-around: use a factor that divides {width} ({fitting}) or set "
+            f"data.periodic_longitude: false to drop {extra_columns} column(s)"
+        )
+    rows = (extra_rows - extra_rows // 2, extra_rows // 2)
+    columns = (extra_columns - extra_columns // 2, extra_columns // 2)
+    latitude = data["latitude"].values
+    trim = GridTrim(
+        factor=factor,
+        original_shape=(height, width),
+        latitude_start=tuple(float(value) for value in latitude[: rows[0]]),
+        latitude_end=tuple(float(value) for value in latitude[height - rows[1] :]),
+        longitude_start=tuple(float(value) for value in longitude[: columns[0]]),
+        longitude_end=tuple(float(value) for value in longitude[width - columns[1] :]),
+    )
+    if not trim.dropped:
+        return data, trim
+    selection = {"latitude": slice(rows[0], height - rows[1]), "longitude": slice(columns[0], width - columns[1])}
+    return data.isel(selection), trim
 
 
 def block_centres(values: np.ndarray | Sequence[float], factor: int) -> np.ndarray:
@@ -75,9 +246,20 @@ def block_centres(values: np.ndarray | Sequence[float], factor: int) -> np.ndarr
     return values.reshape(-1, factor).mean(axis=1)
 
 
+def _block_weights(weights: np.ndarray, factor: int) -> np.ndarray:
+    """The row weights with every block whose weights sum to 0 (its rows all at a pole: only for f = 1) given
+    equal weights, so that its mean is the plain mean instead of 0 / 0."""
+    blocks = weights.reshape(-1, factor)
+    empty = blocks.sum(axis=1) == 0
+    if not empty.any():
+        return weights
+    return np.where(empty[:, None], 1.0, blocks).reshape(-1)
+
+
 def _coarsen_array(data: XrT, factor: int) -> XrT:
     latitude = data["latitude"]
-    weights = xr.DataArray(area_weights(latitude.values), dims="latitude", coords={"latitude": latitude})
+    weights = _block_weights(area_weights(latitude.values), factor)
+    weights = xr.DataArray(weights, dims="latitude", coords={"latitude": latitude})
     block = {"latitude": factor, "longitude": factor}
     numerator = (data * weights).coarsen(block, boundary="exact").sum()
     denominator = weights.coarsen(latitude=factor, boundary="exact").sum() * factor
@@ -114,7 +296,11 @@ def coarsen(data, factor, latitude=None):
         else:
             if latitude.shape != (height,):
                 raise ValueError(f"latitude has shape {tuple(latitude.shape)}, the field {height} rows")
-            weights = area_weights(latitude.to(device=data.device, dtype=torch.float64)).to(data.dtype)
+            weights = area_weights(latitude.to(device=data.device, dtype=torch.float64))
+            empty = weights.reshape(height // factor, factor).sum(dim=-1) == 0  # rows all at a pole: f = 1
+            if bool(empty.any()):
+                weights = torch.where(empty.repeat_interleave(factor), torch.ones_like(weights), weights)
+            weights = weights.to(data.dtype)
         blocks = (data * weights[:, None]).reshape(*lead, height // factor, factor, width // factor, factor)
         numerator = blocks.sum(dim=(-3, -1))
         denominator = weights.reshape(height // factor, factor).sum(dim=-1)[:, None] * factor

@@ -17,7 +17,9 @@ for data in that range the round trip is exact to floating-point precision (comp
 field (s_v = 0, e.g. a land-sea mask over the sea only) gets s_v = 1.
 
 The statistics are a JSON-able dict ``{variable: {"transform": name, "mean": mu, "std": s}}``, saved with a
-run and passed back in for validation, testing and downscaling.
+run and passed back in for validation, testing and downscaling. An entry may also hold ``"units"``: the units
+the training data were in (then fields in other units are converted or refused:
+:mod:`~diffscale.data.climate.units`).
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ class Transforms:
                     "mean finite and std finite and > 0"
                 )
             self.stats[str(variable)] = {"transform": transform, "mean": mean, "std": std}
+            if entry.get("units") is not None:
+                self.stats[str(variable)]["units"] = str(entry["units"])
 
     @classmethod
     def fit(cls, data: Mapping[str, Any], transforms: Mapping[str, str] | None = None) -> Transforms:
@@ -112,6 +116,10 @@ class Transforms:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The statistics as plain JSON-able values (a copy)."""
         return {variable: dict(entry) for variable, entry in self.stats.items()}
+
+    def units(self, variable: str) -> str | None:
+        """The units ``variable`` was trained in, or None when they were not recorded."""
+        return self._entry(variable).get("units")
 
     def _entry(self, variable: str) -> dict[str, Any]:
         try:
