@@ -42,7 +42,7 @@ __all__ = [
 DataDistribution = GaussianMixture | GaussianRandomField
 """What a ``data:`` section of a toy kind builds: a distribution with ``sample(n, generator)`` and
 ``ideal_denoiser``."""
-_SAME_DATA_EXCEPT = frozenset({"target", "regression_run", "patch"})
+_SAME_DATA_EXCEPT = frozenset({"target", "regression_run", "patch", "latitude_weighted_loss"})
 """Keys of ``data:`` in which a CorrDiff diffusion run may differ from its regression run."""
 
 

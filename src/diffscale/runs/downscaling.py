@@ -139,6 +139,15 @@ def check_coarse_grid(
             )
 
 
+def _attributes_in_units(fields: xr.Dataset, conditioning: Conditioning, name: str) -> dict[str, Any]:
+    """The coarse input's attributes of ``name``, with the units its values were converted to (the run's)."""
+    attributes = dict(fields[name].attrs) if name in fields else {}
+    units = conditioning.units.get(name)
+    if units:
+        attributes["units"] = units
+    return attributes
+
+
 def _check_count(name: str, value: int, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ConfigError(f"{option_name(name)} = {value!r}: must be an integer >= {minimum}")
@@ -280,7 +289,7 @@ class DownscalingJob:
         height, width = conditioning.latitude.size, conditioning.longitude.size
         plan = _patch_plan(patch, overlap, section.patch, height, width, periodic)
         variables = {
-            name: cf_attributes(name, fields[name].attrs if name in fields else None) for name in section.variables
+            name: cf_attributes(name, _attributes_in_units(fields, conditioning, name)) for name in section.variables
         }
         attributes: dict[str, Any] = {
             "title": "diffscale downscaled ensemble",

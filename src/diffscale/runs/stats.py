@@ -1,6 +1,7 @@
 """The statistics file of a climate run, ``data_stats.json``: the per-variable transform statistics fitted on the
 training period (:class:`~diffscale.data.climate.Transforms`), which validation, testing and downscaling reuse
-unchanged, and the training grid (spacing and extent), which a coarse input is checked against."""
+unchanged, and the training grid (spacing and extent, which a coarse input is checked against; the rows or columns
+dropped so that the coarsening factor divides it; how the static fields were brought onto it)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def save_stats(run_dir: Path, dataset: ClimateDataset) -> None:
         "latitude_range": [float(dataset.latitude.min()), float(dataset.latitude.max())],
         "longitude_range": [float(dataset.longitude.min()), float(dataset.longitude.max())],
     }
+    grid["trimmed"] = dataset.grid_trim.to_dict()
+    grid["static_regridding"] = dataset.static_regridding
     content = {"transforms": dataset.stats, "grid": grid}
     atomic_write_bytes(run_dir / STATS_NAME, (json.dumps(content, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
