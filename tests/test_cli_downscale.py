@@ -317,7 +317,7 @@ def test_the_api_writes_long_ensembles_to_a_store_and_opens_them_lazily(
         )
     assert isinstance(stored["t2m"].data, dask.array.Array)  # nothing read yet
     np.testing.assert_array_equal(stored["t2m"].values, _values(diffusion_file))
-    with pytest.raises(diffscale.ConfigError, match="exists; pass overwrite=True to replace it"):
+    with pytest.raises(diffscale.ConfigError, match="': exists; pass overwrite=True to replace it"):
         run.downscale(setup["coarse_path"], 4, steps=3, out=tmp_path / "e.zarr")
 
 
@@ -328,7 +328,7 @@ def test_the_api_downscales_a_regression_run_as_the_command(setup: dict[str, Any
         prediction = run.downscale(setup["coarse_path"])
     assert prediction.sizes["member"] == 1
     np.testing.assert_array_equal(prediction["t2m"].values, _values(regression_file))
-    with pytest.raises(diffscale.ConfigError, match=r"^members 3: .* is a regression run .* use members=1$"):
+    with pytest.raises(diffscale.ConfigError, match=r"^members = 3: .* is a regression run .* use members=1$"):
         run.downscale(setup["coarse_path"], members=3)
     with pytest.raises(diffscale.ConfigError, match="has no denoiser"):
         _ = run.denoiser
@@ -427,14 +427,14 @@ BAD_INPUTS: dict[str, tuple[Any, list[str], str]] = {
     "members": (
         lambda s, d: [str(s["regression"]), "--input", str(s["coarse_path"])],
         ["--members", "3"],
-        "--members 3: ",
+        "--members = 3: ",
     ),
     "steps": (
         lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
         ["--steps", "0"],
         "--steps = 0: must be greater than or equal to 1",
     ),
-    "existing out": (_existing_out, [], "exists; pass --overwrite"),
+    "existing out": (_existing_out, [], "': exists; pass --overwrite"),
     "not netcdf or zarr": (
         lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
         ["--out-name", "e.grib"],

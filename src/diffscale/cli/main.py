@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from diffscale.cli.arguments import add_sampler_options, count, number
+from diffscale.cli.arguments import HelpFormatter, add_sampler_options, count, number
 from diffscale.validation import ConfigError, command_line_names
 
 __all__ = ["PROG", "build_parser", "main"]
@@ -39,18 +39,6 @@ class _ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         _fail(f"{message} (see '{self.prog} --help')")
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the layout of descriptions and appends non-trivial defaults to option help."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        trivial = default is None or default is False or default == [] or default is argparse.SUPPRESS
-        if action.option_strings and not trivial and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
 
 
 # -- commands -------------------------------------------------------------------------------------------------
@@ -96,7 +84,9 @@ def _train(args: argparse.Namespace) -> int:
         shutdown_distributed(synchronise=True)
     finally:
         shutdown_distributed()  # after an error (a no-op once shut down)
-    loss = f", final loss {summary.final_loss:.4g}" if summary.final_loss is not None else ""
+    loss = ""
+    if summary.final_loss is not None:
+        loss = f", loss {summary.final_loss:.4g} (mean of the last {summary.final_window_steps} steps, as logged)"
     skipped = f", {summary.skipped_steps} non-finite steps skipped" if summary.skipped_steps else ""
     say(f"trained {summary.steps} steps{loss}{skipped}")
     say(f"wrote {run_dir / CONFIG_NAME}, {summary.metrics} and checkpoint {summary.checkpoint}")
@@ -106,8 +96,9 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from diffscale import __version__
     from diffscale.cli.arguments import sampler_overrides
-    from diffscale.data.samples_io import check_sample_path, write_samples
-    from diffscale.evaluation.sample_plots import check_plot_path, check_plottable, plot_samples
+    from diffscale.data.samples_io import check_sample_path, encode_samples
+    from diffscale.evaluation.sample_plots import check_plot_path, check_plottable, figure_bytes, samples_figure
+    from diffscale.files import write_together
     from diffscale.runs import load_run, sample_run
     from diffscale.sampling import number_of_evaluations
 
@@ -135,11 +126,13 @@ def _sample(args: argparse.Namespace) -> int:
         "nfe_per_sample": nfe,
         "sampler": settings.model_dump(mode="json"),
     }
-    write_samples(out, samples, metadata=metadata)
+    files = encode_samples(out, samples, metadata=metadata)
+    if plot is not None:  # rendered before anything is written: all the outputs or none
+        title = f"{run.config.diffusion.type}, {settings.solver}, {settings.steps} steps (NFE {nfe})"
+        files[plot] = figure_bytes(samples_figure(samples, run.data, title=title), plot)
+    write_together(files)
     print(f"wrote {samples.shape[0]} samples of shape {tuple(samples.shape)} to {out} (settings in {out}.json)")
     if plot is not None:
-        title = f"{run.config.diffusion.type}, {settings.solver}, {settings.steps} steps (NFE {nfe})"
-        plot_samples(plot, samples, run.data, title=title)
         print(f"wrote plot to {plot}")
     return 0
 
@@ -226,15 +219,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------------------------------
 _MAIN_DESCRIPTION = """\
-diffscale: diffusion models of gridded data (EDM-style formulations VE, VP, EDM and iDDPM).
-
-Commands:
-  train       train a model from a YAML configuration into a run directory
-  sample      draw samples from a trained run
-  likelihood  log-likelihood of data under a trained run (probability-flow ODE)
-  downscale   downscale coarse climate fields into an ensemble of fine fields (netCDF or Zarr)
-  evaluate    score a downscaled ensemble against the truth and the bilinear baseline
-  demo        train every formulation on a 1-D mixture and compare them
+diffscale: diffusion models of gridded data (EDM-style formulations VE, VP, EDM and iDDPM) and probabilistic
+downscaling of climate fields.
 
 Run 'diffscale COMMAND --help' for a command's options. Bad input exits with status 2 and one line on stderr.
 """
@@ -296,7 +282,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "train",
         help="train a model from a YAML configuration",
         description=_TRAIN_DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("config", metavar="CONFIG", help="YAML configuration file (e.g. configs/mixture_1d_edm.yaml)")
     parser.add_argument(
@@ -331,7 +317,7 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         "sample",
         help="draw samples from a trained run",
         description=_SAMPLE_DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by 'diffscale train'")
     parser.add_argument("--num", type=count(1), required=True, metavar="N", help="number of samples to draw")
@@ -366,7 +352,7 @@ def _add_likelihood(commands: argparse._SubParsersAction) -> None:
         "likelihood",
         help="log-likelihood of data under a trained run",
         description=_LIKELIHOOD_DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by 'diffscale train'")
     parser.add_argument(
@@ -422,7 +408,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "demo",
         help="train and compare all formulations on a 1-D mixture",
         description=_DEMO_DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", default=DEFAULT_DEMO_DIR, metavar="DIR", help="output directory for figure and table")
     parser.add_argument(
@@ -438,9 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     from diffscale.cli.downscale import add_parser as add_downscale
     from diffscale.cli.evaluate import add_parser as add_evaluate
 
-    parser = _ArgumentParser(prog=PROG, description=_MAIN_DESCRIPTION, formatter_class=_HelpFormatter)
+    parser = _ArgumentParser(prog=PROG, description=_MAIN_DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}", help="print the version")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_ArgumentParser)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", title="commands", required=True, parser_class=_ArgumentParser
+    )
     _add_train(commands)
     _add_sample(commands)
     _add_likelihood(commands)

@@ -47,6 +47,7 @@ from diffscale.downscaling import (
     work_blocks,
 )
 from diffscale.downscaling.ensemble import ToPhysical
+from diffscale.files import check_output
 from diffscale.sampling import SamplerSettings, number_of_evaluations
 from diffscale.training.distributed import DistributedContext
 from diffscale.validation import ConfigError, option_name, option_setting
@@ -98,16 +99,15 @@ def coarse_fields(
 
 
 def check_ensemble_output(out: str | os.PathLike, overwrite: bool) -> Path:
-    """``out`` if an ensemble can be written there (``.nc`` or ``.zarr``, its directory exists, and it does not
+    """``out`` if an ensemble can be written there (``.nc`` or ``.zarr``; missing folders are created; it does not
     exist unless ``overwrite``); ConfigError otherwise."""
     path = Path(out)
     name = option_name("out")
     if path.suffix not in ENSEMBLE_SUFFIXES:
-        raise ConfigError(f"{name} '{path}': the ensemble is written as netCDF (.nc) or a Zarr store (.zarr)")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{name} '{path}': directory '{path.parent}' does not exist")
+        raise ConfigError(f"{name} = '{path}': the ensemble is written as netCDF (.nc) or a Zarr store (.zarr)")
+    check_output(path, name, directory=path.suffix == ".zarr")
     if path.exists() and not overwrite:
-        raise ConfigError(f"{name} '{path}' exists; pass {option_setting('overwrite', True)} to replace it")
+        raise ConfigError(f"{name} = '{path}': exists; pass {option_setting('overwrite', True)} to replace it")
     return path
 
 
@@ -249,7 +249,7 @@ class DownscalingJob:
             _check_count("members", members, 1)
         if run.deterministic and members not in (None, 1):
             raise ConfigError(
-                f"{option_name('members')} {members}: '{run.run_dir}' is a regression run (deterministic); "
+                f"{option_name('members')} = {members}: '{run.run_dir}' is a regression run (deterministic); "
                 f"use {option_setting('members', 1)}"
             )
         members = members if members is not None else (1 if run.deterministic else DEFAULT_MEMBERS)
@@ -412,6 +412,7 @@ class DownscalingJob:
         """Sample the ensemble into ``out`` (netCDF or Zarr; complete or absent) and return its path."""
         context = distributed if distributed is not None else DistributedContext()
         path = check_ensemble_output(out, overwrite) if context.is_main else Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)  # the one rule of every command: missing folders are made
         # Groups of blocks sampled in one call are formed from the whole plan, then shared between processes,
         # so every member is computed in the same batch whatever the number of processes.
         mine = self._groups()[context.rank :: context.world_size]
@@ -485,7 +486,7 @@ def _open_writer(out: Path, layout: dict[str, Any], context: DistributedContext,
     if failure is not None:
         raise failure
     if not created.item():
-        raise ConfigError(f"{option_name('out')} '{out}': rank 0 could not create the store (its message is above)")
+        raise ConfigError(f"{option_name('out')} = '{out}': rank 0 could not create the store (its message is above)")
     return writer if writer is not None else ZarrEnsembleWriter(out, shared=shared, overwrite=overwrite, **layout)
 
 

@@ -209,6 +209,11 @@ class ClimateRun(Run):
         return list(self.section.variables)
 
     @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one generated field: (C, H, W) of the training patch, else of the training grid."""
+        return self.section.sample_shape() or (len(self.section.variables), self.grid["height"], self.grid["width"])
+
+    @property
     def data(self) -> DataDistribution:
         raise ConfigError(
             f"'{self.run_dir}' is a climate run: its data are the files of data.paths "
