@@ -19,7 +19,7 @@ import argparse
 import contextlib
 import functools
 import http.server
-import importlib.util
+import importlib
 import os
 import re
 import shutil
@@ -63,7 +63,9 @@ def _missing(reason: str) -> None:
 
 def _require_docs_tools() -> None:
     for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
-        if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+        try:
+            importlib.import_module(module)
+        except ImportError:
             _missing(f"{module} is not installed: pip install -c constraints.txt -e '.[dev,docs]'")
 
 
@@ -228,7 +230,9 @@ def _binary(*names: str) -> str | None:
 @pytest.fixture(scope="session")
 def browser(site: Path) -> Iterator[tuple[object, str]]:
     """(a headless Chromium driven by chromedriver, the base URL of the site served on 127.0.0.1)."""
-    if importlib.util.find_spec("selenium") is None:
+    try:
+        importlib.import_module("selenium.webdriver")
+    except ImportError:
         _missing("selenium is not installed: pip install -c constraints.txt -e '.[dev,docs]'")
     chromium = _binary("chromium", "chromium-browser")
     driver_path = _binary("chromedriver")

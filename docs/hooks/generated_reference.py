@@ -13,9 +13,11 @@ raw):
 
 The Python API pages themselves are named in mkdocs.yml's nav as ``reference/api/MODULE.md``; the hook makes each
 one that has no file of its own (a page that renders the module with mkdocstrings), so adding a module to the
-site is one nav line. A new key, option or command appears in the site without editing a page, and a renamed
-one cannot survive in it. An unknown marker stops the build. The package is imported from ``src/`` beside mkdocs.yml, so
-the site documents the checkout it is built from.
+site is one nav line; on those pages Sphinx roles in docstrings (:class:`X`) are shown as plain code.
+
+A new key, option or command appears in the site without editing a page, and a renamed one cannot survive in it.
+An unknown marker stops the build. The package is imported from ``src/`` beside mkdocs.yml, so the site
+documents the checkout it is built from.
 """
 
 from __future__ import annotations
@@ -332,6 +334,23 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "cli": cli_reference,
     "api-modules": api_modules,
 }
+
+
+# -- Sphinx roles in docstrings ----------------------------------------------------------------------------
+SPHINX_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj):<code>(~?)([^<]+)</code>")
+
+
+def _plain_role(match: re.Match[str]) -> str:
+    """``:class:`~a.b.C``` as rendered HTML -> ``<code>C</code>`` (``~`` keeps the last name, as in Sphinx)."""
+    target = match.group(2)
+    return f"<code>{target.rsplit('.', 1)[-1] if match.group(1) else target}</code>"
+
+
+def on_page_content(html: str, page: Any, **_: Any) -> str:
+    """Docstrings mark names with Sphinx roles (:class:`X`); show them as code, without the role."""
+    if not page.file.src_uri.startswith("reference/api/"):
+        return html
+    return SPHINX_ROLE.sub(_plain_role, html)
 
 
 # -- the hook -----------------------------------------------------------------------------------------------
