@@ -46,7 +46,13 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--window-size=1400,1000",
 )
-MATH_PAGES = ("index.html", "diffusion-models/index.html", "samplers/index.html")
+MATH_PAGES = (
+    "index.html",
+    "diffusion-models/index.html",
+    "samplers/index.html",
+    "downscaling/index.html",
+    "benchmarks/index.html",
+)
 """Pages with equations (each must have typeset math and no raw TeX left in its visible text)."""
 FIGURE_PAGES = ("index.html", "diffusion-models/index.html", "downscaling/index.html")
 """Pages with figures (each must show at least one image, all loaded)."""

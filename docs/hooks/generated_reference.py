@@ -169,10 +169,16 @@ def _table(schema: dict[str, Any]) -> list[str]:
     return lines
 
 
+RST_ROLE = re.compile(r":(?:py:)?[a-z]+:`(~?)([^`]+)`")
+
+
 def _summary(model: type) -> str:
-    """The first paragraph of a model's docstring, one line."""
-    doc = (model.__doc__ or "").strip().split("\n\n")[0]
-    return " ".join(doc.split())
+    """The first paragraph of a model's docstring, one line, as Markdown: Sphinx roles become code, and a leading
+    ````data: {kind: climate}``: `` that repeats the heading is dropped."""
+    doc = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
+    doc = RST_ROLE.sub(lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", doc)
+    doc = re.sub(r"^``[^`]+``: ", "", doc)
+    return doc[:1].upper() + doc[1:]
 
 
 def configuration_reference() -> str:
