@@ -8,7 +8,7 @@ through chromedriver (selenium), served from a local HTTP server on 127.0.0.1, a
 KaTeX elements, each image's ``naturalWidth`` and the page's resource timings. A full-page screenshot of the
 Diffusion models page is written to docs/_screenshots/ (ignored by git) for a person to look at.
 
-Without the docs tools (``pip install -c constraints.txt -e ".[dev,docs]"``) or Chromium (Debian's ``chromium``
+Without the docs tools (``pip install -c constraints.txt -e ".[dev]"``) or Chromium (Debian's ``chromium``
 and ``chromium-driver``) the tests skip with the reason; under CI (``CI=true``) they fail instead, so that CI can
 never pass without building the site.
 """
@@ -72,7 +72,7 @@ def _require_docs_tools() -> None:
         try:
             importlib.import_module(module)
         except ImportError:
-            _missing(f"{module} is not installed: pip install -c constraints.txt -e '.[dev,docs]'")
+            _missing(f"{module} is not installed: pip install -c constraints.txt -e '.[dev]'")
 
 
 @pytest.fixture(scope="session")
@@ -239,7 +239,7 @@ def browser(site: Path) -> Iterator[tuple[object, str]]:
     try:
         importlib.import_module("selenium.webdriver")
     except ImportError:
-        _missing("selenium is not installed: pip install -c constraints.txt -e '.[dev,docs]'")
+        _missing("selenium is not installed: pip install -c constraints.txt -e '.[dev]'")
     chromium = _binary("chromium", "chromium-browser")
     driver_path = _binary("chromedriver")
     if chromium is None or driver_path is None:
