@@ -504,3 +504,48 @@ def test_real_era5_regression_run_downscales_to_the_crop(tmp_path: Path) -> None
     np.testing.assert_array_equal(ds["time"].values, crop["time"].values)
     assert np.isfinite(ds["t2m"].values).all() and 250 < float(ds["t2m"].mean()) < 300
     ds.close()
+
+
+def test_sample_and_likelihood_on_a_climate_run_say_what_to_do_in_one_line(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, words in (
+        (["sample", str(setup["diffusion"]), "--num", "2", "--out", str(tmp_path / "s.npy")], "diffscale downscale"),
+        (["likelihood", str(setup["diffusion"]), "--data", "mixture:10"], "conditional on coarse fields"),
+    ):
+        capsys.readouterr()
+        assert run_cli([*argv, "--device", "cpu"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "is a climate run" in lines[0] and words in lines[0], lines
+    assert not any(tmp_path.iterdir())
+
+
+def test_training_a_climate_run_prints_its_grid(setup: dict[str, Any], tmp_path: Path, capsys) -> None:
+    config = climate_config(setup["root"], "diffusion", "residual", 1)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with single_thread():
+        assert run_cli(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "data climate (1 x 16 x 24)" in printed and "x 0 x 0" not in printed, printed
+
+
+def test_coarsen_makes_the_coarse_input_as_training_did(setup: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "made" / "coarse.nc"
+    argv = ["coarsen", str(setup["diffusion"]), "--input", str(setup["truth_path"]), "--out", str(out)]
+    assert run_cli([*argv, "--start", str(COARSE_TIMES[1])]) == 0
+    with xr.open_dataset(out) as made:
+        values = made["t2m"].values
+        assert made.sizes["time"] == 2 and made["t2m"].attrs["units"] == "K"
+        np.testing.assert_allclose(made["latitude"].values, COARSE_LATITUDE)
+    # the area-weighted block mean, by hand: sum_i w_i x_ij / (f sum_i w_i) over each f x f block, w_i = cos(lat_i)
+    truth = setup["truth"][1:].astype(np.float32).astype(np.float64)
+    weights = np.cos(np.deg2rad(LATITUDE))
+    t, h, w = truth.shape
+    blocks = (truth * weights[:, None]).reshape(t, h // FACTOR, FACTOR, w // FACTOR, FACTOR).sum(axis=(2, 4))
+    expected = blocks / (FACTOR * weights.reshape(-1, FACTOR).sum(axis=1))[:, None]
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
+    # and it downscales
+    assert (
+        downscale(setup["diffusion"], out, tmp_path / "e.nc", "--members", "2", "--steps", "2", "--device", "cpu") == 0
+    )

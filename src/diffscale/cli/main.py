@@ -217,6 +217,45 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coarsen(args: argparse.Namespace) -> int:
+    from diffscale.files import check_output
+    from diffscale.runs import load_climate_run
+
+    out = check_output(args.out, "--out")
+    if out.suffix != ".nc":
+        raise ConfigError(f"--out = '{out}': the coarse input is written as netCDF (.nc)")
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"--out = '{out}': exists; pass --overwrite to replace it")
+    run = load_climate_run(args.run_dir, device="cpu")
+    coarse = run.coarsen(args.input, start=args.start, end=args.end)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.partial")
+    try:
+        coarse.to_netcdf(temporary)
+        temporary.replace(out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    sizes = coarse.sizes
+    print(
+        f"wrote {out}: {', '.join(run.section.variables)} at {sizes['time']} times on a {sizes['latitude']} x "
+        f"{sizes['longitude']} grid (the fine grid coarsened {run.section.coarsen_factor}x, as in training)"
+    )
+    return 0
+
+
+def _example_data(args: argparse.Namespace) -> int:
+    from diffscale.data.examples import EXAMPLES, fetch_example
+
+    example = EXAMPLES.get(args.name)
+    already = example is not None and (Path(args.out) / example.filename).exists() and not args.overwrite
+    path = fetch_example(
+        args.name, args.out, source=args.source, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    print(f"{'kept' if already else 'wrote'} {path}: {EXAMPLES[args.name].description}")
+    print("train on it with: diffscale train configs/downscaling_template.yaml")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------------------
 _MAIN_DESCRIPTION = """\
 diffscale: diffusion models of gridded data (EDM-style formulations VE, VP, EDM and iDDPM) and probabilistic
@@ -418,6 +457,68 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_demo)
 
 
+_COARSEN_DESCRIPTION = """\
+Make the coarse input a climate run expects from fine fields on its grid: the run's crop and trimming, then the
+area-weighted block mean by its coarsening factor, as training built it. Use it to test a run on held-out fine
+data (downscale the result, then evaluate the ensemble against the fine fields).
+
+examples:
+  diffscale coarsen runs/era5_uk --input era5_t2m.nc --start 2019-03-25 --end 2019-03-31 --out runs/coarse.nc
+  diffscale downscale runs/era5_uk --input runs/coarse.nc --members 16 --out runs/ensemble.nc
+"""
+
+
+def _add_coarsen(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "coarsen",
+        help="make a climate run's coarse input from fine fields (as in training)",
+        description=_COARSEN_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="climate run directory written by 'diffscale train'")
+    parser.add_argument(
+        "--input", action="append", required=True, metavar="FILE", help="fine fields (repeatable; globs allowed)"
+    )
+    parser.add_argument("--out", required=True, metavar="FILE", help="output netCDF file (.nc)")
+    parser.add_argument("--start", metavar="TIME", help="first time (ISO date or time; default: all)")
+    parser.add_argument("--end", metavar="TIME", help="last time, inclusive")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(handler=_coarsen, aliases={"fine": "input"})
+
+
+_EXAMPLE_DATA_DESCRIPTION = """\
+Fetch example data (online): the file is downloaded once, checked against its sha256 and written as netCDF into
+the output folder. Offline, copy the original file by other means and convert it with --source.
+
+examples:
+  diffscale example-data                        # example_data/era5_t2m_uk_2019-03.nc
+  diffscale train configs/downscaling_template.yaml
+"""
+
+
+def _add_example_data(commands: argparse._SubParsersAction) -> None:
+    from diffscale.data.examples import EXAMPLES
+
+    parser = commands.add_parser(
+        "example-data",
+        help="fetch the example data the downscaling template trains on",
+        description=_EXAMPLE_DATA_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "name",
+        nargs="?",
+        default="era5_uk",
+        choices=tuple(EXAMPLES),
+        help="the example: " + "; ".join(f"{key}: {item.description}" for key, item in EXAMPLES.items()),
+    )
+    parser.add_argument("--out", default="example_data", metavar="DIR", help="folder that receives the file")
+    parser.add_argument("--source", metavar="FILE", help="convert this local copy of the original file instead")
+    parser.add_argument("--overwrite", action="store_true", help="replace the file if it is already there")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the download progress bar")
+    parser.set_defaults(handler=_example_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``diffscale`` argument parser with its subcommands."""
     from diffscale import __version__
@@ -433,8 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(commands)
     _add_likelihood(commands)
     add_downscale(commands)
+    _add_coarsen(commands)
     add_evaluate(commands)
     _add_demo(commands)
+    _add_example_data(commands)
     return parser
 
 

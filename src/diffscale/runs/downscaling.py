@@ -78,14 +78,14 @@ MEMORY_FRACTION = 0.5
 
 # -- inputs and outputs ------------------------------------------------------------------------------------------
 def coarse_fields(
-    coarse: CoarseInput, variables: Sequence[str], start: Any = None, end: Any = None
+    coarse: CoarseInput, variables: Sequence[str], start: Any = None, end: Any = None, what: str = "coarse"
 ) -> tuple[xr.Dataset, str]:
-    """(the harmonised coarse fields of ``variables`` between ``start`` and ``end`` (inclusive), a description of
-    the source for the ensemble's attributes); ConfigError when there is no time left."""
+    """(the harmonised fields of ``variables`` between ``start`` and ``end`` (inclusive), a description of the
+    source for the ensemble's attributes); ConfigError (naming the argument ``what``) when there is no time left."""
     time_slice = (start, end) if start is not None or end is not None else None
     if isinstance(coarse, xr.Dataset | xr.DataArray):
         source = str(coarse.encoding.get("source", "an in-memory xarray.Dataset"))
-        fields = select_fields(coarse, variables, time_slice, source=f"{option_name('coarse')} ({source})")
+        fields = select_fields(coarse, variables, time_slice, source=f"{option_name(what)} ({source})")
     else:
         paths = [coarse] if isinstance(coarse, str | os.PathLike) else list(coarse)
         source = ", ".join(str(path) for path in paths)
@@ -94,7 +94,7 @@ def coarse_fields(
         bounds = " and ".join(
             f"{option_name(name)} {value}" for name, value in (("start", start), ("end", end)) if value
         )
-        raise ConfigError(f"{option_name('coarse')}: no times within {bounds}")
+        raise ConfigError(f"{option_name(what)}: no times within {bounds}")
     return fields, source
 
 

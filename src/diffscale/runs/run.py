@@ -269,6 +269,23 @@ class ClimateRun(Run):
             "offered; likelihood takes mixture and Gaussian-field runs"
         )
 
+    def coarsen(self, fine: CoarseInput, start: Any = None, end: Any = None) -> xr.Dataset:
+        """The coarse input the run expects for fine fields on its grid (a Dataset, file or files): the run's crop
+        (``data.crop``) and trimming (``data.remainder``), then the area-weighted block mean by the coarsening
+        factor, as training built it from its fine fields; times between ``start`` and ``end`` (inclusive)."""
+        from diffscale.data.climate.dataset import model_grid
+        from diffscale.data.climate.grid import coarsen
+        from diffscale.runs.downscaling import coarse_fields
+
+        fields, source = coarse_fields(fine, self.section.variables, start, end, what="fine")
+        grid, _ = model_grid(fields, self.section)
+        coarse = coarsen(grid, self.section.coarsen_factor)
+        attributes = {
+            "title": "coarse input",
+            "source": f"{source}, coarsened {self.section.coarsen_factor}x by diffscale",
+        }
+        return coarse.assign_attrs(attributes)
+
     def prepare_downscaling(self, coarse: CoarseInput, **options: Any) -> DownscalingJob:
         """Check everything and build the conditioning of ``coarse`` (nothing is sampled or written yet); see
         :class:`diffscale.runs.downscaling.DownscalingJob` for the options."""
