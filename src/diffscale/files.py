@@ -74,7 +74,7 @@ def check_output(path: str | os.PathLike[str], option: str, *, directory: bool =
         raise ConfigError(f"{option} = '{target}': exists and is a file, not a directory")
     if not directory and target.is_dir():
         raise ConfigError(f"{option} = '{target}': is a directory; give a file name")
-    parent = target.parent if not target.exists() else target
+    parent = target if directory and target.exists() else target.parent
     existing = _nearest_existing(parent.absolute())
     if not existing.is_dir():
         raise ConfigError(f"{option} = '{target}': '{existing}' is a file, so the folder '{parent}' cannot be created")
