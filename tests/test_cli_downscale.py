@@ -443,6 +443,17 @@ BAD_INPUTS: dict[str, tuple[Any, list[str], str]] = {
     "mixture run": (_mixture_run, [], "is not a climate run"),
     "missing run": (lambda s, d: [str(d / "nowhere"), "--input", str(s["coarse_path"])], [], "nowhere' not found"),
     "run is a file": (lambda s, d: [str(s["coarse_path"]), "--input", str(s["coarse_path"])], [], "not a directory"),
+    "bad date": (
+        lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
+        ["--start", "25 March"],
+        "--start = '25 March': not an ISO date or time",
+    ),
+    "missing input": (lambda s, d: [str(s["diffusion"]), "--input", str(d / "none.nc")], [], "--input: data file not"),
+    "overlap": (
+        lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
+        ["--patch", "8", "8", "--overlap", "8"],
+        "--overlap = 8: must be smaller than the patch 8 x 8",
+    ),
     "no times": (
         lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
         ["--start", "2020-01-05T16:00", "--end", "2020-01-05T17:00"],
@@ -549,3 +560,13 @@ def test_coarsen_makes_the_coarse_input_as_training_did(setup: dict[str, Any], t
     assert (
         downscale(setup["diffusion"], out, tmp_path / "e.nc", "--members", "2", "--steps", "2", "--device", "cpu") == 0
     )
+
+
+def test_coarsen_refuses_coarse_fields_in_one_line(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["coarsen", str(setup["diffusion"]), "--input", str(setup["coarse_path"]), "--out", str(tmp_path / "c.nc")]
+    assert run_cli(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "latitude spacing 1 deg is not the training grid's 0.25 deg" in lines[0], lines
+    assert not any(tmp_path.iterdir())

@@ -82,6 +82,14 @@ def coarse_fields(
 ) -> tuple[xr.Dataset, str]:
     """(the harmonised fields of ``variables`` between ``start`` and ``end`` (inclusive), a description of the
     source for the ensemble's attributes); ConfigError (naming the argument ``what``) when there is no time left."""
+    for name, value in (("start", start), ("end", end)):
+        if value is not None:
+            try:
+                np.datetime64(str(value) if not isinstance(value, np.datetime64) else value)
+            except ValueError:
+                raise ConfigError(
+                    f"{option_name(name)} = {value!r}: not an ISO date or time (e.g. 2019-03-25 or 2019-03-25T06:00)"
+                ) from None
     time_slice = (start, end) if start is not None or end is not None else None
     if isinstance(coarse, xr.Dataset | xr.DataArray):
         source = str(coarse.encoding.get("source", "an in-memory xarray.Dataset"))
@@ -89,7 +97,10 @@ def coarse_fields(
     else:
         paths = [coarse] if isinstance(coarse, str | os.PathLike) else list(coarse)
         source = ", ".join(str(path) for path in paths)
-        fields = open_fields(paths, variables=variables, time_slice=time_slice)
+        try:
+            fields = open_fields(paths, variables=variables, time_slice=time_slice)
+        except ConfigError as error:
+            raise ConfigError(f"{option_name(what)}: {error}") from None
     if fields.sizes.get("time", 0) == 0:
         bounds = " and ".join(
             f"{option_name(name)} {value}" for name, value in (("start", start), ("end", end)) if value
@@ -185,6 +196,10 @@ def _patch_plan(
     else:
         return None
     overlap = _check_count("overlap", overlap, 0) if overlap is not None else max(1, min(patch) // 4)
+    if overlap >= min(patch):
+        raise ConfigError(
+            f"{option_name('overlap')} = {overlap}: must be smaller than the patch {patch[0]} x {patch[1]}"
+        )
     return PatchPlan(height, width, tuple(patch), overlap=overlap, periodic_longitude=periodic_longitude)
 
 

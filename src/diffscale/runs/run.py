@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
@@ -274,10 +275,20 @@ class ClimateRun(Run):
         (``data.crop``) and trimming (``data.remainder``), then the area-weighted block mean by the coarsening
         factor, as training built it from its fine fields; times between ``start`` and ``end`` (inclusive)."""
         from diffscale.data.climate.dataset import model_grid
-        from diffscale.data.climate.grid import coarsen
+        from diffscale.data.climate.grid import coarsen, grid_spacing
         from diffscale.runs.downscaling import coarse_fields
 
         fields, source = coarse_fields(fine, self.section.variables, start, end, what="fine")
+        for axis in ("latitude", "longitude"):
+            spacing, trained = (
+                grid_spacing(fields[axis].values, f"{axis} of the fine fields"),
+                self.grid[f"{axis}_spacing"],
+            )
+            if not np.isclose(abs(spacing), abs(trained), rtol=1e-4):
+                raise ConfigError(
+                    f"{option_name('fine')}: its {axis} spacing {abs(spacing):g} deg is not the training grid's "
+                    f"{abs(trained):g} deg (give fine fields; coarse ones go to downscale)"
+                )
         grid, _ = model_grid(fields, self.section)
         coarse = coarsen(grid, self.section.coarsen_factor)
         attributes = {
