@@ -73,6 +73,9 @@ _AXIS_UNITS = {
     "longitude": ("degrees_east", "degree_east", "degree_E", "degrees_E"),
 }
 
+_STORAGE_CHUNKS: Mapping[str, int] = {}
+"""open_dataset's default: dask chunks as the file stores them."""
+
 _ENGINES = {
     ".nc": "netcdf",
     ".nc4": "netcdf",
@@ -150,22 +153,28 @@ def _without_pickled_arrays(ds: xr.Dataset, path: Path) -> xr.Dataset:
     return ds
 
 
-def open_dataset(path: str | Path) -> xr.Dataset:
-    """One file as a lazy (dask-backed) xarray Dataset, the engine chosen by the suffix (not yet harmonised).
+def open_dataset(path: str | Path, chunks: Mapping[str, int] | None = _STORAGE_CHUNKS) -> xr.Dataset:
+    """One file as a lazy xarray Dataset, the engine chosen by the suffix (not yet harmonised).
 
+    ``chunks``: dask chunks (the default ``{}``: the file's own chunks; ``{"time": n}``: n times per dask chunk),
+    or None for no dask at all: the variables are then lazily indexed arrays that read only what is selected
+    from them (``ds.isel(...).values``) and cache nothing, what reading one training sample at a time needs.
     GRIB files are read through cfgrib without writing an index file beside them (data directories may be
     read-only).
     """
     path = Path(path)
     engine = _engine(path)
+    chunks = None if chunks is None else dict(chunks)
+    options: dict[str, Any] = {"chunks": chunks} if chunks is not None else {"chunks": None, "cache": False}
     try:
         if engine == "zarr":
             with warnings.catch_warnings():  # stores without consolidated metadata are fine (read a bit slower)
                 warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata")
-                return _without_pickled_arrays(xr.open_zarr(path, chunks={}), path)
+                warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+                return _without_pickled_arrays(xr.open_dataset(path, engine="zarr", **options), path)
         if engine == "cfgrib":
-            return xr.open_dataset(path, engine="cfgrib", chunks={}, backend_kwargs={"indexpath": ""})
-        return xr.open_dataset(path, chunks={})
+            return xr.open_dataset(path, engine="cfgrib", backend_kwargs={"indexpath": ""}, **options)
+        return xr.open_dataset(path, **options)
     except ConfigError:
         raise
     except Exception as error:  # the readers raise many types; the user needs the file and the reason
@@ -210,15 +219,20 @@ def select_fields(
     """One dataset harmonised (:func:`harmonise`), reduced to ``variables`` (canonical names or aliases; None keeps
     all) and to the times of ``time_slice`` (both ends inclusive); ConfigError naming ``source`` for a missing
     variable or a bad time bound."""
-    ds = harmonise(ds, source=source)
     if variables is not None:
         wanted = [canonical_variable(name) for name in variables]
-        missing = [name for name in wanted if name not in ds.data_vars]
+        # harmonise only the variables asked for (converting another one, e.g. a geopotential, could read it)
+        others = [name for name in ds.data_vars if canonical_variable(str(name)) not in wanted]
+        selected = harmonise(ds.drop_vars(others), source=source)
+        missing = [name for name in wanted if name not in selected.data_vars]
         if missing:
             raise ConfigError(
-                f"variable {', '.join(map(repr, missing))} not in {source}; it has: {_describe_variables(ds)}"
+                f"variable {', '.join(map(repr, missing))} not in {source}; it has: "
+                f"{_describe_variables(harmonise(ds, source=source))}"
             )
-        ds = ds[wanted]
+        ds = selected[wanted]
+    else:
+        ds = harmonise(ds, source=source)
     if time_slice is not None and "time" in ds.dims:
         bounds = time_slice if isinstance(time_slice, slice) else slice(*time_slice)
         try:
