@@ -22,7 +22,9 @@ coarse fields, so training and downscaling cannot diverge.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -526,8 +528,9 @@ def streaming_variable_stats(
         joined = arrays[0] if len(arrays) == 1 else da.concatenate(arrays, axis=0)
         moments.append(lazy_moments(joined, transforms.get(name, "standardize")))
         flags.append([(~da.isfinite(array)).any(axis=tuple(range(1, array.ndim))) for array in arrays])
-    with dask.config.set(scheduler="threads"):
-        computed_moments, computed_flags = dask.compute(moments, flags)
+    # a pool of our own: dask's shared default pool does not survive a fork (its threads stay in the parent)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        computed_moments, computed_flags = dask.compute(moments, flags, scheduler="threads", pool=pool)
     for name, per_file in zip(series.variables, computed_flags, strict=True):
         for (path, _, indices), bad in zip(parts, per_file, strict=True):
             if np.any(bad):
@@ -771,6 +774,8 @@ class ClimateDataset:
         if section.patch is not None and (section.patch[0] > height or section.patch[1] > width):
             raise ConfigError(f"data.patch = {list(section.patch)} is larger than the fine grid {height} x {width}")
         self._reader = ClimateBatchReader(self.assembler, section.patch, section.latitude_weighted_loss)
+        self.pending_base: Any = None
+        """A CorrDiff base to be written into a store before training (:mod:`diffscale.runs.climate`)."""
 
     # -- description ------------------------------------------------------------------------------------------
     @property
@@ -952,6 +957,7 @@ def write_base_store(
     rank: int = 0,
     world_size: int = 1,
     barrier: Callable[[], None] | None = None,
+    check_only: bool = False,
 ) -> bool:
     """Write b = R(c) of every time of ``dataset`` into the Zarr store ``store`` (T, C, H, W) float32, one chunk
     per time, in batches of ``batch_size`` consecutive times (the batches of :meth:`ClimateDataset.set_base`, so
@@ -960,13 +966,15 @@ def write_base_store(
 
     Several processes share the work: ``rank`` of ``world_size`` writes the batches rank, rank + world_size, ...;
     rank 0 creates the store, and ``barrier`` (called by every rank after creating and after writing) keeps them
-    in step.
+    in step. ``check_only``: write nothing, only say whether the store would be written.
     """
     import zarr
 
     path = str(store)
     if _complete_store(path, key):
         return False
+    if check_only:
+        return True
     count, channels = len(dataset), len(dataset.variables)
     height, width = dataset.latitude.size, dataset.longitude.size
     if rank == 0:

@@ -250,8 +250,6 @@ class FieldSeries:
         for name in self.variables:
             try:
                 values = np.asarray(self._dataset(number)[name].isel(selection).values)
-            except ConfigError:
-                raise
             except Exception as error:  # the readers raise many types; the user needs the file, time and reason
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
                 raise ConfigError(f"cannot read {name!r} from {self.describe_time(index)}: {reason}") from None
