@@ -69,7 +69,10 @@ def test_units_are_converted_per_file(tmp_path: Path) -> None:
 def test_bad_sets_of_files_are_refused_in_one_line_naming_the_file(tmp_path: Path) -> None:
     a = write(tmp_path / "a.nc", TIMES[:6])
     cases = {
-        "grid": (write(tmp_path / "grid.nc", TIMES[6:], latitude=LATITUDE + 0.25), r"grid\.nc has a different latitude"),
+        "grid": (
+            write(tmp_path / "grid.nc", TIMES[6:], latitude=LATITUDE + 0.25),
+            r"grid\.nc has a different latitude",
+        ),
         "variables": (write(tmp_path / "vars.nc", TIMES[6:], name="msl"), r"variable 't2m' not in .*vars\.nc"),
         "duplicate": (
             write(tmp_path / "dup.nc", TIMES[5:8]),
@@ -94,7 +97,7 @@ def test_a_failed_read_and_non_finite_values_name_the_file_and_the_time(tmp_path
     ).to_netcdf(tmp_path / "nan.nc")
     damaged = write(tmp_path / "damaged.nc", TIMES[:6])
     series = FieldSeries([damaged, tmp_path / "nan.nc"], ["t2m"])
-    with pytest.raises(ConfigError, match=rf"^variable 't2m' has NaN/inf values in .*nan\.nc at 2021-06-03T00:00$"):
+    with pytest.raises(ConfigError, match=r"^variable 't2m' has NaN/inf values in .*nan\.nc at 2021-06-03T00:00$"):
         series.read(8)
     series.read(8, slice(0, 2))  # the rows without the NaN
     content = damaged.read_bytes()

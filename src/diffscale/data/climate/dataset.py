@@ -60,6 +60,7 @@ from diffscale.validation import ConfigError
 
 if TYPE_CHECKING:
     from diffscale.config.climate import ClimateData
+    from diffscale.data.climate.blocks import LazyConditioning
 
 __all__ = [
     "ClimateBatchReader",
@@ -67,6 +68,7 @@ __all__ = [
     "ClimateFields",
     "Conditioning",
     "ConditioningBuilder",
+    "ConditioningLayout",
     "SampleIndices",
     "check_finite",
     "fit_climate_stats",
@@ -335,6 +337,57 @@ class ConditioningBuilder:
             return torch.zeros(0, np.asarray(latitude).size, np.asarray(longitude).size)
         return torch.cat(parts).to(torch.float32)
 
+    def prepare(self, coarse: xr.Dataset) -> tuple[xr.Dataset, ConditioningLayout]:
+        """The coarse fields checked and put in the recorded units (lazy arrays stay lazy), and what their
+        conditioning has that does not depend on their values (:class:`ConditioningLayout`).
+
+        Raises:
+            ConfigError: a variable is missing, is in units that do not convert to the recorded ones, or the
+                statics do not cover the grid.
+        """
+        coarse = harmonise(coarse, source="coarse fields")
+        _require_variables(coarse, self.variables, "coarse fields")
+        _check_dims(coarse, self.variables, "coarse fields")
+        coarse = convert_units(coarse[self.variables], self._expected_units(self.variables), source="coarse fields")
+        latitude, longitude = fine_coordinates(coarse["latitude"].values, coarse["longitude"].values, self.factor)
+        periodic = is_global_longitude(longitude) if self.periodic_longitude is None else self.periodic_longitude
+        times = coarse["time"].values
+        table = time_channels(times, 1, 1, hour=self.hour, day_of_year=self.day_of_year)[:, :, 0, 0].contiguous()
+        layout = ConditioningLayout(
+            latitude=latitude,
+            longitude=longitude,
+            times=times,
+            periodic=bool(periodic),
+            fixed_channels=self.fixed_channels(latitude, longitude),
+            time_table=table,
+            channel_names=self.channel_names,
+            units={name: coarse[name].attrs.get("units") for name in self.variables},
+        )
+        return coarse, layout
+
+    def conditioning(
+        self, layout: ConditioningLayout, values: torch.Tensor, indices: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c (B, K, H, W), U(T(x)) (B, C, H, W)) of coarse ``values`` (B, C, h, w) in physical units at the time
+        indices ``indices`` of ``layout`` (every value computed on its own: any grouping of times gives the same)."""
+        normalised = self.transforms.forward_channels(values, self.variables)
+        upsampled = upsample(normalised, self.factor, mode=self.interpolation, periodic_longitude=layout.periodic)
+        count = upsampled.shape[0]
+        height, width = upsampled.shape[-2:]
+        parts = [upsampled, layout.fixed_channels[None].expand(count, -1, -1, -1)]
+        if layout.time_table.shape[1]:
+            rows = layout.time_table[torch.as_tensor(list(indices), dtype=torch.long)]
+            parts.append(rows[:, :, None, None].expand(-1, -1, height, width))
+        return torch.cat(parts, dim=1).to(torch.float32).contiguous(), upsampled
+
+    def plain_base(self, upsampled: torch.Tensor) -> torch.Tensor | None:
+        """b of ``fine`` (0) and ``residual`` (U(T(x))) targets; None for ``regression_residual``."""
+        if self.target == "fine":
+            return torch.zeros_like(upsampled)
+        if self.target == "residual":
+            return upsampled.clone()
+        return None
+
     def build(
         self,
         coarse: xr.Dataset,
@@ -342,7 +395,8 @@ class ConditioningBuilder:
         batch_size: int = 16,
         device: torch.device | str | None = None,
     ) -> Conditioning:
-        """c and b for every time of ``coarse`` (harmonised here; extra variables ignored).
+        """c and b for every time of ``coarse`` (harmonised here; extra variables ignored), all in memory
+        (:meth:`blocks` gives them a group of times at a time).
 
         Args:
             coarse: the coarse fields (physical units) with dims (time, latitude, longitude).
@@ -354,34 +408,54 @@ class ConditioningBuilder:
             ConfigError: a variable is missing, has NaNs (naming it and the time), is in units that do not convert
                 to the recorded ones, or the statics do not cover the grid.
         """
-        coarse = harmonise(coarse, source="coarse fields")
-        _require_variables(coarse, self.variables, "coarse fields")
-        _check_dims(coarse, self.variables, "coarse fields")
-        coarse = convert_units(coarse[self.variables], self._expected_units(self.variables), source="coarse fields")
+        coarse, layout = self.prepare(coarse)
         coarse = coarse.load()
         check_finite(coarse, self.variables, "coarse fields")
-        latitude, longitude = fine_coordinates(coarse["latitude"].values, coarse["longitude"].values, self.factor)
-        periodic = is_global_longitude(longitude) if self.periodic_longitude is None else self.periodic_longitude
-        normalised = self.transforms.forward_channels(_fields_tensor(coarse, self.variables), self.variables)
-        upsampled = upsample(normalised, self.factor, mode=self.interpolation, periodic_longitude=periodic)
-        times = coarse["time"].values
-        count, height, width = len(times), latitude.size, longitude.size
-        parts = [upsampled, self.fixed_channels(latitude, longitude)[None].expand(count, -1, -1, -1)]
-        if self.hour or self.day_of_year:
-            parts.append(time_channels(times, height, width, hour=self.hour, day_of_year=self.day_of_year))
-        cond_fields = torch.cat(parts, dim=1).to(torch.float32).contiguous()
-        if self.target == "fine":
-            base: torch.Tensor | None = torch.zeros_like(upsampled)
-        elif self.target == "residual":
-            base = upsampled.clone()
-        else:
-            base = (
-                None
-                if regression is None
-                else regression_base(regression, cond_fields, len(self.variables), batch_size, device)
-            )
-        units = {name: coarse[name].attrs.get("units") for name in self.variables}
-        return Conditioning(cond_fields, base, latitude, longitude, times, self.channel_names, units)
+        values = _fields_tensor(coarse, self.variables)
+        cond_fields, upsampled = self.conditioning(layout, values, range(values.shape[0]))
+        base = self.plain_base(upsampled)
+        if self.target == "regression_residual" and regression is not None:
+            base = regression_base(regression, cond_fields, len(self.variables), batch_size, device)
+        return Conditioning(
+            cond_fields, base, layout.latitude, layout.longitude, layout.times, layout.channel_names, layout.units
+        )
+
+    def blocks(
+        self,
+        coarse: xr.Dataset,
+        regression: RegressionFn | None = None,
+        batch_size: int = 16,
+        device: torch.device | str | None = None,
+    ) -> LazyConditioning:
+        """c and b of ``coarse`` computed ``batch_size`` consecutive times at a time, when they are asked for
+        (:class:`~diffscale.data.climate.blocks.LazyConditioning`): the coarse input is read block by block and
+        memory stays bounded whatever its length; the values are bitwise those of :meth:`build`. NaNs are looked
+        for now, in one streaming pass.
+
+        Raises:
+            ConfigError: as :meth:`build`.
+        """
+        from diffscale.data.climate.blocks import LazyConditioning, check_finite_lazily
+
+        coarse, layout = self.prepare(coarse)
+        check_finite_lazily(coarse, self.variables, "coarse fields")
+        return LazyConditioning(self, coarse, layout, regression, batch_size, device)
+
+
+@dataclass(frozen=True)
+class ConditioningLayout:
+    """What a coarse input's conditioning has whatever its values: the fine grid, the times, whether longitude
+    wraps, the static and position channels (K_f, H, W), the time channels of every time (T, K_t), the channel
+    names and the units of the (converted) variables."""
+
+    latitude: np.ndarray
+    longitude: np.ndarray
+    times: np.ndarray
+    periodic: bool
+    fixed_channels: torch.Tensor
+    time_table: torch.Tensor
+    channel_names: list[str]
+    units: dict[str, str | None]
 
 
 # -- reading a split -----------------------------------------------------------------------------------------
