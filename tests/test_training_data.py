@@ -138,7 +138,7 @@ def test_a_damaged_chunk_mid_training_names_file_and_time_and_the_run_resumes(st
     plan = prepare_training(config, tmp_path / "run")
     # the times each step will read (the draws depend on the generator alone): damage one first read at step 4
     replay = prepare_training(config, tmp_path / "replay").trainer
-    steps = [[int(t) for t in replay._draw_step().data.times] for _ in range(10)]
+    steps = [[int(t) for t in replay.draw_step().data.times] for _ in range(10)]
     earlier = {t for times in steps[:3] for t in times}
     damaged = next(t for t in steps[3] if t not in earlier)
     chunk = data / "t2m" / "c" / str(damaged) / "0" / "0"

@@ -191,7 +191,7 @@ class Trainer:
         return settings.learning_rate * factor
 
     # -- one step ---------------------------------------------------------------------------------------------
-    def _draw_step(self) -> StepDraws:
+    def draw_step(self) -> StepDraws:
         """Every draw of the next step from the training generator, in order: the global batch (a plain source) or
         its indices (an indexed source), then the objective's random inputs for the whole batch (split
         objectives) or one seed per micro-batch of every rank. Every rank draws the same, so the generator stays
@@ -225,17 +225,17 @@ class Trainer:
         if self._pipeline is not None and self._pipeline.source is not source:
             self.close_data()  # the source was replaced: what was drawn for the old one is undone
         if not is_indexed(source):
-            draws = self._draw_step()
+            draws = self.draw_step()
             return draws, draws.data.slice(start, stop)
         if settings.num_workers == 0:
-            draws = self._draw_step()
+            draws = self.draw_step()
             batch = source.batch_reader().read(draws.data, start, stop)  # type: ignore[attr-defined]
         else:
             if self._pipeline is None:
                 self._pipeline = BatchPipeline(
                     source,  # type: ignore[arg-type]
                     (start, stop),
-                    self._draw_step,
+                    self.draw_step,
                     settings,
                     self.device,
                 )
