@@ -5,8 +5,11 @@ The base needs the regression model on the whole domain's conditioning of a time
 sample's window; it is computed once for every time, in the batches the in-memory base used, and kept in a Zarr
 store in the run directory (``regression_base.zarr``, one chunk per time), from which samples read their windows.
 Evaluating the regression model per training batch instead would read whole fields for every sample and run the
-model once per sample and step (many times per epoch) instead of once per time. A store whose key (the
-regression weights, the data section, the statistics and the times) matches is reused when a run resumes.
+model once per sample and step (many times per epoch) instead of once per time: on the ERA5 UK CorrDiff
+configuration (32 x 48, batch 16, 400 steps, one CPU thread) R of a batch took 0.33 s, 55 % of a training step
+(133 s over the run), while the store took 8.8 s once for the 456 training times and reading b from it 1.8 % of a
+step. A store whose key (the regression weights, the data section, the statistics and the times) matches is
+reused when a run resumes.
 """
 
 from __future__ import annotations
