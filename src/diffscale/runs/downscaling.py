@@ -38,6 +38,7 @@ from diffscale.data.climate.blocks import LazyConditioning, LazyRows
 from diffscale.data.climate.cf import cf_attributes
 from diffscale.data.climate.grid import fine_coordinates, grid_spacing, is_global_longitude
 from diffscale.data.climate.io import select_fields
+from diffscale.data.climate.series import DASK_CHUNK_BYTES
 from diffscale.downscaling import (
     EnsembleWriter,
     MemoryEnsembleWriter,
@@ -89,7 +90,7 @@ def coarse_fields(
     else:
         paths = [coarse] if isinstance(coarse, str | os.PathLike) else list(coarse)
         source = ", ".join(str(path) for path in paths)
-        fields = open_fields(paths, variables=variables, time_slice=time_slice)
+        fields = open_fields(paths, variables=variables, time_slice=time_slice, chunk_bytes=DASK_CHUNK_BYTES)
     if fields.sizes.get("time", 0) == 0:
         bounds = " and ".join(
             f"{option_name(name)} {value}" for name, value in (("start", start), ("end", end)) if value

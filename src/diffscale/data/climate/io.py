@@ -39,6 +39,7 @@ __all__ = [
     "open_dataset",
     "open_fields",
     "select_fields",
+    "time_chunks",
 ]
 
 STANDARD_GRAVITY = 9.80665
@@ -186,6 +187,7 @@ def open_fields(
     paths: str | Path | Sequence[str | Path],
     variables: Iterable[str] | None = None,
     time_slice: slice | tuple[Any, Any] | None = None,
+    chunk_bytes: int | None = None,
 ) -> xr.Dataset:
     """Open, harmonise and combine climate files along time (lazily).
 
@@ -195,6 +197,7 @@ def open_fields(
         variables: the variables to keep, by canonical name or any alias (``2m_temperature``); None keeps all.
         time_slice: ``slice(start, stop)`` or a ``(start, stop)`` pair of dates/times, both ends inclusive
             (xarray's label slicing); None keeps all times.
+        chunk_bytes: dask chunks of about this size along time (:func:`time_chunks`); None: the files' own chunks.
 
     Returns:
         The harmonised Dataset (see the module docstring), times ascending.
@@ -204,7 +207,14 @@ def open_fields(
             has), the files' grids differ, or a time appears in more than one file.
     """
     files = expand_paths(paths)
-    parts = [(path, select_fields(open_dataset(path), variables, time_slice, str(path))) for path in files]
+    names = None if variables is None else list(variables)
+
+    def opened(path: Path) -> xr.Dataset:
+        if chunk_bytes is None or names is None:
+            return open_dataset(path)
+        return open_dataset(path, chunks=time_chunks(str(path), [canonical_variable(n) for n in names], chunk_bytes))
+
+    parts = [(path, select_fields(opened(path), names, time_slice, str(path))) for path in files]
     if len(parts) == 1:
         return parts[0][1]
     return _combine_along_time(parts)
@@ -413,3 +423,24 @@ def harmonise(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
     time = ["time"] if "time" in ds.dims else []
     others = [dim for dim in ds.dims if dim not in ("time", "latitude", "longitude")]
     return ds.transpose(*time, *others, "latitude", "longitude")
+
+
+def time_chunks(path: str, variables: Sequence[str], chunk_bytes: int) -> dict[str, int]:
+    """Dask chunks of about ``chunk_bytes`` per variable along the file's time dimension, a whole number of the
+    file's own time chunks ({} when the file has no time dimension): for reading a long file a few times at a
+    time (a file stored without chunks would otherwise be one dask chunk, read whole for any time of it)."""
+    raw = open_dataset(path, chunks=None)
+    try:
+        time_name = _find_time(raw)
+        if time_name is None or time_name not in raw.dims:
+            return {}
+        variable = select_fields(raw, variables[:1], source=path)[variables[0]]
+        per_time = variable.dtype.itemsize * int(
+            np.prod([size for dim, size in variable.sizes.items() if dim != "time"], dtype=np.int64)
+        )
+        stored = variable.encoding.get("preferred_chunks") or {}
+        stored_time = max(1, int(stored.get(time_name, 1) or 1))
+        count = max(1, chunk_bytes // max(1, per_time * stored_time)) * stored_time
+        return {time_name: int(min(count, raw.sizes[time_name]))}
+    finally:
+        raw.close()

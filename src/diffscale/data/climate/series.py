@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from diffscale.data.climate.io import _find_time, expand_paths, open_dataset, select_fields
+from diffscale.data.climate.io import expand_paths, open_dataset, select_fields, time_chunks
 from diffscale.data.climate.units import units_conversion
 from diffscale.validation import ConfigError
 
-__all__ = ["FieldSeries", "GridWindow", "check_field_dims", "format_time"]
+__all__ = ["DASK_CHUNK_BYTES", "FieldSeries", "GridWindow", "check_field_dims", "format_time"]
 
 OPEN_FILES = 32
 """Files a process keeps open at once (least recently read closed first)."""
@@ -273,7 +273,7 @@ class FieldSeries:
             mine = wanted[self.file_number[wanted] == number]
             if mine.size == 0:
                 continue
-            ds = open_dataset(file.path, chunks=_dask_chunks(file.path, self.variables, chunk_bytes))
+            ds = open_dataset(file.path, chunks=time_chunks(file.path, self.variables, chunk_bytes))
             ds = self.window.apply(select_fields(ds, self.variables, source=file.path))
             ds = ds.isel(time=self.position[mine])
             converted = {}
@@ -320,23 +320,3 @@ def _check_increasing(times: np.ndarray, path: Path) -> None:
             f"{path}: its times must increase, but {format_time(times[i + 1])} {what} {format_time(times[i])} "
             f"(time index {i + 1})"
         )
-
-
-def _dask_chunks(path: str, variables: Sequence[str], chunk_bytes: int) -> dict[str, int]:
-    """Dask chunks of about ``chunk_bytes`` per variable along the file's time dimension, a whole number of the
-    file's own time chunks ({} when the file has no time dimension)."""
-    raw = open_dataset(path, chunks=None)
-    try:
-        time_name = _find_time(raw)
-        if time_name is None or time_name not in raw.dims:
-            return {}
-        variable = select_fields(raw, variables[:1], source=path)[variables[0]]
-        per_time = variable.dtype.itemsize * int(
-            np.prod([size for dim, size in variable.sizes.items() if dim != "time"], dtype=np.int64)
-        )
-        stored = variable.encoding.get("preferred_chunks") or {}
-        stored_time = max(1, int(stored.get(time_name, 1) or 1))
-        count = max(1, chunk_bytes // max(1, per_time * stored_time)) * stored_time
-        return {time_name: int(min(count, raw.sizes[time_name]))}
-    finally:
-        raw.close()
