@@ -57,7 +57,7 @@ class TrainingSettings(StrictModel):
     prefetch_factor: int = Field(2, ge=1, strict=True, description="batches each data loading worker reads ahead")
     worker_start_method: Literal["spawn", "forkserver", "fork"] = Field(
         "spawn",
-        description="how data loading workers start: spawn (safe with open files and threads), forkserver, fork",
+        description="how data loading workers start: spawn (safe), forkserver, or fork (fastest; not with netCDF/HDF5)",
     )
     data_timeout: float = Field(
         600.0, gt=0, description="seconds to wait for one batch from the workers before stopping with an error"
