@@ -24,11 +24,12 @@ import torch
 from diffscale.config import Config
 from diffscale.config.climate import ClimateData
 from diffscale.data.climate import ClimateDataset
-from diffscale.data.climate.dataset import RegressionFn, write_base_store
+from diffscale.data.climate.dataset import RegressionFn, fit_climate_stats, write_base_store
 from diffscale.runs.building import check_grid, check_same_data
 from diffscale.runs.run import ClimateRun, load_climate_run
 from diffscale.runs.stats import load_stats
 from diffscale.training.distributed import DistributedContext
+from diffscale.validation import ConfigError
 
 __all__ = ["BASE_STORE_NAME", "PendingBase", "build_climate_data", "write_pending_base"]
 
@@ -58,17 +59,37 @@ def _base_key(regression: ClimateRun, dataset: ClimateDataset) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
+def _shared_stats(section: ClimateData, distributed: DistributedContext) -> dict:
+    """The statistics fitted once, by rank 0 (one streaming pass over the training data), and sent to every
+    rank; a ConfigError there is raised on every rank."""
+    import torch.distributed as dist
+
+    box: list = [None]
+    if distributed.is_main:
+        try:
+            box = [("stats", fit_climate_stats(section))]
+        except ConfigError as error:
+            box = [("error", str(error))]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise ConfigError(value)
+    return value
+
+
 def build_climate_data(
     config: Config,
     run_dir: Path | None = None,
     device: torch.device | str = "cpu",
     base_store: str | Path | None = None,
+    distributed: DistributedContext | None = None,
 ) -> ClimateDataset:
     """The training split of a climate run, ready to draw batches from (``dataset.sample``, or workers).
 
     The statistics are, in order of preference: those saved in ``run_dir`` (a resumed run), those of the
     regression run (``regression_residual``: both models must see the same conditioning), or fitted on the
-    training period. For ``regression_residual`` the base b = R(c) is computed with the regression run's EMA
+    training period (under torchrun by rank 0 alone, for all: ``distributed``). For ``regression_residual`` the
+    base b = R(c) is computed with the regression run's EMA
     model: in memory, or with ``base_store`` into that Zarr store (reused when it matches; otherwise recorded as
     ``dataset.pending_base`` for :func:`write_pending_base`, so that nothing is written here). The grid is
     checked against the network here when the configuration could not know it.
@@ -81,6 +102,8 @@ def build_climate_data(
         regression = load_climate_run(section.regression_run, device=str(device), key="data.regression_run")
         check_same_data(regression.config, config)
         stats = stats or regression.stats
+    if stats is None and distributed is not None and distributed.enabled:
+        stats = _shared_stats(section, distributed)
     dataset = ClimateDataset(section, "train", stats)
     check_grid(config, dataset.latitude.size, dataset.longitude.size)
     if regression is not None:

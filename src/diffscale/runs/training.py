@@ -77,17 +77,18 @@ def build_data_source(
     run_dir: Path | None = None,
     device: torch.device | str = "cpu",
     base_store: Path | None = None,
+    distributed: DistributedContext | None = None,
 ) -> tuple[DataDistribution | ClimateDataset, BatchSource]:
     """The ``data:`` section built: (the data, ``source(batch_size, generator)`` drawing training batches).
 
     Climate data is read lazily from its files (statistics: those saved in ``run_dir`` when resuming, else one
-    streaming pass; a CorrDiff base is computed on ``device``, into ``base_store`` when given: see
-    :func:`~diffscale.runs.climate.build_climate_data`); the source is the dataset itself, which draws indices
-    apart from reading them, so ``training.num_workers`` worker processes can read ahead. Missing or unreadable
-    data files raise ConfigError naming the key and the file.
+    streaming pass, by rank 0 alone under torchrun (``distributed``); a CorrDiff base is computed on ``device``,
+    into ``base_store`` when given: see :func:`~diffscale.runs.climate.build_climate_data`); the source is the
+    dataset itself, which draws indices apart from reading them, so ``training.num_workers`` worker processes can
+    read ahead. Missing or unreadable data files raise ConfigError naming the key and the file.
     """
     if is_climate(config):
-        dataset = build_climate_data(config, run_dir, device, base_store=base_store)
+        dataset = build_climate_data(config, run_dir, device, base_store=base_store, distributed=distributed)
         return dataset, dataset
     data = build_distribution(config)
 
@@ -238,6 +239,7 @@ def prepare_training(
         checkpoint.directory if checkpoint is not None else None,
         torch_device,
         base_store=run_dir / BASE_STORE_NAME,
+        distributed=distributed,
     )
     check_figure(config, data)
     denoiser = build_model_for(config)
