@@ -736,7 +736,11 @@ class ClimateFields:
 @dataclass(frozen=True)
 class SampleIndices:
     """The draws of one global batch: time indices (B,), and with patches the windows' top rows and left columns
-    (B,); what a data loading worker turns into samples."""
+    (B,); what a data loading worker turns into samples.
+
+    Random coarse-block alignments would be drawn in :meth:`ClimateDataset.draw` after the windows (so that the
+    draws of today's options stay as they are), carried here, and passed by :meth:`ClimateBatchReader.read` to
+    :meth:`~diffscale.data.climate.assembly.SampleAssembler.sample` (``alignment``, (0, 0) today)."""
 
     times: torch.Tensor
     tops: torch.Tensor | None = None
