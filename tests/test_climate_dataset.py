@@ -14,6 +14,7 @@ import xarray as xr
 
 from diffscale.config.climate import ClimateData
 from diffscale.data.climate import ClimateDataset, ConditioningBuilder, open_fields, target_shape
+from diffscale.data.climate.dataset import fit_climate_stats, load_fine, stats_time_indices
 from diffscale.validation import ConfigError, validate
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
@@ -541,3 +542,36 @@ def test_real_global_data_trims_the_south_pole_row_for_factor_4() -> None:
         "orography": "m",
         "lsm": "(0 - 1)",
     }
+
+
+# -- statistics in one streaming pass ------------------------------------------------------------------------------
+def test_streaming_statistics_equal_the_in_memory_ones_and_subsample_evenly(files: dict[str, Any]) -> None:
+    config = section(files)
+    loaded = load_fine(config, "train")
+    streamed = fit_climate_stats(config)
+    in_memory = fit_climate_stats(config, loaded)
+    for name in ("t2m", "tp", "orography", "lsm"):
+        for key in ("mean", "std"):
+            assert streamed[name][key] == pytest.approx(in_memory[name][key], rel=1e-12), (name, key)
+        assert streamed[name]["transform"] == in_memory[name]["transform"]
+    # data.stats_times: 4 of the 12 train times, evenly spaced: 0, 4, 7, 11 (rounded k * 11 / 3)
+    np.testing.assert_array_equal(stats_time_indices(12, 4), [0, 4, 7, 11])
+    subsampled = fit_climate_stats(section(files, stats_times=4))
+    tp = np.log1p(ascending(files["tp"][[0, 4, 7, 11]]).astype(np.float64))
+    assert subsampled["tp"]["mean"] == pytest.approx(tp.mean(), rel=1e-12)
+    assert subsampled["tp"]["std"] == pytest.approx(tp.std(), rel=1e-12)
+
+
+@needs_data
+def test_streaming_statistics_of_the_uk_file_equal_the_in_memory_ones() -> None:
+    config = validate(
+        ClimateData,
+        {"paths": [str(DATA / "era5_t2m_uk_2019-03.nc")], "crop": {"lat": [0, 32], "lon": [0, 48]}},
+    )
+    streamed = fit_climate_stats(config)["t2m"]
+    in_memory = fit_climate_stats(config, load_fine(config, "train"))["t2m"]
+    assert streamed["mean"] == pytest.approx(in_memory["mean"], rel=1e-6)
+    assert streamed["std"] == pytest.approx(in_memory["std"], rel=1e-6)
+    values = xr.open_dataset(DATA / "era5_t2m_uk_2019-03.nc")["t2m"].values[:, ::-1][:, :32, :48].astype(np.float64)
+    assert streamed["mean"] == pytest.approx(values.mean(), rel=1e-12)
+    assert streamed["std"] == pytest.approx(values.std(), rel=1e-10)

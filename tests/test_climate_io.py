@@ -220,3 +220,19 @@ def test_source_units_win_over_the_table() -> None:
     assert cf_attributes("t2m", {"units": "K"})["standard_name"] == "air_temperature"
     precipitation_rate = cf_attributes("tp", {"units": "kg m-2 s-1", "standard_name": "precipitation_flux"})
     assert precipitation_rate == {"units": "kg m-2 s-1", "long_name": "tp", "standard_name": "precipitation_flux"}
+
+
+def test_a_long_file_without_chunks_is_opened_a_few_times_per_dask_chunk(tmp_path: Path) -> None:
+    """A netCDF file stored contiguously is one dask chunk by its own chunks (read whole for any time of it);
+    with chunk_bytes it is cut along time into chunks of about that size."""
+    path = tmp_path / "long.nc"
+    xr.Dataset(
+        {"t": (("valid_time", "lat", "lon"), np.zeros((50, 4, 8), np.float32))},  # 128 bytes per time
+        coords={
+            "valid_time": pd.date_range("2000-01-01", periods=50, freq="h").values,
+            "lat": np.arange(4.0),
+            "lon": np.arange(8.0),
+        },
+    ).to_netcdf(path)
+    assert open_fields(path, ["t"])["t"].chunks[0] == (50,)
+    assert open_fields(path, ["t"], chunk_bytes=1280)["t"].chunks[0] == (10,) * 5

@@ -41,7 +41,7 @@ CONFIG = {
     },
     "sampling": {"steps": 6, "sampler": "heun"},
 }
-VOLATILE = ("seconds", "samples_per_second")
+VOLATILE = ("seconds", "samples_per_second", "data_wait_seconds", "data_wait_fraction")
 
 
 def metrics_lines(run_dir: Path) -> list[dict]:

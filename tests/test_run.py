@@ -259,6 +259,27 @@ def test_samples_per_second_after_a_resume_counts_the_windows_time_before_the_ch
     assert line["seconds"] == pytest.approx(20.0)
 
 
+def test_the_data_wait_is_summed_per_window_and_written_as_a_fraction_of_step_time() -> None:
+    class Scalars:
+        def __init__(self) -> None:
+            self.written: dict[str, list[tuple[int, float]]] = {}
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            self.written.setdefault(tag, []).append((step, value))
+
+        def flush(self) -> None:
+            pass
+
+    board = Scalars()
+    log = MetricsLog(io.StringIO(), every=2, last_step=4, tensorboard=board)
+    for step, (data, total) in enumerate([(0.5, 2.0), (0.1, 1.0), (0.0, 1.0), (0.3, 1.0)], start=1):
+        log(StepRecord(step, 1.0, 0.1, 1.0, torch.ones(2), None, data_seconds=data, step_seconds=total))
+    lines = [json.loads(line) for line in log.stream.getvalue().splitlines()]
+    assert [line["data_wait_seconds"] for line in lines] == [0.6, 0.3]
+    assert [line["data_wait_fraction"] for line in lines] == [0.2, 0.15]  # 0.6 / 3.0 and 0.3 / 2.0
+    assert board.written["train/data_wait_fraction"] == [(2, 0.2), (4, 0.15)]
+
+
 def test_sample_figures_need_plottable_data(tmp_path: Path) -> None:
     data = {"kind": "mixture", "preset": "custom", "means": [[0.0, 0.0, 0.0]], "stds": [[1.0, 1.0, 1.0]]}
     training = {**TINY["training"], "sample_every": 5}

@@ -46,6 +46,7 @@ def _train(args: argparse.Namespace) -> int:
     from diffscale.config import load_config
     from diffscale.runs import CONFIG_NAME, prepare_training, resolve_run_dir, train
     from diffscale.training import NonFiniteTrainingError
+    from diffscale.training.data import DataLoadingError
     from diffscale.training.distributed import init_distributed, shutdown_distributed
 
     config = load_config(args.config, args.set)
@@ -77,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
             say(f"resuming from step {plan.checkpoint.step} ({plan.checkpoint.directory}){changed}", flush=True)
         try:
             summary = train(plan, progress=not args.no_progress)
-        except NonFiniteTrainingError as error:
+        except (NonFiniteTrainingError, DataLoadingError) as error:
             sys.stderr.write(f"{PROG}: {_one_line(str(error))}\n")
             return 1
         del plan  # the DDP wrapper goes before its process group

@@ -157,6 +157,12 @@ class ClimateData(StrictModel):
     latitude_weighted_loss: bool = Field(
         False, description="weight each row's training loss by cos(latitude), normalised to mean 1 over a sample"
     )
+    stats_times: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="fit the statistics on this many evenly spaced times of the train period (null: on all)",
+    )
 
     @field_validator("variables", "static_variables")
     @classmethod

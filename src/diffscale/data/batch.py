@@ -33,6 +33,17 @@ class Batch:
         """The batch on ``device`` (tensors already there are not copied)."""
         return Batch(self.target.to(device), {name: value.to(device) for name, value in self.cond.items()})
 
+    def to_device(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The batch on ``device``; ``non_blocking`` copies from pinned memory asynchronously (CUDA)."""
+        return Batch(
+            self.target.to(device, non_blocking=non_blocking),
+            {name: value.to(device, non_blocking=non_blocking) for name, value in self.cond.items()},
+        )
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory (what a DataLoader's ``pin_memory`` calls; CUDA copies then overlap)."""
+        return Batch(self.target.pin_memory(), {name: value.pin_memory() for name, value in self.cond.items()})
+
     def slice(self, start: int, stop: int) -> Batch:
         """Samples ``start:stop`` (e.g. one rank's shard or one gradient-accumulation micro-batch)."""
         return Batch(self.target[start:stop], {name: value[start:stop] for name, value in self.cond.items()})

@@ -8,12 +8,13 @@
 For a coarse input (an ``xarray.Dataset`` or files: netCDF, zarr or GRIB, any of the quirks
 :func:`~diffscale.data.climate.harmonise` handles) the conditioning c and base b are built exactly as in training
 (:class:`~diffscale.data.climate.ConditioningBuilder` with the run's statistics); every (time, member batch) block
-is sampled and written as it comes (:func:`~diffscale.downscaling.generate_ensemble`), so memory stays bounded when
-the ensemble goes to a file. Each member draws from its own generator seeded by (seed, timestamp, member): the same
-seed gives the same member for a date whatever the other times of the input, the batch sizes, the number of
-processes and the device (to rounding). Under ``torchrun`` the blocks are shared round-robin between ranks; for
-netCDF each writes a part file and rank 0 merges them, a Zarr store (one chunk per member and time) is written by
-every rank directly.
+is sampled and written as it comes (:func:`~diffscale.downscaling.generate_ensemble`), and the coarse input itself is
+read block by block (:class:`~diffscale.data.climate.blocks.LazyConditioning`), so memory stays bounded when the
+ensemble goes to a file, however long the input. Each member draws from its own generator seeded by (seed,
+timestamp, member): the same seed gives the same member for a date whatever the other times of the input, the batch
+sizes, the number of processes and the device (to rounding). Under ``torchrun`` the blocks are shared round-robin
+between ranks; for netCDF each writes a part file and rank 0 merges them, a Zarr store (one chunk per member and
+time) is written by every rank directly.
 
 :meth:`DownscalingJob.prepare` checks everything that can be checked before the first block is sampled (input
 variables, NaNs, grid spacing against the training grid, sampler settings, sizes); bad input raises
@@ -33,10 +34,11 @@ import torch
 import xarray as xr
 
 from diffscale.data.climate import Conditioning, open_fields
+from diffscale.data.climate.blocks import LazyConditioning, LazyRows
 from diffscale.data.climate.cf import cf_attributes
-from diffscale.data.climate.dataset import regression_base
 from diffscale.data.climate.grid import fine_coordinates, grid_spacing, is_global_longitude
 from diffscale.data.climate.io import select_fields
+from diffscale.data.climate.series import DASK_CHUNK_BYTES
 from diffscale.downscaling import (
     EnsembleWriter,
     MemoryEnsembleWriter,
@@ -98,7 +100,7 @@ def coarse_fields(
         paths = [coarse] if isinstance(coarse, str | os.PathLike) else list(coarse)
         source = ", ".join(str(path) for path in paths)
         try:
-            fields = open_fields(paths, variables=variables, time_slice=time_slice)
+            fields = open_fields(paths, variables=variables, time_slice=time_slice, chunk_bytes=DASK_CHUNK_BYTES)
         except ConfigError as error:
             raise ConfigError(f"{option_name(what)}: {error}") from None
     if fields.sizes.get("time", 0) == 0:
@@ -212,8 +214,8 @@ class DownscalingJob:
     """
 
     climate: ClimateRun
-    conditioning: Conditioning
-    base: torch.Tensor
+    conditioning: Conditioning | LazyConditioning
+    base: torch.Tensor | LazyRows
     members: int
     settings: SamplerSettings | None
     seed: int
@@ -294,10 +296,11 @@ class DownscalingJob:
         )
         base_run = run.base_run()
         regression = base_run.regression_predictor() if base_run is not None else None
-        conditioning = builder.build(fields, regression=regression, device=device)
-        base = conditioning.base
+        # read block by block when sampled (bounded memory for any length of input); NaNs are looked for now
+        conditioning = builder.blocks(fields, regression=regression, device=device)
         if run.deterministic:
-            base = regression_base(run.regression_predictor(), conditioning.cond_fields, len(section.variables))
+            conditioning = conditioning.with_base_model(run.regression_predictor())
+        base = conditioning.base
         periodic = builder.periodic_longitude
         if periodic is None:
             periodic = is_global_longitude(conditioning.longitude)

@@ -59,8 +59,10 @@ class MetricsLog:
     Each line holds ``step``, ``loss`` (mean over the window's finite steps; null if none), ``learning_rate``,
     ``grad_norm`` (mean over the window, before clipping), ``loss_by_sigma`` (see :func:`loss_by_sigma_decade`;
     absent for objectives without noise levels), ``samples`` (per-sample losses in the window), ``ema_beta``
-    (the EMA decay of the step), ``skipped_steps`` (non-finite steps in the window), ``samples_per_second`` and
-    ``seconds`` since the start. With ``tensorboard`` (a SummaryWriter) the scalars go there too. The window is
+    (the EMA decay of the step), ``skipped_steps`` (non-finite steps in the window), ``samples_per_second``,
+    ``data_wait_seconds`` (the window's steps waited this long for their batches) and ``data_wait_fraction``
+    (that wait over the steps' time: near 0 when data loading keeps up, near 1 when training waits for the disk)
+    and ``seconds`` since the start. With ``tensorboard`` (a SummaryWriter) the scalars go there too. The window is
     kept as running sums, so :meth:`state_dict` (stored in checkpoints) lets a resumed run write the same lines.
     """
 
@@ -82,7 +84,17 @@ class MetricsLog:
 
     @staticmethod
     def _empty() -> dict[str, Any]:
-        return {"steps": 0, "finite_steps": 0, "loss": 0.0, "grad_norm": 0.0, "samples": 0, "skipped": 0, "sigma": {}}
+        return {
+            "steps": 0,
+            "finite_steps": 0,
+            "loss": 0.0,
+            "grad_norm": 0.0,
+            "samples": 0,
+            "skipped": 0,
+            "sigma": {},
+            "data_seconds": 0.0,
+            "step_seconds": 0.0,
+        }
 
     def __call__(self, record: StepRecord) -> None:
         window = self._window
@@ -91,6 +103,8 @@ class MetricsLog:
         window["learning_rate"] = record.learning_rate
         window["ema_beta"] = record.ema_beta
         window["step"] = record.step
+        window["data_seconds"] += record.data_seconds
+        window["step_seconds"] += record.step_seconds
         if record.skipped:
             window["skipped"] += 1
         else:
@@ -123,6 +137,10 @@ class MetricsLog:
             "ema_beta": window["ema_beta"],
             "skipped_steps": window["skipped"],
             "samples_per_second": round(window["samples"] / max(now - self._window_started, 1e-9), 1),
+            "data_wait_seconds": round(window["data_seconds"], 3),
+            "data_wait_fraction": round(window["data_seconds"] / window["step_seconds"], 4)
+            if window["step_seconds"] > 0
+            else 0.0,
             "seconds": round(self.seconds_before + now - self.started, 3),
         }
         if not line["loss_by_sigma"]:
@@ -135,7 +153,15 @@ class MetricsLog:
             self.stream.flush()
         if self.tensorboard is not None:
             step = line["step"]
-            for key in ("loss", "learning_rate", "grad_norm", "ema_beta", "skipped_steps", "samples_per_second"):
+            for key in (
+                "loss",
+                "learning_rate",
+                "grad_norm",
+                "ema_beta",
+                "skipped_steps",
+                "samples_per_second",
+                "data_wait_fraction",
+            ):
                 if line[key] is not None:
                     self.tensorboard.add_scalar(f"train/{key}", line[key], step)
             for label, value in line.get("loss_by_sigma", {}).items():

@@ -2,7 +2,8 @@
 disk (:func:`prepare_training`), then train into the run directory with metrics and checkpoints (:func:`train`).
 
 A run directory holds ``config.yaml`` (the resolved configuration, every key written out),
-``metrics.jsonl`` (one JSON object per logged step), ``tensorboard/`` (the same scalars, with
+``metrics.jsonl`` (one JSON object per logged step, the time spent waiting for data included),
+``tensorboard/`` (the same scalars, with
 ``training.tensorboard``), ``samples/step-<step>.png`` (figures of EMA-model samples, every
 ``training.sample_every`` steps) and the last ``training.keep_checkpoints`` checkpoints (see
 :mod:`diffscale.training.checkpoint`). Training into a directory that holds a checkpoint resumes it exactly.
@@ -38,7 +39,7 @@ from diffscale.runs.building import (
     model_summary,
     training_objective,
 )
-from diffscale.runs.climate import build_climate_data
+from diffscale.runs.climate import BASE_STORE_NAME, build_climate_data, write_pending_base
 from diffscale.runs.figures import check_figure, sample_figure
 from diffscale.runs.metrics import MetricsLog
 from diffscale.runs.stats import STATS_NAME, save_stats
@@ -72,16 +73,23 @@ SAMPLES_DIR = "samples"
 
 
 def build_data_source(
-    config: Config, run_dir: Path | None = None, device: torch.device | str = "cpu"
+    config: Config,
+    run_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+    base_store: Path | None = None,
+    distributed: DistributedContext | None = None,
 ) -> tuple[DataDistribution | ClimateDataset, BatchSource]:
     """The ``data:`` section built: (the data, ``source(batch_size, generator)`` drawing training batches).
 
-    Climate data reads its files (statistics: those saved in ``run_dir`` when resuming; a CorrDiff base is
-    computed on ``device``). Missing or unreadable data files raise ConfigError naming the key and the file.
+    Climate data is read lazily from its files (statistics: those saved in ``run_dir`` when resuming, else one
+    streaming pass, by rank 0 alone under torchrun (``distributed``); a CorrDiff base is computed on ``device``,
+    into ``base_store`` when given: see :func:`~diffscale.runs.climate.build_climate_data`); the source is the
+    dataset itself, which draws indices apart from reading them, so ``training.num_workers`` worker processes can
+    read ahead. Missing or unreadable data files raise ConfigError naming the key and the file.
     """
     if is_climate(config):
-        dataset = build_climate_data(config, run_dir, device)
-        return dataset, dataset.sample
+        dataset = build_climate_data(config, run_dir, device, base_store=base_store, distributed=distributed)
+        return dataset, dataset
     data = build_distribution(config)
 
     def source(batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -228,7 +236,13 @@ def prepare_training(
                 f"cannot resume '{checkpoint.directory}' (step {checkpoint.step}): the configuration changed "
                 f"incompatibly: {'; '.join(incompatible)} (train into another --out instead)"
             )
-    data, source = build_data_source(config, checkpoint.directory if checkpoint is not None else None, torch_device)
+    data, source = build_data_source(
+        config,
+        checkpoint.directory if checkpoint is not None else None,
+        torch_device,
+        base_store=run_dir / BASE_STORE_NAME,
+        distributed=distributed,
+    )
     check_figure(config, data)
     denoiser = build_model_for(config)
     settings = config.training if device is None else config.training.model_copy(update={"device": device})
@@ -330,10 +344,12 @@ def train(
             callback(record)
 
     try:
+        write_pending_base(plan.data, plan.distributed)
         trainer.run(progress=progress, callback=on_step)
         if saved_step[0] != trainer.step:
             save()
     finally:
+        trainer.close_data()
         metrics.flush()
         if stream is not None:
             stream.close()

@@ -1,5 +1,6 @@
-"""Training: the loop, the weight EMA, mixed precision, data parallelism and their settings."""
+"""Training: the loop, data loading workers, the weight EMA, mixed precision, data parallelism and their settings."""
 
+from diffscale.training.data import DataLoadingError, IndexedSource
 from diffscale.training.distributed import DistributedContext
 from diffscale.training.ema import ExponentialMovingAverage
 from diffscale.training.loop import BatchSource, NonFiniteTrainingError, StepRecord, Trainer
@@ -7,8 +8,10 @@ from diffscale.training.settings import TrainingSettings
 
 __all__ = [
     "BatchSource",
+    "DataLoadingError",
     "DistributedContext",
     "ExponentialMovingAverage",
+    "IndexedSource",
     "NonFiniteTrainingError",
     "StepRecord",
     "Trainer",

@@ -552,7 +552,7 @@ def save_trainer_checkpoint(
         model=trainer.denoiser,
         ema_model=trainer.ema_denoiser,
         optimizer=trainer.optimizer,
-        generator=trainer.generator,
+        generator=trainer.checkpoint_generator(),
         extra_tensors=rng_states,
         metadata=metadata,
         keep=keep,
@@ -601,6 +601,7 @@ def restore_trainer(trainer: Trainer, checkpoint: Checkpoint) -> None:
                 f"{where}: trained with its generator on {saved_device}, resumed on {trainer.generator.device}; "
                 f"resume on the same kind of device (training.device: {torch.device(saved_device).type})"
             )
+        trainer.close_data(rewind=False)  # batches drawn ahead from the old state are dropped
         trainer.generator.set_state(checkpoint.generator_state)
     trainer.step = checkpoint.step
     trainer.load_counters(checkpoint.trainer_state)

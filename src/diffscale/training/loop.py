@@ -5,9 +5,11 @@ non-finite steps, and data parallelism over torchrun processes.
 One optimiser step k at learning rate eta_k (see :meth:`Trainer.learning_rate`):
 
 1. draw the global batch y_1..y_B (and the objective's random inputs, e.g. sigma_b and n_b) from the one
-   training generator, identically on every process;
-2. this process takes rows [r B / W, (r + 1) B / W) and splits them into A micro-batches; for each it adds the
-   gradient of sum_b L_b / (B / W) (DDP averages over the W processes, so the result is grad (1/B) sum_b L_b);
+   training generator, identically on every process; a source that draws indices apart from reading them
+   (:mod:`diffscale.training.data`) has only the indices drawn here, and its rows read by worker processes
+   (``training.num_workers``), ahead of time;
+2. this process takes (reads) rows [r B / W, (r + 1) B / W) and splits them into A micro-batches; for each it adds
+   the gradient of sum_b L_b / (B / W) (DDP averages over the W processes, so the result is grad (1/B) sum_b L_b);
 3. clip ||g|| to ``grad_clip``; if the loss or the gradient is not finite, skip the update (counted), else take
    the optimiser step and update the EMA theta_ema <- beta theta_ema + (1 - beta) theta.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +30,7 @@ from tqdm.auto import tqdm
 from diffscale.data.batch import Batch, as_batch
 from diffscale.devices import check_device
 from diffscale.loss import DenoisingLoss, LossTerms, Objective, SplitObjective
+from diffscale.training.data import BatchPipeline, StepDraws, data_loading_error, is_indexed
 from diffscale.training.distributed import DistributedContext, all_gather_rows
 from diffscale.training.ema import ExponentialMovingAverage
 from diffscale.training.precision import MixedPrecision
@@ -38,7 +42,8 @@ __all__ = ["BatchSource", "NonFiniteTrainingError", "StepRecord", "Trainer", "bu
 BatchSource = Callable[[int, torch.Generator], "torch.Tensor | Batch"]
 """``source(batch_size, generator)`` returns clean training samples y, or a :class:`Batch` (y and conditioning).
 A source may also have ``state_dict()``/``load_state_dict(state)`` (a JSON-able data position), which
-checkpoints then store."""
+checkpoints then store. A source that is also an :class:`~diffscale.training.data.IndexedSource` (draws apart
+from reads) is read by ``training.num_workers`` worker processes, each rank reading only its rows."""
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -68,6 +73,10 @@ class StepRecord:
     skipped: bool = False
     ema_beta: float = 0.0
     samples: int = 0
+    data_seconds: float = 0.0
+    """Seconds the step waited for its batch (drawing and reading it, or waiting for the workers)."""
+    step_seconds: float = 0.0
+    """Seconds of the whole step, the wait for data included."""
 
 
 class _Dispatch(nn.Module):
@@ -134,6 +143,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.denoiser.parameters(), settings)
         self.ema = ExponentialMovingAverage(self.denoiser, settings.ema_halflife, settings.ema_rampup)
         self.generator = torch.Generator(self.device).manual_seed(settings.seed)
+        self._pipeline: BatchPipeline | None = None
+        self._serial = 0
         self.step = 0
         self.samples_seen = 0  # training samples of every step so far (the EMA ramp-up's clock)
         self.skipped_steps = 0
@@ -180,40 +191,101 @@ class Trainer:
         return settings.learning_rate * factor
 
     # -- one step ---------------------------------------------------------------------------------------------
-    def _draw_global_batch(self) -> tuple[Batch, Mapping[str, torch.Tensor] | None, torch.Tensor | None]:
-        """The global batch, the objective's random inputs for all of it (split objectives) or, for a plain
-        objective, one seed per micro-batch of every rank (drawn on every rank, so the generator stays in step)."""
+    def draw_step(self) -> StepDraws:
+        """Every draw of the next step from the training generator, in order: the global batch (a plain source) or
+        its indices (an indexed source), then the objective's random inputs for the whole batch (split
+        objectives) or one seed per micro-batch of every rank. Every rank draws the same, so the generator stays
+        in step; the draws depend only on the generator and the batch's shape."""
         settings = self.settings
-        batch = as_batch(self.source(settings.batch_size, self.generator)).to(self.device)
-        if len(batch) != settings.batch_size:
-            raise ValueError(f"the data source returned {len(batch)} samples, expected {settings.batch_size}")
+        state = self.generator.get_state()
+        source = self.source
+        if is_indexed(source):
+            data = source.draw(settings.batch_size, self.generator)  # type: ignore[attr-defined]
+            shape = (settings.batch_size, *source.sample_shape)  # type: ignore[attr-defined]
+            like = torch.zeros((), dtype=torch.float32, device=self.device).expand(shape)
+        else:
+            data = as_batch(source(settings.batch_size, self.generator)).to(self.device)
+            like = data.target
+        if len(data) != settings.batch_size:
+            raise ValueError(f"the data source returned {len(data)} samples, expected {settings.batch_size}")
+        objective, seeds = None, None
         if isinstance(self.objective, SplitObjective):
-            return batch, self.objective.draw(batch.target, self.generator), None
-        shards = self.distributed.world_size * settings.grad_accumulation
-        seeds = torch.randint(0, 2**62, (shards,), generator=self.generator, device=self.device).cpu()
-        return batch, None, seeds
+            objective = self.objective.draw(like, self.generator)
+        else:
+            shards = self.distributed.world_size * settings.grad_accumulation
+            seeds = torch.randint(0, 2**62, (shards,), generator=self.generator, device=self.device).cpu()
+        self._serial += 1
+        return StepDraws(self._serial, data, objective, seeds, state)
 
-    def _micro_batch_terms(
-        self, batch: Batch, drawn: Mapping[str, torch.Tensor] | None, seeds: torch.Tensor | None, index: int
-    ) -> LossTerms:
-        """The objective on micro-batch ``index`` of this rank's rows."""
+    def _next_batch(self) -> tuple[StepDraws, Batch]:
+        """The next step's draws and this rank's rows of its batch, on the training device."""
+        settings = self.settings
+        start, stop = self.distributed.rows(settings.batch_size)
+        source = self.source
+        if self._pipeline is not None and self._pipeline.source is not source:
+            self.close_data()  # the source was replaced: what was drawn for the old one is undone
+        if not is_indexed(source):
+            draws = self.draw_step()
+            return draws, draws.data.slice(start, stop)
+        if settings.num_workers == 0:
+            draws = self.draw_step()
+            batch = source.batch_reader().read(draws.data, start, stop)  # type: ignore[attr-defined]
+        else:
+            if self._pipeline is None:
+                self._pipeline = BatchPipeline(
+                    source,  # type: ignore[arg-type]
+                    (start, stop),
+                    self.draw_step,
+                    settings,
+                    self.device,
+                )
+            draws, batch = self._pipeline.next()
+        if len(batch) != stop - start:
+            raise ValueError(f"the data source read {len(batch)} samples, expected rows {start}:{stop}")
+        return draws, batch.to_device(self.device, non_blocking=True)
+
+    def checkpoint_generator(self) -> torch.Generator:
+        """The training generator as it stood before the first step not yet trained (what a checkpoint stores:
+        data loading workers may have drawn later steps already)."""
+        state = self._pipeline.boundary_state() if self._pipeline is not None else None
+        if state is None:
+            return self.generator
+        generator = torch.Generator(self.device)
+        generator.set_state(state)
+        return generator
+
+    def close_data(self, *, rewind: bool = True) -> None:
+        """Stop the data loading workers; with ``rewind`` the generator goes back to the state before the steps
+        they had drawn ahead (so the next step draws what it would have drawn)."""
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None:
+            return
+        state = pipeline.boundary_state()
+        pipeline.close()
+        if rewind and state is not None:
+            self.generator.set_state(state)
+
+    def _micro_batch_terms(self, batch: Batch, draws: StepDraws, index: int) -> LossTerms:
+        """The objective on micro-batch ``index`` of this rank's rows ``batch``."""
         settings = self.settings
         start, stop = self.distributed.rows(settings.batch_size)
         size = (stop - start) // settings.grad_accumulation
-        start += index * size
-        part = batch.slice(start, start + size)
-        if drawn is not None:
-            rows = {name: value[start : start + size] for name, value in drawn.items()}
+        part = batch.slice(index * size, (index + 1) * size)
+        first = start + index * size  # in the global batch
+        if draws.objective is not None:
+            rows = {name: value[first : first + size] for name, value in draws.objective.items()}
             return self.objective.evaluate(self._model_view, part.target, rows, **part.cond)  # type: ignore[attr-defined]
-        assert seeds is not None
+        assert draws.seeds is not None
         shard = self.distributed.rank * settings.grad_accumulation + index
-        generator = torch.Generator(self.device).manual_seed(int(seeds[shard]))
+        generator = torch.Generator(self.device).manual_seed(int(draws.seeds[shard]))
         return self.objective(self._model_view, part.target, generator, **part.cond)
 
     def train_step(self) -> StepRecord:
         """One optimiser step on one global batch; raises NonFiniteTrainingError after too many skipped steps."""
         settings = self.settings
-        batch, drawn, seeds = self._draw_global_batch()
+        started = time.perf_counter()
+        draws, batch = self._next_batch()
+        data_seconds = time.perf_counter() - started
         learning_rate = self.learning_rate(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
@@ -226,7 +298,7 @@ class Trainer:
             sync = contextlib.nullcontext() if self._ddp is None or last else self._ddp.no_sync()
             with sync:
                 with self.precision.autocast():
-                    terms = self._micro_batch_terms(batch, drawn, seeds, index)
+                    terms = self._micro_batch_terms(batch, draws, index)
                 self.precision.backward(terms.per_sample.float().sum() / local_rows)
             per_sample_parts.append(terms.per_sample.detach().float())
             if terms.sigma is not None:
@@ -265,6 +337,8 @@ class Trainer:
             skipped=not finite,
             ema_beta=ema_beta,
             samples=settings.batch_size,
+            data_seconds=data_seconds,
+            step_seconds=time.perf_counter() - started,
         )
 
     # -- state beyond the tensors ------------------------------------------------------------------------------
@@ -301,9 +375,15 @@ class Trainer:
         """
         target = self.settings.steps if steps is None else steps
         show = progress and self.distributed.is_main
+        waited = [0.0, 0.0]  # seconds waiting for data, seconds of steps, since the bar was last updated
         with tqdm(total=target, initial=self.step, desc=description, unit="step", disable=not show) as bar:
             while self.step < target:
-                record = self.train_step()
+                try:
+                    record = self.train_step()
+                except RuntimeError as error:  # a data loading worker may die during any step
+                    raise data_loading_error(error, self.settings) from None
+                waited[0] += record.data_seconds
+                waited[1] += record.step_seconds
                 if callback is not None:
                     callback(record)
                 if show and (record.step % self.settings.log_every == 0 or record.step == target):
@@ -311,5 +391,8 @@ class Trainer:
                     postfix = {"loss": f"{record.loss:.4f}"}
                     if rate:
                         postfix["samples/s"] = f"{rate * self.settings.batch_size:.0f}"
+                    if waited[1] > 0:
+                        postfix["data wait"] = f"{waited[0] / waited[1]:.0%}"
+                    waited[:] = [0.0, 0.0]
                     bar.set_postfix(postfix)
                 bar.update(1)

@@ -51,6 +51,17 @@ class TrainingSettings(StrictModel):
     log_every: int = Field(100, ge=1, strict=True, description="steps between logged scalars")
     tensorboard: bool = Field(True, description="also write the logged scalars to TensorBoard (run_dir/tensorboard)")
     sample_every: int = Field(0, ge=0, strict=True, description="steps between figures of EMA-model samples (0: none)")
+    num_workers: int = Field(
+        0, ge=0, strict=True, description="data loading worker processes reading batches ahead (0: read in the loop)"
+    )
+    prefetch_factor: int = Field(2, ge=1, strict=True, description="batches each data loading worker reads ahead")
+    worker_start_method: Literal["spawn", "forkserver", "fork"] = Field(
+        "spawn",
+        description="how data loading workers start: spawn (safe), forkserver, or fork (fastest; not with netCDF/HDF5)",
+    )
+    data_timeout: float = Field(
+        600.0, gt=0, description="seconds to wait for one batch from the workers before stopping with an error"
+    )
 
     @model_validator(mode="after")
     def _micro_batches_divide_the_batch(self) -> TrainingSettings:

@@ -1,7 +1,9 @@
-"""Climate fields for downscaling: reading and harmonising files (:mod:`.io`), coarsening, upsampling and
-trimming to the factor (:mod:`.grid`), static fields from other grids (:mod:`.regrid`), units (:mod:`.units`),
-per-variable transforms (:mod:`.transforms`), conditioning channels (:mod:`.channels`) and the training dataset
-with the conditioning builder shared with downscaling (:mod:`.dataset`)."""
+"""Climate fields for downscaling: reading and harmonising files (:mod:`.io`), many files as one lazily read time
+axis (:mod:`.series`), coarsening, upsampling and trimming to the factor (:mod:`.grid`), static fields from other
+grids (:mod:`.regrid`), units (:mod:`.units`), per-variable transforms (:mod:`.transforms`), conditioning channels
+(:mod:`.channels`), training samples assembled window by window (:mod:`.assembly`), the training dataset with the
+conditioning builder shared with downscaling (:mod:`.dataset`) and a long coarse input's conditioning block by
+block (:mod:`.blocks`)."""
 
 from diffscale.data.climate.channels import latlon_channels, time_channel_names, time_channels
 from diffscale.data.climate.dataset import (

@@ -52,12 +52,16 @@ __all__ = [
     "GridTrim",
     "area_weights",
     "block_centres",
+    "block_mean",
     "check_divisible",
     "check_factor",
     "coarsen",
     "fine_coordinates",
+    "grid_indices",
     "grid_spacing",
+    "interpolate_taps",
     "interpolation_matrix",
+    "interpolation_taps",
     "is_global_longitude",
     "select_grid",
     "trim_to_factor",
@@ -267,6 +271,35 @@ def _coarsen_array(data: XrT, factor: int) -> XrT:
     return out.astype(data.dtype) if data.dtype.kind == "f" else out
 
 
+def block_mean(data: torch.Tensor, factor: int, row_weights: torch.Tensor) -> torch.Tensor:
+    """The weighted f x f block mean X_B = sum_B w_i x_ij / (f sum_B w_i) of a tensor (..., H, W) whose rows
+    have the weights ``row_weights`` (H,) (a block whose weights sum to 0 takes the plain mean), computed in
+    ``data``'s dtype.
+
+    The sums run in one fixed order, element by element (block row by block row, then column by column), so
+    the value of a block depends only on its f x f values and weights: the block means of a window of a field
+    are bitwise those of the whole field (what streaming training relies on).
+    """
+    height, width = data.shape[-2:]
+    check_divisible(height, width, factor)
+    weights = row_weights.to(device=data.device, dtype=data.dtype)
+    sums = [weights[i::factor] for i in range(factor)]
+    denominator = sums[0].clone()
+    for part in sums[1:]:
+        denominator = denominator + part
+    empty = denominator == 0  # rows all at a pole (only for f = 1): the plain mean
+    if bool(empty.any()):
+        sums = [torch.where(empty, torch.ones_like(part), part) for part in sums]
+        denominator = torch.where(empty, torch.full_like(denominator, float(factor)), denominator)
+    numerator: torch.Tensor | None = None
+    for i in range(factor):
+        for j in range(factor):
+            term = data[..., i::factor, j::factor] * sums[i][:, None]
+            numerator = term if numerator is None else numerator + term
+    assert numerator is not None
+    return numerator / (denominator * factor)[:, None]
+
+
 @overload
 def coarsen(data: torch.Tensor, factor: int, latitude: torch.Tensor | None = None) -> torch.Tensor: ...
 @overload
@@ -289,7 +322,7 @@ def coarsen(data, factor, latitude=None):
         ConfigError: H or W is not divisible by f.
     """
     if isinstance(data, torch.Tensor):
-        *lead, height, width = data.shape
+        height, width = data.shape[-2:]
         check_divisible(height, width, factor)
         if latitude is None:
             weights = torch.ones(height, dtype=data.dtype, device=data.device)
@@ -297,14 +330,7 @@ def coarsen(data, factor, latitude=None):
             if latitude.shape != (height,):
                 raise ValueError(f"latitude has shape {tuple(latitude.shape)}, the field {height} rows")
             weights = area_weights(latitude.to(device=data.device, dtype=torch.float64))
-            empty = weights.reshape(height // factor, factor).sum(dim=-1) == 0  # rows all at a pole: f = 1
-            if bool(empty.any()):
-                weights = torch.where(empty.repeat_interleave(factor), torch.ones_like(weights), weights)
-            weights = weights.to(data.dtype)
-        blocks = (data * weights[:, None]).reshape(*lead, height // factor, factor, width // factor, factor)
-        numerator = blocks.sum(dim=(-3, -1))
-        denominator = weights.reshape(height // factor, factor).sum(dim=-1)[:, None] * factor
-        return numerator / denominator
+        return block_mean(data, factor, weights)
     if not isinstance(data, xr.Dataset | xr.DataArray):
         raise TypeError(f"coarsen takes a tensor or an xarray Dataset/DataArray, got {type(data).__name__}")
     check_divisible(data.sizes["latitude"], data.sizes["longitude"], factor)
@@ -371,9 +397,26 @@ def _cubic_weights(t: np.ndarray) -> np.ndarray:
     )
 
 
-def interpolation_matrix(size: int, factor: int, mode: str = "bilinear", periodic: bool = False) -> np.ndarray:
-    """M (f n, n) with fine = M coarse along one axis (float64; see :func:`upsample`)."""
-    position = (np.arange(size * factor) + 0.5) / factor - 0.5  # coarse position of each fine point
+def interpolation_taps(
+    fine_index: np.ndarray | Sequence[int],
+    coarse_size: int,
+    factor: int,
+    mode: str = "bilinear",
+    periodic: bool = False,
+    offset: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The coarse taps and weights of fine points along one axis: fine_i = sum_k w_ik coarse[tap_ik].
+
+    Fine index i sits at the coarse position p = (i - o + 1/2) / f - 1/2 (:func:`upsample`), o the ``offset``
+    of the first block (0: block k covers the fine points k f .. k f + f - 1); taps beyond the
+    ``coarse_size`` coarse points wrap round (``periodic``) or take the edge value.
+
+    Returns:
+        taps (n, K) int64 in [0, coarse_size) and weights (n, K) float64, K = 2 (bilinear) or 4 (bicubic),
+        for the n fine indices given.
+    """
+    fine_index = np.asarray(fine_index, dtype=np.int64)
+    position = (fine_index - offset + 0.5) / factor - 0.5  # coarse position of each fine point
     base = np.floor(position).astype(np.int64)
     t = position - base
     if mode == "bilinear":
@@ -383,10 +426,37 @@ def interpolation_matrix(size: int, factor: int, mode: str = "bilinear", periodi
     else:
         raise ValueError(f"upsample mode = {mode!r}: allowed: bilinear, bicubic")
     taps = base[:, None] + offsets[None, :]
-    taps = taps % size if periodic else np.clip(taps, 0, size - 1)
+    taps = taps % coarse_size if periodic else np.clip(taps, 0, coarse_size - 1)
+    return taps, weights.reshape(taps.shape)
+
+
+def interpolation_matrix(size: int, factor: int, mode: str = "bilinear", periodic: bool = False) -> np.ndarray:
+    """M (f n, n) with fine = M coarse along one axis (float64; see :func:`upsample`)."""
+    taps, weights = interpolation_taps(np.arange(size * factor), size, factor, mode, periodic)
     matrix = np.zeros((size * factor, size))
-    np.add.at(matrix, (np.repeat(np.arange(size * factor), offsets.size), taps.reshape(-1)), weights.reshape(-1))
+    rows = np.repeat(np.arange(size * factor), taps.shape[1])
+    np.add.at(matrix, (rows, taps.reshape(-1)), weights.reshape(-1))
     return matrix
+
+
+def interpolate_taps(
+    field: torch.Tensor, taps: np.ndarray | torch.Tensor, weights: np.ndarray | torch.Tensor, dim: int
+) -> torch.Tensor:
+    """out_i = sum_k w_ik field[tap_ik] along ``dim`` (-2: rows, -1: columns), in ``field``'s dtype.
+
+    The sum runs over k in order, element by element (no matrix product, whose summation order depends on the
+    shapes): the value of a fine point depends only on its taps' values and weights, so interpolating a window
+    of a coarse field gives bitwise the values of interpolating the whole field.
+    """
+    index = torch.as_tensor(taps, dtype=torch.long, device=field.device)
+    factors = torch.as_tensor(weights, device=field.device).to(field.dtype)
+    shape = (-1, 1) if dim == -2 else (-1,)
+    out: torch.Tensor | None = None
+    for k in range(index.shape[1]):
+        term = field.index_select(dim, index[:, k]) * factors[:, k].reshape(shape)
+        out = term if out is None else out + term
+    assert out is not None
+    return out
 
 
 def upsample(
@@ -407,7 +477,9 @@ def upsample(
 
     Taps beyond the outermost coarse centres take the edge value (the field is held constant there), except
     in longitude when ``periodic_longitude``: then the taps wrap round (a global grid's date-line seam). The
-    result has the input's floating dtype (float32 for integer input) and device.
+    result has the input's floating dtype (float32 for integer input) and device. Rows are interpolated first,
+    then columns, each as a tap-by-tap sum (:func:`interpolate_taps`), so a window of the result is computed
+    bitwise from the coarse cells its taps reach (streaming training reads no more than those).
     """
     if field.ndim < 2:
         raise ValueError(f"upsample needs a field (..., h, w), got shape {tuple(field.shape)}")
@@ -417,11 +489,11 @@ def upsample(
     if factor == 1:
         return x.clone()
     height, width = x.shape[-2:]
-    rows = torch.as_tensor(interpolation_matrix(height, factor, mode), dtype=x.dtype, device=x.device)
-    cols = torch.as_tensor(
-        interpolation_matrix(width, factor, mode, periodic=periodic_longitude), dtype=x.dtype, device=x.device
+    row_taps, row_weights = interpolation_taps(np.arange(height * factor), height, factor, mode)
+    col_taps, col_weights = interpolation_taps(
+        np.arange(width * factor), width, factor, mode, periodic=periodic_longitude
     )
-    return rows @ x @ cols.T
+    return interpolate_taps(interpolate_taps(x, row_taps, row_weights, -2), col_taps, col_weights, -1)
 
 
 def check_factor(coarse: xr.Dataset | xr.DataArray, fine: xr.Dataset | xr.DataArray, factor: int) -> None:
@@ -474,18 +546,21 @@ def _matching_indices(available: np.ndarray, wanted: np.ndarray, tolerance: floa
     return np.where(distance <= tolerance, index, -1)
 
 
-def select_grid(
-    data: XrT, latitude: np.ndarray | Sequence[float], longitude: np.ndarray | Sequence[float], what: str
-) -> XrT:
-    """The points of ``data`` (harmonised) at the given latitudes and longitudes, matched by coordinate
-    (longitude modulo 360) within 1 % of the target grid's step, e.g. a global orography on a regional grid.
+def grid_indices(
+    data: xr.Dataset | xr.DataArray,
+    latitude: np.ndarray | Sequence[float],
+    longitude: np.ndarray | Sequence[float],
+    what: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The indices into ``data``'s latitude and longitude of the given coordinates (what :func:`select_grid`
+    selects), matched within 1 % of the target grid's step, longitude modulo 360.
 
     Raises:
         ConfigError: some coordinate has no match; the message names ``what`` and the nearest value there is.
     """
     latitude = np.asarray(latitude, dtype=np.float64)
     longitude = np.asarray(longitude, dtype=np.float64)
-    selection = {}
+    found = []
     for axis, wanted in (("latitude", latitude), ("longitude", longitude)):
         available = data[axis].values.astype(np.float64)
         step = abs(float(np.median(np.diff(wanted)))) if wanted.size > 1 else 1e-3
@@ -497,6 +572,21 @@ def select_grid(
                 f"{what} does not line up with the grid: no {axis} within {0.01 * step:g} of {wanted[i]:g} "
                 f"(nearest {nearest:g}; its {axis} runs {available.min():g} .. {available.max():g})"
             )
-        selection[axis] = index
-    out = data.isel(selection)
-    return out.assign_coords(latitude=latitude, longitude=longitude)
+        found.append(index)
+    return found[0], found[1]
+
+
+def select_grid(
+    data: XrT, latitude: np.ndarray | Sequence[float], longitude: np.ndarray | Sequence[float], what: str
+) -> XrT:
+    """The points of ``data`` (harmonised) at the given latitudes and longitudes, matched by coordinate
+    (longitude modulo 360) within 1 % of the target grid's step, e.g. a global orography on a regional grid.
+
+    Raises:
+        ConfigError: some coordinate has no match; the message names ``what`` and the nearest value there is.
+    """
+    rows, columns = grid_indices(data, latitude, longitude, what)
+    out = data.isel(latitude=rows, longitude=columns)
+    return out.assign_coords(
+        latitude=np.asarray(latitude, dtype=np.float64), longitude=np.asarray(longitude, dtype=np.float64)
+    )

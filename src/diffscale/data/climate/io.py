@@ -39,6 +39,7 @@ __all__ = [
     "open_dataset",
     "open_fields",
     "select_fields",
+    "time_chunks",
 ]
 
 STANDARD_GRAVITY = 9.80665
@@ -72,6 +73,9 @@ _AXIS_UNITS = {
     "latitude": ("degrees_north", "degree_north", "degree_N", "degrees_N"),
     "longitude": ("degrees_east", "degree_east", "degree_E", "degrees_E"),
 }
+
+_STORAGE_CHUNKS: Mapping[str, int] = {}
+"""open_dataset's default: dask chunks as the file stores them."""
 
 _ENGINES = {
     ".nc": "netcdf",
@@ -150,22 +154,28 @@ def _without_pickled_arrays(ds: xr.Dataset, path: Path) -> xr.Dataset:
     return ds
 
 
-def open_dataset(path: str | Path) -> xr.Dataset:
-    """One file as a lazy (dask-backed) xarray Dataset, the engine chosen by the suffix (not yet harmonised).
+def open_dataset(path: str | Path, chunks: Mapping[str, int] | None = _STORAGE_CHUNKS) -> xr.Dataset:
+    """One file as a lazy xarray Dataset, the engine chosen by the suffix (not yet harmonised).
 
+    ``chunks``: dask chunks (the default ``{}``: the file's own chunks; ``{"time": n}``: n times per dask chunk),
+    or None for no dask at all: the variables are then lazily indexed arrays that read only what is selected
+    from them (``ds.isel(...).values``) and cache nothing, what reading one training sample at a time needs.
     GRIB files are read through cfgrib without writing an index file beside them (data directories may be
     read-only).
     """
     path = Path(path)
     engine = _engine(path)
+    chunks = None if chunks is None else dict(chunks)
+    options: dict[str, Any] = {"chunks": chunks} if chunks is not None else {"chunks": None, "cache": False}
     try:
         if engine == "zarr":
             with warnings.catch_warnings():  # stores without consolidated metadata are fine (read a bit slower)
                 warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata")
-                return _without_pickled_arrays(xr.open_zarr(path, chunks={}), path)
+                warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+                return _without_pickled_arrays(xr.open_dataset(path, engine="zarr", **options), path)
         if engine == "cfgrib":
-            return xr.open_dataset(path, engine="cfgrib", chunks={}, backend_kwargs={"indexpath": ""})
-        return xr.open_dataset(path, chunks={})
+            return xr.open_dataset(path, engine="cfgrib", backend_kwargs={"indexpath": ""}, **options)
+        return xr.open_dataset(path, **options)
     except ConfigError:
         raise
     except Exception as error:  # the readers raise many types; the user needs the file and the reason
@@ -177,6 +187,7 @@ def open_fields(
     paths: str | Path | Sequence[str | Path],
     variables: Iterable[str] | None = None,
     time_slice: slice | tuple[Any, Any] | None = None,
+    chunk_bytes: int | None = None,
 ) -> xr.Dataset:
     """Open, harmonise and combine climate files along time (lazily).
 
@@ -186,6 +197,7 @@ def open_fields(
         variables: the variables to keep, by canonical name or any alias (``2m_temperature``); None keeps all.
         time_slice: ``slice(start, stop)`` or a ``(start, stop)`` pair of dates/times, both ends inclusive
             (xarray's label slicing); None keeps all times.
+        chunk_bytes: dask chunks of about this size along time (:func:`time_chunks`); None: the files' own chunks.
 
     Returns:
         The harmonised Dataset (see the module docstring), times ascending.
@@ -195,7 +207,14 @@ def open_fields(
             has), the files' grids differ, or a time appears in more than one file.
     """
     files = expand_paths(paths)
-    parts = [(path, select_fields(open_dataset(path), variables, time_slice, str(path))) for path in files]
+    names = None if variables is None else list(variables)
+
+    def opened(path: Path) -> xr.Dataset:
+        if chunk_bytes is None or names is None:
+            return open_dataset(path)
+        return open_dataset(path, chunks=time_chunks(str(path), [canonical_variable(n) for n in names], chunk_bytes))
+
+    parts = [(path, select_fields(opened(path), names, time_slice, str(path))) for path in files]
     if len(parts) == 1:
         return parts[0][1]
     return _combine_along_time(parts)
@@ -210,15 +229,20 @@ def select_fields(
     """One dataset harmonised (:func:`harmonise`), reduced to ``variables`` (canonical names or aliases; None keeps
     all) and to the times of ``time_slice`` (both ends inclusive); ConfigError naming ``source`` for a missing
     variable or a bad time bound."""
-    ds = harmonise(ds, source=source)
     if variables is not None:
         wanted = [canonical_variable(name) for name in variables]
-        missing = [name for name in wanted if name not in ds.data_vars]
+        # harmonise only the variables asked for (converting another one, e.g. a geopotential, could read it)
+        others = [name for name in ds.data_vars if canonical_variable(str(name)) not in wanted]
+        selected = harmonise(ds.drop_vars(others), source=source)
+        missing = [name for name in wanted if name not in selected.data_vars]
         if missing:
             raise ConfigError(
-                f"variable {', '.join(map(repr, missing))} not in {source}; it has: {_describe_variables(ds)}"
+                f"variable {', '.join(map(repr, missing))} not in {source}; it has: "
+                f"{_describe_variables(harmonise(ds, source=source))}"
             )
-        ds = ds[wanted]
+        ds = selected[wanted]
+    else:
+        ds = harmonise(ds, source=source)
     if time_slice is not None and "time" in ds.dims:
         bounds = time_slice if isinstance(time_slice, slice) else slice(*time_slice)
         try:
@@ -399,3 +423,24 @@ def harmonise(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
     time = ["time"] if "time" in ds.dims else []
     others = [dim for dim in ds.dims if dim not in ("time", "latitude", "longitude")]
     return ds.transpose(*time, *others, "latitude", "longitude")
+
+
+def time_chunks(path: str, variables: Sequence[str], chunk_bytes: int) -> dict[str, int]:
+    """Dask chunks of about ``chunk_bytes`` per variable along the file's time dimension, a whole number of the
+    file's own time chunks ({} when the file has no time dimension): for reading a long file a few times at a
+    time (a file stored without chunks would otherwise be one dask chunk, read whole for any time of it)."""
+    raw = open_dataset(path, chunks=None)
+    try:
+        time_name = _find_time(raw)
+        if time_name is None or time_name not in raw.dims:
+            return {}
+        variable = select_fields(raw, variables[:1], source=path)[variables[0]]
+        per_time = variable.dtype.itemsize * int(
+            np.prod([size for dim, size in variable.sizes.items() if dim != "time"], dtype=np.int64)
+        )
+        stored = variable.encoding.get("preferred_chunks") or {}
+        stored_time = max(1, int(stored.get(time_name, 1) or 1))
+        count = max(1, chunk_bytes // max(1, per_time * stored_time)) * stored_time
+        return {time_name: int(min(count, raw.sizes[time_name]))}
+    finally:
+        raw.close()

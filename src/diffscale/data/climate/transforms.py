@@ -33,7 +33,7 @@ import torch
 
 from diffscale.validation import ConfigError
 
-__all__ = ["TRANSFORMS", "TransformName", "Transforms", "fit_stats"]
+__all__ = ["TRANSFORMS", "TransformName", "Transforms", "fit_stats", "lazy_moments", "stats_entry"]
 
 TransformName = Literal["standardize", "log1p", "sqrt"]
 TRANSFORMS: tuple[str, ...] = ("standardize", "log1p", "sqrt")
@@ -87,6 +87,44 @@ def fit_stats(data: Mapping[str, Any], transforms: Mapping[str, str] | None = No
         std = float(y.std(correction=0))
         stats[variable] = {"transform": transform, "mean": mean, "std": std if std > 0 else 1.0}
     return stats
+
+
+def _g_numpy(x: Any, transform: str) -> Any:
+    """g of the module docstring on numpy or dask arrays (float64)."""
+    if transform == "log1p":
+        return np.log1p(np.maximum(x, 0.0))
+    if transform == "sqrt":
+        return np.sqrt(np.maximum(x, 0.0))
+    return x
+
+
+def lazy_moments(values: Any, transform: str = "standardize") -> tuple[Any, Any]:
+    """(mean, variance) of g(x) over every element of a dask array ``values``, as lazy dask scalars in float64.
+
+    Both are dask reductions chunk by chunk: each chunk's count n_i, mean m_i and sum of squared deviations from
+    its own mean M2_i are merged in a tree, M2 = sum_i M2_i + sum_i n_i (m_i - m)^2 (the parallel form of the
+    two-pass variance; Chan, Golub & LeVeque 1983), so nothing but a few chunks is in memory at once and the
+    result equals the in-memory two-pass statistics to rounding. Compute them together with other reductions of the
+    same array (``dask.compute``) to read each chunk once.
+    """
+    if transform not in TRANSFORMS:
+        raise ConfigError(f"transform = {transform!r}: allowed: {', '.join(TRANSFORMS)}")
+    y = _g_numpy(values.astype(np.float64), transform)
+    return y.mean(dtype=np.float64), y.var(dtype=np.float64, ddof=0)
+
+
+def stats_entry(variable: str, transform: str, mean: float, variance: float, count: int) -> dict[str, Any]:
+    """One variable's statistics from its moments (as :func:`fit_stats` writes them; s = 1 for a constant field).
+
+    Raises:
+        ConfigError: no values, or moments that are not finite (non-finite data).
+    """
+    if count == 0:
+        raise ConfigError(f"no data to fit the statistics of {variable!r} (an empty training period?)")
+    if not (math.isfinite(mean) and math.isfinite(variance)):
+        raise ConfigError(f"{variable!r} has NaN or infinite values; cannot fit its statistics")
+    std = math.sqrt(max(variance, 0.0))
+    return {"transform": transform, "mean": float(mean), "std": std if std > 0 else 1.0}
 
 
 class Transforms:
