@@ -20,9 +20,9 @@ from diffscale.config.climate import ClimateData
 from diffscale.data.batch import Batch
 from diffscale.data.climate import ClimateDataset, ConditioningBuilder, area_weights, block_centres
 from diffscale.data.climate.dataset import _fields_tensor, latitude_row_weights, load_fine, open_fields
-from diffscale.data.climate.grid import block_mean, upsample
+from diffscale.data.climate.grid import block_mean, coarsen, upsample
 from diffscale.loss import ROW_WEIGHTS
-from diffscale.validation import validate
+from diffscale.validation import ConfigError, validate
 
 TIMES = pd.date_range("2021-01-01", periods=10, freq="3h").values
 
@@ -275,3 +275,54 @@ def test_a_shifted_block_alignment_coarsens_the_shifted_blocks(files: dict[str, 
     stats = assembler.transforms.stats["t2m"]
     expected = upsample(((coarse.float().double() - stats["mean"]) / stats["std"]).float(), 4)
     assert torch.equal(shifted, expected)
+
+
+def test_random_alignments_are_drawn_after_the_windows_and_applied(files: dict[str, Path]) -> None:
+    """``data.random_alignment``: every sample gets an offset in 0 .. f-1 per axis, drawn after the times and
+    windows (which stay as without it), and the reader builds the sample on that shifted lattice."""
+    plain = ClimateDataset(regional(files, patch=[8, 12], channels={}), "train")
+    shifted = ClimateDataset(regional(files, patch=[8, 12], channels={}, random_alignment=True), "train")
+    drawn = shifted.draw(400, torch.Generator().manual_seed(5))
+    reference = plain.draw(400, torch.Generator().manual_seed(5))
+    assert torch.equal(drawn.times, reference.times) and torch.equal(drawn.tops, reference.tops)
+    assert drawn.alignments.shape == (400, 2) and set(drawn.alignments.unique().tolist()) == {0, 1, 2, 3}
+    counts = torch.bincount(drawn.alignments[:, 0] * 4 + drawn.alignments[:, 1], minlength=16)
+    assert counts.min() > 5  # all 16 lattices are seen
+    batch = shifted.read(drawn, 0, 3)
+    for b in range(3):
+        rows, columns = shifted.assembler.window(int(drawn.tops[b]), int(drawn.lefts[b]), 8, 12)
+        alignment = tuple(int(value) for value in drawn.alignments[b])
+        expected = shifted.assembler.sample(int(drawn.times[b]), rows, columns, alignment)
+        assert torch.equal(batch.target[b], expected.target) and torch.equal(
+            batch.cond["cond_fields"][b], expected.cond
+        )
+    if any(tuple(a) != (0, 0) for a in drawn.alignments[:3].tolist()):
+        assert not torch.equal(batch.cond["cond_fields"], plain.read(reference, 0, 3).cond["cond_fields"])
+
+
+def test_random_alignment_needs_coarse_fields_from_the_fine_ones() -> None:
+    from diffscale.config import config_from_dict
+
+    data = {"kind": "climate", "paths": ["x.nc"], "random_alignment": True, "coarse_paths": ["c.nc"]}
+    with pytest.raises(ConfigError, match="random_alignment shifts the coarse lattice"):
+        config_from_dict({"data": data, "model": {"arch": "ddpmpp"}})
+
+
+@pytest.mark.parametrize("alignment", [(1, 0), (2, 3), (3, 1)])
+def test_a_shifted_lattice_in_training_is_what_a_shifted_window_gets_when_downscaled(
+    files: dict[str, Path], alignment: tuple[int, int]
+) -> None:
+    """Training on a lattice shifted by (o_lat, o_lon) shows the network exactly the conditioning that a coarse
+    input on that lattice (a window of the grid that starts there) gets from the downscaling builder: so random
+    alignments in training cover every window of the grid."""
+    o_lat, o_lon = alignment
+    section = regional(files, patch=None, random_alignment=True)
+    dataset = ClimateDataset(section, "train")
+    factor, (height, width) = 4, dataset.assembler.grid_shape
+    rows = np.arange(o_lat, o_lat + (height - o_lat) // factor * factor)
+    columns = np.arange(o_lon, o_lon + (width - o_lon) // factor * factor)
+    trained = dataset.assembler.sample(3, rows, columns, alignment)
+    fine = load_fine(section, "train").isel(time=[3], latitude=rows, longitude=columns)
+    built = dataset.builder.build(coarsen(fine, factor))
+    torch.testing.assert_close(trained.cond, built.cond_fields[0], rtol=0, atol=2e-6)
+    torch.testing.assert_close(trained.base, built.base[0], rtol=0, atol=2e-6)

@@ -163,6 +163,10 @@ class ClimateData(StrictModel):
         strict=True,
         description="fit the statistics on this many evenly spaced times of the train period (null: on all)",
     )
+    random_alignment: bool = Field(
+        False,
+        description="train on coarse lattices shifted by 0 .. f-1 fine cells at random, so any window downscales alike",
+    )
 
     @field_validator("variables", "static_variables")
     @classmethod
@@ -201,6 +205,11 @@ class ClimateData(StrictModel):
             )
         if self.static_variables and not self.static_paths:
             raise ValueError("static_variables needs static_paths (the files that hold them)")
+        if self.random_alignment and (self.coarse_paths is not None or self.target == "regression_residual"):
+            raise ValueError(
+                "random_alignment shifts the coarse lattice of the fine fields' block means: it needs coarse_paths "
+                "null and target fine or residual"
+            )
         both = set(self.static_variables) & set(self.variables)
         if both:
             raise ValueError(f"{', '.join(sorted(both))} is both a variable and a static variable")

@@ -240,10 +240,13 @@ class SampleAssembler:
                 fine_columns %= width
             read = self.fine.read(index, index_or_slice(fine_rows), index_or_slice(fine_columns))
             coarse = self._block_means(read, fine_rows)
-            row_position = rows - fine_rows[0]
-            order = np.argsort(fine_columns, kind="stable")
-            column_position = order[np.searchsorted(fine_columns, columns, sorter=order)]
-            fine = [values[row_position][:, column_position] for values in read]
+            if rows.min() >= fine_rows[0] and rows.max() <= fine_rows[-1] and np.isin(columns, fine_columns).all():
+                row_position = rows - fine_rows[0]
+                order = np.argsort(fine_columns, kind="stable")
+                column_position = order[np.searchsorted(fine_columns, columns, sorter=order)]
+                fine = [values[row_position][:, column_position] for values in read]
+            else:  # a shifted lattice leaves edge rows / columns of the window outside its whole blocks
+                fine = self.fine.read(index, index_or_slice(rows), index_or_slice(columns))
         else:
             coarse = self._coarse_cells(index, coarse_rows, coarse_columns)
             fine = self.fine.read(index, index_or_slice(rows), index_or_slice(columns))

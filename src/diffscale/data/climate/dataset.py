@@ -736,16 +736,15 @@ class ClimateFields:
 
 @dataclass(frozen=True)
 class SampleIndices:
-    """The draws of one global batch: time indices (B,), and with patches the windows' top rows and left columns
-    (B,); what a data loading worker turns into samples.
-
-    Random coarse-block alignments would be drawn in :meth:`ClimateDataset.draw` after the windows (so that the
-    draws of today's options stay as they are), carried here, and passed by :meth:`ClimateBatchReader.read` to
-    :meth:`~diffscale.data.climate.assembly.SampleAssembler.sample` (``alignment``, (0, 0) today)."""
+    """The draws of one global batch: time indices (B,), with patches the windows' top rows and left columns
+    (B,), and with ``data.random_alignment`` each sample's coarse-block alignment (B, 2): the fine row and column
+    where the coarse lattice starts (0 .. f-1; drawn after the windows, so the other draws do not change); what a
+    data loading worker turns into samples."""
 
     times: torch.Tensor
     tops: torch.Tensor | None = None
     lefts: torch.Tensor | None = None
+    alignments: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.times.numel())
@@ -772,7 +771,8 @@ class ClimateBatchReader:
                 rows, columns = self.assembler.window(int(drawn.tops[b]), int(drawn.lefts[b]), *self.patch)
             else:
                 rows, columns = np.arange(height), np.arange(width)
-            fields = self.assembler.sample(int(drawn.times[b]), rows, columns)
+            alignment = (0, 0) if drawn.alignments is None else tuple(int(v) for v in drawn.alignments[b])
+            fields = self.assembler.sample(int(drawn.times[b]), rows, columns, alignment)
             targets.append(fields.target)
             conds.append(fields.cond)
         cond = {"cond_fields": torch.stack(conds).contiguous()}
@@ -930,15 +930,19 @@ class ClimateDataset:
     # -- access -----------------------------------------------------------------------------------------------
     def draw(self, batch_size: int, generator: torch.Generator | None = None) -> SampleIndices:
         """The indices of a batch: ``batch_size`` random times, then (with ``patch``) the windows' top rows and
-        left columns, every draw from ``generator`` (on any device; the indices are brought to the CPU)."""
+        left columns, then (with ``random_alignment``) the coarse-block alignments, every draw from ``generator``
+        (on any device; the indices are brought to the CPU)."""
         index = _randint(len(self), batch_size, generator)
-        if self.section.patch is None:
-            return SampleIndices(index)
-        h, w = self.section.patch
-        height, width = self.latitude.size, self.longitude.size
-        top = _randint(height - h + 1, batch_size, generator)
-        left = _randint(width if self.periodic_longitude else width - w + 1, batch_size, generator)
-        return SampleIndices(index, top, left)
+        top = left = alignments = None
+        if self.section.patch is not None:
+            h, w = self.section.patch
+            height, width = self.latitude.size, self.longitude.size
+            top = _randint(height - h + 1, batch_size, generator)
+            left = _randint(width if self.periodic_longitude else width - w + 1, batch_size, generator)
+        if self.section.random_alignment:
+            factor = self.section.coarsen_factor
+            alignments = torch.stack([_randint(factor, batch_size, generator) for _ in range(2)], dim=1)
+        return SampleIndices(index, top, left, alignments)
 
     def batch_reader(self) -> ClimateBatchReader:
         """What data loading workers run: :meth:`ClimateBatchReader.read` of drawn indices."""
