@@ -19,8 +19,11 @@ import xarray as xr
 from diffscale.config.climate import ClimateData
 from diffscale.data.batch import Batch
 from diffscale.data.climate import ClimateDataset, ConditioningBuilder, area_weights, block_centres
-from diffscale.data.climate.dataset import _fields_tensor, latitude_row_weights, load_fine, open_fields
+from diffscale.data.climate.conditioning import _fields_tensor
+from diffscale.data.climate.dataset import latitude_row_weights
 from diffscale.data.climate.grid import block_mean, coarsen, upsample
+from diffscale.data.climate.io import open_fields
+from diffscale.data.climate.splits import load_fine
 from diffscale.loss import ROW_WEIGHTS
 from diffscale.validation import ConfigError, validate
 

@@ -14,7 +14,8 @@ import xarray as xr
 
 from diffscale.config.climate import ClimateData
 from diffscale.data.climate import ClimateDataset, ConditioningBuilder, open_fields, target_shape
-from diffscale.data.climate.dataset import fit_climate_stats, load_fine, stats_time_indices
+from diffscale.data.climate.splits import load_fine
+from diffscale.data.climate.statistics import fit_climate_stats, stats_time_indices
 from diffscale.validation import ConfigError, validate
 
 DATA = Path(__file__).parents[2] / "shared" / "data"

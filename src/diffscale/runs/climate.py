@@ -24,7 +24,9 @@ import torch
 from diffscale.config import Config
 from diffscale.config.climate import ClimateData
 from diffscale.data.climate import ClimateDataset
-from diffscale.data.climate.dataset import RegressionFn, fit_climate_stats, write_base_store
+from diffscale.data.climate.base_store import write_base_store
+from diffscale.data.climate.conditioning import RegressionFn
+from diffscale.data.climate.statistics import fit_climate_stats
 from diffscale.runs.building import check_grid, check_same_data
 from diffscale.runs.run import ClimateRun, load_climate_run
 from diffscale.runs.stats import load_stats

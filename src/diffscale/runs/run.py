@@ -274,8 +274,8 @@ class ClimateRun(Run):
         """The coarse input the run expects for fine fields on its grid (a Dataset, file or files): the run's crop
         (``data.crop``) and trimming (``data.remainder``), then the area-weighted block mean by the coarsening
         factor, as training built it from its fine fields; times between ``start`` and ``end`` (inclusive)."""
-        from diffscale.data.climate.dataset import model_grid
         from diffscale.data.climate.grid import coarsen, grid_spacing
+        from diffscale.data.climate.splits import model_grid
         from diffscale.runs.downscaling import coarse_fields
 
         fields, source = coarse_fields(fine, self.section.variables, start, end, what="fine")

@@ -24,7 +24,7 @@ from diffscale.data.climate.series import format_time
 from diffscale.validation import ConfigError
 
 if TYPE_CHECKING:
-    from diffscale.data.climate.dataset import ConditioningBuilder, ConditioningLayout, RegressionFn
+    from diffscale.data.climate.conditioning import ConditioningBuilder, ConditioningLayout, RegressionFn
 
 __all__ = ["LazyConditioning", "LazyRows", "check_finite_lazily"]
 
@@ -162,7 +162,7 @@ class LazyConditioning:
         return base[row]
 
     def _block(self, number: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from diffscale.data.climate.dataset import _fields_tensor, regression_base
+        from diffscale.data.climate.conditioning import _fields_tensor, regression_base
 
         start = number * self.batch_size
         stop = min(start + self.batch_size, len(self.layout.times))
