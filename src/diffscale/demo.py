@@ -36,10 +36,10 @@ from diffscale.data.mixtures import GaussianMixture, two_gaussians_1d
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.evaluation.distances import component_weights, wasserstein1_to_cdf
 from diffscale.evaluation.plots import DensityPanel, ProcessRow, plot_forward_reverse
-from diffscale.evaluation.threads import single_thread
 from diffscale.formulations import Formulation, formulation
 from diffscale.networks.mlp import MLP
 from diffscale.sampling import SamplerSettings, SamplerStep, number_of_evaluations, sample
+from diffscale.threads import single_thread
 from diffscale.training import Trainer, TrainingSettings
 from diffscale.validation import ConfigError
 
