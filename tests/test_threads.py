@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +30,11 @@ from diffscale.validation import ConfigError
 @pytest.fixture(autouse=True)
 def _fresh_policy_state() -> Iterator[None]:
     """Each test starts as a fresh process would (nothing set by the policy) and leaves torch's count as found."""
-    saved = (threads._ours, threads._theirs, torch.get_num_threads())
-    threads._ours = threads._theirs = None
+    saved = (threads._ours, threads._theirs, threads._last_load, torch.get_num_threads())
+    threads._ours = threads._theirs = threads._last_load = None
     yield
-    threads._ours, threads._theirs = saved[:2]
-    torch.set_num_threads(saved[2])
+    threads._ours, threads._theirs, threads._last_load = saved[:3]
+    torch.set_num_threads(saved[3])
 
 
 class _FakeProbe:
@@ -53,7 +54,7 @@ def two_cpus_with_load(monkeypatch: pytest.MonkeyPatch) -> type[_FakeProbe]:
     """A machine of 2 CPUs whose other processes' load the test scripts (torch starting at 2 threads)."""
     monkeypatch.setattr(threads, "available_cpus", lambda: 2)
     monkeypatch.setattr(threads, "LoadProbe", _FakeProbe)
-    monkeypatch.setattr(threads, "PROBE_SECONDS", 0.0)
+    monkeypatch.setattr(threads, "_recent_load", functools.partial(threads._recent_load, max_age=-1.0))  # no reuse
     torch.set_num_threads(2)
     return _FakeProbe
 
@@ -193,3 +194,12 @@ def test_describe_names_a_ceiling_below_the_cpus() -> None:
     assert choice.describe() == (
         "CPU threads: 1 (auto: 4 CPUs available, 0.0 busy with other processes, at most 1 as torch was set)"
     )
+
+
+def test_a_recent_load_reading_is_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "LoadProbe", _FakeProbe)
+    _FakeProbe.loads = [1.0]  # one reading only: a second probe would fail
+    assert threads._recent_load(0.0) == 1.0
+    assert threads._recent_load(0.0) == 1.0
+    _FakeProbe.loads = [0.0]
+    assert threads._recent_load(0.0, max_age=-1.0) == 0.0

@@ -67,6 +67,7 @@ PROBE_SECONDS = 0.1
 
 _ours: int | None = None  # the count that configure_threads() or a governor last gave torch
 _theirs: int | None = None  # torch's count before that (the user's or torch's own)
+_last_load: tuple[float, float | None] | None = None  # (time.monotonic(), CPUs busy elsewhere) of the last probe
 
 
 # -- what the machine offers -----------------------------------------------------------------------------------
@@ -226,21 +227,31 @@ class ThreadChoice:
         return f"CPU threads: {self.threads} (auto: {', '.join(parts)})"
 
 
+def _recent_load(probe_seconds: float, max_age: float = 5.0) -> float | None:
+    """The other processes' load: watched for ``probe_seconds``, or the reading of a probe at most ``max_age``
+    seconds old (so that many short calls, e.g. sampling in a notebook loop, do not each wait for a probe)."""
+    global _last_load
+    if _last_load is not None and time.monotonic() - _last_load[0] <= max_age:
+        return _last_load[1]
+    probe = LoadProbe()
+    time.sleep(probe_seconds)
+    busy = probe.busy_elsewhere()
+    _last_load = (time.monotonic(), busy)
+    return busy
+
+
 def configure_threads(threads: Threads = "auto", *, probe_seconds: float = PROBE_SECONDS) -> ThreadChoice:
     """Set torch's intra-op thread count for ``threads`` and return the choice (also logged at INFO).
 
-    ``auto`` watches the other processes' load for ``probe_seconds`` (skipped when torch's count is already 1)
-    and chooses with :func:`choose_threads`. Call it once when a command starts; long loops should also tick a
-    :class:`ThreadGovernor` (:func:`thread_policy` does both). Raises ConfigError for a bad ``threads``.
+    ``auto`` watches the other processes' load for ``probe_seconds`` (skipped when torch's count is already 1;
+    a reading of the last 5 seconds is reused) and chooses with :func:`choose_threads`. Call it once when a
+    command starts; long loops should also tick a :class:`ThreadGovernor` (:func:`thread_policy` does both).
+    Raises ConfigError for a bad ``threads``.
     """
     check_threads(threads)
     cpus = available_cpus()
     ceiling = _ceiling()
-    busy = None
-    if threads == "auto" and min(ceiling, cpus) > 1:
-        probe = LoadProbe()
-        time.sleep(probe_seconds)
-        busy = probe.busy_elsewhere()
+    busy = _recent_load(probe_seconds) if threads == "auto" and min(ceiling, cpus) > 1 else None
     chosen = choose_threads(threads, cpus=cpus, busy_elsewhere=busy, ceiling=ceiling)
     _set(chosen)
     choice = ThreadChoice(threads=chosen, requested=threads, cpus=cpus, busy_elsewhere=busy, ceiling=ceiling)
