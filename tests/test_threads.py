@@ -52,7 +52,8 @@ class _FakeProbe:
 @pytest.fixture
 def two_cpus_with_load(monkeypatch: pytest.MonkeyPatch) -> type[_FakeProbe]:
     """A machine of 2 CPUs whose other processes' load the test scripts (torch starting at 2 threads)."""
-    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+    monkeypatch.setattr(threads, "affinity_count", lambda: 2)
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: None)
     monkeypatch.setattr(threads, "LoadProbe", _FakeProbe)
     monkeypatch.setattr(threads, "_recent_load", functools.partial(threads._recent_load, max_age=-1.0))  # no reuse
     torch.set_num_threads(2)
@@ -75,6 +76,12 @@ def two_cpus_with_load(monkeypatch: pytest.MonkeyPatch) -> type[_FakeProbe]:
 )
 def test_auto_takes_the_cpus_other_processes_leave(cpus: int, busy: float | None, ceiling: int, expected: int) -> None:
     assert choose_threads("auto", cpus=cpus, busy_elsewhere=busy, ceiling=ceiling) == expected
+
+
+@pytest.mark.parametrize(("busy", "expected"), [(40.0, 2), (61.6, 2), (62.6, 1), (70.0, 1)])
+def test_a_quota_counts_idle_cpus_of_the_whole_affinity_mask(busy: float, expected: int) -> None:
+    """A container limited to 2 CPUs on a 64-CPU host: 2 threads while at least 2 of the 64 are idle."""
+    assert choose_threads("auto", cpus=2, busy_elsewhere=busy, ceiling=8, affinity=64) == expected
 
 
 def test_a_count_is_taken_as_it_is() -> None:

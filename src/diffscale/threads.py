@@ -47,6 +47,7 @@ __all__ = [
     "ThreadChoice",
     "ThreadGovernor",
     "Threads",
+    "affinity_count",
     "available_cpus",
     "cgroup_cpu_quota",
     "check_threads",
@@ -103,10 +104,15 @@ def cpus_allowed(affinity: int, quota: float | None) -> int:
     return max(1, affinity)
 
 
+def affinity_count() -> int:
+    """The number of CPUs in this process's affinity mask (all CPUs where there is none)."""
+    cpus = _affinity()
+    return len(cpus) if cpus is not None else os.cpu_count() or 1
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on: its affinity mask, limited by its cgroup's quota."""
-    cpus = _affinity()
-    return cpus_allowed(len(cpus) if cpus is not None else os.cpu_count() or 1, cgroup_cpu_quota())
+    return cpus_allowed(affinity_count(), cgroup_cpu_quota())
 
 
 def _busy_and_total_seconds(cpus: set[int] | None, stat: Path = Path("/proc/stat")) -> tuple[float, float] | None:
@@ -166,14 +172,18 @@ class LoadProbe:
 
 
 # -- the choice --------------------------------------------------------------------------------------------------
-def choose_threads(requested: Threads, *, cpus: int, busy_elsewhere: float | None, ceiling: int) -> int:
-    """The thread count for ``requested``: a count as it is; for ``auto`` the ``cpus`` available minus the
-    CPUs other processes keep busy (``busy_elsewhere``, None: unknown, taken as 0), rounded to the nearest
-    count, at least 1 and at most ``ceiling`` (torch's count as the user left it)."""
+def choose_threads(
+    requested: Threads, *, cpus: int, busy_elsewhere: float | None, ceiling: int, affinity: int | None = None
+) -> int:
+    """The thread count for ``requested``: a count as it is; for ``auto`` the CPUs this process may use
+    (``cpus``) that other processes leave idle (the ``affinity`` CPUs it may run on, default ``cpus``, minus
+    ``busy_elsewhere``, the CPUs other processes keep busy there; None: unknown, taken as 0), rounded to the
+    nearest count, at least 1 and at most ``ceiling`` (torch's count as the user left it). A cgroup quota makes
+    ``cpus`` smaller than ``affinity``: a container limited to 2 CPUs of a busy 64-CPU host still gets 2."""
     if requested != "auto":
         return int(requested)
-    free = cpus - (busy_elsewhere or 0.0)
-    return max(1, min(ceiling, cpus, math.floor(free + 0.5)))
+    idle = (cpus if affinity is None else affinity) - (busy_elsewhere or 0.0)
+    return max(1, min(ceiling, cpus, math.floor(min(cpus, idle) + 0.5)))
 
 
 def check_threads(threads: object, key: str = "threads") -> Threads:
@@ -249,10 +259,11 @@ def configure_threads(threads: Threads = "auto", *, probe_seconds: float = PROBE
     Raises ConfigError for a bad ``threads``.
     """
     check_threads(threads)
-    cpus = available_cpus()
+    affinity = affinity_count()
+    cpus = cpus_allowed(affinity, cgroup_cpu_quota())
     ceiling = _ceiling()
     busy = _recent_load(probe_seconds) if threads == "auto" and min(ceiling, cpus) > 1 else None
-    chosen = choose_threads(threads, cpus=cpus, busy_elsewhere=busy, ceiling=ceiling)
+    chosen = choose_threads(threads, cpus=cpus, busy_elsewhere=busy, ceiling=ceiling, affinity=affinity)
     _set(chosen)
     choice = ThreadChoice(threads=chosen, requested=threads, cpus=cpus, busy_elsewhere=busy, ceiling=ceiling)
     logger.info(choice.describe())
@@ -279,7 +290,9 @@ class ThreadGovernor:
         ceiling = _ceiling()
         if ceiling == 1 or busy is None:
             return None
-        chosen = choose_threads("auto", cpus=available_cpus(), busy_elsewhere=busy, ceiling=ceiling)
+        affinity = affinity_count()
+        cpus = cpus_allowed(affinity, cgroup_cpu_quota())
+        chosen = choose_threads("auto", cpus=cpus, busy_elsewhere=busy, ceiling=ceiling, affinity=affinity)
         if chosen == torch.get_num_threads():
             return None
         _set(chosen)
