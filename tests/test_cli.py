@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.torch
+import torch
 
 from diffscale import __version__
 from diffscale.cli.main import build_parser, main
@@ -439,3 +440,36 @@ def test_a_plot_that_fails_leaves_no_samples(trained: Path, tmp_path: Path, monk
     with pytest.raises(RuntimeError, match="the plot failed"):
         main(["sample", str(trained), "--num", "5", "--out", str(out), "--plot", str(tmp_path / "p.png")])
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+# -- threads ---------------------------------------------------------------------------------------------------
+def test_threads_flag_sets_the_training_key_and_fixes_sampling_threads(
+    tmp_path: Path, config_file: Path, trained: Path
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train", str(config_file), "--out", str(out), "--no-progress", "--set", "training.steps=2"]
+    assert main([*argv, "--threads", "1"]) == 0
+    assert "threads: 1" in (out / "config.yaml").read_text()
+    before = torch.get_num_threads()
+    sampled = {}
+    for count in ("1", "2"):
+        path = tmp_path / f"s{count}.npy"
+        argv = ["sample", str(trained), "--num", "16", "--out", str(path), "--threads", count, "--no-progress"]
+        assert main(argv) == 0
+        assert torch.get_num_threads() == before  # restored afterwards
+        sampled[count] = np.load(path)
+    np.testing.assert_allclose(sampled["1"], sampled["2"], rtol=0, atol=1e-5)  # the count changes rounding only
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-1"])
+def test_bad_threads_flag_is_refused_in_one_line(
+    value: str, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["sample", str(trained), "--num", "4", "--out", str(tmp_path / "s.npy"), "--threads", value]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--threads" in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "s.npy").exists()

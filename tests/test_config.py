@@ -194,6 +194,11 @@ def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
         (["sampling.s_min=60"], ["s_min", "60", "s_max", "50"]),
         (["training.steps=abc"], ["training.steps = 'abc'", "integer"]),
         (["training.batch_size=0"], ["training.batch_size = 0", "greater than or equal to 1"]),
+        (["training.threads=0"], ["training.threads = 0: must be an integer >= 1 or 'auto'"]),
+        (["training.threads=-1"], ["training.threads = -1: must be an integer >= 1 or 'auto'"]),
+        (["training.threads=true"], ["training.threads = True: must be an integer >= 1 or 'auto'"]),
+        (["training.threads=all"], ["training.threads = 'all': must be an integer >= 1 or 'auto'"]),
+        (["training.precision=fp8"], ["training.precision = 'fp8'", "'fp32', 'bf16', 'fp16' or 'auto'"]),
         (["model.arch=unet"], ["model.arch = 'unet': unknown architecture; allowed: mlp, ddpmpp, ncsnpp, adm"]),
         (["model.width=0"], ["model.width = 0", "greater than or equal to 1"]),
         (["model.embedding_dim=3"], ["model.embedding_dim = 3", "multiple of 2"]),
@@ -292,6 +297,13 @@ def test_overrides_parse_yaml_scalars(tmp_path: Path) -> None:
     assert config.training.grad_clip is None
     assert config.sampling.sampler == "euler"
     assert config.diffusion.sigma_data == 1.0  # untouched keys stay
+
+
+def test_threads_and_precision_defaults_and_choices(tmp_path: Path) -> None:
+    defaults = load_config(write(tmp_path, ORIGINAL_YAML))
+    assert defaults.training.threads == "auto" and defaults.training.precision == "fp32"
+    config = load_config(write(tmp_path, ORIGINAL_YAML), ["training.threads=3", "training.precision=auto"])
+    assert config.training.threads == 3 and config.training.precision == "auto"
 
 
 def test_changing_the_type_starts_from_the_new_defaults_in_any_order(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ def _write(
     member_batch: int = 4,
     batch_size: int = 64,
     times: slice = slice(None),
+    threads: int | str | None = None,
 ) -> Path:
     """An ensemble of ``members`` at TIMES[times], written through generate_ensemble (or one rank's part)."""
     cond, base = _inputs()
@@ -76,6 +77,7 @@ def _write(
             progress=False,
             patch_plan=plan,
             batch_size=batch_size,
+            threads=threads,
         )
     return target
 
@@ -98,6 +100,19 @@ def test_the_ensemble_does_not_depend_on_how_blocks_are_shared(tmp_path: Path) -
     parts = [_write(tmp_path / "merged.nc", 6, rank=rank, world=2) for rank in (1, 0)]  # any order
     merged = merge_parts(parts, tmp_path / "merged.nc")
     np.testing.assert_array_equal(xr.open_dataset(single)["t2m"].values, xr.open_dataset(merged)["t2m"].values)
+
+
+def test_threads_apply_while_sampling_and_are_restored(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def recording_denoiser(x: torch.Tensor, sigma: torch.Tensor, cond_fields: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return gaussian_denoiser(x, sigma, cond_fields)
+
+    two = _write(tmp_path / "two.nc", 2, denoiser=recording_denoiser, threads=2, settings=SamplerSettings(steps=4))
+    assert set(seen) == {2} and torch.get_num_threads() == 1  # the tests' one thread is back
+    one = _write(tmp_path / "one.nc", 2, settings=SamplerSettings(steps=4))
+    np.testing.assert_allclose(xr.open_dataset(two)["t2m"].values, xr.open_dataset(one)["t2m"].values, atol=1e-4)
 
 
 @pytest.mark.parametrize(

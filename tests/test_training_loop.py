@@ -12,6 +12,7 @@ import diffscale
 from diffscale.data import two_gaussians_1d
 from diffscale.loss import LossTerms
 from diffscale.training import NonFiniteTrainingError, Trainer, TrainingSettings
+from diffscale.training.precision import cpu_bf16
 from diffscale.validation import ConfigError
 
 MIXTURE = two_gaussians_1d()
@@ -141,7 +142,17 @@ def test_adamw_decays_decoupled_and_adam_adds_l2_to_the_gradient() -> None:
             torch.testing.assert_close(new.detach(), expected, rtol=1e-6, atol=1e-7)
 
 
-def test_bf16_autocast_on_cpu_and_fp16_needs_cuda() -> None:
+def test_fp16_needs_cuda() -> None:
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="precision = 'fp16': needs a CUDA device"):
+            make_trainer(precision="fp16")
+
+
+@pytest.mark.skipif(
+    not (cpu_bf16().native or cpu_bf16().emulated), reason="this CPU has no bf16 instructions (bf16 is refused)"
+)
+@pytest.mark.filterwarnings("ignore:training.precision = 'bf16'")
+def test_bf16_autocast_on_cpu() -> None:
     trainer = make_trainer(steps=3, precision="bf16")
     dtypes = []
     linear = next(module for module in trainer.denoiser.modules() if isinstance(module, nn.Linear))
@@ -157,9 +168,6 @@ def test_bf16_autocast_on_cpu_and_fp16_needs_cuda() -> None:
         not torch.equal(p, q)
         for p, q in zip(trainer.denoiser.parameters(), reference.denoiser.parameters(), strict=True)
     )
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="precision = 'fp16': needs a CUDA device"):
-            make_trainer(precision="fp16")
 
 
 def test_a_split_objective_on_slices_equals_the_whole_batch() -> None:
@@ -174,3 +182,13 @@ def test_a_split_objective_on_slices_equals_the_whole_batch() -> None:
     torch.testing.assert_close(torch.cat([part.per_sample for part in parts]), whole.per_sample)
     direct = loss(trainer.denoiser, target, torch.Generator().manual_seed(2))
     assert torch.equal(direct.per_sample, whole.per_sample) and torch.equal(direct.sigma, drawn["sigma"])
+
+
+@pytest.mark.parametrize(("threads", "expected"), [(1, 1), (2, 2), ("auto", 1)])
+def test_run_trains_on_the_configured_threads_and_restores_them(threads: int | str, expected: int) -> None:
+    """A count is set for the run; auto never goes above torch's count (1 here, as in every test)."""
+    trainer = make_trainer(steps=2, threads=threads)
+    seen: list[int] = []
+    trainer.run(progress=False, callback=lambda record: seen.append(torch.get_num_threads()))
+    assert seen == [expected, expected]
+    assert torch.get_num_threads() == 1

@@ -37,11 +37,11 @@ from diffscale.data.mixtures import GaussianMixture, two_gaussians_1d
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.evaluation.distances import component_weights, wasserstein1_to_cdf
 from diffscale.evaluation.plots import DensityPanel, ProcessRow, forward_reverse_figure
-from diffscale.evaluation.threads import single_thread
 from diffscale.files import check_output, write_together
 from diffscale.formulations import Formulation, formulation
 from diffscale.networks.mlp import MLP
 from diffscale.sampling import SamplerSettings, SamplerStep, number_of_evaluations, sample
+from diffscale.threads import single_thread
 from diffscale.training import Trainer, TrainingSettings
 from diffscale.validation import ConfigError, option_name
 

@@ -53,6 +53,24 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def threads(text: str) -> str | int:
+    """argparse type: ``auto`` or an integer >= 1 (torch's CPU threads)."""
+    return text if text == "auto" else count(1)(text)
+
+
+def add_threads_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--threads auto|N``: torch's CPU threads (see :mod:`diffscale.threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=threads,
+        default=default,
+        metavar="auto|N",
+        help="torch's CPU threads: auto gives one per CPU that other processes leave idle, re-chosen every 5 s "
+        "(fast on a busy machine); N fixes the count"
+        + ("" if default is not None else " (default: training.threads of the configuration)"),
+    )
+
+
 def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     """--steps, --sampler, --s-churn, --s-min, --s-max, --s-noise and --schedule (defaults: the run's)."""
     group = parser.add_argument_group("sampler settings (default: the run's 'sampling:' section)")

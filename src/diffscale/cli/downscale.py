@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffscale.cli.arguments import HelpFormatter, add_sampler_options, count
+from diffscale.cli.arguments import HelpFormatter, add_sampler_options, add_threads_option, count
 
 __all__ = ["add_parser", "run"]
 
@@ -77,6 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap", type=count(0), metavar="N", help="window overlap in grid points (default H/4)")
     add_sampler_options(parser)
     parser.add_argument("--seed", type=count(0), default=0, metavar="S", help="seed of the ensemble")
+    add_threads_option(parser)
     parser.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument(
         "--weights", choices=("ema", "raw"), default="ema", help="EMA-averaged weights or the raw trained weights"
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             member_batch=args.member_batch,
             batch_size=args.batch_size,
+            threads=args.threads,
         )
         if context.is_main:
             print(job.describe(context.world_size))

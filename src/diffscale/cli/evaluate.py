@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from diffscale.cli.arguments import HelpFormatter
+from diffscale.cli.arguments import HelpFormatter, add_threads_option
 
 __all__ = ["DEFAULT_OUT", "add_parser", "run"]
 
@@ -78,6 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, metavar="S", help="seed of the random tie-breaking of ranks (default: 0)"
     )
+    add_threads_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         load_inputs,
         write_report,
     )
+    from diffscale.threads import thread_policy
 
     check_seed(args.seed)
     out = check_report_directory(Path(args.out))
@@ -156,8 +158,9 @@ def run(args: argparse.Namespace) -> int:
         args.coarsening_factor,
     )
     print(inputs.describe(), flush=True)
-    evaluation = evaluate_inputs(inputs, args.seed)
-    scores_path = write_report(out, evaluation, figures=not args.no_figures)
+    with thread_policy(args.threads):  # torch computes the coarsened truth and the interpolated baselines
+        evaluation = evaluate_inputs(inputs, args.seed)
+        scores_path = write_report(out, evaluation, figures=not args.no_figures)
     for result in evaluation.variables:
         print(_table(result.name, result.units, result.scores, inputs.members, inputs.times.size))
     print(f"wrote {scores_path} and {len(evaluation.document['figures'])} figures to {out}")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from diffscale.cli.arguments import HelpFormatter, add_sampler_options, count, number
+from diffscale.cli.arguments import HelpFormatter, add_sampler_options, add_threads_option, count, number
 from diffscale.validation import ConfigError, command_line_names
 
 __all__ = ["PROG", "build_parser", "main"]
@@ -49,7 +49,8 @@ def _train(args: argparse.Namespace) -> int:
     from diffscale.training.data import DataLoadingError
     from diffscale.training.distributed import init_distributed, shutdown_distributed
 
-    config = load_config(args.config, args.set)
+    overrides = [*args.set, *([f"training.threads={args.threads}"] if args.threads is not None else [])]
+    config = load_config(args.config, overrides)
     resume = None
     if args.resume is not None:
         resume = Path(args.resume)
@@ -116,7 +117,13 @@ def _sample(args: argparse.Namespace) -> int:
         f"{run.weights} weights, step {run.step})"
     )
     samples = sample_run(
-        run, args.num, settings, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress
+        run,
+        args.num,
+        settings,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        threads=args.threads,
     )
     metadata = {
         "diffscale_version": __version__,
@@ -347,6 +354,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="resume the run in RUN_DIR from its latest checkpoint (or from a checkpoint-<step>.json in it); "
         "a run directory that holds a checkpoint is resumed without this flag too",
     )
+    add_threads_option(parser, default=None)
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=_train)
 
@@ -370,6 +378,7 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
     add_sampler_options(parser)
     parser.add_argument("--seed", type=count(0), default=0, metavar="S", help="seed of the sampling noise")
     parser.add_argument("--batch-size", type=count(1), default=10_000, metavar="B", help="samples per batch")
+    add_threads_option(parser)
     parser.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument(
         "--weights", choices=("ema", "raw"), default="ema", help="EMA-averaged weights or the raw trained weights"

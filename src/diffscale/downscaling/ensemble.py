@@ -15,6 +15,7 @@ gives one global sample without seams.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from diffscale.downscaling.plan import Block, member_generators, time_key
 from diffscale.downscaling.writer import EnsembleWriter
 from diffscale.formulations.base import Formulation
 from diffscale.sampling import SamplerSettings, sample
+from diffscale.threads import Threads, thread_policy
 
 __all__ = ["ToPhysical", "generate_ensemble", "sampling_groups"]
 
@@ -55,6 +57,7 @@ def generate_ensemble(
     groups: Sequence[Sequence[Block]] | None = None,
     progress: bool = True,
     extra_cond: dict[str, Any] | None = None,
+    threads: Threads | None = None,
 ) -> None:
     """Sample every block and write it.
 
@@ -82,6 +85,8 @@ def generate_ensemble(
             ``blocks``.
         progress: show a bar counting members x times.
         extra_cond: further keyword conditioning given to every denoiser call unchanged (rarely needed).
+        threads: torch's CPU threads while sampling (:func:`~diffscale.threads.thread_policy`; ``auto``
+            re-chooses between groups from the load of other processes); None leaves them as they are.
     """
     if denoiser is not None and (formulation is None or settings is None):
         raise ValueError("a denoiser needs its formulation and sampler settings")
@@ -99,8 +104,11 @@ def generate_ensemble(
     if groups is None:
         groups = sampling_groups(blocks, batch_size)
     total = sum(block.size for group in groups for block in group)
-    with tqdm(total=total, desc="downscaling", unit="member-time", disable=not progress) as bar:
+    policy = thread_policy(threads) if threads is not None else contextlib.nullcontext()
+    with policy as governor, tqdm(total=total, desc="downscaling", unit="member-time", disable=not progress) as bar:
         for group in groups:
+            if governor is not None:
+                governor.tick()
             indices = torch.tensor([block.time_index for block in group for _ in block.members])
             group_base = base[indices].to(device)
             if model is None:

@@ -16,7 +16,7 @@ from diffscale.evaluation.distances import (
 )
 from diffscale.evaluation.plots import DensityPanel, ProcessRow, plot_forward_reverse
 from diffscale.evaluation.reference import reference_ode_solution
-from diffscale.evaluation.threads import single_thread
+from diffscale.threads import single_thread
 
 __all__ = [
     "DensityPanel",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from diffscale.evaluation.threads import single_thread
+from diffscale.threads import single_thread
 
 __all__ = ["reference_ode_solution"]
 

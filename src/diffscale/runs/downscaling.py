@@ -51,6 +51,7 @@ from diffscale.downscaling import (
 from diffscale.downscaling.ensemble import ToPhysical
 from diffscale.files import check_output
 from diffscale.sampling import SamplerSettings, number_of_evaluations
+from diffscale.threads import Threads, check_threads
 from diffscale.training.distributed import DistributedContext
 from diffscale.validation import ConfigError, option_name, option_setting
 
@@ -225,6 +226,7 @@ class DownscalingJob:
     variables: dict[str, dict[str, str]]
     attributes: dict[str, Any]
     to_physical: ToPhysical
+    threads: Threads = "auto"
 
     @classmethod
     def prepare(
@@ -248,6 +250,7 @@ class DownscalingJob:
         overlap: int | None = None,
         member_batch: int = DEFAULT_MEMBER_BATCH,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        threads: Threads = "auto",
     ) -> DownscalingJob:
         """Check the options and the coarse input and build its conditioning (the regression base of a CorrDiff or
         regression run too). See :meth:`ClimateRun.downscale` for the arguments.
@@ -271,6 +274,7 @@ class DownscalingJob:
             )
         members = members if members is not None else (1 if run.deterministic else DEFAULT_MEMBERS)
         seed = _check_count("seed", seed, 0)
+        threads = check_threads(threads, option_name("threads"))
         member_batch = _check_count("member_batch", member_batch, 1)
         batch_size = _check_count("batch_size", batch_size, 1)
         chosen = None
@@ -341,6 +345,7 @@ class DownscalingJob:
             variables=variables,
             attributes=attributes,
             to_physical=builder.to_physical,
+            threads=threads,
         )
 
     # -- what it will do --------------------------------------------------------------------------------------------
@@ -468,6 +473,7 @@ class DownscalingJob:
             patch_plan=self.patch_plan,
             groups=groups,
             progress=progress,
+            threads=self.threads,
         )
 
 

@@ -33,6 +33,7 @@ from diffscale.formulations import Formulation
 from diffscale.runs.building import DataDistribution, build_distribution, build_model_for, is_climate, is_regression
 from diffscale.runs.stats import STATS_NAME, load_stats
 from diffscale.sampling import SamplerSettings
+from diffscale.threads import Threads
 from diffscale.training.checkpoint import (
     EMA,
     SIDECAR_NAME,
@@ -151,10 +152,12 @@ class Run:
         seed: int = 0,
         batch_size: int = 10_000,
         progress: bool = False,
+        threads: Threads = "auto",
     ) -> torch.Tensor:
         """``num`` samples (float32, CPU; shape (num, *data_shape)) drawn with the run's sampler settings, or
         ``settings``, with any of the given keys overridden; the noise comes from one CPU generator seeded with
-        ``seed`` (the same samples on CPU and GPU, to rounding)."""
+        ``seed`` (the same samples on CPU and GPU, to rounding). ``threads``: torch's CPU threads while sampling
+        (``auto`` re-chooses them from the load of other processes, see :mod:`diffscale.threads`)."""
         from diffscale.runs.sampling import sample_run
 
         self.check_sampling()
@@ -168,7 +171,7 @@ class Run:
             s_noise=s_noise,
             schedule=schedule,
         )
-        return sample_run(self, num, chosen, seed=seed, batch_size=batch_size, progress=progress)
+        return sample_run(self, num, chosen, seed=seed, batch_size=batch_size, progress=progress, threads=threads)
 
     def likelihood(self, data: torch.Tensor | int | str | Path, **options: Any) -> LikelihoodReport:
         """log p of ``data`` under the run by the probability-flow ODE (:func:`diffscale.runs.likelihood.likelihood`
@@ -329,7 +332,8 @@ class ClimateRun(Run):
             progress: show a progress bar.
             **options: sampler settings (``steps``, ``sampler``, ``s_churn``, ``s_min``, ``s_max``, ``s_noise``,
                 ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive), ``patch``
-                (H, W) and ``overlap``, ``member_batch``, ``batch_size``: see
+                (H, W) and ``overlap``, ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads:
+                ``auto``, the default, re-chooses from the load of other processes; a count fixes them): see
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from diffscale.config import SamplingSection
 from diffscale.devices import standard_normal
 from diffscale.sampling import SamplerSettings, SamplerStep, sample
+from diffscale.threads import Threads, check_threads, thread_policy
 from diffscale.validation import ConfigError, option_name, validate
 
 if TYPE_CHECKING:
@@ -71,9 +72,11 @@ def sample_run(
     seed: int = 0,
     batch_size: int = 10_000,
     progress: bool = False,
+    threads: Threads = "auto",
 ) -> torch.Tensor:
     """``num`` samples from a loaded run, drawn in batches from one CPU generator seeded with ``seed`` (the same
-    numbers whatever the run's device, so a GPU gives the CPU's samples to floating-point rounding).
+    numbers whatever the run's device, so a GPU gives the CPU's samples to floating-point rounding). torch's CPU
+    threads follow ``threads`` (:func:`~diffscale.threads.thread_policy`, re-checked every sampler step).
 
     Returns a float32 CPU tensor of shape (num, D) for vectors or (num, C, H, W) for fields.
     """
@@ -84,9 +87,13 @@ def sample_run(
     generator = torch.Generator().manual_seed(seed)
     sizes = [min(batch_size, num - start) for start in range(0, num, batch_size)]
     chunks = []
-    with tqdm(total=len(sizes) * settings.steps, desc="sampling", unit="step", disable=not progress) as bar:
+    with (
+        thread_policy(check_threads(threads, option_name("threads"))) as governor,
+        tqdm(total=len(sizes) * settings.steps, desc="sampling", unit="step", disable=not progress) as bar,
+    ):
 
         def advance(_: SamplerStep) -> None:
+            governor.tick()
             bar.update(1)
 
         for size in sizes:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from diffscale.data.batch import Batch, as_batch
 from diffscale.devices import check_device
 from diffscale.loss import DenoisingLoss, LossTerms, Objective, SplitObjective
+from diffscale.threads import thread_policy
 from diffscale.training.data import BatchPipeline, StepDraws, data_loading_error, is_indexed
 from diffscale.training.distributed import DistributedContext, all_gather_rows
 from diffscale.training.ema import ExponentialMovingAverage
@@ -371,13 +372,19 @@ class Trainer:
     ) -> None:
         """Train until ``steps`` (default: settings.steps) optimiser steps have been taken in total.
 
-        The progress bar (rank 0 only) shows the step, the loss, samples/s and the ETA.
+        The progress bar (rank 0 only) shows the step, the loss, samples/s and the ETA. torch's CPU threads follow
+        ``settings.threads`` (see :func:`~diffscale.threads.thread_policy`: ``auto`` re-chooses every few seconds
+        from the load of other processes) and are restored afterwards.
         """
         target = self.settings.steps if steps is None else steps
         show = progress and self.distributed.is_main
         waited = [0.0, 0.0]  # seconds waiting for data, seconds of steps, since the bar was last updated
-        with tqdm(total=target, initial=self.step, desc=description, unit="step", disable=not show) as bar:
+        with (
+            thread_policy(self.settings.threads) as threads,
+            tqdm(total=target, initial=self.step, desc=description, unit="step", disable=not show) as bar,
+        ):
             while self.step < target:
+                threads.tick()
                 try:
                     record = self.train_step()
                 except RuntimeError as error:  # a data loading worker may die during any step

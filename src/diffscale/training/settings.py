@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from diffscale.validation import StrictModel
 
@@ -32,8 +33,15 @@ class TrainingSettings(StrictModel):
         1, ge=1, strict=True, description="micro-batches per optimiser step and process (same result, less memory)"
     )
     grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this value (None: off)")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="autocast precision: fp32, bf16 (CUDA or CPU) or fp16 (CUDA, with a gradient scaler)"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32",
+        description="autocast precision: fp32, bf16 (CUDA, or a CPU with bf16 instructions), fp16 (CUDA, with a "
+        "gradient scaler) or auto (bf16 where the device computes in it, else fp32)",
+    )
+    threads: int | Literal["auto"] = Field(
+        "auto",
+        description="CPU threads of torch: a count, or auto (the CPUs this process may use that other processes "
+        "leave idle, at most torch's count)",
     )
     max_nonfinite_steps: int = Field(
         20, ge=1, strict=True, description="stop after this many skipped (non-finite) steps in a row"
@@ -62,6 +70,13 @@ class TrainingSettings(StrictModel):
     data_timeout: float = Field(
         600.0, gt=0, description="seconds to wait for one batch from the workers before stopping with an error"
     )
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _thread_count_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise PydanticCustomError("thread_count", "must be an integer >= 1 or 'auto'")
 
     @model_validator(mode="after")
     def _micro_batches_divide_the_batch(self) -> TrainingSettings:
