@@ -49,6 +49,8 @@ def test_aliases_become_canonical_names_and_a_single_path_a_list() -> None:
     )
     assert section.paths == ["/nowhere/a.nc"]
     assert section.variables == ["t2m", "tp"] and section.transforms == {"tp": "log1p"}
+    scaled = climate(variables=["tp"], transforms={"tp": {"name": "log1p", "scale": 1e-3}})
+    assert scaled.transforms["tp"].name == "log1p" and scaled.transforms["tp"].scale == 1e-3
     with pytest.raises(ConfigError, match="t2m listed more than once"):
         climate(variables=["t2m", "2t"])
 
@@ -99,6 +101,8 @@ def test_periods_are_inclusive_and_yaml_dates_are_accepted() -> None:
         ({"train_period": ["March", "2019-03-10"]}, "not an ISO date"),
         ({"transforms": {"tp": "log1p"}}, "transforms: tp not among variables"),
         ({"transforms": {"t2m": "log"}}, "data.transforms.t2m = 'log'"),
+        ({"transforms": {"t2m": {"name": "log1p", "scale": 0}}}, "data.transforms.t2m.{name, scale}.scale = 0"),
+        ({"transforms": {"t2m": {"name": "log"}}}, "data.transforms.t2m.{name, scale}.name = 'log'"),
         ({"static_variables": ["lsm"]}, "static_variables needs static_paths"),
         ({"crop": {"lat": [10, 5]}}, "stop must be greater than start"),
         ({"crop": {"lat": [0, 8]}, "patch": [16, 8]}, "larger than the crop's lat window"),

@@ -14,7 +14,7 @@ one-line :class:`~diffscale.validation.ConfigError` messages). Example::
       static_variables: [orography, lsm]
       static_interpolation: bilinear        # statics on another grid: bilinear in lat/lon (none: must line up)
       channels: {latlon: true, hour: true, day_of_year: true}
-      transforms: {t2m: standardize}
+      transforms: {t2m: standardize, tp: {name: log1p, scale: 0.001}}   # tp in m: log1p of millimetres
       target: residual
       train_period: ["2019-03-01", "2019-03-24"]
       validation_period: ["2019-03-25", "2019-03-31"]
@@ -28,12 +28,12 @@ import os
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from diffscale.data.climate.io import canonical_variable
 from diffscale.validation import StrictModel
 
-__all__ = ["ClimateChannels", "ClimateData", "CropWindow", "Split"]
+__all__ = ["ClimateChannels", "ClimateData", "CropWindow", "Split", "TransformSpec"]
 
 Split = Literal["train", "validation", "test"]
 
@@ -100,6 +100,26 @@ class CropWindow(StrictModel):
         return value
 
 
+TransformName = Literal["standardize", "log1p", "sqrt"]
+
+
+class TransformSpec(StrictModel):
+    """A transform with its scale c: log1p(x / c) or sqrt(x / c) (:mod:`~diffscale.data.climate.transforms`)."""
+
+    name: TransformName = Field(..., description="standardize, log1p or sqrt")
+    scale: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="c, in the variable's units (0.001 for tp in m: millimetres)"
+    )
+
+
+Transform = Annotated[
+    Annotated[TransformName, Tag("")] | Annotated[TransformSpec, Tag("{name, scale}")],
+    Discriminator(lambda value: "" if isinstance(value, str) else "{name, scale}"),
+]
+"""A transform: its name, or ``{name, scale}`` (only the form given is validated, so an error names one form;
+the empty tag keeps the name form's location as it was, ``data.transforms.tp``)."""
+
+
 class ClimateChannels(StrictModel):
     """Optional conditioning channels beside the coarse fields and the statics."""
 
@@ -131,8 +151,10 @@ class ClimateData(StrictModel):
         "bilinear", description="statics onto the data grid: bilinear in lat/lon (copied where points coincide) or none"
     )
     channels: ClimateChannels = Field(default_factory=ClimateChannels, description="optional lat/lon and time channels")
-    transforms: dict[str, Literal["standardize", "log1p", "sqrt"]] = Field(
-        {}, description="per-variable transform before standardising (default standardize; log1p/sqrt for tp)"
+    transforms: dict[str, Transform] = Field(
+        {},
+        description="per-variable transform before standardising: a name (default standardize; log1p/sqrt for tp) "
+        "or {name, scale}",
     )
     target: Literal["fine", "residual", "regression_residual"] = Field(
         "residual", description="fine field, residual vs upsampled coarse, or residual vs a regression model"
