@@ -296,7 +296,8 @@ class ClimateRun(Run):
             progress: show a progress bar.
             **options: sampler settings (``steps``, ``sampler``, ``s_churn``, ``s_min``, ``s_max``, ``s_noise``,
                 ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive), ``patch``
-                (H, W) and ``overlap``, ``member_batch``, ``batch_size``: see
+                (H, W) and ``overlap``, ``member_batch``, ``batch_size``, ``sort_ordered_pairs`` (tasmin <= tasmax
+                at every point: see :meth:`~diffscale.runs.downscaling.DownscalingJob.prepare`): see
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)
