@@ -331,3 +331,17 @@ def test_statics_that_do_not_cover_the_grid_stop_training_in_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "static fields" in lines[0] and "46.1" in lines[0], lines
     assert snapshot(tmp_path) == before
+
+
+def test_several_test_periods_select_exactly_their_times(setup: dict[str, Any]) -> None:
+    from diffscale.config.climate import ClimateData
+    from diffscale.data.climate import ClimateDataset
+
+    weeks = [["1970-01-08", "1970-01-14"], ["1970-01-29", "1970-02-04"]]
+    data = {**_config(setup["root"], ["tasmax", "tasmin"], 3, "fine.nc")["data"], "train_period": None}
+    section = ClimateData.model_validate({**data, "test_period": weeks})
+    test = ClimateDataset(section, "test")
+    expected = np.concatenate([np.arange(7, 14), np.arange(28, 35)])  # day indices of the two weeks
+    np.testing.assert_array_equal(test.times, TIMES[expected])
+    train = ClimateDataset(section, "train", stats=test.stats)
+    np.testing.assert_array_equal(train.times, TIMES[np.setdiff1d(np.arange(TIMES.size), expected)])
