@@ -116,6 +116,10 @@ def test_seam_difference_is_the_wrap_around_pair_of_columns() -> None:
     assert seam == pytest.approx(direct_seam) and interior == pytest.approx(direct_interior)
     # a smooth periodic field: the seam is like any other pair of neighbouring columns
     assert seam == pytest.approx(interior, rel=0.5)
+    # any other pair: the one before column 5 of the array, as the wrap-around pair of the rolled field
+    between = seam_difference(truth, latitude, column=5)[0]
+    direct_between = (np.abs(truth[..., 5] - truth[..., 4]) * weights).sum(axis=-1).mean() / weights.sum()
+    assert between == pytest.approx(direct_between)
 
 
 def test_seam_report_finds_a_seam_where_there_is_one_and_none_where_there_is_none() -> None:

@@ -111,7 +111,7 @@ def _table(name: str, units: str, scores: dict[str, Any], members: int, times: i
         rows.append((f"{key} error{unit}", item["bias"], bilinear["percentile_errors"][key]["bias"]))
     seam = scores.get("seam")
     if seam:
-        rows.append((f"seam |difference|{unit} (truth {_format(seam['truth'])})", seam["ensemble"], seam["bilinear"]))
+        rows.append((f"seam |difference|{unit}", seam["ensemble"], seam["bilinear"]))
     derived = f" (derived from {', '.join(scores['derived_from'])})" if scores.get("derived_from") else ""
     lines = [
         f"{name}{derived}: {members} members, {times} times",
@@ -120,9 +120,9 @@ def _table(name: str, units: str, scores: dict[str, Any], members: int, times: i
     lines += [f"{label:<34}{_format(a):>12}{_format(b):>12}" for label, a, b in rows]
     if seam:
         lines.append(
-            f"seam at the longitude wrap: ensemble / truth = {_format(seam['ratio'], 3)} (no seam: within 0.9-1.1); "
-            f"neighbouring columns elsewhere: ensemble {_format(seam['ensemble_interior'])}, truth "
-            f"{_format(seam['truth_interior'])}"
+            f"seam at the longitude wrap: truth {_format(seam['truth'])}, ensemble / truth = "
+            f"{_format(seam['ratio'], 3)} (no seam: within 0.9-1.1); neighbouring columns elsewhere: ensemble "
+            f"{_format(seam['ensemble_interior'])}, truth {_format(seam['truth_interior'])}"
         )
     return "\n".join(lines + _calibration_lines(ensemble))
 

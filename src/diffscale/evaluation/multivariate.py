@@ -27,9 +27,11 @@ t2m, 1.2 kPa for msl) the relative error of each variable counts equally.
 area-weighted fraction of (member, time, point) where a member has low > high, and the same fraction for the
 truth (0 for consistent data) and the baseline.
 
-**Seam** of a global longitude axis (longitudes 0 and 359 deg, or -180 and 179, are neighbours): the
-area-weighted mean |x(lon_{W-1}) - x(lon_0)| across the seam, over members, times and rows, beside the truth's
-and the mean |difference| of the other W - 1 pairs of neighbouring columns. A prediction with a visible seam has
+**Seam** of a global longitude axis: the area-weighted mean |x(lon_{W-1}) - x(lon_0)| across the wrap-around
+pair of columns of the model's grid (179 and -180 deg once harmonised: where the upsampling, the padding and
+the patches wrap), over members, times and rows, beside the truth's and the mean |difference| of the other
+W - 1 pairs of neighbouring columns; any other pair can be measured too (``column``, e.g. the 359/0 deg pair of
+a file stored 0 .. 359). A prediction with a visible seam has
 a seam difference well above its interior one; ``ratio`` = ensemble seam / truth seam is within 10 % of 1 when
 the seam does not show (for an ensemble whose small scales are right).
 """
@@ -150,14 +152,16 @@ def order_report(
     return report
 
 
-def seam_difference(fields: Any, latitude: Any) -> tuple[float, float]:
-    """(seam, interior) of ``fields`` (..., H, W): the area-weighted mean |x[..., W-1] - x[..., 0]| across the
-    seam, and the mean |x[..., j+1] - x[..., j]| over the W - 1 other pairs of neighbouring columns, each
+def seam_difference(fields: Any, latitude: Any, column: int = 0) -> tuple[float, float]:
+    """(seam, interior) of ``fields`` (..., H, W) on a periodic longitude axis: the area-weighted mean
+    |x[..., column] - x[..., column - 1]| across the seam before ``column`` (default 0: the wrap-around pair
+    W - 1, 0 of the array), and the mean |difference| over the W - 1 other pairs of neighbouring columns, each
     averaged over every leading axis (members, times) and the rows with weights cos(latitude)."""
     values = np.asarray(fields, dtype=np.float64)
     weights = area_weights(latitude)
     if values.ndim < 2 or values.shape[-2] != weights.size or values.shape[-1] < 3:
         raise ValueError(f"fields of shape {values.shape}: need (..., {weights.size}, W >= 3)")
+    values = np.roll(values, -int(column), axis=-1)  # the seam's two columns become the last and the first
     seam = np.abs(values[..., -1] - values[..., 0])  # (..., H)
     interior = np.abs(np.diff(values, axis=-1)).mean(axis=-1)  # (..., H)
     return (
@@ -166,12 +170,14 @@ def seam_difference(fields: Any, latitude: Any) -> tuple[float, float]:
     )
 
 
-def seam_report(ensemble: np.ndarray, truth: np.ndarray, baseline: np.ndarray, latitude: Any) -> dict[str, float]:
-    """The seam of one variable (:func:`seam_difference`): ``ensemble``, ``truth`` and ``bilinear`` seam
-    differences, ``ratio`` = ensemble / truth (1 when the ensemble's seam is like the truth's), and the interior
-    differences of each (``*_interior``) for scale."""
+def seam_report(
+    ensemble: np.ndarray, truth: np.ndarray, baseline: np.ndarray, latitude: Any, column: int = 0
+) -> dict[str, float]:
+    """The seam of one variable before ``column`` (:func:`seam_difference`): ``ensemble``, ``truth`` and
+    ``bilinear`` seam differences, ``ratio`` = ensemble / truth (1 when the ensemble's seam is like the truth's),
+    and the interior differences of each (``*_interior``) for scale."""
     report: dict[str, float] = {}
     for label, values in (("ensemble", ensemble), ("truth", truth), ("bilinear", baseline)):
-        report[label], report[f"{label}_interior"] = seam_difference(values, latitude)
+        report[label], report[f"{label}_interior"] = seam_difference(values, latitude, column)
     report["ratio"] = report["ensemble"] / report["truth"] if report["truth"] > 0 else math.nan
     return report
