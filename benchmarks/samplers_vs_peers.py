@@ -21,7 +21,7 @@ Mixtures: ``two_gaussians_1d`` (the one the ``tuned`` schedule was fitted on), `
 ``held_out_2d`` (not used in any fit; see :mod:`diffscale.sampling.schedules` for how the schedule was chosen).
 
 A summary line per NFE names diffscale's best solver, the best peer, and the ratio of their path errors (the
-aim of issue 6: ratio <= 0.5). For transparency the peers that accept a sigma grid also run on diffscale's
+aim: a ratio of 0.5 or less). For transparency the peers that accept a sigma grid also run on diffscale's
 ``tuned`` grid (rows marked ``tuned``, second summary line): that separates what the schedule gains from what
 the solvers gain. Non-finite results print as inf (diffusers' UniPC with ``solver_type="bh1"`` returns NaN on
 its final step to sigma = 0). Prints only; never asserts, never times anything but the whole run.

@@ -49,3 +49,27 @@ def probability_flow_reference(mixture: GaussianMixture, noise: torch.Tensor, si
 def wasserstein1_1d(samples: torch.Tensor, mixture: GaussianMixture) -> float:
     """W1 between 1-D samples and the exact mixture distribution."""
     return wasserstein1_to_cdf(samples.ravel(), mixture.cdf)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    """The reason a test was skipped, as one of the few the suite has: a GPU, the shared real data, or its own."""
+    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if "CUDA" in reason or "GPU" in reason:
+        return "need a CUDA device" if "needs" in reason else reason
+    if "shared" in reason:
+        return "need the real ERA5 files of ../shared/data beside the repository"
+    return reason
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line on what was skipped and why (e.g. ``skipped 41: 30 need a CUDA device; 11 need ...``)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    counts: dict[str, int] = {}
+    for report in skipped:
+        reason = _skip_reason(report)
+        counts[reason] = counts.get(reason, 0) + 1
+    parts = "; ".join(f"{count} {reason}" for reason, count in sorted(counts.items(), key=lambda item: -item[1]))
+    terminalreporter.write_line(f"skipped {len(skipped)}: {parts}")

@@ -347,3 +347,95 @@ def test_sample_writes_its_settings_beside_the_samples(
     assert sidecar["nfe_per_sample"] == 7 and sidecar["sampler"]["schedule"] == "tuned" and sidecar["shape"] == [6, 1]
     with safetensors.safe_open(str(out), "pt") as handle:  # type: ignore[attr-defined]
         assert json.loads(handle.metadata()["nfe_per_sample"]) == 7
+
+
+# -- outputs: one rule for every command ------------------------------------------------------------------------
+def _blocked(tmp_path: Path) -> Path:
+    """A file where the commands' output folders would have to be."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    return blocker
+
+
+OUTPUT_CASES = {
+    "train --out": lambda run, config, blocked: ["train", str(config), "--out", str(blocked / "run")],
+    "sample --out": lambda run, config, blocked: ["sample", str(run), "--num", "5", "--out", str(blocked / "s.npy")],
+    "sample --plot": lambda run, config, blocked: [
+        "sample",
+        str(run),
+        "--num",
+        "5",
+        "--out",
+        str(blocked.parent / "s.npy"),
+        "--plot",
+        str(blocked / "p.png"),
+    ],
+    "likelihood --out": lambda run, config, blocked: [
+        "likelihood",
+        str(run),
+        "--data",
+        "mixture:5",
+        "--out",
+        str(blocked / "ll.json"),
+    ],
+    "demo --out": lambda run, config, blocked: ["demo", "--out", str(blocked / "demo"), "--train-steps", "1"],
+    "evaluate --out": lambda run, config, blocked: [
+        "evaluate",
+        str(blocked.parent / "e.nc"),
+        "--truth",
+        str(blocked.parent / "t.nc"),
+        "--out",
+        str(blocked / "r"),
+    ],
+    "downscale --out": lambda run, config, blocked: [
+        "downscale",
+        str(run),
+        "--input",
+        str(blocked.parent / "c.nc"),
+        "--out",
+        str(blocked / "e.nc"),
+    ],
+    "coarsen --out": lambda run, config, blocked: [
+        "coarsen",
+        str(run),
+        "--input",
+        str(blocked.parent / "f.nc"),
+        "--out",
+        str(blocked / "c.nc"),
+    ],
+    "example-data --out": lambda run, config, blocked: ["example-data", "--out", str(blocked / "data")],
+}
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_an_output_that_cannot_be_created_is_refused_before_any_work(
+    case: str, trained: Path, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocked = _blocked(tmp_path)
+    argv = OUTPUT_CASES[case](trained, config_file, blocked)
+    assert_bad_input(argv, capsys, [str(blocked), "is a file"], tmp_path)
+
+
+def test_missing_output_folders_are_created_and_all_outputs_written(trained: Path, tmp_path: Path) -> None:
+    out, plot = tmp_path / "new" / "deeper" / "s.npy", tmp_path / "other" / "p.png"
+    assert main(["sample", str(trained), "--num", "20", "--out", str(out), "--plot", str(plot), "--no-progress"]) == 0
+    assert out.is_file() and plot.is_file() and out.with_name("s.npy.json").is_file()
+    ll = tmp_path / "more" / "ll.json"
+    assert (
+        main(["likelihood", str(trained), "--data", "mixture:5", "--steps", "2", "--out", str(ll), "--no-progress"])
+        == 0
+    )
+    assert ll.is_file()
+
+
+def test_a_plot_that_fails_leaves_no_samples(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffscale.evaluation.sample_plots as plots
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the plot failed")
+
+    monkeypatch.setattr(plots, "samples_figure", broken)
+    out = tmp_path / "s.npy"
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        main(["sample", str(trained), "--num", "5", "--out", str(out), "--plot", str(tmp_path / "p.png")])
+    assert sorted(path.name for path in tmp_path.iterdir()) == []

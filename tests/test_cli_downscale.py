@@ -317,7 +317,7 @@ def test_the_api_writes_long_ensembles_to_a_store_and_opens_them_lazily(
         )
     assert isinstance(stored["t2m"].data, dask.array.Array)  # nothing read yet
     np.testing.assert_array_equal(stored["t2m"].values, _values(diffusion_file))
-    with pytest.raises(diffscale.ConfigError, match="exists; pass overwrite=True to replace it"):
+    with pytest.raises(diffscale.ConfigError, match="': exists; pass overwrite=True to replace it"):
         run.downscale(setup["coarse_path"], 4, steps=3, out=tmp_path / "e.zarr")
 
 
@@ -328,7 +328,7 @@ def test_the_api_downscales_a_regression_run_as_the_command(setup: dict[str, Any
         prediction = run.downscale(setup["coarse_path"])
     assert prediction.sizes["member"] == 1
     np.testing.assert_array_equal(prediction["t2m"].values, _values(regression_file))
-    with pytest.raises(diffscale.ConfigError, match=r"^members 3: .* is a regression run .* use members=1$"):
+    with pytest.raises(diffscale.ConfigError, match=r"^members = 3: .* is a regression run .* use members=1$"):
         run.downscale(setup["coarse_path"], members=3)
     with pytest.raises(diffscale.ConfigError, match="has no denoiser"):
         _ = run.denoiser
@@ -427,14 +427,14 @@ BAD_INPUTS: dict[str, tuple[Any, list[str], str]] = {
     "members": (
         lambda s, d: [str(s["regression"]), "--input", str(s["coarse_path"])],
         ["--members", "3"],
-        "--members 3: ",
+        "--members = 3: ",
     ),
     "steps": (
         lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
         ["--steps", "0"],
         "--steps = 0: must be greater than or equal to 1",
     ),
-    "existing out": (_existing_out, [], "exists; pass --overwrite"),
+    "existing out": (_existing_out, [], "': exists; pass --overwrite"),
     "not netcdf or zarr": (
         lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
         ["--out-name", "e.grib"],
@@ -443,6 +443,17 @@ BAD_INPUTS: dict[str, tuple[Any, list[str], str]] = {
     "mixture run": (_mixture_run, [], "is not a climate run"),
     "missing run": (lambda s, d: [str(d / "nowhere"), "--input", str(s["coarse_path"])], [], "nowhere' not found"),
     "run is a file": (lambda s, d: [str(s["coarse_path"]), "--input", str(s["coarse_path"])], [], "not a directory"),
+    "bad date": (
+        lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
+        ["--start", "25 March"],
+        "--start = '25 March': not an ISO date or time",
+    ),
+    "missing input": (lambda s, d: [str(s["diffusion"]), "--input", str(d / "none.nc")], [], "--input: data file not"),
+    "overlap": (
+        lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
+        ["--patch", "8", "8", "--overlap", "8"],
+        "--overlap = 8: must be smaller than the patch 8 x 8",
+    ),
     "no times": (
         lambda s, d: [str(s["diffusion"]), "--input", str(s["coarse_path"])],
         ["--start", "2020-01-05T16:00", "--end", "2020-01-05T17:00"],
@@ -504,3 +515,58 @@ def test_real_era5_regression_run_downscales_to_the_crop(tmp_path: Path) -> None
     np.testing.assert_array_equal(ds["time"].values, crop["time"].values)
     assert np.isfinite(ds["t2m"].values).all() and 250 < float(ds["t2m"].mean()) < 300
     ds.close()
+
+
+def test_sample_and_likelihood_on_a_climate_run_say_what_to_do_in_one_line(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, words in (
+        (["sample", str(setup["diffusion"]), "--num", "2", "--out", str(tmp_path / "s.npy")], "diffscale downscale"),
+        (["likelihood", str(setup["diffusion"]), "--data", "mixture:10"], "conditional on coarse fields"),
+    ):
+        capsys.readouterr()
+        assert run_cli([*argv, "--device", "cpu"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "is a climate run" in lines[0] and words in lines[0], lines
+    assert not any(tmp_path.iterdir())
+
+
+def test_training_a_climate_run_prints_its_grid(setup: dict[str, Any], tmp_path: Path, capsys) -> None:
+    config = climate_config(setup["root"], "diffusion", "residual", 1)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with single_thread():
+        assert run_cli(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "data climate (1 x 16 x 24)" in printed and "x 0 x 0" not in printed, printed
+
+
+def test_coarsen_makes_the_coarse_input_as_training_did(setup: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "made" / "coarse.nc"
+    argv = ["coarsen", str(setup["diffusion"]), "--input", str(setup["truth_path"]), "--out", str(out)]
+    assert run_cli([*argv, "--start", str(COARSE_TIMES[1])]) == 0
+    with xr.open_dataset(out) as made:
+        values = made["t2m"].values
+        assert made.sizes["time"] == 2 and made["t2m"].attrs["units"] == "K"
+        np.testing.assert_allclose(made["latitude"].values, COARSE_LATITUDE)
+    # the area-weighted block mean, by hand: sum_i w_i x_ij / (f sum_i w_i) over each f x f block, w_i = cos(lat_i)
+    truth = setup["truth"][1:].astype(np.float32).astype(np.float64)
+    weights = np.cos(np.deg2rad(LATITUDE))
+    t, h, w = truth.shape
+    blocks = (truth * weights[:, None]).reshape(t, h // FACTOR, FACTOR, w // FACTOR, FACTOR).sum(axis=(2, 4))
+    expected = blocks / (FACTOR * weights.reshape(-1, FACTOR).sum(axis=1))[:, None]
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
+    # and it downscales
+    assert (
+        downscale(setup["diffusion"], out, tmp_path / "e.nc", "--members", "2", "--steps", "2", "--device", "cpu") == 0
+    )
+
+
+def test_coarsen_refuses_coarse_fields_in_one_line(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["coarsen", str(setup["diffusion"]), "--input", str(setup["coarse_path"]), "--out", str(tmp_path / "c.nc")]
+    assert run_cli(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "latitude spacing 1 deg is not the training grid's 0.25 deg" in lines[0], lines
+    assert not any(tmp_path.iterdir())

@@ -1,10 +1,16 @@
-"""The README stays true: its configuration reference is the schema's, and its first two commands are the
-set-up commands that CI runs."""
+"""The README stays true: its configuration reference is the schema's, its first two commands are the set-up
+commands that CI runs, its Python blocks run as pasted, and every command it shows parses."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from diffscale.config import config_reference
 
@@ -24,3 +30,74 @@ def test_first_two_commands_are_demo_and_tests() -> None:
     install, test = commands[1].split(" && ")
     ci = CI_SCRIPT.read_text()
     assert install.replace("pip install", "").strip() in ci and test.strip() in ci
+
+
+# -- every code block runs as pasted -------------------------------------------------------------------------
+SHARED = README.parents[1] / "shared"
+CONFIGS = README.parent / "configs"
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, env=environment)
+
+
+def test_python_blocks_without_data_run_as_pasted(tmp_path: Path) -> None:
+    blocks = [block for block in _blocks("python") if "load_run" not in block]
+    assert blocks, "the README has Python blocks"
+    for block in blocks:
+        result = _run_python(block, tmp_path)
+        assert result.returncode == 0, f"{block}\n{result.stderr[-2000:]}"
+
+
+@pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="real data directory ../shared/data is absent")
+def test_python_blocks_with_a_trained_run_run_as_pasted(tmp_path: Path) -> None:
+    """In a checkout-like folder (../shared beside it): train configs/era5_uk.yaml briefly, then run each block."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (tmp_path / "shared").symlink_to(SHARED)
+    train = [sys.executable, "-m", "diffscale", "train", str(CONFIGS / "era5_uk.yaml"), "--out", "runs/era5_uk"]
+    train += ["--set", "training.steps=2", "--set", "training.sample_every=0", "--no-progress"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    trained = subprocess.run(train, cwd=repo, capture_output=True, text=True, env=environment)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    blocks = [block for block in _blocks("python") if "load_run" in block]
+    assert blocks
+    for block in blocks:
+        result = _run_python(block, repo)
+        assert result.returncode == 0, f"{block}\n{result.stderr[-2000:]}"
+
+
+def _command_lines() -> list[list[str]]:
+    """Every ``diffscale`` command of the bash blocks (continued lines joined, comments dropped), as argv."""
+    commands = []
+    for block in _blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if "diffscale" in words:
+                commands.append(words[words.index("diffscale") + 1 :])
+    return commands
+
+
+def test_every_command_in_the_readme_parses_and_names_files_that_exist() -> None:
+    """Each command's options are the command's (parsed by the real parser), and the configurations and
+    ../shared files it names exist; the commands run for real in the tests of each command."""
+    from diffscale.cli.main import build_parser
+
+    commands = _command_lines()
+    assert len(commands) > 15
+    parser = build_parser()
+    for argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"'diffscale {' '.join(argv)}' does not parse")
+        for word in argv:
+            if word.startswith("configs/"):
+                assert (README.parent / word).is_file(), word
+            if word.startswith("../shared/") and SHARED.is_dir():
+                assert (README.parent / word).exists(), word

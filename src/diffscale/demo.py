@@ -20,6 +20,7 @@ Run it with ``diffscale demo`` or :func:`run_demo`.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -35,13 +36,14 @@ from tqdm.auto import tqdm
 from diffscale.data.mixtures import GaussianMixture, two_gaussians_1d
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.evaluation.distances import component_weights, wasserstein1_to_cdf
-from diffscale.evaluation.plots import DensityPanel, ProcessRow, plot_forward_reverse
+from diffscale.evaluation.plots import DensityPanel, ProcessRow, forward_reverse_figure
 from diffscale.evaluation.threads import single_thread
+from diffscale.files import check_output, write_together
 from diffscale.formulations import Formulation, formulation
 from diffscale.networks.mlp import MLP
 from diffscale.sampling import SamplerSettings, SamplerStep, number_of_evaluations, sample
 from diffscale.training import Trainer, TrainingSettings
-from diffscale.validation import ConfigError
+from diffscale.validation import ConfigError, option_name
 
 __all__ = [
     "DEMO_SAMPLER",
@@ -65,6 +67,7 @@ PANEL_SIGMAS: tuple[float, ...] = (0.0, 0.25, 0.6, 1.5, 5.0, math.inf)
 """Target noise levels of the figure's columns; each panel uses the nearest sigma(t_i) of the sampler's
 grid (0: the samples, inf: the starting noise at sigma(t_0))."""
 NUM_SAMPLES = 5_000
+FIGURE_DPI = 130
 """Number of samples per formulation, drawn from stratified noise (see :func:`stratified_normal_noise`)."""
 
 
@@ -220,9 +223,8 @@ def run_demo(out_dir: Path, *, train_steps: int = 2000, progress: bool = True, s
     """
     if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
         raise ConfigError(f"train_steps = {train_steps!r}: must be an integer >= 1")
+    out_dir = check_output(out_dir, option_name("out"), directory=True)  # before any work
     start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     mixture = two_gaussians_1d()
     noise = stratified_normal_noise(NUM_SAMPLES)
     sampler = DEMO_SAMPLER.model_dump()
@@ -259,9 +261,8 @@ def run_demo(out_dir: Path, *, train_steps: int = 2000, progress: bool = True, s
         figure_rows.append(ProcessRow(label=f.name, panels=panels))
     overall.close()
 
-    figure_path = plot_forward_reverse(
+    figure = forward_reverse_figure(
         figure_rows,
-        out_dir / "demo.png",
         title=(
             "Forward process (exact density) and learned reverse process (histograms) on a two-Gaussian mixture\n"
             f"{DEMO_SAMPLER.solver.capitalize()} sampler, {DEMO_SAMPLER.steps} steps, NFE {nfe}; "
@@ -270,10 +271,12 @@ def run_demo(out_dir: Path, *, train_steps: int = 2000, progress: bool = True, s
         column_titles=[_column_title(s) for s in PANEL_SIGMAS],
     )
     table = format_table(rows, train_steps=train_steps)
-    table_path = out_dir / "demo_table.md"
-    table_path.write_text(table)
+    figure_path, table_path, results_path = (
+        out_dir / "demo.png",
+        out_dir / "demo_table.md",
+        out_dir / "demo_results.json",
+    )
     seconds = time.perf_counter() - start
-    results_path = out_dir / "demo_results.json"
     results = {
         "mixture": repr(mixture),
         "sampler": {key: _json_safe(value) for key, value in sampler.items()} | {"nfe": nfe},
@@ -283,7 +286,15 @@ def run_demo(out_dir: Path, *, train_steps: int = 2000, progress: bool = True, s
         "seconds": seconds,
         "rows": [asdict(row) for row in rows],
     }
-    results_path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=FIGURE_DPI)
+    write_together(
+        {
+            figure_path: image.getvalue(),
+            table_path: table.encode("utf-8"),
+            results_path: (json.dumps(results, indent=2, allow_nan=False) + "\n").encode("utf-8"),
+        }
+    )
     print(table)
     if progress:
         print(f"wrote {figure_path}, {table_path}, {results_path} in {seconds:.0f} s")

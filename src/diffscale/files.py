@@ -1,6 +1,7 @@
 """Writing files so that a reader never sees half of one: a temporary file beside the target, flushed, fsynced
-and renamed over it (:func:`atomic_write_bytes`). Every layer that writes a small file (checkpoint sidecars,
-configurations, statistics, samples, figures, reports) writes it through here."""
+and renamed over it (:func:`atomic_write_bytes`; several at once: :func:`write_together`). Every layer that writes a
+small file (checkpoint sidecars, configurations, statistics, samples, figures, reports) writes it through here, and
+every command checks its output paths here before any work (:func:`check_output`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 import uuid
 from pathlib import Path
 
-__all__ = ["TEMPORARY_FILE", "atomic_write_bytes", "fsync_directory"]
+__all__ = ["TEMPORARY_FILE", "atomic_write_bytes", "check_output", "fsync_directory", "write_together"]
 
 TEMPORARY_FILE = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]{12}\.tmp$")
 """A temporary file of :func:`atomic_write_bytes` (``.<name>.<pid>.<random>.tmp``)."""
@@ -48,3 +49,61 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, sync_directory: bool = 
         raise
     if sync_directory:
         fsync_directory(path.parent)
+
+
+# -- output paths ----------------------------------------------------------------------------------------------
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor."""
+    current = path
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def check_output(path: str | os.PathLike[str], option: str, *, directory: bool = False) -> Path:
+    """``path`` as a :class:`Path` if a command can write it; ConfigError (one line, naming ``option``) otherwise.
+
+    Every command checks its outputs with this before any work, under one rule: missing parent folders are created
+    when the output is written. Refused: a file target that is an existing directory (or a directory target that is
+    an existing file), a file where a parent folder must be, and a folder that cannot be written into.
+    """
+    from diffscale.validation import ConfigError
+
+    target = Path(path)
+    if directory and target.exists() and not target.is_dir():
+        raise ConfigError(f"{option} = '{target}': exists and is a file, not a directory")
+    if not directory and target.is_dir():
+        raise ConfigError(f"{option} = '{target}': is a directory; give a file name")
+    parent = target if directory and target.exists() else target.parent
+    existing = _nearest_existing(parent.absolute())
+    if not existing.is_dir():
+        raise ConfigError(f"{option} = '{target}': '{existing}' is a file, so the folder '{parent}' cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} = '{target}': cannot write into '{existing}' (permission denied)")
+    return target
+
+
+def write_together(files: dict[Path, bytes]) -> list[Path]:
+    """Write several files so that a failure leaves none of them new: every file goes to a temporary name first
+    (creating missing parent folders), and only once all are written are they renamed into place."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            staged.append((temporary, path))
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except BaseException:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    for temporary, path in staged:
+        os.replace(temporary, path)
+    for directory in {path.parent for _, path in staged}:
+        fsync_directory(directory)
+    return [path for _, path in staged]

@@ -11,7 +11,23 @@ from diffscale.config import SamplingSection
 from diffscale.runs.sampling import SAMPLER_KEYS
 from diffscale.sampling import SOLVERS, SamplerSettings
 
-__all__ = ["add_sampler_options", "count", "number", "sampler_overrides", "sampler_settings"]
+__all__ = ["HelpFormatter", "add_sampler_options", "count", "number", "sampler_overrides", "sampler_settings"]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the layout of descriptions, lists the commands one per line, and appends non-trivial defaults to an
+    option's help (``(default: 0)``)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=18, width=116)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        trivial = default is None or default is False or default == [] or default is argparse.SUPPRESS
+        if action.option_strings and not trivial and "%(default)" not in text and "default:" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def count(minimum: int) -> Callable[[str], int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffscale.cli.arguments import add_sampler_options, count
+from diffscale.cli.arguments import HelpFormatter, add_sampler_options, count
 
 __all__ = ["add_parser", "run"]
 
@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "downscale",
         help="downscale coarse fields into an ensemble of fine fields (netCDF or Zarr)",
         description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="climate run directory written by 'diffscale train'")
     parser.add_argument(

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from diffscale.cli.arguments import HelpFormatter
+
 __all__ = ["DEFAULT_OUT", "add_parser", "run"]
 
 DEFAULT_OUT = "report"
@@ -50,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score a downscaled ensemble against the truth and the bilinear baseline",
         description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("ensemble", metavar="ENSEMBLE", help="ensemble file (netCDF or zarr) written by downscaling")
     parser.add_argument(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from diffscale.data.samples_io import SAMPLE_FORMATS
-from diffscale.files import atomic_write_bytes
+from diffscale.files import atomic_write_bytes, check_output
 from diffscale.validation import ConfigError
 
 __all__ = ["DataSpec", "check_json_path", "parse_data_spec", "write_results"]
@@ -46,13 +46,12 @@ def parse_data_spec(text: str) -> DataSpec:
 
 
 def check_json_path(path: str | Path, option: str = "--out") -> Path:
-    """``path`` if it ends in ``.json`` and is not a directory; ConfigError otherwise."""
+    """``path`` if it ends in ``.json`` and can be written (:func:`diffscale.files.check_output`); ConfigError
+    otherwise."""
     path = Path(path)
     if path.suffix.lower() != ".json":
         raise ConfigError(f"{option} = '{path}': results are written as JSON; give a file name ending in .json")
-    if path.is_dir():
-        raise ConfigError(f"{option} = '{path}': is a directory; give a file name")
-    return path
+    return check_output(path, option)
 
 
 def write_results(path: Path, document: dict[str, Any]) -> Path:

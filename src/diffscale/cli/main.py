@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from diffscale.cli.arguments import add_sampler_options, count, number
+from diffscale.cli.arguments import HelpFormatter, add_sampler_options, count, number
 from diffscale.validation import ConfigError, command_line_names
 
 __all__ = ["PROG", "build_parser", "main"]
@@ -39,18 +39,6 @@ class _ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         _fail(f"{message} (see '{self.prog} --help')")
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the layout of descriptions and appends non-trivial defaults to option help."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        trivial = default is None or default is False or default == [] or default is argparse.SUPPRESS
-        if action.option_strings and not trivial and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
 
 
 # -- commands -------------------------------------------------------------------------------------------------
@@ -96,7 +84,9 @@ def _train(args: argparse.Namespace) -> int:
         shutdown_distributed(synchronise=True)
     finally:
         shutdown_distributed()  # after an error (a no-op once shut down)
-    loss = f", final loss {summary.final_loss:.4g}" if summary.final_loss is not None else ""
+    loss = ""
+    if summary.final_loss is not None:
+        loss = f", loss {summary.final_loss:.4g} (mean of the last {summary.final_window_steps} steps, as logged)"
     skipped = f", {summary.skipped_steps} non-finite steps skipped" if summary.skipped_steps else ""
     say(f"trained {summary.steps} steps{loss}{skipped}")
     say(f"wrote {run_dir / CONFIG_NAME}, {summary.metrics} and checkpoint {summary.checkpoint}")
@@ -106,8 +96,9 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from diffscale import __version__
     from diffscale.cli.arguments import sampler_overrides
-    from diffscale.data.samples_io import check_sample_path, write_samples
-    from diffscale.evaluation.sample_plots import check_plot_path, check_plottable, plot_samples
+    from diffscale.data.samples_io import check_sample_path, encode_samples
+    from diffscale.evaluation.sample_plots import check_plot_path, check_plottable, figure_bytes, samples_figure
+    from diffscale.files import write_together
     from diffscale.runs import load_run, sample_run
     from diffscale.sampling import number_of_evaluations
 
@@ -135,11 +126,13 @@ def _sample(args: argparse.Namespace) -> int:
         "nfe_per_sample": nfe,
         "sampler": settings.model_dump(mode="json"),
     }
-    write_samples(out, samples, metadata=metadata)
+    files = encode_samples(out, samples, metadata=metadata)
+    if plot is not None:  # rendered before anything is written: all the outputs or none
+        title = f"{run.config.diffusion.type}, {settings.solver}, {settings.steps} steps (NFE {nfe})"
+        files[plot] = figure_bytes(samples_figure(samples, run.data, title=title), plot)
+    write_together(files)
     print(f"wrote {samples.shape[0]} samples of shape {tuple(samples.shape)} to {out} (settings in {out}.json)")
     if plot is not None:
-        title = f"{run.config.diffusion.type}, {settings.solver}, {settings.steps} steps (NFE {nfe})"
-        plot_samples(plot, samples, run.data, title=title)
         print(f"wrote plot to {plot}")
     return 0
 
@@ -224,17 +217,49 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coarsen(args: argparse.Namespace) -> int:
+    from diffscale.files import check_output
+    from diffscale.runs import load_climate_run
+
+    out = check_output(args.out, "--out")
+    if out.suffix != ".nc":
+        raise ConfigError(f"--out = '{out}': the coarse input is written as netCDF (.nc)")
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"--out = '{out}': exists; pass --overwrite to replace it")
+    run = load_climate_run(args.run_dir, device="cpu")
+    coarse = run.coarsen(args.input, start=args.start, end=args.end)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.partial")
+    try:
+        coarse.to_netcdf(temporary)
+        temporary.replace(out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    sizes = coarse.sizes
+    print(
+        f"wrote {out}: {', '.join(run.section.variables)} at {sizes['time']} times on a {sizes['latitude']} x "
+        f"{sizes['longitude']} grid (the fine grid coarsened {run.section.coarsen_factor}x, as in training)"
+    )
+    return 0
+
+
+def _example_data(args: argparse.Namespace) -> int:
+    from diffscale.data.examples import EXAMPLES, fetch_example
+
+    example = EXAMPLES.get(args.name)
+    already = example is not None and (Path(args.out) / example.filename).exists() and not args.overwrite
+    path = fetch_example(
+        args.name, args.out, source=args.source, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    print(f"{'kept' if already else 'wrote'} {path}: {EXAMPLES[args.name].description}")
+    print("train on it with: diffscale train configs/downscaling_template.yaml")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------------------
 _MAIN_DESCRIPTION = """\
-diffscale: diffusion models of gridded data (EDM-style formulations VE, VP, EDM and iDDPM).
-
-Commands:
-  train       train a model from a YAML configuration into a run directory
-  sample      draw samples from a trained run
-  likelihood  log-likelihood of data under a trained run (probability-flow ODE)
-  downscale   downscale coarse climate fields into an ensemble of fine fields (netCDF or Zarr)
-  evaluate    score a downscaled ensemble against the truth and the bilinear baseline
-  demo        train every formulation on a 1-D mixture and compare them
+diffscale: diffusion models of gridded data (EDM-style formulations VE, VP, EDM and iDDPM) and probabilistic
+downscaling of climate fields.
 
 Run 'diffscale COMMAND --help' for a command's options. Bad input exits with status 2 and one line on stderr.
 """
@@ -296,7 +321,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "train",
         help="train a model from a YAML configuration",
         description=_TRAIN_DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("config", metavar="CONFIG", help="YAML configuration file (e.g. configs/mixture_1d_edm.yaml)")
     parser.add_argument(
@@ -331,7 +356,7 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         "sample",
         help="draw samples from a trained run",
         description=_SAMPLE_DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by 'diffscale train'")
     parser.add_argument("--num", type=count(1), required=True, metavar="N", help="number of samples to draw")
@@ -366,7 +391,7 @@ def _add_likelihood(commands: argparse._SubParsersAction) -> None:
         "likelihood",
         help="log-likelihood of data under a trained run",
         description=_LIKELIHOOD_DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by 'diffscale train'")
     parser.add_argument(
@@ -422,7 +447,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "demo",
         help="train and compare all formulations on a 1-D mixture",
         description=_DEMO_DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", default=DEFAULT_DEMO_DIR, metavar="DIR", help="output directory for figure and table")
     parser.add_argument(
@@ -432,21 +457,87 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_demo)
 
 
+_COARSEN_DESCRIPTION = """\
+Make the coarse input a climate run expects from fine fields on its grid: the run's crop and trimming, then the
+area-weighted block mean by its coarsening factor, as training built it. Use it to test a run on held-out fine
+data (downscale the result, then evaluate the ensemble against the fine fields).
+
+examples:
+  diffscale coarsen runs/era5_uk --input era5_t2m.nc --start 2019-03-25 --end 2019-03-31 --out runs/coarse.nc
+  diffscale downscale runs/era5_uk --input runs/coarse.nc --members 16 --out runs/ensemble.nc
+"""
+
+
+def _add_coarsen(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "coarsen",
+        help="make a climate run's coarse input from fine fields (as in training)",
+        description=_COARSEN_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="climate run directory written by 'diffscale train'")
+    parser.add_argument(
+        "--input", action="append", required=True, metavar="FILE", help="fine fields (repeatable; globs allowed)"
+    )
+    parser.add_argument("--out", required=True, metavar="FILE", help="output netCDF file (.nc)")
+    parser.add_argument("--start", metavar="TIME", help="first time (ISO date or time; default: all)")
+    parser.add_argument("--end", metavar="TIME", help="last time, inclusive")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(handler=_coarsen, aliases={"fine": "input"})
+
+
+_EXAMPLE_DATA_DESCRIPTION = """\
+Fetch example data (online): the file is downloaded once, checked against its sha256 and written as netCDF into
+the output folder. Offline, copy the original file by other means and convert it with --source.
+
+examples:
+  diffscale example-data                        # example_data/era5_t2m_uk_2019-03.nc
+  diffscale train configs/downscaling_template.yaml
+"""
+
+
+def _add_example_data(commands: argparse._SubParsersAction) -> None:
+    from diffscale.data.examples import EXAMPLES
+
+    parser = commands.add_parser(
+        "example-data",
+        help="fetch the example data the downscaling template trains on",
+        description=_EXAMPLE_DATA_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "name",
+        nargs="?",
+        default="era5_uk",
+        choices=tuple(EXAMPLES),
+        help="the example: " + "; ".join(f"{key}: {item.description}" for key, item in EXAMPLES.items()),
+    )
+    parser.add_argument("--out", default="example_data", metavar="DIR", help="folder that receives the file")
+    parser.add_argument("--source", metavar="FILE", help="convert this local copy of the original file instead")
+    parser.add_argument("--overwrite", action="store_true", help="replace the file if it is already there")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the download progress bar")
+    parser.set_defaults(handler=_example_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``diffscale`` argument parser with its subcommands."""
     from diffscale import __version__
     from diffscale.cli.downscale import add_parser as add_downscale
     from diffscale.cli.evaluate import add_parser as add_evaluate
 
-    parser = _ArgumentParser(prog=PROG, description=_MAIN_DESCRIPTION, formatter_class=_HelpFormatter)
+    parser = _ArgumentParser(prog=PROG, description=_MAIN_DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}", help="print the version")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_ArgumentParser)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", title="commands", required=True, parser_class=_ArgumentParser
+    )
     _add_train(commands)
     _add_sample(commands)
     _add_likelihood(commands)
     add_downscale(commands)
+    _add_coarsen(commands)
     add_evaluate(commands)
     _add_demo(commands)
+    _add_example_data(commands)
     return parser
 
 

@@ -18,27 +18,27 @@ import safetensors
 import safetensors.torch
 import torch
 
-from diffscale.files import atomic_write_bytes
-from diffscale.validation import ConfigError
+from diffscale.files import check_output, write_together
+from diffscale.validation import ConfigError, option_name
 
-__all__ = ["SAMPLES_KEY", "SAMPLE_FORMATS", "check_sample_path", "read_samples", "write_samples"]
+__all__ = ["SAMPLES_KEY", "SAMPLE_FORMATS", "check_sample_path", "encode_samples", "read_samples", "write_samples"]
 
 SAMPLE_FORMATS: tuple[str, ...] = (".npy", ".csv", ".safetensors")
 SAMPLES_KEY = "samples"
 """The tensor name in a ``.safetensors`` samples file."""
 
 
-def check_sample_path(path: str | Path, option: str = "--out") -> Path:
-    """``path`` if its extension names a known format and it is not a directory; ConfigError otherwise."""
+def check_sample_path(path: str | Path, option: str | None = None) -> Path:
+    """``path`` if its extension names a known format and it can be written (:func:`diffscale.files.check_output`);
+    ConfigError naming ``option`` (default: the ``out`` argument) otherwise."""
+    option = option or option_name("out")
     path = Path(path)
     if path.suffix.lower() not in SAMPLE_FORMATS:
         raise ConfigError(
             f"{option} = '{path}': unknown sample file type {path.suffix or '(none)'!r}; "
             f"allowed: {', '.join(SAMPLE_FORMATS)}"
         )
-    if path.is_dir():
-        raise ConfigError(f"{option} = '{path}': is a directory; give a file name")
-    return path
+    return check_output(path, option)
 
 
 def _encode(path: Path, samples: torch.Tensor, metadata: dict[str, Any] | None) -> bytes:
@@ -58,19 +58,24 @@ def _encode(path: Path, samples: torch.Tensor, metadata: dict[str, Any] | None) 
     return safetensors.torch.save({SAMPLES_KEY: samples.detach().cpu().contiguous()}, metadata=header or None)
 
 
-def write_samples(path: str | Path, samples: torch.Tensor, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``samples`` ((N, D) or (N, C, H, W)) atomically in the format of ``path``'s extension; create parents.
-
-    With ``metadata`` (JSON-serialisable values), also write it, with the samples' shape, to ``FILE.json``.
-    """
+def encode_samples(
+    path: str | Path, samples: torch.Tensor, metadata: dict[str, Any] | None = None
+) -> dict[Path, bytes]:
+    """The files of :func:`write_samples` as bytes, by path: the samples in the format of ``path``'s extension and,
+    with ``metadata`` (JSON-serialisable values), ``FILE.json`` holding it with the samples' shape."""
     path = check_sample_path(path)
-    data = _encode(path, samples, metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
+    files = {path: _encode(path, samples, metadata)}
     if metadata is not None:
         sidecar = {**metadata, "file": path.name, "shape": list(samples.shape)}
-        atomic_write_bytes(path.with_name(path.name + ".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
-    return path
+        files[path.with_name(path.name + ".json")] = (json.dumps(sidecar, indent=2) + "\n").encode()
+    return files
+
+
+def write_samples(path: str | Path, samples: torch.Tensor, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``samples`` ((N, D) or (N, C, H, W)) in the format of ``path``'s extension and, with ``metadata``,
+    ``FILE.json`` beside it: both or neither (:func:`diffscale.files.write_together`; parents created)."""
+    write_together(encode_samples(path, samples, metadata))
+    return Path(path)
 
 
 def _read_csv(path: Path) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from diffscale.evaluation.calibration import DEFAULT_SPREAD_ERROR_BINS, rank_histogram_flatness, spread_error_bins
 from diffscale.evaluation.scores import area_weights, deterministic_scores, ensemble_scores
@@ -313,6 +313,13 @@ def plot_maps(
     _save(figure, path)
 
 
+def _squared_units(units: str) -> str:
+    """``units`` squared for an axis label: K -> K$^2$, m s**-1 -> (m s**-1)$^2$, none -> 1."""
+    if not units or units == "1":
+        return "1"
+    return f"{units}$^2$" if units.replace("_", "").isalnum() else f"({units})$^2$"
+
+
 def spectra_figure(spectra: Mapping[str, Spectrum], k_nyquist_coarse: float, variable: str, units: str) -> Figure:
     """Radially averaged power spectra (log-log) with the coarse grid's Nyquist wavenumber marked."""
     figure = _new_figure(figsize=(6.5, 4.5))
@@ -322,10 +329,12 @@ def spectra_figure(spectra: Mapping[str, Spectrum], k_nyquist_coarse: float, var
         color, style = styles.get(label, ("tab:blue", "-"))
         axis.loglog(spectrum.wavenumber, spectrum.power, style, color=color, label=label)
     axis.axvline(k_nyquist_coarse, color="grey", linewidth=1, label="coarse Nyquist wavenumber")
+    # a few hundred km of domain span less than a decade of wavenumbers: label 1, 2 and 5 of every decade
+    axis.xaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     axis.xaxis.set_minor_formatter(NullFormatter())
     axis.set_xlabel("wavenumber [1/km]")
-    power_units = f"({units})$^2$ km$^2$" if units else "km$^2$"
-    axis.set_ylabel(f"power spectral density [{power_units}]")
+    axis.set_ylabel(f"power spectral density [{_squared_units(units)} km$^2$]")
     axis.set_title(f"{variable}: radially averaged power spectra")
     axis.legend()
     return figure

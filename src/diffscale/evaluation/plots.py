@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["DensityPanel", "ProcessRow", "plot_forward_reverse"]
+__all__ = ["DensityPanel", "ProcessRow", "forward_reverse_figure", "plot_forward_reverse"]
 
 FORWARD_COLOR = "#1f4e79"
 REVERSE_COLOR = "#e8833a"
@@ -111,27 +111,22 @@ def _draw_panel(axis: Axes, panel: DensityPanel, bins: int) -> None:
         axis.spines[side].set_visible(False)
 
 
-def plot_forward_reverse(
+def forward_reverse_figure(
     rows: Sequence[ProcessRow],
-    path: Path,
     *,
     title: str | None = None,
     column_titles: Sequence[str] | None = None,
     bins: int = 60,
-    dpi: int = 130,
-) -> Path:
-    """Draw the forward/reverse figure (rows: formulations, columns: noise levels) and save it as PNG.
+) -> Figure:
+    """The forward/reverse figure (rows: formulations, columns: noise levels): in each panel the exact density of
+    the forward process at that noise level and a histogram of the sampler's states there. The x axes are the
+    value x of the (noised) data, the y axes its probability density (one scale per panel).
 
     Args:
         rows: one :class:`ProcessRow` per formulation; every row has the same number of panels.
-        path: output file (its folder must exist).
         title: figure title.
         column_titles: one header per column (e.g. the target noise levels); panel texts give exact values.
         bins: histogram bins per panel.
-        dpi: resolution.
-
-    Returns:
-        ``path``.
     """
     if not rows:
         raise ValueError("rows: need at least one row")
@@ -147,6 +142,8 @@ def plot_forward_reverse(
         for c, panel in enumerate(row.panels):
             _draw_panel(axes[r, c], panel, bins)
         axes[r, 0].set_ylabel(row.label, fontsize=10, fontweight="bold", rotation=90, labelpad=6)
+    for c in range(columns):
+        axes[-1, c].set_xlabel("x", fontsize=8, labelpad=1)
     if column_titles is not None:
         for c, text in enumerate(column_titles):
             axes[0, c].set_title(text, fontsize=9)
@@ -157,7 +154,22 @@ def plot_forward_reverse(
     figure.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
     if title:
         figure.suptitle(title, fontsize=11)
-    figure.tight_layout(rect=(0, 0.05, 1, 1), h_pad=0.6, w_pad=0.4)
+    figure.supylabel("probability density of x (one scale per panel)", fontsize=9)
+    figure.tight_layout(rect=(0.015, 0.05, 1, 1), h_pad=0.6, w_pad=0.4)
+    return figure
+
+
+def plot_forward_reverse(
+    rows: Sequence[ProcessRow],
+    path: Path,
+    *,
+    title: str | None = None,
+    column_titles: Sequence[str] | None = None,
+    bins: int = 60,
+    dpi: int = 130,
+) -> Path:
+    """Draw :func:`forward_reverse_figure` and save it as PNG at ``path`` (its folder must exist)."""
+    figure = forward_reverse_figure(rows, title=title, column_titles=column_titles, bins=bins)
     path = Path(path)
     figure.savefig(path, dpi=dpi)
     return path

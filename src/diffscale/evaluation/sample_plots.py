@@ -6,41 +6,63 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from diffscale.data.fields import GaussianRandomField, radial_power_spectrum, spectrum_log_error
 from diffscale.data.mixtures import GaussianMixture
-from diffscale.files import atomic_write_bytes
-from diffscale.validation import ConfigError
+from diffscale.files import atomic_write_bytes, check_output
+from diffscale.validation import ConfigError, option_name
 
-__all__ = ["PLOT_FORMATS", "check_plot_path", "check_plottable", "plot_fields", "plot_samples"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "PLOT_FORMATS",
+    "check_plot_path",
+    "check_plottable",
+    "fields_figure",
+    "figure_bytes",
+    "plot_fields",
+    "plot_samples",
+    "samples_figure",
+]
 
 PLOT_FORMATS: tuple[str, ...] = (".png", ".pdf", ".svg")
 
 
-def check_plot_path(path: str | Path, option: str = "--plot") -> Path:
-    """``path`` if its extension is a figure format; ConfigError otherwise."""
+def check_plot_path(path: str | Path, option: str | None = None) -> Path:
+    """``path`` if its extension is a figure format and it can be written (:func:`diffscale.files.check_output`);
+    ConfigError naming ``option`` (default: the ``plot`` argument) otherwise."""
+    option = option or option_name("plot")
     path = Path(path)
     if path.suffix.lower() not in PLOT_FORMATS:
         raise ConfigError(
             f"{option} = '{path}': unknown figure type {path.suffix or '(none)'!r}; allowed: {', '.join(PLOT_FORMATS)}"
         )
-    return path
+    return check_output(path, option)
 
 
-def check_plottable(data: GaussianMixture | GaussianRandomField, option: str = "--plot") -> None:
+def check_plottable(data: GaussianMixture | GaussianRandomField, option: str | None = None) -> None:
     """ConfigError unless samples of ``data`` can be drawn: fields, or mixtures of 1 or 2 dimensions."""
+    option = option or option_name("plot")
     if isinstance(data, GaussianMixture) and data.dims > 2:
         raise ConfigError(f"{option}: the data has {data.dims} dimensions; plots show 1-D or 2-D data only")
 
 
-def _save(figure: object, path: Path) -> Path:
-    """Render ``figure`` in the format of ``path``'s extension and write it atomically (creating parents)."""
+def figure_bytes(figure: Figure, path: str | Path) -> bytes:
+    """``figure`` rendered in the format of ``path``'s extension (.png, .pdf or .svg)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format=path.suffix.lower().lstrip("."), dpi=120)
+    figure.savefig(buffer, format=Path(path).suffix.lower().lstrip("."), dpi=120)
+    return buffer.getvalue()
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    """Render ``figure`` in the format of ``path``'s extension and write it atomically (creating parents)."""
+    data = figure_bytes(figure, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -65,14 +87,20 @@ def _outside(samples: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> in
 def plot_samples(
     path: str | Path, samples: torch.Tensor, mixture: GaussianMixture | GaussianRandomField, title: str = ""
 ) -> Path:
+    """Write :func:`samples_figure` atomically in the format of ``path``'s extension."""
+    path = check_plot_path(path)
+    return _save(samples_figure(samples, mixture, title), path)
+
+
+def samples_figure(samples: torch.Tensor, mixture: GaussianMixture | GaussianRandomField, title: str = "") -> Figure:
     """Histogram (1-D) or scatter (2-D) of ``samples`` over the exact density of ``mixture``, or for a
-    :class:`GaussianRandomField` the figure of :func:`plot_fields`; written atomically."""
+    :class:`GaussianRandomField` the figure of :func:`fields_figure`. The 1-D legend sits in a band above the
+    densities, so it covers no peak."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     if isinstance(mixture, GaussianRandomField):
-        return plot_fields(path, samples, mixture, title=title)
-    path = check_plot_path(path)
+        return fields_figure(samples, mixture, title=title)
     samples = samples.detach().cpu().double()
     if samples.ndim != 2 or samples.shape[1] not in (1, 2):
         raise ValueError(f"can only plot 1-D or 2-D samples, got shape {tuple(samples.shape)}")
@@ -88,7 +116,7 @@ def plot_samples(
         bins = 120
         bin_width = (float(high[0]) - float(low[0])) / bins
         # Weighted by 1 / (n * bin width): a density of all n samples, so samples outside do not inflate it.
-        axes.hist(
+        heights, _, _ = axes.hist(
             samples[:, 0].numpy(),
             bins=bins,
             range=(float(low[0]), float(high[0])),
@@ -99,7 +127,8 @@ def plot_samples(
         axes.plot(grid.numpy(), density.numpy(), color="black", linewidth=1.5, label="exact density")
         axes.set_xlabel("x")
         axes.set_ylabel("density")
-        axes.legend()
+        axes.set_ylim(0.0, 1.3 * max(float(density.max()), float(heights.max())))
+        axes.legend(loc="upper center", ncol=2, fontsize="small", frameon=False)
     else:
         xs = torch.linspace(float(low[0]), float(high[0]), 200, dtype=torch.float64)
         ys = torch.linspace(float(low[1]), float(high[1]), 200, dtype=torch.float64)
@@ -123,7 +152,7 @@ def plot_samples(
         axes.legend(loc="upper right")
     if title:
         axes.set_title(title)
-    return _save(figure, path)
+    return figure
 
 
 def plot_fields(
@@ -135,6 +164,19 @@ def plot_fields(
     shown: int = 4,
     seed: int = 12345,
 ) -> Path:
+    """Write :func:`fields_figure` atomically in the format of ``path``'s extension."""
+    path = check_plot_path(path)
+    return _save(fields_figure(samples, field, title, shown=shown, seed=seed), path)
+
+
+def fields_figure(
+    samples: torch.Tensor,
+    field: GaussianRandomField,
+    title: str = "",
+    *,
+    shown: int = 4,
+    seed: int = 12345,
+) -> Figure:
     """Generated fields against the true Gaussian random field; written atomically.
 
     Left: the first channel of ``shown`` generated samples (top row) and of as many fresh draws of
@@ -147,7 +189,6 @@ def plot_fields(
     from matplotlib.figure import Figure
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-    path = check_plot_path(path)
     samples = samples.detach().cpu().double()
     if samples.ndim != 4 or tuple(samples.shape[1:]) != field.shape:
         shape = ", ".join(map(str, field.shape))
@@ -215,4 +256,4 @@ def plot_fields(
     heading = f"{field.height} x {field.width} Gaussian random fields (l = {field.length_scale:g}, "
     heading += f"slope {field.spectral_slope:g}, std {field.std:g})"
     figure.suptitle(f"{title}\n{heading}" if title else heading, fontsize=11)
-    return _save(figure, path)
+    return figure

@@ -36,7 +36,8 @@ class DhariwalUNet(GridUNet):
     """ADM U-Net F(x, c_noise; cond) (Dhariwal & Nichol 2021; EDM Appendix F.3).
 
     Args:
-        in_channels, out_channels, cond_channels, label_dim, augment_dim, label_dropout, learned_variance,
+        in_channels, out_channels, cond_channels, label_dim, augment_dim, label_dropout, learned_variance: see
+            :class:`~diffscale.networks.unet_base.GridUNet`.
         pad_mode, periodic_longitude: see :class:`~diffscale.networks.unet_base.GridUNet`.
         img_resolution: reference resolution that places the attention layers.
         model_channels: m, the base channel count.

@@ -43,7 +43,8 @@ class SongUNet(GridUNet):
     """DDPM++ / NCSN++ U-Net F(x, c_noise; cond) (Song et al. 2021; EDM Appendix F.2).
 
     Args:
-        in_channels, out_channels, cond_channels, label_dim, augment_dim, label_dropout, learned_variance,
+        in_channels, out_channels, cond_channels, label_dim, augment_dim, label_dropout, learned_variance: see
+            :class:`~diffscale.networks.unet_base.GridUNet`.
         pad_mode, periodic_longitude: see :class:`~diffscale.networks.unet_base.GridUNet`.
         img_resolution: reference resolution that places the attention layers.
         model_channels: m, the base channel count.

@@ -13,6 +13,7 @@
 Bad input raises :class:`~diffscale.validation.ConfigError` (a ValueError) with a one-line message.
 """
 
+from diffscale.runs import plots
 from diffscale.runs.building import build_denoiser, build_model_for, default_run_dir, resolve_run_dir
 from diffscale.runs.downscaling import DownscalingJob, check_ensemble_output
 from diffscale.runs.evaluation import EvaluationInputs, evaluate, load_inputs, write_report
@@ -53,6 +54,7 @@ __all__ = [
     "load_inputs",
     "load_run",
     "loss_by_sigma_decade",
+    "plots",
     "prepare_training",
     "resolve_run_dir",
     "sample_run",

@@ -116,10 +116,14 @@ def build_distribution(config: Config) -> DataDistribution:
         raise ConfigError(f"data: file '{error.filename}' cannot be read ({error.strerror})") from None
 
 
-def model_summary(config: Config, denoiser: torch.nn.Module) -> str:
-    """One line: the network (architecture, parameter count, ...) and the shape of the data it models."""
-    shape = " x ".join(map(str, config.data_shape()))
-    return f"model {describe_model(denoiser.network, config.model.arch)}; data {config.data.kind} ({shape})"
+def model_summary(config: Config, denoiser: torch.nn.Module, shape: tuple[int, ...] | None = None) -> str:
+    """One line: the network (architecture, parameter count, ...) and the shape of the data it models (``shape``,
+    default the configuration's; climate data give theirs once read: the patch or the fine grid)."""
+    shape = shape if shape is not None else config.data_shape()
+    network = getattr(denoiser, "network", denoiser)
+    return (
+        f"model {describe_model(network, config.model.arch)}; data {config.data.kind} ({' x '.join(map(str, shape))})"
+    )
 
 
 def build_model_for(config: Config) -> nn.Module:

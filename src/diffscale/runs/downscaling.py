@@ -49,6 +49,7 @@ from diffscale.downscaling import (
     work_blocks,
 )
 from diffscale.downscaling.ensemble import ToPhysical
+from diffscale.files import check_output
 from diffscale.sampling import SamplerSettings, number_of_evaluations
 from diffscale.training.distributed import DistributedContext
 from diffscale.validation import ConfigError, option_name, option_setting
@@ -79,37 +80,47 @@ MEMORY_FRACTION = 0.5
 
 # -- inputs and outputs ------------------------------------------------------------------------------------------
 def coarse_fields(
-    coarse: CoarseInput, variables: Sequence[str], start: Any = None, end: Any = None
+    coarse: CoarseInput, variables: Sequence[str], start: Any = None, end: Any = None, what: str = "coarse"
 ) -> tuple[xr.Dataset, str]:
-    """(the harmonised coarse fields of ``variables`` between ``start`` and ``end`` (inclusive), a description of
-    the source for the ensemble's attributes); ConfigError when there is no time left."""
+    """(the harmonised fields of ``variables`` between ``start`` and ``end`` (inclusive), a description of the
+    source for the ensemble's attributes); ConfigError (naming the argument ``what``) when there is no time left."""
+    for name, value in (("start", start), ("end", end)):
+        if value is not None:
+            try:
+                np.datetime64(str(value) if not isinstance(value, np.datetime64) else value)
+            except ValueError:
+                raise ConfigError(
+                    f"{option_name(name)} = {value!r}: not an ISO date or time (e.g. 2019-03-25 or 2019-03-25T06:00)"
+                ) from None
     time_slice = (start, end) if start is not None or end is not None else None
     if isinstance(coarse, xr.Dataset | xr.DataArray):
         source = str(coarse.encoding.get("source", "an in-memory xarray.Dataset"))
-        fields = select_fields(coarse, variables, time_slice, source=f"{option_name('coarse')} ({source})")
+        fields = select_fields(coarse, variables, time_slice, source=f"{option_name(what)} ({source})")
     else:
         paths = [coarse] if isinstance(coarse, str | os.PathLike) else list(coarse)
         source = ", ".join(str(path) for path in paths)
-        fields = open_fields(paths, variables=variables, time_slice=time_slice)
+        try:
+            fields = open_fields(paths, variables=variables, time_slice=time_slice)
+        except ConfigError as error:
+            raise ConfigError(f"{option_name(what)}: {error}") from None
     if fields.sizes.get("time", 0) == 0:
         bounds = " and ".join(
             f"{option_name(name)} {value}" for name, value in (("start", start), ("end", end)) if value
         )
-        raise ConfigError(f"{option_name('coarse')}: no times within {bounds}")
+        raise ConfigError(f"{option_name(what)}: no times within {bounds}")
     return fields, source
 
 
 def check_ensemble_output(out: str | os.PathLike, overwrite: bool) -> Path:
-    """``out`` if an ensemble can be written there (``.nc`` or ``.zarr``, its directory exists, and it does not
+    """``out`` if an ensemble can be written there (``.nc`` or ``.zarr``; missing folders are created; it does not
     exist unless ``overwrite``); ConfigError otherwise."""
     path = Path(out)
     name = option_name("out")
     if path.suffix not in ENSEMBLE_SUFFIXES:
-        raise ConfigError(f"{name} '{path}': the ensemble is written as netCDF (.nc) or a Zarr store (.zarr)")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{name} '{path}': directory '{path.parent}' does not exist")
+        raise ConfigError(f"{name} = '{path}': the ensemble is written as netCDF (.nc) or a Zarr store (.zarr)")
+    check_output(path, name, directory=path.suffix == ".zarr")
     if path.exists() and not overwrite:
-        raise ConfigError(f"{name} '{path}' exists; pass {option_setting('overwrite', True)} to replace it")
+        raise ConfigError(f"{name} = '{path}': exists; pass {option_setting('overwrite', True)} to replace it")
     return path
 
 
@@ -191,6 +202,10 @@ def _patch_plan(
     else:
         return None
     overlap = _check_count("overlap", overlap, 0) if overlap is not None else max(1, min(patch) // 4)
+    if overlap >= min(patch):
+        raise ConfigError(
+            f"{option_name('overlap')} = {overlap}: must be smaller than the patch {patch[0]} x {patch[1]}"
+        )
     return PatchPlan(height, width, tuple(patch), overlap=overlap, periodic_longitude=periodic_longitude)
 
 
@@ -263,7 +278,7 @@ class DownscalingJob:
             _check_count("members", members, 1)
         if run.deterministic and members not in (None, 1):
             raise ConfigError(
-                f"{option_name('members')} {members}: '{run.run_dir}' is a regression run (deterministic); "
+                f"{option_name('members')} = {members}: '{run.run_dir}' is a regression run (deterministic); "
                 f"use {option_setting('members', 1)}"
             )
         members = members if members is not None else (1 if run.deterministic else DEFAULT_MEMBERS)
@@ -442,6 +457,7 @@ class DownscalingJob:
         """Sample the ensemble into ``out`` (netCDF or Zarr; complete or absent) and return its path."""
         context = distributed if distributed is not None else DistributedContext()
         path = check_ensemble_output(out, overwrite) if context.is_main else Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)  # the one rule of every command: missing folders are made
         # Groups of blocks sampled in one call are formed from the whole plan, then shared between processes,
         # so every member is computed in the same batch whatever the number of processes.
         mine = self._groups()[context.rank :: context.world_size]
@@ -524,7 +540,7 @@ def _open_writer(out: Path, layout: dict[str, Any], context: DistributedContext,
     if failure is not None:
         raise failure
     if not created.item():
-        raise ConfigError(f"{option_name('out')} '{out}': rank 0 could not create the store (its message is above)")
+        raise ConfigError(f"{option_name('out')} = '{out}': rank 0 could not create the store (its message is above)")
     return writer if writer is not None else ZarrEnsembleWriter(out, shared=shared, overwrite=overwrite, **layout)
 
 

@@ -60,6 +60,7 @@ from diffscale.evaluation.climate_report import (
 )
 from diffscale.evaluation.multivariate import energy_scores, order_report, seam_report
 from diffscale.evaluation.spectra import grid_spacing_km
+from diffscale.files import check_output
 from diffscale.validation import ConfigError, option_name
 
 __all__ = [
@@ -675,12 +676,8 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
 
 # -- the report -----------------------------------------------------------------------------------------------
 def check_report_directory(out: Path) -> Path:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{option_name('out')} {out}: exists and is not a directory")
-    parent = out.resolve().parent
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise ConfigError(f"{option_name('out')} {out}: cannot write into {parent}")
-    return out
+    """``out`` if a report directory can be written there (:func:`diffscale.files.check_output`)."""
+    return check_output(out, option_name("out"), directory=True)
 
 
 def _write_files(directory: Path, evaluation: Evaluation, figures: bool) -> list[str]:

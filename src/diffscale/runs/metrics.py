@@ -75,6 +75,10 @@ class MetricsLog:
     def __post_init__(self) -> None:
         self._window = self._window or self._empty()
         self._window_started = time.perf_counter()
+        self.last_line: dict[str, Any] | None = None
+        """The last line written (None before the first)."""
+        self.last_window_steps = 0
+        """The steps that line averaged."""
 
     @staticmethod
     def _empty() -> dict[str, Any]:
@@ -123,6 +127,7 @@ class MetricsLog:
         }
         if not line["loss_by_sigma"]:
             del line["loss_by_sigma"]
+        self.last_line, self.last_window_steps = line, window["steps"]
         self._window = self._empty()
         self._window_started = now
         if self.stream is not None:

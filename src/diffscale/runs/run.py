@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
@@ -209,6 +210,11 @@ class ClimateRun(Run):
         return list(self.section.variables)
 
     @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one generated field: (C, H, W) of the training patch, else of the training grid."""
+        return self.section.sample_shape() or (len(self.section.variables), self.grid["height"], self.grid["width"])
+
+    @property
     def data(self) -> DataDistribution:
         raise ConfigError(
             f"'{self.run_dir}' is a climate run: its data are the files of data.paths "
@@ -263,6 +269,33 @@ class ClimateRun(Run):
             f"'{self.run_dir}' is a climate run: its likelihood would be conditional on coarse fields, which is not "
             "offered; likelihood takes mixture and Gaussian-field runs"
         )
+
+    def coarsen(self, fine: CoarseInput, start: Any = None, end: Any = None) -> xr.Dataset:
+        """The coarse input the run expects for fine fields on its grid (a Dataset, file or files): the run's crop
+        (``data.crop``) and trimming (``data.remainder``), then the area-weighted block mean by the coarsening
+        factor, as training built it from its fine fields; times between ``start`` and ``end`` (inclusive)."""
+        from diffscale.data.climate.dataset import model_grid
+        from diffscale.data.climate.grid import coarsen, grid_spacing
+        from diffscale.runs.downscaling import coarse_fields
+
+        fields, source = coarse_fields(fine, self.section.variables, start, end, what="fine")
+        for axis in ("latitude", "longitude"):
+            spacing, trained = (
+                grid_spacing(fields[axis].values, f"{axis} of the fine fields"),
+                self.grid[f"{axis}_spacing"],
+            )
+            if not np.isclose(abs(spacing), abs(trained), rtol=1e-4):
+                raise ConfigError(
+                    f"{option_name('fine')}: its {axis} spacing {abs(spacing):g} deg is not the training grid's "
+                    f"{abs(trained):g} deg (give fine fields; coarse ones go to downscale)"
+                )
+        grid, _ = model_grid(fields, self.section)
+        coarse = coarsen(grid, self.section.coarsen_factor)
+        attributes = {
+            "title": "coarse input",
+            "source": f"{source}, coarsened {self.section.coarsen_factor}x by diffscale",
+        }
+        return coarse.assign_attrs(attributes)
 
     def prepare_downscaling(self, coarse: CoarseInput, **options: Any) -> DownscalingJob:
         """Check everything and build the conditioning of ``coarse`` (nothing is sampled or written yet); see

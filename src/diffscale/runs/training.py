@@ -29,7 +29,7 @@ from diffscale.config import Config, OutputSection
 from diffscale.config.schema import encode_non_finite, stored_config
 from diffscale.data.climate import ClimateDataset
 from diffscale.devices import check_device
-from diffscale.files import atomic_write_bytes
+from diffscale.files import atomic_write_bytes, check_output
 from diffscale.runs.building import (
     DataDistribution,
     build_distribution,
@@ -52,7 +52,7 @@ from diffscale.training.checkpoint import (
 )
 from diffscale.training.distributed import DistributedContext
 from diffscale.training.loop import BatchSource, StepRecord, Trainer
-from diffscale.validation import ConfigError
+from diffscale.validation import ConfigError, option_name
 
 __all__ = [
     "CONFIG_NAME",
@@ -124,12 +124,16 @@ class TrainingSummary:
     run_dir: Path
     steps: int
     final_loss: float | None
+    """The mean loss of the last logged window (as metrics.jsonl's last line has it; None if every step of it was
+    skipped)."""
     checkpoint: Path
     metrics: Path
     resumed_from: int | None = None
     """The step the run resumed from (None: a fresh run)."""
     skipped_steps: int = 0
     """Steps skipped for a non-finite loss or gradient, over the whole run."""
+    final_window_steps: int = 0
+    """The steps that window averaged."""
 
 
 INCOMPATIBLE_SECTIONS = ("diffusion", "model", "data")
@@ -180,9 +184,9 @@ def _resume_source(run_dir: Path, resume: bool | str | Path | None) -> Path | No
         return None
     source = run_dir if resume is True else Path(resume)
     if source.is_dir() and not has_checkpoint(source):
-        raise ConfigError(f"--resume '{source}': holds no checkpoint ({SIDECAR_NAME} not found)")
+        raise ConfigError(f"{option_name('resume')} = '{source}': holds no checkpoint ({SIDECAR_NAME} not found)")
     if not source.exists():
-        raise ConfigError(f"--resume '{source}': no such run directory or checkpoint")
+        raise ConfigError(f"{option_name('resume')} = '{source}': no such run directory or checkpoint")
     return source
 
 
@@ -203,9 +207,7 @@ def prepare_training(
     trainer exactly. ``distributed``/``device`` come from :func:`~diffscale.training.distributed.init_distributed`
     under torchrun. Raises ConfigError (CheckpointError) for any of these problems.
     """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"output.dir = '{run_dir}': exists and is not a directory")
+    run_dir = check_output(run_dir, "output.dir", directory=True)
     source_path = _resume_source(run_dir, resume)
     torch_device = check_device(config.training.device if device is None else device, "training.device")
     # The resolved model section (a U-Net's in_channels and learned_variance follow the data and formulation)
@@ -238,7 +240,7 @@ def prepare_training(
         run_dir=run_dir,
         data=data,
         trainer=trainer,
-        summary=model_summary(config, denoiser),
+        summary=model_summary(config, denoiser, getattr(data, "shape", None)),
         checkpoint=checkpoint,
         changes=changes,
     )
@@ -305,7 +307,6 @@ def train(
     metrics = MetricsLog(stream, every=settings.log_every, last_step=settings.steps, tensorboard=writer)
     if plan.checkpoint is not None:
         metrics.load_state_dict(plan.checkpoint.sidecar.get("metrics_window"))
-    last_loss: list[float] = []
     saved_step = [resumed]
 
     def save() -> None:
@@ -320,8 +321,6 @@ def train(
 
     def on_step(record: StepRecord) -> None:
         metrics(record)
-        if not record.skipped:
-            last_loss[:] = [record.loss]
         if settings.checkpoint_every and record.step % settings.checkpoint_every == 0 and not record.skipped:
             save()
         if main and settings.sample_every and record.step % settings.sample_every == 0:
@@ -343,7 +342,8 @@ def train(
     return TrainingSummary(
         run_dir=run_dir,
         steps=trainer.step,
-        final_loss=last_loss[0] if last_loss else None,
+        final_loss=metrics.last_line["loss"] if metrics.last_line is not None else None,
+        final_window_steps=metrics.last_window_steps,
         checkpoint=checkpoint_path,
         metrics=metrics_path,
         resumed_from=resumed,

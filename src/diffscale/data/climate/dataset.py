@@ -66,6 +66,7 @@ __all__ = [
     "load_fine",
     "load_fine_grid",
     "load_statics",
+    "model_grid",
     "regression_base",
     "statics_on_grid",
     "target_shape",
@@ -393,7 +394,7 @@ def _crop(ds: xr.Dataset, section: ClimateData) -> xr.Dataset:
     return ds.isel(selection)
 
 
-def _model_grid(ds: xr.Dataset, section: ClimateData) -> tuple[xr.Dataset, GridTrim]:
+def model_grid(ds: xr.Dataset, section: ClimateData) -> tuple[xr.Dataset, GridTrim]:
     """The files' grid cropped (``data.crop``) and trimmed to a multiple of the factor (``data.remainder``)."""
     return trim_to_factor(
         _crop(ds, section),
@@ -427,7 +428,7 @@ def load_fine_grid(section: ClimateData, split: str) -> tuple[xr.Dataset, GridTr
             else "the files have no times"
         )
         raise ConfigError(f"no fields in the {split} split (data.{split}_period); {span}")
-    fine, trim = _model_grid(fine, section)
+    fine, trim = model_grid(fine, section)
     if trim.dropped:
         logger.warning("data (%s split): %s (data.remainder: trim)", split, trim.describe())
     fine = fine.load()
@@ -470,7 +471,7 @@ def target_shape(section: ClimateData) -> tuple[int, int, int]:
     shape = section.sample_shape()
     if shape is not None:
         return shape
-    fine, _ = _model_grid(open_fields(section.paths[:1], section.variables), section)
+    fine, _ = model_grid(open_fields(section.paths[:1], section.variables), section)
     return (len(section.variables), fine.sizes["latitude"], fine.sizes["longitude"])
 
 

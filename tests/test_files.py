@@ -1,0 +1,63 @@
+"""diffscale.files: atomic writes, several files written together (all or none), and the one rule every command
+applies to its output paths before any work."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from diffscale.files import atomic_write_bytes, check_output, write_together
+from diffscale.validation import ConfigError
+
+
+def test_check_output_accepts_new_paths_and_missing_folders(tmp_path: Path) -> None:
+    assert check_output(tmp_path / "a" / "b" / "file.nc", "--out") == tmp_path / "a" / "b" / "file.nc"
+    assert check_output(tmp_path / "report", "--out", directory=True) == tmp_path / "report"
+    (tmp_path / "existing.nc").write_bytes(b"old")
+    assert check_output(tmp_path / "existing.nc", "--out") == tmp_path / "existing.nc"  # overwriting is the caller's
+    assert not (tmp_path / "a").exists()  # checking creates nothing
+
+
+@pytest.mark.parametrize(
+    ("make", "directory", "message"),
+    [
+        (lambda root: root / "afile" / "x.nc", False, "is a file, so the folder"),
+        (lambda root: root / "afile" / "deeper" / "x.nc", False, "is a file, so the folder"),
+        (lambda root: root / "afile", True, "exists and is a file, not a directory"),
+        (lambda root: root / "folder", False, "is a directory; give a file name"),
+    ],
+)
+def test_check_output_refuses_in_one_line(make, directory: bool, message: str, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ConfigError, match=message) as caught:
+        check_output(make(tmp_path), "--out", directory=directory)
+    assert str(caught.value).startswith("--out = '") and "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_check_output_refuses_a_folder_it_cannot_write(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match="permission denied"):
+        check_output(locked / "x.nc", "--out")
+
+
+def test_write_together_writes_all_or_none(tmp_path: Path) -> None:
+    files = {tmp_path / "new" / "a.bin": b"a", tmp_path / "b.json": b"{}"}
+    assert write_together(files) == list(files)
+    assert (tmp_path / "new" / "a.bin").read_bytes() == b"a" and (tmp_path / "b.json").read_bytes() == b"{}"
+    (tmp_path / "blocker").write_text("a file")
+    with pytest.raises(OSError):
+        write_together({tmp_path / "c.bin": b"c", tmp_path / "blocker" / "d.bin": b"d"})
+    assert not (tmp_path / "c.bin").exists()  # the first file was never moved into place
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["b.json", "blocker", "new"]  # no temporary left
+
+
+def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
+    target = tmp_path / "x.txt"
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new contents")
+    assert target.read_bytes() == b"new contents" and [path.name for path in tmp_path.iterdir()] == ["x.txt"]
