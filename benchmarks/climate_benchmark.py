@@ -145,6 +145,8 @@ def score_rows(
         row["bilinear mae"] = _value(scores, "mae", variable=name, prediction="bilinear")
         row["ssr"] = _value(scores, "spread_skill_ratio", variable=name)
         row["seam ratio"] = _value(scores, "seam_ratio", variable=name)
+        row["seam nearby ratio"] = _value(scores, "seam_nearby_ratio", variable=name)
+        row["seam excess"] = _value(scores, "seam_excess", variable=name)
         row["times"] = int(scores.attrs.get("times_count", 0))
         rows.append(row)
     return rows
@@ -153,11 +155,12 @@ def score_rows(
 def markdown(rows: Sequence[Mapping[str, Any]], members: int) -> str:
     """The rows as one Markdown table: RMSE of bilinear, bicubic and (temperatures) lapse-rate bilinear; the
     ensemble mean's RMSE and its ratio to bilinear; the fair CRPS and its ratio to the bilinear MAE; the
-    spread-skill ratio; the seam ratio when any row has one."""
+    spread-skill ratio; the seam ratio (ensemble / truth across the seam, and beside it) when any row has one."""
     seam = any(math.isfinite(row["seam ratio"]) for row in rows)
     header = (
         "| variable | bilinear RMSE | bicubic RMSE | lapse-rate RMSE | ensemble-mean RMSE (/ bilinear) | "
-        f"CRPS ({members} members) | CRPS / bilinear MAE | spread-skill |" + (" seam ratio |" if seam else "")
+        f"CRPS ({members} members) | CRPS / bilinear MAE | spread-skill |"
+        + (" seam ratio (beside the seam) |" if seam else "")
     )
     lines = [header, "|---|" + "---:|" * (7 + seam)]
     for row in rows:
@@ -172,7 +175,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], members: int) -> str:
             f"{row['ssr']:.2f}",
         ]
         if seam:
-            cells.append(f"{row['seam ratio']:.2f}")
+            cells.append(f"{row['seam ratio']:.2f} ({row['seam nearby ratio']:.2f})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

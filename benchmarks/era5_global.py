@@ -26,7 +26,9 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
+import xarray as xr
 from climate_benchmark import (
     DATA,
     ROOT,
@@ -42,6 +44,8 @@ from climate_benchmark import (
     truth_fields,
 )
 
+from diffscale.evaluation.multivariate import seam_report
+
 CONFIG = ROOT / "configs" / "era5_global.yaml"
 GLOBAL = DATA / "era5_global_1deg_2026-03.nc"
 PERIODS = {
@@ -49,6 +53,20 @@ PERIODS = {
     "validation": (("2026-03-25T00:00", "2026-03-28T07:00"), ("2026-03-28T15:00", "2026-03-30T03:00")),
     "test": (("2026-03-25T00:00", "2026-03-30T03:00"), ("2026-03-30T10:00", "2026-03-31T23:00")),
 }
+
+
+def prime_meridian_seam(ensemble: Path, fine: xr.Dataset) -> dict[str, tuple[float, float]]:
+    """Per variable, the seam ratio (ensemble / truth) across 359 | 0 deg and beside it
+    (:func:`~diffscale.evaluation.multivariate.seam_report` at that column of the harmonised grid)."""
+    column = int(np.argmin(np.abs(fine.longitude.values)))
+    result = {}
+    with xr.open_dataset(ensemble) as members:
+        for name in fine.data_vars:
+            report = seam_report(
+                members[name].values, fine[name].values, fine[name].values, fine.latitude.values, column=column
+            )
+            result[str(name)] = (report["ratio"], report["nearby_ratio"])
+    return result
 
 
 def main() -> None:
@@ -84,6 +102,7 @@ def main() -> None:
         command = ["downscale", str(run_dir), "--input", str(coarse), "--members", str(args.members)]
         wall["downscaling"] = run([*command, "--out", str(ensemble), "--no-progress"])
         scores = score_ensemble(ensemble, fine, coarse)
+        meridian = prime_meridian_seam(ensemble, fine)
     methods = baselines(fine, data.variables, data.coarsen_factor)
     rows = score_rows(scores, fine, methods)
     times = fine.sizes["time"]
@@ -94,6 +113,10 @@ def main() -> None:
     print(markdown(rows, args.members))
     for line in joint_lines(scores):
         print(line)
+    print(
+        "the file's own seam (359 | 0 deg, inside the model's -180 .. 179 grid), ensemble / truth (beside it): "
+        + ", ".join(f"{name} {ratio:.2f} ({nearby:.2f})" for name, (ratio, nearby) in meridian.items())
+    )
     print(
         "aims: ensemble-mean RMSE <= 0.7 x bilinear for every variable, CRPS of tp <= 0.8 x bilinear MAE, seam 0.9-1.1"
     )

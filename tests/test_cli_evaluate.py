@@ -472,7 +472,8 @@ def test_a_global_grid_reports_its_seam(tmp_path: Path, capsys: pytest.CaptureFi
     smooth = diffscale.evaluate(ensembles["smooth"], truth_ds)
     seam = diffscale.evaluate(ensembles["seam"], truth_ds)
     assert 0.9 <= float(smooth["seam_ratio"].sel(variable="t2m")) <= 1.1
-    assert float(seam["seam_ratio"].sel(variable="t2m")) > 1.5
+    assert float(seam["seam_ratio"].sel(variable="t2m")) > 1.5 and float(seam["seam_excess"].sel(variable="t2m")) > 1.5
+    assert 0.9 <= float(smooth["seam_excess"].sel(variable="t2m")) <= 1.1
     # the baseline upsamples across the seam too (periodic): its seam is like the truth's
     assert float(smooth["seam_difference"].sel(variable="t2m", prediction="bilinear")) == pytest.approx(
         float(smooth["seam_difference_truth"].sel(variable="t2m")), rel=0.5

@@ -12,6 +12,7 @@ import pytest
 from diffscale.evaluation.multivariate import (
     energy_score,
     energy_scores,
+    neighbour_differences,
     order_report,
     seam_difference,
     seam_report,
@@ -134,3 +135,21 @@ def test_seam_report_finds_a_seam_where_there_is_one_and_none_where_there_is_non
     assert with_seam["ratio"] > 2.0
     assert with_seam["ensemble_interior"] == pytest.approx(without["ensemble_interior"], rel=0.2)  # only the seam
     assert with_seam["truth"] == without["truth"] and with_seam["bilinear"] == without["truth"]
+    assert 0.9 <= without["excess"] <= 1.1 and with_seam["excess"] > 2.0
+
+
+def test_an_ensemble_noisier_everywhere_has_a_ratio_above_one_but_no_seam_excess() -> None:
+    # a truth whose small scales are alike at every longitude (random phases), as over many rows and times
+    rng = np.random.default_rng(4)
+    latitude = np.linspace(-70.0, 70.0, 8)
+    lon = np.deg2rad(15.0 * np.arange(24))
+    phases = rng.uniform(0, 2 * np.pi, size=(40, 8, 1, 3))
+    truth = sum(np.sin((k + 1) * lon + phases[..., k]) / (k + 1) for k in range(3))  # (40, 8, 24)
+    noisy = truth[None] + 0.5 * rng.normal(size=(16, *truth.shape))  # small scales far stronger than the truth's
+    report = seam_report(noisy, truth, truth, latitude)
+    assert report["ratio"] > 1.5 and report["nearby_ratio"] > 1.5  # the same at the seam and beside it
+    assert report["excess"] == pytest.approx(report["ratio"] / report["nearby_ratio"])
+    assert 0.85 <= report["excess"] <= 1.15
+    # the nearby pairs: the 4 on either side of the seam, averaged
+    differences = neighbour_differences(noisy, latitude)
+    assert report["ensemble_nearby"] == pytest.approx(differences[[20, 21, 22, 23, 1, 2, 3, 4]].mean())

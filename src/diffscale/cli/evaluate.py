@@ -123,8 +123,8 @@ def _table(name: str, units: str, scores: dict[str, Any], members: int, times: i
     if seam:
         lines.append(
             f"seam at the longitude wrap: truth {_format(seam['truth'])}, ensemble / truth = "
-            f"{_format(seam['ratio'], 3)} (no seam: within 0.9-1.1); neighbouring columns elsewhere: ensemble "
-            f"{_format(seam['ensemble_interior'])}, truth {_format(seam['truth_interior'])}"
+            f"{_format(seam['ratio'], 3)} (no seam: within 0.9-1.1); beside the seam "
+            f"{_format(seam['nearby_ratio'], 3)}, so the seam's own excess is {_format(seam['excess'], 3)} (no seam: 1)"
         )
     return "\n".join(lines + _calibration_lines(ensemble))
 

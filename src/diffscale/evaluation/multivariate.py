@@ -31,9 +31,11 @@ truth (0 for consistent data) and the baseline.
 pair of columns of the model's grid (179 and -180 deg once harmonised: where the upsampling, the padding and
 the patches wrap), over members, times and rows, beside the truth's and the mean |difference| of the other
 W - 1 pairs of neighbouring columns; any other pair can be measured too (``column``, e.g. the 359/0 deg pair of
-a file stored 0 .. 359). A prediction with a visible seam has
-a seam difference well above its interior one; ``ratio`` = ensemble seam / truth seam is within 10 % of 1 when
-the seam does not show (for an ensemble whose small scales are right).
+a file stored 0 .. 359). ``ratio`` = ensemble seam / truth seam is within 10 % of 1 when the seam does not show
+and the ensemble's small scales are right. An ensemble whose small scales are stronger or weaker than the
+truth's has a ratio away from 1 at every pair, not only at the seam: the same ratio over the 4 pairs on either
+side of the seam (``nearby_ratio``) shows that level, and ``excess`` = ratio / nearby_ratio is what the seam
+itself adds (1: no seam).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from diffscale.evaluation.scores import area_mean, area_weights
 __all__ = [
     "energy_score",
     "energy_scores",
+    "neighbour_differences",
     "order_report",
     "seam_difference",
     "seam_report",
@@ -58,6 +61,8 @@ __all__ = [
 ]
 
 _ES_CHUNK_BYTES = 64 * 2**20  # the fair estimator holds (points, M, M, V) pairwise differences
+NEARBY_PAIRS = 4
+"""Pairs of neighbouring columns on either side of the seam that show the ensemble's small scales there."""
 
 
 def truth_scales(truth: Mapping[str, np.ndarray], latitude: Any) -> dict[str, float]:
@@ -152,32 +157,52 @@ def order_report(
     return report
 
 
+def neighbour_differences(fields: Any, latitude: Any) -> np.ndarray:
+    """d_j, j = 0 .. W-1: the mean |x[..., j] - x[..., j-1]| between each column and the one before it (d_0: the
+    wrap-around pair W-1, 0), over every leading axis (members, times) and the rows with weights cos(latitude);
+    ``fields`` (..., H, W) on a periodic longitude axis."""
+    values = np.asarray(fields, dtype=np.float64)
+    weights = area_weights(latitude)
+    if values.ndim < 2 or values.shape[-2] != weights.size or values.shape[-1] < 3:
+        raise ValueError(f"fields of shape {values.shape}: need (..., {weights.size}, W >= 3)")
+    differences = np.abs(values - np.roll(values, 1, axis=-1))  # (..., H, W)
+    per_row = differences.reshape(-1, *values.shape[-2:]).mean(axis=0)  # (H, W)
+    return (per_row * weights[:, None]).mean(axis=0) / weights.mean()
+
+
 def seam_difference(fields: Any, latitude: Any, column: int = 0) -> tuple[float, float]:
     """(seam, interior) of ``fields`` (..., H, W) on a periodic longitude axis: the area-weighted mean
     |x[..., column] - x[..., column - 1]| across the seam before ``column`` (default 0: the wrap-around pair
     W - 1, 0 of the array), and the mean |difference| over the W - 1 other pairs of neighbouring columns, each
     averaged over every leading axis (members, times) and the rows with weights cos(latitude)."""
-    values = np.asarray(fields, dtype=np.float64)
-    weights = area_weights(latitude)
-    if values.ndim < 2 or values.shape[-2] != weights.size or values.shape[-1] < 3:
-        raise ValueError(f"fields of shape {values.shape}: need (..., {weights.size}, W >= 3)")
-    values = np.roll(values, -int(column), axis=-1)  # the seam's two columns become the last and the first
-    seam = np.abs(values[..., -1] - values[..., 0])  # (..., H)
-    interior = np.abs(np.diff(values, axis=-1)).mean(axis=-1)  # (..., H)
-    return (
-        float((seam * weights).mean(axis=-1).mean() / weights.mean()),
-        float((interior * weights).mean(axis=-1).mean() / weights.mean()),
-    )
+    differences = neighbour_differences(fields, latitude)
+    seam = differences[column]
+    return float(seam), float((differences.sum() - seam) / (differences.size - 1))
 
 
 def seam_report(
-    ensemble: np.ndarray, truth: np.ndarray, baseline: np.ndarray, latitude: Any, column: int = 0
+    ensemble: np.ndarray,
+    truth: np.ndarray,
+    baseline: np.ndarray,
+    latitude: Any,
+    column: int = 0,
+    nearby: int = NEARBY_PAIRS,
 ) -> dict[str, float]:
-    """The seam of one variable before ``column`` (:func:`seam_difference`): ``ensemble``, ``truth`` and
+    """The seam of one variable before ``column`` (:func:`neighbour_differences`): ``ensemble``, ``truth`` and
     ``bilinear`` seam differences, ``ratio`` = ensemble / truth (1 when the ensemble's seam is like the truth's),
-    and the interior differences of each (``*_interior``) for scale."""
+    the interior differences of each (``*_interior``: every other pair), the same ratio over the ``nearby`` pairs
+    on either side of the seam (``nearby_ratio``: what the ensemble's small scales give where there is no seam)
+    and ``excess`` = ratio / nearby_ratio, the seam's own share (1: no seam)."""
     report: dict[str, float] = {}
     for label, values in (("ensemble", ensemble), ("truth", truth), ("bilinear", baseline)):
-        report[label], report[f"{label}_interior"] = seam_difference(values, latitude, column)
+        differences = neighbour_differences(values, latitude)
+        width = differences.size
+        report[label] = float(differences[column])
+        report[f"{label}_interior"] = float((differences.sum() - differences[column]) / (width - 1))
+        around = [(column + offset) % width for offset in range(-nearby, nearby + 1) if offset != 0]
+        report[f"{label}_nearby"] = float(differences[around].mean())
     report["ratio"] = report["ensemble"] / report["truth"] if report["truth"] > 0 else math.nan
+    nearby_ratio = report["ensemble_nearby"] / report["truth_nearby"] if report["truth_nearby"] > 0 else math.nan
+    report["nearby_ratio"] = nearby_ratio
+    report["excess"] = report["ratio"] / nearby_ratio if nearby_ratio > 0 else math.nan
     return report

@@ -543,9 +543,10 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
     ``spread_error_weight_share`` (variable, spread_bin; lowest spread first) with its summaries
     ``spread_error_mean_abs_log_ratio`` and ``spread_error_log_slope``. Coordinate ``derived_from`` along
     ``variable``: the sources of a derived variable (``u10,v10`` for ``ws10``), empty otherwise. On a global grid:
-    ``seam_difference`` (variable, prediction), ``seam_difference_truth``, ``seam_ratio`` (ensemble / truth) and
-    the mean |difference| of other neighbouring columns ``interior_difference_{ensemble,truth,bilinear}``. With
-    several variables: ``energy_score`` (prediction) of the joint ensemble (its variables and scales in the
+    ``seam_difference`` (variable, prediction), ``seam_difference_truth``, ``seam_ratio`` (ensemble / truth),
+    ``seam_nearby_ratio`` (the same over the pairs beside the seam), ``seam_excess`` (their quotient: 1 for no
+    seam) and the mean |difference| of other neighbouring columns ``interior_difference_{ensemble,truth,bilinear}``.
+    With several variables: ``energy_score`` (prediction) of the joint ensemble (its variables and scales in the
     attributes ``energy_score_variables``/``energy_score_scales``). With ordered pairs: ``order_violation``
     (pair, prediction), ``order_violation_truth`` and ``order_mean_excess`` (pair), ``pair`` labelled
     ``low<=high``. The document's other entries (inputs, times, grid, seed) are the attributes. Missing values
@@ -622,6 +623,8 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
         )
         data["seam_difference_truth"] = (("variable",), [_number(item.get("truth")) for item in seams])
         data["seam_ratio"] = (("variable",), [_number(item.get("ratio")) for item in seams])
+        data["seam_nearby_ratio"] = (("variable",), [_number(item.get("nearby_ratio")) for item in seams])
+        data["seam_excess"] = (("variable",), [_number(item.get("excess")) for item in seams])
         for label in ("ensemble", "truth", "bilinear"):
             data[f"interior_difference_{label}"] = (
                 ("variable",),
