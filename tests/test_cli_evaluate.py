@@ -9,6 +9,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,11 +65,12 @@ def _write_truth(
     longitude: np.ndarray,
     times: np.ndarray,
     name: str = "2m_temperature",
-    units: str = "K",
+    units: str | None = "K",
 ) -> None:
     """A truth file as a provider might write it: latitude descending, longitude in 0..360, another name."""
+    attributes = {"units": units} if units is not None else {}
     dataset = xr.Dataset(
-        {name: (("time", "latitude", "longitude"), values[:, ::-1].astype(np.float32), {"units": units})},
+        {name: (("time", "latitude", "longitude"), values[:, ::-1].astype(np.float32), attributes)},
         coords={"time": times, "latitude": latitude[::-1], "longitude": longitude % 360.0},
     )
     dataset.to_netcdf(path)
@@ -192,6 +194,29 @@ def test_a_coarse_file_gives_the_same_baseline_as_the_coarsened_truth(files: dic
     )
 
 
+def test_a_truth_and_a_coarse_input_in_other_units_are_converted(files: dict, tmp_path: Path) -> None:
+    truth = files["truth_values"]
+    weights = np.cos(np.deg2rad(LATITUDE)).reshape(4, 4)
+    coarse = np.einsum("tiajb,ia->tij", truth.reshape(TIMES.size, 4, 4, 6, 4), weights)
+    coarse /= (4 * weights.sum(axis=1))[:, None]
+    coarse_lat, coarse_lon = LATITUDE.reshape(4, 4).mean(axis=1), LONGITUDE.reshape(6, 4).mean(axis=1)
+    _write_truth(tmp_path / "coarse_k.nc", coarse, coarse_lat, coarse_lon, TIMES, name="t2m")
+    _write_truth(tmp_path / "coarse_c.nc", coarse - 273.15, coarse_lat, coarse_lon, TIMES, name="t2m", units="degC")
+    _write_truth(tmp_path / "truth_c.nc", truth - 273.15, LATITUDE, LONGITUDE, TIMES, units="degC")
+    in_kelvin = diffscale_evaluate(files["ensemble"], files["truth"], tmp_path / "coarse_k.nc")
+    in_celsius = diffscale_evaluate(files["ensemble"], tmp_path / "truth_c.nc", tmp_path / "coarse_c.nc")
+    assert str(in_celsius["units"].sel(variable="t2m").values) == "K"  # scored in the ensemble's units
+    for key in ("rmse", "mae", "bias", "crps"):
+        # the files hold float32: degC values are rounded at 1e-6 K, not the K values' 3e-5 K
+        np.testing.assert_allclose(in_celsius[key].values, in_kelvin[key].values, rtol=1e-4, atol=2e-5)
+
+
+def diffscale_evaluate(*args: object, **kwargs: object) -> xr.Dataset:
+    import diffscale
+
+    return diffscale.evaluate(*args, **kwargs)
+
+
 def _shifted_truth(files: dict, path: Path) -> list[str]:
     _write_truth(path, files["truth_values"], LATITUDE + 0.125, LONGITUDE, TIMES)
     return ["--truth", str(path)]
@@ -209,8 +234,13 @@ def _later_truth(files: dict, path: Path) -> list[str]:
     return ["--truth", str(path)]
 
 
-def _celsius_truth(files: dict, path: Path) -> list[str]:
-    _write_truth(path, files["truth_values"] - 273.15, LATITUDE, LONGITUDE, TIMES, units="degC")
+def _pascal_truth(files: dict, path: Path) -> list[str]:
+    _write_truth(path, files["truth_values"], LATITUDE, LONGITUDE, TIMES, units="Pa")
+    return ["--truth", str(path)]
+
+
+def _truth_without_units(files: dict, path: Path) -> list[str]:
+    _write_truth(path, files["truth_values"], LATITUDE, LONGITUDE, TIMES, units=None)
     return ["--truth", str(path)]
 
 
@@ -229,7 +259,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[dict, Path], list[str]], str]] = {
     "grid": (_shifted_truth, "does not line up with the grid: no latitude"),
     "nan": (_nan_truth, "holds 1 NaN or infinite values (first at time 2020-01-01T12:00:00)"),
     "times": (_later_truth, "no time in common with the ensemble"),
-    "units": (_celsius_truth, "is in 'degC', the ensemble in 'K'"),
+    "units": (_pascal_truth, "'t2m' is in 'Pa', expected 'K': no unambiguous conversion (pressure and temperature"),
+    "no units": (_truth_without_units, "variable 't2m': the input has no units attribute, expected 'K'"),
     "variable": (_other_variable, "variable 't2m' not in"),
     "coarse": (_coarse_off_grid, "coarse input"),
     "missing file": (lambda files, path: ["--truth", str(path)], "truth file"),
@@ -321,3 +352,134 @@ def test_the_python_api_gives_the_command_s_scores_and_figures(files: dict, tmp_
         plots.spectra(scores, "u10")
     with pytest.raises(ConfigError, match="not among the evaluated times"):
         plots.maps(files["ensemble"], files["truth"], time="1999-01-01")
+
+
+# -- several variables -------------------------------------------------------------------------------------------
+def _multivariable_files(root: Path) -> dict[str, Any]:
+    """An ensemble and truth of u10, v10 [m s-1], tasmin and tasmax [degC] (the truth in another variable order,
+    tasmin <= tasmax everywhere); members are truth + noise, so tasmin > tasmax where the two are close."""
+    rng = np.random.default_rng(5)
+    shape = (TIMES.size, LATITUDE.size, LONGITUDE.size)
+    truth = {
+        "u10": 3.0 + 2.0 * rng.normal(size=shape),
+        "v10": -1.0 + 2.0 * rng.normal(size=shape),
+        "tasmin": 5.0 + 3.0 * rng.normal(size=shape),
+    }
+    truth["tasmax"] = truth["tasmin"] + rng.uniform(0.2, 6.0, size=shape)
+    truth = {name: values.astype(np.float32).astype(np.float64) for name, values in truth.items()}
+    members = {name: values + rng.normal(scale=0.8, size=(MEMBERS, *shape)) for name, values in truth.items()}
+    members = {name: values.astype(np.float32).astype(np.float64) for name, values in members.items()}
+    units = {"u10": "m s-1", "v10": "m s-1", "tasmin": "degC", "tasmax": "degC"}
+    coords = {"time": TIMES, "latitude": LATITUDE, "longitude": LONGITUDE}
+    xr.Dataset(
+        {name: (("member", "time", "latitude", "longitude"), members[name], {"units": units[name]}) for name in units},
+        coords={"member": np.arange(MEMBERS), **coords},
+        attrs={"coarsening_factor": FACTOR},
+    ).to_netcdf(root / "multi_ensemble.nc")
+    order = ["tasmax", "v10", "tasmin", "u10"]  # matched by name, not by position
+    truth_units = {**units, "u10": "m s**-1", "v10": "m s**-1"}  # ERA5's spelling of the same units
+    xr.Dataset(
+        {name: (("time", "latitude", "longitude"), truth[name], {"units": truth_units[name]}) for name in order},
+        coords=coords,
+    ).to_netcdf(root / "multi_truth.nc")
+    return {"truth": truth, "members": members, "units": units}
+
+
+def _block_mean(values: np.ndarray) -> np.ndarray:
+    weights = np.cos(np.deg2rad(LATITUDE)).reshape(4, 4)
+    blocks = values.reshape(TIMES.size, 4, 4, 6, 4)
+    return np.einsum("tiajb,ia->tij", blocks, weights) / (4 * weights.sum(axis=1))[:, None]
+
+
+def test_several_variables_derived_wind_speed_energy_score_and_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    made = _multivariable_files(tmp_path)
+    truth, members = made["truth"], made["members"]
+    out = tmp_path / "report"
+    ensemble_path, truth_path = tmp_path / "multi_ensemble.nc", tmp_path / "multi_truth.nc"
+    assert evaluate([str(ensemble_path), "--truth", str(truth_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    document = json.loads((out / "scores.json").read_text())
+    assert list(document["variables"]) == ["u10", "v10", "tasmin", "tasmax", "ws10"]
+    assert (out / "ws10_maps.png").exists() and (out / "ws10_rank_histogram.png").exists()
+    # wind speed: each member's speed from its components; the baseline's from the upsampled components
+    ws10 = document["variables"]["ws10"]
+    assert ws10["derived_from"] == ["u10", "v10"] and ws10["units"] == "m s-1"
+    speed_members = np.hypot(members["u10"], members["v10"])
+    speed_truth = np.hypot(truth["u10"], truth["v10"])
+    rmse = math.sqrt(_cos_mean((speed_members.mean(axis=0) - speed_truth) ** 2))
+    assert ws10["ensemble"]["rmse"] == pytest.approx(rmse, rel=1e-6)
+    baseline = np.hypot(
+        _bilinear_reference(_block_mean(truth["u10"]), FACTOR), _bilinear_reference(_block_mean(truth["v10"]), FACTOR)
+    )
+    assert ws10["bilinear"]["rmse"] == pytest.approx(math.sqrt(_cos_mean((baseline - speed_truth) ** 2)), rel=1e-6)
+    # the energy score over the four modelled variables (not the derived speed), each scaled by the truth's std
+    joint = document["joint"]["energy_score"]
+    names = ["u10", "v10", "tasmin", "tasmax"]
+    assert joint["variables"] == names
+    scales = {name: math.sqrt(_cos_mean((truth[name] - _cos_mean(truth[name])) ** 2)) for name in names}
+    assert joint["scales"] == pytest.approx(scales)
+    z = np.stack([members[name] / scales[name] for name in names], axis=2)  # (M, T, V, H, W)
+    y = np.stack([truth[name] / scales[name] for name in names], axis=1)
+    skill = np.linalg.norm(z - y[None], axis=2).mean(axis=0)
+    pairwise = np.linalg.norm(z[:, None] - z[None], axis=3).sum(axis=(0, 1)) / (2 * MEMBERS * (MEMBERS - 1))
+    assert joint["ensemble"] == pytest.approx(_cos_mean(skill - pairwise), rel=1e-6)
+    # order: the share of (member, time, point) with tasmin > tasmax, area-weighted; the truth never breaks it
+    (pair,) = document["ordered_pairs"]
+    weights = np.cos(np.deg2rad(LATITUDE))[:, None]
+    broken = (members["tasmin"] > members["tasmax"]) * weights
+    assert pair["ensemble"] == pytest.approx(broken.sum() / (weights.sum() * MEMBERS * TIMES.size * 24), rel=1e-9)
+    assert pair["truth"] == 0.0 and 0.0 < pair["ensemble"] < 0.5
+    assert "joint (u10, v10, tasmin, tasmax): energy score" in printed and "tasmin <= tasmax broken at" in printed
+    assert "ws10 (derived from u10, v10)" in printed and "seam" not in printed  # not a global grid
+    # the scores Dataset holds the same
+    import diffscale
+
+    scores = diffscale.evaluate(ensemble_path, truth=truth_path)
+    assert float(scores["energy_score"].sel(prediction="ensemble")) == joint["ensemble"]
+    assert float(scores["order_violation"].sel(pair="tasmin<=tasmax", prediction="ensemble")) == pair["ensemble"]
+    assert str(scores["derived_from"].sel(variable="ws10").values) == "u10,v10"
+    assert scores.attrs["energy_score_variables"] == "u10,v10,tasmin,tasmax"
+    # the derived variable by name: scored from its sources, and drawn like any other
+    speed = diffscale.evaluate(ensemble_path, truth=truth_path, variables=["ws10"])
+    assert list(speed["variable"].values) == ["u10", "v10", "ws10"] and "order_violation" not in speed
+    assert float(speed["rmse"].sel(variable="ws10", prediction="ensemble")) == ws10["ensemble"]["rmse"]
+    from diffscale.runs import plots
+
+    assert plots.maps(ensemble_path, truth_path, "ws10", time=0).axes
+
+
+def test_a_global_grid_reports_its_seam(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import diffscale
+
+    latitude = np.linspace(-70.0, 70.0, 8)
+    longitude = 15.0 * np.arange(24)  # 0 .. 345: global
+    rng = np.random.default_rng(6)
+    lon = np.deg2rad(longitude)
+    truth = 280.0 + 5.0 * np.sin(lon + rng.uniform(0, 6, size=(TIMES.size, 1, 1))) + np.zeros((1, 8, 1))
+    members = truth + rng.normal(scale=0.1, size=(MEMBERS, *truth.shape))
+    coords = {"time": TIMES, "latitude": latitude, "longitude": longitude}
+    ensembles = {}
+    for label, drift in (("smooth", 0.0), ("seam", 2.0)):
+        values = members + np.linspace(0.0, drift, 24)  # a drift west to east: a jump at the seam
+        ensembles[label] = xr.Dataset(
+            {"t2m": (("member", "time", "latitude", "longitude"), values, {"units": "K"})},
+            coords={"member": np.arange(MEMBERS), **coords},
+            attrs={"coarsening_factor": 4},
+        )
+    truth_ds = xr.Dataset({"t2m": (("time", "latitude", "longitude"), truth, {"units": "K"})}, coords=coords)
+    smooth = diffscale.evaluate(ensembles["smooth"], truth_ds)
+    seam = diffscale.evaluate(ensembles["seam"], truth_ds)
+    assert 0.9 <= float(smooth["seam_ratio"].sel(variable="t2m")) <= 1.1
+    assert float(seam["seam_ratio"].sel(variable="t2m")) > 1.5 and float(seam["seam_excess"].sel(variable="t2m")) > 1.5
+    assert 0.9 <= float(smooth["seam_excess"].sel(variable="t2m")) <= 1.1
+    # the baseline upsamples across the seam too (periodic): its seam is like the truth's
+    assert float(smooth["seam_difference"].sel(variable="t2m", prediction="bilinear")) == pytest.approx(
+        float(smooth["seam_difference_truth"].sel(variable="t2m")), rel=0.5
+    )
+    ensembles["seam"].to_netcdf(tmp_path / "ensemble.nc")
+    truth_ds.to_netcdf(tmp_path / "truth.nc")
+    argv = [str(tmp_path / "ensemble.nc"), "--truth", str(tmp_path / "truth.nc"), "--no-figures"]
+    assert evaluate([*argv, "--out", str(tmp_path / "report")]) == 0
+    assert "seam at the longitude wrap: truth " in capsys.readouterr().out

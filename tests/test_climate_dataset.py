@@ -561,6 +561,13 @@ def test_streaming_statistics_equal_the_in_memory_ones_and_subsample_evenly(file
     tp = np.log1p(ascending(files["tp"][[0, 4, 7, 11]]).astype(np.float64))
     assert subsampled["tp"]["mean"] == pytest.approx(tp.mean(), rel=1e-12)
     assert subsampled["tp"]["std"] == pytest.approx(tp.std(), rel=1e-12)
+    # a transform with a scale c: log1p(x / c) in both paths, c saved with the statistics
+    scaled = section(files, transforms={"tp": {"name": "log1p", "scale": 0.001}})
+    streamed, in_memory = fit_climate_stats(scaled)["tp"], fit_climate_stats(scaled, load_fine(scaled, "train"))["tp"]
+    assert streamed["scale"] == in_memory["scale"] == 0.001
+    tp = np.log1p(np.maximum(ascending(files["tp"][:12]).astype(np.float64), 0) / 0.001)
+    for key, expected in (("mean", tp.mean()), ("std", tp.std())):
+        assert streamed[key] == pytest.approx(expected, rel=1e-12) and in_memory[key] == pytest.approx(expected)
 
 
 @needs_data

@@ -89,3 +89,37 @@ def test_units_recorded_in_the_statistics_are_kept() -> None:
     assert transforms.units("t2m") == "K" and transforms.units("tp") is None
     assert transforms.to_dict() == stats
     assert Transforms({"tp": {**stats["tp"], "units": None}}).to_dict() == {"tp": stats["tp"]}
+
+
+@pytest.mark.parametrize("transform", ["log1p", "sqrt"])
+def test_a_scale_divides_the_field_before_the_transform(transform: str) -> None:
+    # tp in metres with c = 0.001 m: the statistics and the maps are those of the field in millimetres
+    rng = np.random.default_rng(3)
+    metres = rng.exponential(0.002, size=(6, 4, 5))
+    in_metres = Transforms.fit({"tp": metres}, {"tp": {"name": transform, "scale": 0.001}})
+    in_millimetres = Transforms.fit({"tp": 1000.0 * metres}, {"tp": transform})
+    g = np.log1p if transform == "log1p" else np.sqrt
+    assert in_metres.stats["tp"]["mean"] == pytest.approx(g(1000.0 * metres).mean())
+    assert in_metres.stats["tp"]["scale"] == 0.001 and "scale" not in in_millimetres.stats["tp"]
+    x = torch.tensor(metres)
+    z = in_metres.forward(x, "tp")
+    torch.testing.assert_close(z, in_millimetres.forward(1000.0 * x, "tp"))
+    torch.testing.assert_close(in_metres.inverse(z, "tp"), x, rtol=1e-12, atol=1e-15)
+    assert Transforms(in_metres.to_dict()).stats == in_metres.stats  # the scale is saved with the run
+
+
+def test_log1p_of_metres_is_nearly_the_identity_without_a_scale() -> None:
+    # why the scale matters: hourly ERA5 precipitation is below 0.05 m, where log(1 + x) = x (1 - x / 2 + ...)
+    x = torch.tensor([1e-5, 1e-3, 0.05], dtype=torch.float64)
+    plain = Transforms({"tp": {"transform": "log1p", "mean": 0.0, "std": 1.0}}).forward(x, "tp")
+    assert torch.all((plain / x - 1).abs() <= x / 2 + 1e-12)
+    scaled = Transforms({"tp": {"transform": "log1p", "mean": 0.0, "std": 1.0, "scale": 0.001}}).forward(x, "tp")
+    torch.testing.assert_close(scaled, torch.log1p(x / 0.001))
+
+
+def test_a_bad_scale_is_refused() -> None:
+    for scale in (0.0, -1.0, float("nan"), "big"):
+        with pytest.raises(ConfigError, match="the scale must be a finite number > 0"):
+            fit_stats({"tp": np.ones(3)}, {"tp": {"name": "log1p", "scale": scale}})
+    with pytest.raises(ConfigError, match="the scale must be a finite number > 0"):
+        Transforms({"tp": {"transform": "log1p", "mean": 0.0, "std": 1.0, "scale": -2.0}})

@@ -82,6 +82,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--weights", choices=("ema", "raw"), default="ema", help="EMA-averaged weights or the raw trained weights"
     )
+    parser.add_argument(
+        "--sort-ordered-pairs",
+        action="store_true",
+        help="sort ordered pairs (tasmin <= tasmax) pointwise in every member: min/max of the two values",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=run, aliases=ALIASES)
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             member_batch=args.member_batch,
             batch_size=args.batch_size,
             threads=args.threads,
+            sort_ordered_pairs=args.sort_ordered_pairs,
         )
         if context.is_main:
             print(job.describe(context.world_size))

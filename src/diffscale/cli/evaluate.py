@@ -27,8 +27,14 @@ spread-skill ratio sqrt((M+1)/M) spread / RMSE; rank histogram and its flatness 
 index, share of truths outside the ensemble); the binned spread-error relation (spread against the RMSE of the
 ensemble mean in bins of spread: a calibrated ensemble lies on the diagonal); radially averaged power spectra in
 physical wavenumbers and their ratio to the truth's above the coarse grid's Nyquist wavenumber; errors of the 1st
-and 99th percentiles. The report directory receives scores.json and, per variable, PNG maps, spectra, rank
-histogram, spread-error and quantile-quantile plots; a table of the main scores is printed at the end.
+and 99th percentiles. The 10 m wind speed (ws10) is derived from u10 and v10 and scored like a variable. With
+several variables: the energy score of the joint ensemble (the variables at each point, each divided by the
+truth's standard deviation) and, for ordered pairs (tasmin <= tasmax), the share of member points that break
+the order. On a global grid: the mean |difference| across the longitude seam, ensemble against truth. The truth
+and coarse input are converted to the ensemble's units (K/degC, m/mm, Pa/hPa) or refused.
+
+The report directory receives scores.json and, per variable, PNG maps, spectra, rank histogram, spread-error and
+quantile-quantile plots; a table of the main scores is printed at the end.
 
 The truth is selected at the ensemble's times (those it lacks are left out and counted) and grid points
 (longitudes match modulo 360). The coarse input is --coarse FILE (on the grid of blocks of the ensemble's
@@ -106,9 +112,41 @@ def _table(name: str, units: str, scores: dict[str, Any], members: int, times: i
     ]
     for key, item in ensemble["percentile_errors"].items():
         rows.append((f"{key} error{unit}", item["bias"], bilinear["percentile_errors"][key]["bias"]))
-    lines = [f"{name}: {members} members, {times} times", f"{'score':<34}{'ensemble':>12}{'bilinear':>12}"]
+    seam = scores.get("seam")
+    if seam:
+        rows.append((f"seam |difference|{unit}", seam["ensemble"], seam["bilinear"]))
+    derived = f" (derived from {', '.join(scores['derived_from'])})" if scores.get("derived_from") else ""
+    lines = [
+        f"{name}{derived}: {members} members, {times} times",
+        f"{'score':<34}{'ensemble':>12}{'bilinear':>12}",
+    ]
     lines += [f"{label:<34}{_format(a):>12}{_format(b):>12}" for label, a, b in rows]
+    if seam:
+        lines.append(
+            f"seam at the longitude wrap: truth {_format(seam['truth'])}, ensemble / truth = "
+            f"{_format(seam['ratio'], 3)} (no seam: within 0.9-1.1); beside the seam "
+            f"{_format(seam['nearby_ratio'], 3)}, so the seam's own excess is {_format(seam['excess'], 3)} (no seam: 1)"
+        )
     return "\n".join(lines + _calibration_lines(ensemble))
+
+
+def _joint_lines(document: dict[str, Any]) -> list[str]:
+    """The energy score of the joint ensemble and the order of ordered pairs, when there are any."""
+    lines = []
+    joint = (document.get("joint") or {}).get("energy_score")
+    if joint:
+        scales = ", ".join(f"{name} {_format(joint['scales'][name], 3)}" for name in joint["variables"])
+        lines.append(
+            f"joint ({', '.join(joint['variables'])}): energy score {_format(joint['ensemble'])} (ensemble), "
+            f"{_format(joint['bilinear'])} (bilinear); each variable divided by the truth's std. dev. ({scales})"
+        )
+    for pair in document.get("ordered_pairs") or []:
+        lines.append(
+            f"{pair['low']} <= {pair['high']} broken at {_format(100 * pair['ensemble'], 3)} % of member points "
+            f"(mean excess {_format(pair['ensemble_mean_excess'], 3)}; truth {_format(100 * pair['truth'], 3)} %, "
+            f"bilinear {_format(100 * pair['bilinear'], 3)} %)"
+        )
+    return lines
 
 
 def _calibration_lines(ensemble: dict[str, Any]) -> list[str]:
@@ -163,5 +201,7 @@ def run(args: argparse.Namespace) -> int:
         scores_path = write_report(out, evaluation, figures=not args.no_figures)
     for result in evaluation.variables:
         print(_table(result.name, result.units, result.scores, inputs.members, inputs.times.size))
+    for line in _joint_lines(evaluation.document):
+        print(line)
     print(f"wrote {scores_path} and {len(evaluation.document['figures'])} figures to {out}")
     return 0

@@ -38,6 +38,8 @@ from diffscale.data.climate.blocks import LazyConditioning, LazyRows
 from diffscale.data.climate.cf import cf_attributes
 from diffscale.data.climate.grid import fine_coordinates, grid_spacing, is_global_longitude
 from diffscale.data.climate.io import select_fields
+from diffscale.data.climate.relations import ORDERED_PAIRS, ordered_pairs
+from diffscale.data.climate.relations import sort_ordered_pairs as sort_pairs
 from diffscale.data.climate.series import DASK_CHUNK_BYTES
 from diffscale.downscaling import (
     EnsembleWriter,
@@ -153,10 +155,14 @@ def check_coarse_grid(
             )
 
 
-def _attributes_in_units(fields: xr.Dataset, conditioning: Conditioning, name: str) -> dict[str, Any]:
-    """The coarse input's attributes of ``name``, with the units its values were converted to (the run's)."""
+def _attributes_in_units(
+    fields: xr.Dataset, conditioning: Conditioning, name: str, trained: str | None = None
+) -> dict[str, Any]:
+    """The coarse input's attributes of ``name``, with the units its values were converted to: the run's
+    (``trained``, spelled as in training, also where the input's spelling of the same units left the values as
+    they were: kg m-2 d-1 for mm d-1), else those of the input."""
     attributes = dict(fields[name].attrs) if name in fields else {}
-    units = conditioning.units.get(name)
+    units = trained or conditioning.units.get(name)
     if units:
         attributes["units"] = units
     return attributes
@@ -251,9 +257,17 @@ class DownscalingJob:
         member_batch: int = DEFAULT_MEMBER_BATCH,
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: Threads = "auto",
+        sort_ordered_pairs: bool = False,
     ) -> DownscalingJob:
         """Check the options and the coarse input and build its conditioning (the regression base of a CorrDiff or
         regression run too). See :meth:`ClimateRun.downscale` for the arguments.
+
+        ``sort_ordered_pairs``: sort each ordered pair of the run's variables (tasmin <= tasmax,
+        :data:`~diffscale.data.climate.relations.ORDERED_PAIRS`) at every point of every member, in physical
+        units: low, high <- min, max (:func:`~diffscale.data.climate.relations.sort_ordered_pairs`). Members that
+        already respect the order are unchanged; where one breaks it the two values swap, which keeps the pair's
+        mean and range |high - low| but moves the upper tail of low down and the lower tail of high up there.
+        Refused for a run without an ordered pair.
 
         Raises:
             ConfigError: a bad option, a missing variable, NaNs (naming variable and time), a grid whose spacing is
@@ -289,6 +303,15 @@ class DownscalingJob:
                 s_noise=s_noise,
                 schedule=schedule,
             )
+        if not isinstance(sort_ordered_pairs, bool):
+            raise ConfigError(f"{option_name('sort_ordered_pairs')} = {sort_ordered_pairs!r}: must be true or false")
+        pairs = ordered_pairs(section.variables)
+        if sort_ordered_pairs and not pairs:
+            known = ", ".join(f"{low} <= {high}" for low, high in ORDERED_PAIRS)
+            raise ConfigError(
+                f"{option_name('sort_ordered_pairs')}: the run's variables ({', '.join(section.variables)}) hold no "
+                f"ordered pair (known: {known})"
+            )
         fields, source = coarse_fields(coarse, section.variables, start, end)
         builder = run.builder()
         check_coarse_grid(
@@ -311,7 +334,10 @@ class DownscalingJob:
         height, width = conditioning.latitude.size, conditioning.longitude.size
         plan = _patch_plan(patch, overlap, section.patch, height, width, periodic)
         variables = {
-            name: cf_attributes(name, _attributes_in_units(fields, conditioning, name)) for name in section.variables
+            name: cf_attributes(
+                name, _attributes_in_units(fields, conditioning, name, builder.transforms.stats[name].get("units"))
+            )
+            for name in section.variables
         }
         attributes: dict[str, Any] = {
             "title": "diffscale downscaled ensemble",
@@ -332,6 +358,10 @@ class DownscalingJob:
             attributes["nfe_per_member"] = number_of_evaluations(chosen.steps, chosen.solver)
         if plan is not None:
             attributes["patch"] = f"{plan!r}"
+        to_physical: ToPhysical = builder.to_physical
+        if sort_ordered_pairs:
+            attributes["ordered_pairs"] = "; ".join(f"{low} <= {high} sorted pointwise" for low, high in pairs)
+            to_physical = _sorting(builder.to_physical, list(section.variables))
         return cls(
             climate=run,
             conditioning=conditioning,
@@ -344,7 +374,7 @@ class DownscalingJob:
             patch_plan=plan,
             variables=variables,
             attributes=attributes,
-            to_physical=builder.to_physical,
+            to_physical=to_physical,
             threads=threads,
         )
 
@@ -475,6 +505,15 @@ class DownscalingJob:
             progress=progress,
             threads=self.threads,
         )
+
+
+def _sorting(to_physical: ToPhysical, variables: list[str]) -> ToPhysical:
+    """``to_physical`` followed by sorting the ordered pairs of ``variables`` (channels of (B, C, H, W))."""
+
+    def physical_and_sorted(normalised: torch.Tensor) -> torch.Tensor:
+        return sort_pairs(to_physical(normalised), variables, dim=-3)
+
+    return physical_and_sorted
 
 
 def _version() -> str:

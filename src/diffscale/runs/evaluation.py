@@ -11,10 +11,20 @@ it lacks are left out and counted) and grid points (longitudes match modulo 360)
 ``coarsening_factor`` attribute or ``coarsening_factor``. Every input is checked before anything is computed;
 bad input raises :class:`~diffscale.validation.ConfigError` (one line naming the input, variable or coordinate).
 
+The truth and the coarse input are put in the ensemble's units through their ``units`` attributes where the
+conversion is unambiguous (K and degC, m and mm, Pa and hPa: :func:`~diffscale.data.climate.units.convert_units`)
+and refused otherwise.
+
 Scores, area-weighted by cos(latitude) (:func:`diffscale.evaluation.climate_report.evaluate_variable`): RMSE, MAE
 and bias of the ensemble mean; fair CRPS; spread and spread-skill ratio sqrt((M+1)/M) spread / RMSE; rank
 histogram; radially averaged power spectra and their ratio to the truth's above the coarse Nyquist wavenumber;
-errors of the 1st and 99th percentiles.
+errors of the 1st and 99th percentiles. Variables derived from scored ones
+(:data:`~diffscale.data.climate.relations.DERIVED_VARIABLES`: the 10 m wind speed ``ws10`` from u10 and v10) are
+scored like the others: the members' speeds from the members' components, the truth's from the truth's, the
+baseline's from the upsampled components. With several variables (:mod:`diffscale.evaluation.multivariate`): the
+energy score of the joint ensemble (the variables at a point, each scaled by the truth's standard deviation), and
+for ordered pairs (tasmin <= tasmax) the fraction of points where a member breaks the order. On a global grid the
+seam at the longitude wrap is measured per variable (ensemble against truth).
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +44,8 @@ import xarray as xr
 
 from diffscale.data.climate.grid import block_centres, is_global_longitude, select_grid
 from diffscale.data.climate.io import canonical_variable, open_dataset, open_fields, select_fields
+from diffscale.data.climate.relations import DERIVED_VARIABLES, derived_variables
+from diffscale.data.climate.units import convert_units
 from diffscale.evaluation.climate_report import (
     VariableEvaluation,
     coarsen_block_mean,
@@ -46,6 +58,7 @@ from diffscale.evaluation.climate_report import (
     upsample_bilinear,
     write_scores_json,
 )
+from diffscale.evaluation.multivariate import energy_scores, order_report, seam_report
 from diffscale.evaluation.spectra import grid_spacing_km
 from diffscale.files import check_output
 from diffscale.validation import ConfigError, option_name
@@ -109,6 +122,18 @@ class EvaluationInputs:
     baseline_source: str
     sources: dict[str, Any]
     """How the inputs were given (paths, or a note that they were Datasets), for the report."""
+    derived: dict[str, list[str]] = field(default_factory=dict)
+    """Variables computed from others (name -> its sources), appended to ``variables``."""
+
+    @property
+    def modelled(self) -> list[str]:
+        """The ensemble's own variables (``variables`` less the derived ones)."""
+        return [name for name in self.variables if name not in self.derived]
+
+    @property
+    def periodic_longitude(self) -> bool:
+        """Whether the grid goes round the globe in longitude (then its seam is measured)."""
+        return is_global_longitude(self.longitude)
 
     @property
     def members(self) -> int:
@@ -201,11 +226,21 @@ def _finite(values: np.ndarray, variable: str, where: str, times: np.ndarray) ->
 
 
 def _ensemble_variables(dataset: xr.Dataset, requested: Sequence[str] | None, where: str) -> list[str]:
+    """The ensemble variables to score: ``requested`` (a derived variable the ensemble lacks stands for its
+    sources, from which it is derived again) or every variable with the ensemble's dims."""
     available = [name for name in dataset.data_vars if set(dataset[name].dims) == set(ENSEMBLE_DIMS)]
     if requested is None:
         if not available:
             raise ConfigError(f"ensemble {where}: no data variable with dims {ENSEMBLE_DIMS}")
         return [str(name) for name in available]
+    expanded: list[str] = []
+    for name in requested:
+        derived = DERIVED_VARIABLES.get(name)
+        if name not in dataset.data_vars and derived is not None and set(derived.sources) <= set(available):
+            expanded += derived.sources
+        else:
+            expanded.append(name)
+    requested = expanded
     for name in requested:
         if name not in dataset.data_vars:
             raise ConfigError(
@@ -255,8 +290,8 @@ def load_inputs(
 ) -> EvaluationInputs:
     """Read, check and align the ensemble, the truth and the coarse input; build the bilinear baseline.
 
-    Raises ConfigError on a missing file or variable, grids that do not match, NaNs, differing units, no
-    common time or a grid that is not divisible by the coarsening factor.
+    Raises ConfigError on a missing file or variable, grids that do not match, NaNs, units that do not convert to
+    the ensemble's, no common time or a grid that is not divisible by the coarsening factor.
     """
     for source, what in ((ensemble, "ensemble"), (truth, "truth"), (coarse, "coarse")):
         _check_exists(source, what)
@@ -286,26 +321,21 @@ def load_inputs(
     truth_ds = select_grid(truth_ds, latitude, longitude, truth_where)
     truth_time_index = np.array([int(np.nonzero(truth_times == time)[0][0]) for time in times])
 
+    units = {name: _units(ensemble_ds, name) for name in names}
+    truth_ds = _in_units(truth_ds, names, units, truth_where)
     ensemble_values: dict[str, np.ndarray] = {}
     truth_values: dict[str, np.ndarray] = {}
-    units: dict[str, str] = {}
     for name in names:
-        field = ensemble_ds[name]
-        if "time" not in field.dims:
-            field = field.expand_dims("time")
-        members = field.transpose(*ENSEMBLE_DIMS).isel(time=np.nonzero(common)[0])
+        members_field = ensemble_ds[name]
+        if "time" not in members_field.dims:
+            members_field = members_field.expand_dims("time")
+        members = members_field.transpose(*ENSEMBLE_DIMS).isel(time=np.nonzero(common)[0])
         ensemble_values[name] = _finite(
             np.asarray(members.values, dtype=np.float64), name, f"ensemble {ensemble_where}", times
         )
         truth_field = truth_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
         truth_field = truth_field.isel(time=truth_time_index)
         truth_values[name] = _finite(np.asarray(truth_field.values, dtype=np.float64), name, truth_where, times)
-        units[name] = _units(ensemble_ds, name)
-        truth_units = _units(truth_ds, canonical_variable(name))
-        if units[name] and truth_units and units[name] != truth_units:
-            raise ConfigError(
-                f"{truth_where}: variable {name!r} is in {truth_units!r}, the ensemble in {units[name]!r}"
-            )
 
     height, width = latitude.size, longitude.size
     coarse_values: dict[str, np.ndarray] = {}
@@ -331,15 +361,11 @@ def load_inputs(
                 f"(first {times[missing][0]})"
             )
         coarse_time_index = np.array([int(np.nonzero(coarse_times == time)[0][0]) for time in times])
+        coarse_ds = _in_units(coarse_ds, names, units, coarse_where)
         for name in names:
-            field = coarse_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
-            field = field.isel(time=coarse_time_index)
-            coarse_values[name] = _finite(np.asarray(field.values, dtype=np.float64), name, coarse_where, times)
-            coarse_units = _units(coarse_ds, canonical_variable(name))
-            if units[name] and coarse_units and units[name] != coarse_units:
-                raise ConfigError(
-                    f"{coarse_where}: variable {name!r} is in {coarse_units!r}, the ensemble in {units[name]!r}"
-                )
+            coarse_field = coarse_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
+            coarse_field = coarse_field.isel(time=coarse_time_index)
+            coarse_values[name] = _finite(np.asarray(coarse_field.values, dtype=np.float64), name, coarse_where, times)
         baseline_source = f"bilinear upsampling of {_describe(coarse)}"
     else:
         if factor is None:
@@ -354,8 +380,14 @@ def load_inputs(
         baseline_source = f"bilinear upsampling of the truth coarsened {factor}x (area-weighted block mean)"
     periodic = is_global_longitude(longitude)
     baseline = {name: upsample_bilinear(coarse_values[name], factor, periodic_longitude=periodic) for name in names}
+    derived: dict[str, list[str]] = {}
+    for item in derived_variables(names):
+        for values in (ensemble_values, truth_values, coarse_values, baseline):
+            values[item.name] = item.function(*(values[source] for source in item.sources))
+        units[item.name] = units[item.sources[0]]
+        derived[item.name] = list(item.sources)
     return EvaluationInputs(
-        variables=names,
+        variables=names + list(derived),
         units=units,
         ensemble=ensemble_values,
         truth=truth_values,
@@ -374,7 +406,16 @@ def load_inputs(
             "truth": _absolute(truth) if not isinstance(truth, str | os.PathLike) else [_absolute(truth)],
             "coarse": _absolute(coarse) if coarse is not None else None,
         },
+        derived=derived,
     )
+
+
+def _in_units(dataset: xr.Dataset, names: list[str], units: dict[str, str], where: str) -> xr.Dataset:
+    """``dataset`` with each variable in the ensemble's units (converted through its ``units`` attribute where the
+    conversion is unambiguous; ConfigError naming ``where``, the variable and both units otherwise). Nothing is
+    asked of variables whose ensemble has no units."""
+    expected = {canonical_variable(name): units[name] or None for name in names}
+    return convert_units(dataset, expected, source=where)
 
 
 # -- scoring ---------------------------------------------------------------------------------------------------
@@ -437,6 +478,23 @@ def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0) -> Evaluation:
         "seed": int(seed),
         "variables": {evaluation.name: evaluation.scores for evaluation in evaluations},
     }
+    for name, sources in inputs.derived.items():
+        document["variables"][name]["derived_from"] = sources
+    if inputs.periodic_longitude:
+        for name in inputs.variables:
+            document["variables"][name]["seam"] = seam_report(
+                inputs.ensemble[name], inputs.truth[name], inputs.baseline[name], inputs.latitude
+            )
+    modelled = inputs.modelled
+    if len(modelled) > 1:
+        document["joint"] = {
+            "energy_score": energy_scores(inputs.ensemble, inputs.truth, inputs.baseline, inputs.latitude, modelled)
+        }
+    pairs = order_report(
+        {name: inputs.ensemble[name] for name in modelled}, inputs.truth, inputs.baseline, inputs.latitude
+    )
+    if pairs:
+        document["ordered_pairs"] = pairs
     return Evaluation(inputs, evaluations, document)
 
 
@@ -456,7 +514,8 @@ def evaluate(
         ensemble: an ``xarray.Dataset`` with dims (member, time, latitude, longitude), or its file.
         truth: the true fields (Dataset, file or files).
         coarse: the coarse input the baseline upsamples (default: the truth's block mean).
-        variables: the variables to score (default: every ensemble variable).
+        variables: the variables to score (default: every ensemble variable; a derived one, ``ws10``, brings its
+            sources u10 and v10).
         coarsening_factor: fine cells per coarse cell (default: the ensemble's attribute).
         seed: seed of the random tie-breaking of ranks.
     """
@@ -482,8 +541,16 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
     calibrated ensemble), ``rank_outside_fraction`` (and ``..._calibrated``, 2 / (M + 1)); the binned spread-error
     relation ``spread_error_spread``, ``spread_error_rmse``, ``spread_error_counts`` and
     ``spread_error_weight_share`` (variable, spread_bin; lowest spread first) with its summaries
-    ``spread_error_mean_abs_log_ratio`` and ``spread_error_log_slope``. The document's other entries (inputs,
-    times, grid, seed) are the attributes. Missing values (e.g. a spread-skill ratio of one member) are NaN.
+    ``spread_error_mean_abs_log_ratio`` and ``spread_error_log_slope``. Coordinate ``derived_from`` along
+    ``variable``: the sources of a derived variable (``u10,v10`` for ``ws10``), empty otherwise. On a global grid:
+    ``seam_difference`` (variable, prediction), ``seam_difference_truth``, ``seam_ratio`` (ensemble / truth),
+    ``seam_nearby_ratio`` (the same over the pairs beside the seam), ``seam_excess`` (their quotient: 1 for no
+    seam) and the mean |difference| of other neighbouring columns ``interior_difference_{ensemble,truth,bilinear}``.
+    With several variables: ``energy_score`` (prediction) of the joint ensemble (its variables and scales in the
+    attributes ``energy_score_variables``/``energy_score_scales``). With ordered pairs: ``order_violation``
+    (pair, prediction), ``order_violation_truth`` and ``order_mean_excess`` (pair), ``pair`` labelled
+    ``low<=high``. The document's other entries (inputs, times, grid, seed) are the attributes. Missing values
+    (e.g. a spread-skill ratio of one member) are NaN.
     """
     scores = document["variables"]
     names = list(scores)
@@ -548,6 +615,32 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
     for key in ("mean_abs_log_ratio", "log_slope"):
         data[f"spread_error_{key}"] = (("variable",), [_number(item.get(key)) for item in binned])
     sorted_by = {item["sorted_by"] for item in binned if item.get("sorted_by")}
+    if any("seam" in scores[name] for name in names):
+        seams = [scores[name].get("seam") or {} for name in names]
+        data["seam_difference"] = (
+            ("variable", "prediction"),
+            [[_number(item.get(prediction)) for prediction in PREDICTIONS] for item in seams],
+        )
+        data["seam_difference_truth"] = (("variable",), [_number(item.get("truth")) for item in seams])
+        data["seam_ratio"] = (("variable",), [_number(item.get("ratio")) for item in seams])
+        data["seam_nearby_ratio"] = (("variable",), [_number(item.get("nearby_ratio")) for item in seams])
+        data["seam_excess"] = (("variable",), [_number(item.get("excess")) for item in seams])
+        for label in ("ensemble", "truth", "bilinear"):
+            data[f"interior_difference_{label}"] = (
+                ("variable",),
+                [_number(item.get(f"{label}_interior")) for item in seams],
+            )
+    joint = (document.get("joint") or {}).get("energy_score")
+    if joint:
+        data["energy_score"] = (("prediction",), [_number(joint[prediction]) for prediction in PREDICTIONS])
+    pairs = document.get("ordered_pairs") or []
+    if pairs:
+        data["order_violation"] = (
+            ("pair", "prediction"),
+            [[_number(item[prediction]) for prediction in PREDICTIONS] for item in pairs],
+        )
+        data["order_violation_truth"] = (("pair",), [_number(item["truth"]) for item in pairs])
+        data["order_mean_excess"] = (("pair",), [_number(item["ensemble_mean_excess"]) for item in pairs])
     members = int(document["members"])
     coordinates = {
         "variable": names,
@@ -557,11 +650,22 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
         "spectrum": spectrum_labels,
         "wavenumber": ("wavenumber", np.asarray(first["spectra"]["wavenumber_per_km"]), {"units": "km-1"}),
         "units": ("variable", [str(scores[name]["units"]) for name in names]),
+        "derived_from": ("variable", [",".join(scores[name].get("derived_from", [])) for name in names]),
         "spread_bin": np.arange(width),
     }
+    if pairs:
+        coordinates["pair"] = [f"{item['low']}<={item['high']}" for item in pairs]
     attributes = {
-        key: value for key, value in document.items() if key not in ("variables", "figures") and value is not None
+        key: value
+        for key, value in document.items()
+        if key not in ("variables", "figures", "joint", "ordered_pairs") and value is not None
     }
+    if joint:
+        attributes["energy_score_variables"] = ",".join(joint["variables"])
+        attributes["energy_score_scales"] = ",".join(
+            f"{name}={joint['scales'][name]:.6g}" for name in joint["variables"]
+        )
+        attributes["energy_score_vector"] = joint["vector"]
     flat: dict[str, Any] = {}
     for key, value in attributes.items():
         if isinstance(value, dict):

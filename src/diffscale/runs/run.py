@@ -333,7 +333,9 @@ class ClimateRun(Run):
             **options: sampler settings (``steps``, ``sampler``, ``s_churn``, ``s_min``, ``s_max``, ``s_noise``,
                 ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive), ``patch``
                 (H, W) and ``overlap``, ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads:
-                ``auto``, the default, re-chooses from the load of other processes; a count fixes them): see
+                ``auto``, the default, re-chooses from the load of other processes; a count fixes them),
+                ``sort_ordered_pairs`` (tasmin <= tasmax at every point: see
+                :meth:`~diffscale.runs.downscaling.DownscalingJob.prepare`): see
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)

@@ -14,7 +14,7 @@ import xarray as xr
 from diffscale.data.climate.conditioning import load_statics, statics_on_grid
 from diffscale.data.climate.series import FieldSeries, format_time
 from diffscale.data.climate.splits import open_fine_series
-from diffscale.data.climate.transforms import TRANSFORMS, fit_stats, lazy_moments, stats_entry
+from diffscale.data.climate.transforms import fit_stats, lazy_moments, stats_entry, transform_spec
 from diffscale.validation import ConfigError
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def stats_time_indices(count: int, limit: int | None) -> np.ndarray:
 
 
 def streaming_variable_stats(
-    series: FieldSeries, transforms: Mapping[str, str] | None = None, limit: int | None = None
+    series: FieldSeries, transforms: Mapping[str, Any] | None = None, limit: int | None = None
 ) -> dict[str, dict[str, Any]]:
     """Mean and standard deviation of g_v(x) for each variable of ``series``, in one streaming pass.
 
@@ -89,9 +89,7 @@ def streaming_variable_stats(
 
     transforms = dict(transforms or {})
     for name in series.variables:
-        transform = transforms.get(name, "standardize")
-        if transform not in TRANSFORMS:
-            raise ConfigError(f"transform for {name!r} = {transform!r}: allowed: {', '.join(TRANSFORMS)}")
+        transform_spec(transforms.get(name, "standardize"), name)  # ConfigError for an unknown one
     parts = series.lazy_parts(stats_time_indices(len(series), limit))
     moments, flags = [], []
     for name in series.variables:

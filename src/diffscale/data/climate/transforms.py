@@ -5,21 +5,25 @@ Each variable v has a pointwise map g_v and a standardisation fitted on the trai
     z = (g_v(x) - mu_v) / s_v,        x = g_v^-1(s_v z + mu_v),
 
 with mu_v, s_v the mean and (population) standard deviation of g_v(x) over every time and grid point of the
-training data, and
+training data, c_v > 0 the transform's scale (default 1, in the variable's units), and
 
-* ``standardize``: g(x) = x;
-* ``log1p``: g(x) = log(1 + max(x, 0)) (precipitation: the heavy tail compressed; tiny negative values of
-  accumulated fields, e.g. ERA5's tp, are taken as 0), inverse max(exp(y) - 1, 0);
-* ``sqrt``: g(x) = sqrt(max(x, 0)), inverse max(y, 0)^2.
+* ``standardize``: g(x) = x (the scale plays no part);
+* ``log1p``: g(x) = log(1 + max(x, 0) / c) (precipitation: the heavy tail compressed; tiny negative values of
+  accumulated fields, e.g. ERA5's tp, are taken as 0), inverse c max(exp(y) - 1, 0);
+* ``sqrt``: g(x) = sqrt(max(x, 0) / c), inverse c max(y, 0)^2.
+
+The scale sets where log1p turns from linear (x << c) to logarithmic (x >> c): for ERA5's tp in metres,
+log(1 + x) is x to within 1e-4 for any hourly amount, so the transform does nothing; c = 0.001 m makes it the
+log1p of millimetres.
 
 The inverses clip to the physical range (x >= 0) so that a generated field is a valid precipitation field;
 for data in that range the round trip is exact to floating-point precision (computed in float64). A constant
 field (s_v = 0, e.g. a land-sea mask over the sea only) gets s_v = 1.
 
-The statistics are a JSON-able dict ``{variable: {"transform": name, "mean": mu, "std": s}}``, saved with a
-run and passed back in for validation, testing and downscaling. An entry may also hold ``"units"``: the units
-the training data were in (then fields in other units are converted or refused:
-:mod:`~diffscale.data.climate.units`).
+The statistics are a JSON-able dict ``{variable: {"transform": name, "mean": mu, "std": s}}`` (with
+``"scale": c`` when c != 1), saved with a run and passed back in for validation, testing and downscaling. An
+entry may also hold ``"units"``: the units the training data were in (then fields in other units are converted
+or refused: :mod:`~diffscale.data.climate.units`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 
 from diffscale.validation import ConfigError
 
-__all__ = ["TRANSFORMS", "TransformName", "Transforms", "fit_stats", "lazy_moments", "stats_entry"]
+__all__ = ["TRANSFORMS", "TransformName", "Transforms", "fit_stats", "lazy_moments", "stats_entry", "transform_spec"]
 
 TransformName = Literal["standardize", "log1p", "sqrt"]
 TRANSFORMS: tuple[str, ...] = ("standardize", "log1p", "sqrt")
@@ -45,28 +49,49 @@ def _as_float64(values: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values), dtype=torch.float64)
 
 
-def _g(x: torch.Tensor, transform: str) -> torch.Tensor:
+def _g(x: torch.Tensor, transform: str, scale: float = 1.0) -> torch.Tensor:
     if transform == "log1p":
-        return torch.log1p(x.clamp_min(0))
+        return torch.log1p(x.clamp_min(0) / scale)
     if transform == "sqrt":
-        return torch.sqrt(x.clamp_min(0))
+        return torch.sqrt(x.clamp_min(0) / scale)
     return x
 
 
-def _g_inverse(y: torch.Tensor, transform: str) -> torch.Tensor:
+def _g_inverse(y: torch.Tensor, transform: str, scale: float = 1.0) -> torch.Tensor:
     if transform == "log1p":
-        return torch.expm1(y).clamp_min(0)
+        return scale * torch.expm1(y).clamp_min(0)
     if transform == "sqrt":
-        return y.clamp_min(0) ** 2
+        return scale * y.clamp_min(0) ** 2
     return y
 
 
-def fit_stats(data: Mapping[str, Any], transforms: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+def transform_spec(value: Any, variable: str = "") -> tuple[str, float]:
+    """(name, scale c) of a transform given as a name (``"log1p"``, scale 1), a mapping ``{"name": ..., "scale":
+    ...}`` or an object with ``name`` and ``scale`` attributes (the configuration's); ConfigError otherwise."""
+    if isinstance(value, str):
+        name, scale = value, 1.0
+    elif isinstance(value, Mapping):
+        name, scale = value.get("name"), value.get("scale", 1.0)
+    else:
+        name, scale = getattr(value, "name", None), getattr(value, "scale", 1.0)
+    if name not in TRANSFORMS:
+        raise ConfigError(f"transform for {variable!r} = {value!r}: allowed: {', '.join(TRANSFORMS)}")
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"transform for {variable!r} = {value!r}: the scale must be a finite number > 0")
+    return str(name), scale
+
+
+def fit_stats(data: Mapping[str, Any], transforms: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Statistics of g_v(x) for each variable of ``data`` (training data, any shape; tensor or array).
 
     Args:
         data: variable -> values (physical units).
-        transforms: variable -> transform name (default ``standardize`` for variables not listed).
+        transforms: variable -> transform: a name, or name and scale (:func:`transform_spec`); default
+            ``standardize`` for variables not listed.
 
     Raises:
         ConfigError: an unknown transform, or non-finite values (naming the variable).
@@ -74,32 +99,33 @@ def fit_stats(data: Mapping[str, Any], transforms: Mapping[str, str] | None = No
     transforms = dict(transforms or {})
     stats: dict[str, dict[str, Any]] = {}
     for variable, values in data.items():
-        transform = transforms.get(variable, "standardize")
-        if transform not in TRANSFORMS:
-            raise ConfigError(f"transform for {variable!r} = {transform!r}: allowed: {', '.join(TRANSFORMS)}")
+        transform, scale = transform_spec(transforms.get(variable, "standardize"), variable)
         x = _as_float64(values)
         if x.numel() == 0:
             raise ConfigError(f"no data to fit the statistics of {variable!r} (an empty training period?)")
         if not torch.isfinite(x).all():
             raise ConfigError(f"{variable!r} has NaN or infinite values; cannot fit its statistics")
-        y = _g(x, transform)
+        y = _g(x, transform, scale)
         mean = float(y.mean())
         std = float(y.std(correction=0))
         stats[variable] = {"transform": transform, "mean": mean, "std": std if std > 0 else 1.0}
+        if scale != 1.0:
+            stats[variable]["scale"] = scale
     return stats
 
 
-def _g_numpy(x: Any, transform: str) -> Any:
+def _g_numpy(x: Any, transform: str, scale: float = 1.0) -> Any:
     """g of the module docstring on numpy or dask arrays (float64)."""
     if transform == "log1p":
-        return np.log1p(np.maximum(x, 0.0))
+        return np.log1p(np.maximum(x, 0.0) / scale)
     if transform == "sqrt":
-        return np.sqrt(np.maximum(x, 0.0))
+        return np.sqrt(np.maximum(x, 0.0) / scale)
     return x
 
 
-def lazy_moments(values: Any, transform: str = "standardize") -> tuple[Any, Any]:
-    """(mean, variance) of g(x) over every element of a dask array ``values``, as lazy dask scalars in float64.
+def lazy_moments(values: Any, transform: Any = "standardize") -> tuple[Any, Any]:
+    """(mean, variance) of g(x) over every element of a dask array ``values``, as lazy dask scalars in float64;
+    ``transform`` as :func:`transform_spec` reads it (a name, or a name and a scale c).
 
     Both are dask reductions chunk by chunk: each chunk's count n_i, mean m_i and sum of squared deviations from
     its own mean M2_i are merged in a tree, M2 = sum_i M2_i + sum_i n_i (m_i - m)^2 (the parallel form of the
@@ -107,14 +133,14 @@ def lazy_moments(values: Any, transform: str = "standardize") -> tuple[Any, Any]
     result equals the in-memory two-pass statistics to rounding. Compute them together with other reductions of the
     same array (``dask.compute``) to read each chunk once.
     """
-    if transform not in TRANSFORMS:
-        raise ConfigError(f"transform = {transform!r}: allowed: {', '.join(TRANSFORMS)}")
-    y = _g_numpy(values.astype(np.float64), transform)
+    name, scale = transform_spec(transform)
+    y = _g_numpy(values.astype(np.float64), name, scale)
     return y.mean(dtype=np.float64), y.var(dtype=np.float64, ddof=0)
 
 
-def stats_entry(variable: str, transform: str, mean: float, variance: float, count: int) -> dict[str, Any]:
-    """One variable's statistics from its moments (as :func:`fit_stats` writes them; s = 1 for a constant field).
+def stats_entry(variable: str, transform: Any, mean: float, variance: float, count: int) -> dict[str, Any]:
+    """One variable's statistics from its moments (as :func:`fit_stats` writes them; s = 1 for a constant field);
+    ``transform`` as :func:`transform_spec` reads it.
 
     Raises:
         ConfigError: no values, or moments that are not finite (non-finite data).
@@ -123,8 +149,12 @@ def stats_entry(variable: str, transform: str, mean: float, variance: float, cou
         raise ConfigError(f"no data to fit the statistics of {variable!r} (an empty training period?)")
     if not (math.isfinite(mean) and math.isfinite(variance)):
         raise ConfigError(f"{variable!r} has NaN or infinite values; cannot fit its statistics")
+    name, scale = transform_spec(transform, variable)
     std = math.sqrt(max(variance, 0.0))
-    return {"transform": transform, "mean": float(mean), "std": std if std > 0 else 1.0}
+    entry: dict[str, Any] = {"transform": name, "mean": float(mean), "std": std if std > 0 else 1.0}
+    if scale != 1.0:
+        entry["scale"] = scale
+    return entry
 
 
 class Transforms:
@@ -143,6 +173,8 @@ class Transforms:
                     "mean finite and std finite and > 0"
                 )
             self.stats[str(variable)] = {"transform": transform, "mean": mean, "std": std}
+            if entry.get("scale", 1.0) != 1.0:
+                self.stats[str(variable)]["scale"] = transform_spec(dict(entry, name=transform), str(variable))[1]
             if entry.get("units") is not None:
                 self.stats[str(variable)]["units"] = str(entry["units"])
 
@@ -171,14 +203,14 @@ class Transforms:
         """Physical x -> normalised z = (g(x) - mu) / s, in x's floating dtype (float32 for other dtypes)."""
         entry = self._entry(variable)
         dtype = x.dtype if x.is_floating_point() else torch.float32
-        z = (_g(x.to(torch.float64), entry["transform"]) - entry["mean"]) / entry["std"]
+        z = (_g(x.to(torch.float64), entry["transform"], entry.get("scale", 1.0)) - entry["mean"]) / entry["std"]
         return z.to(dtype)
 
     def inverse(self, z: torch.Tensor, variable: str) -> torch.Tensor:
         """Normalised z -> physical x = g^-1(s z + mu), in z's floating dtype."""
         entry = self._entry(variable)
         dtype = z.dtype if z.is_floating_point() else torch.float32
-        x = _g_inverse(z.to(torch.float64) * entry["std"] + entry["mean"], entry["transform"])
+        x = _g_inverse(z.to(torch.float64) * entry["std"] + entry["mean"], entry["transform"], entry.get("scale", 1.0))
         return x.to(dtype)
 
     def forward_channels(self, x: torch.Tensor, variables: Sequence[str], dim: int = -3) -> torch.Tensor:
