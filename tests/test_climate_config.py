@@ -83,12 +83,35 @@ def test_periods_are_inclusive_and_yaml_dates_are_accepted() -> None:
     )
     assert isinstance(raw["train_period"][0], dt.date)
     section = climate(**raw)
-    assert section.train_period == ("2019-03-01", "2019-03-24")
+    assert section.train_period == [("2019-03-01", "2019-03-24")]  # one period: a list of one
     start, end = section.period("train")
     assert start == np.datetime64("2019-03-01T00:00") and end == np.datetime64("2019-03-24T23:59:59.999999999")
     assert section.period("validation")[1] == np.datetime64("2019-03-31T12:00")
     with pytest.raises(ValueError, match="test_period is not set"):
         section.period("test")
+
+
+def test_several_periods_are_their_span_less_the_gaps() -> None:
+    # every fourth week held out for testing, one week for validation, the rest for training
+    weeks = [["1970-01-22", "1970-01-28"], ["1970-02-19", "1970-02-25"], ["1970-03-19", "1970-03-25"]]
+    section = climate(train_period=None, validation_period=["1970-01-08", "1970-01-14"], test_period=weeks)
+    assert section.test_period == [tuple(week) for week in weeks]
+    ns = np.timedelta64(1, "ns")
+    assert section.period("test") == (np.datetime64("1970-01-22"), np.datetime64("1970-03-26") - ns)
+    assert section.excluded_periods("test") == [
+        (np.datetime64("1970-01-29"), np.datetime64("1970-02-19") - ns),
+        (np.datetime64("1970-02-26"), np.datetime64("1970-03-19") - ns),
+    ]
+    assert section.period("train") is None
+    assert section.excluded_periods("train") == [
+        (np.datetime64("1970-01-08"), np.datetime64("1970-01-15") - ns),
+        *[(np.datetime64(start), np.datetime64(end) + np.timedelta64(1, "D") - ns) for start, end in weeks],
+    ]
+    assert section.excluded_periods("validation") == []  # one period: no gaps
+    adjacent = climate(test_period=[["1970-01-01", "1970-01-07"], ["1970-01-08", "1970-01-14"]])
+    assert adjacent.excluded_periods("test") == []  # back to back: no gap between them
+    with pytest.raises(ConfigError, match=r"\['1970-02-20', '1970-02-21'\] overlaps test_period \['1970-02-19', "):
+        climate(test_period=weeks, validation_period=["1970-02-20", "1970-02-21"])
 
 
 @pytest.mark.parametrize(

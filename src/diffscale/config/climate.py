@@ -17,13 +17,14 @@ one-line :class:`~diffscale.validation.ConfigError` messages). Example::
       transforms: {t2m: standardize}
       target: residual
       train_period: ["2019-03-01", "2019-03-24"]
-      validation_period: ["2019-03-25", "2019-03-31"]
+      validation_period: ["2019-03-25", "2019-03-31"]   # or several: [["2019-03-25", "2019-03-27"], [...]]
       patch: null
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 from typing import Annotated, Any, Literal
 
@@ -57,6 +58,20 @@ PathList = Annotated[list[str], BeforeValidator(_as_list)]
 NameList = Annotated[list[str], BeforeValidator(_as_list)]
 Period = Annotated[tuple[str, str], BeforeValidator(_as_iso)]
 IndexRange = tuple[Annotated[int, Field(ge=0, strict=True)], Annotated[int, Field(ge=1, strict=True)]]
+
+
+def _as_periods(value: Any) -> Any:
+    """One period [first, last] is a list of one; a list of periods stays as it is."""
+    value = _as_iso(value) if not _is_list_of_periods(value) else [_as_iso(item) for item in value]
+    return value if value is None or _is_list_of_periods(value) else [value]
+
+
+def _is_list_of_periods(value: Any) -> bool:
+    return isinstance(value, list | tuple) and bool(value) and isinstance(value[0], list | tuple)
+
+
+Periods = Annotated[list[Period], BeforeValidator(_as_periods), Field(min_length=1)]
+"""One period [first, last], or several ([[first, last], ...]: e.g. every fourth week of a year); kept as a list."""
 
 
 def _parse_time(text: str) -> np.datetime64:
@@ -143,11 +158,17 @@ class ClimateData(StrictModel):
     interpolation: Literal["bilinear", "bicubic"] = Field(
         "bilinear", description="upsampling of the coarse fields to the fine grid"
     )
-    train_period: Period | None = Field(
-        None, description="[first, last] ISO dates (inclusive) to train on; null: all times outside the other periods"
+    train_period: Periods | None = Field(
+        None,
+        description="[first, last] ISO dates (inclusive), or a list of them, to train on; null: all times outside "
+        "the other periods",
     )
-    validation_period: Period | None = Field(None, description="[first, last] ISO dates (inclusive) to validate on")
-    test_period: Period | None = Field(None, description="[first, last] ISO dates (inclusive) held out for testing")
+    validation_period: Periods | None = Field(
+        None, description="[first, last] ISO dates (inclusive), or a list of them, to validate on"
+    )
+    test_period: Periods | None = Field(
+        None, description="[first, last] ISO dates (inclusive), or a list of them, held out for testing"
+    )
     patch: tuple[Annotated[int, Field(ge=1, strict=True)], Annotated[int, Field(ge=1, strict=True)]] | None = Field(
         None, description="[height, width] of random training patches; null: the whole domain"
     )
@@ -176,12 +197,12 @@ class ClimateData(StrictModel):
 
     @field_validator("train_period", "validation_period", "test_period")
     @classmethod
-    def _ordered_period(cls, period: tuple[str, str] | None) -> tuple[str, str] | None:
-        if period is not None:
+    def _ordered_period(cls, periods: list[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
+        for period in periods or []:
             start, end = period_bounds(period)
             if end < start:
                 raise ValueError(f"the end {period[1]!r} is before the start {period[0]!r}")
-        return period
+        return periods
 
     @model_validator(mode="after")
     def _consistent(self) -> ClimateData:
@@ -198,12 +219,15 @@ class ClimateData(StrictModel):
         both = set(self.static_variables) & set(self.variables)
         if both:
             raise ValueError(f"{', '.join(sorted(both))} is both a variable and a static variable")
-        periods = {name: getattr(self, name) for name in ("train_period", "validation_period", "test_period")}
-        given = [(name, period_bounds(period)) for name, period in periods.items() if period is not None]
-        for i, (name_a, (start_a, end_a)) in enumerate(given):
-            for name_b, (start_b, end_b) in given[i + 1 :]:
+        given = [
+            (name, period, period_bounds(period))
+            for name in ("train_period", "validation_period", "test_period")
+            for period in getattr(self, name) or []
+        ]
+        for i, (name_a, period_a, (start_a, end_a)) in enumerate(given):
+            for name_b, period_b, (start_b, end_b) in given[i + 1 :]:
                 if start_a <= end_b and start_b <= end_a:
-                    raise ValueError(f"{name_a} {list(periods[name_a])} overlaps {name_b} {list(periods[name_b])}")
+                    raise ValueError(f"{name_a} {list(period_a)} overlaps {name_b} {list(period_b)}")
         if self.patch is not None and self.crop is not None:
             for size, window, axis in zip(self.patch, (self.crop.lat, self.crop.lon), ("lat", "lon"), strict=True):
                 if window is not None and size > window[1] - window[0]:
@@ -225,25 +249,39 @@ class ClimateData(StrictModel):
 
     # -- what follows from the section without reading files ----------------------------------------------
     def period(self, split: Split) -> tuple[np.datetime64, np.datetime64] | None:
-        """(first, last) instants of ``split`` (inclusive); None for an unset train period (then the train
-        split is every time outside the validation and test periods: :meth:`excluded_periods`).
+        """(first, last) instants of ``split`` (inclusive; of several periods, the span from the first start to
+        the last end, less :meth:`excluded_periods`); None for an unset train period (then the train split is
+        every time outside the validation and test periods).
 
         Raises:
             ValueError: ``split`` is validation or test and its period is not set.
         """
-        period = getattr(self, f"{split}_period")
-        if period is None:
+        periods = getattr(self, f"{split}_period")
+        if periods is None:
             if split == "train":
                 return None
             raise ValueError(f"data.{split}_period is not set; give [first, last] ISO dates to use the {split} split")
-        return period_bounds(period)
+        bounds = [period_bounds(period) for period in periods]
+        return min(start for start, _ in bounds), max(end for _, end in bounds)
 
     def excluded_periods(self, split: Split) -> list[tuple[np.datetime64, np.datetime64]]:
         """Periods whose times ``split`` must leave out: for a train split without its own period, the
-        validation and test periods; nothing otherwise."""
-        if split != "train" or self.train_period is not None:
-            return []
-        return [period_bounds(p) for p in (self.validation_period, self.test_period) if p is not None]
+        validation and test periods; for a split of several periods, the gaps between them (open intervals
+        given as the instants just after one period's end and just before the next one's start); nothing
+        otherwise."""
+        periods = getattr(self, f"{split}_period")
+        if periods is None:
+            if split != "train":
+                return []
+            return [
+                period_bounds(p) for name in ("validation_period", "test_period") for p in getattr(self, name) or []
+            ]
+        bounds = sorted(period_bounds(period) for period in periods)
+        gaps = []
+        for (_, end), (start, _) in itertools.pairwise(bounds):
+            if start - end > _ONE_NS:
+                gaps.append((end + _ONE_NS, start - _ONE_NS))
+        return gaps
 
     def cond_channel_names(self) -> list[str]:
         """Names of the conditioning channels, in order: the upsampled coarse variables, the statics, then
