@@ -570,3 +570,21 @@ def test_coarsen_refuses_coarse_fields_in_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "latitude spacing 1 deg is not the training grid's 0.25 deg" in lines[0], lines
     assert not any(tmp_path.iterdir())
+
+
+def test_an_input_far_outside_the_training_range_is_flagged_with_a_one_line_warning(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """+8 K on the coarse input: the command warns in one line on stderr and still writes the ensemble, whose
+    per-time variables say how much of the area lies outside the training range (more than for the plain input)."""
+    shifted = tmp_path / "shifted.nc"
+    write_coarse(shifted, setup["coarse"] + 8.0, COARSE_LATITUDE, COARSE_LONGITUDE, COARSE_TIMES)
+    capsys.readouterr()
+    with single_thread():
+        assert downscale(setup["diffusion"], shifted, tmp_path / "e.nc", "--members", "2", "--steps", "2") == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("warning: the coarse input lies outside the training range")
+    with xr.open_dataset(tmp_path / "e.nc") as ensemble, xr.open_dataset(diffusion_file) as plain:
+        assert ensemble["t2m_outside_training_range"].dims == ("time",)
+        shifted_share = ensemble["t2m_outside_training_range"].values
+        assert np.all(shifted_share > 0.5) and shifted_share.mean() > plain["t2m_outside_training_range"].values.mean()

@@ -23,6 +23,7 @@ variables, NaNs, grid spacing against the training grid, sampler settings, sizes
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ import xarray as xr
 from diffscale.data.climate import Conditioning, open_fields
 from diffscale.data.climate.cf import cf_attributes
 from diffscale.data.climate.dataset import regression_base
+from diffscale.data.climate.extrapolation import ExtrapolationWarning, extrapolation_variables, extrapolation_warning
 from diffscale.data.climate.grid import fine_coordinates, grid_spacing, is_global_longitude
 from diffscale.data.climate.io import select_fields
 from diffscale.downscaling import (
@@ -223,6 +225,10 @@ class DownscalingJob:
     variables: dict[str, dict[str, str]]
     attributes: dict[str, Any]
     to_physical: ToPhysical
+    extrapolation: dict[str, dict[str, Any]] | None = None
+    """Per variable, how far the coarse input lies outside the training range at each time (``outside_fraction``,
+    ``excess``: :meth:`~diffscale.data.climate.extrapolation.InputRange.measure`); None for a run saved without its
+    training range. Written into the ensemble as per-time variables."""
 
     @classmethod
     def prepare(
@@ -325,6 +331,15 @@ class DownscalingJob:
             attributes["nfe_per_member"] = number_of_evaluations(chosen.steps, chosen.solver)
         if plan is not None:
             attributes["patch"] = f"{plan!r}"
+        extrapolation = None
+        if run.input_range is not None:
+            channels = len(section.variables)
+            extrapolation = run.input_range.measure(
+                conditioning.cond_fields[:, :channels], conditioning.latitude, conditioning.longitude
+            )
+            warning = extrapolation_warning(extrapolation, conditioning.times)
+            if warning is not None and _is_main_process():
+                warnings.warn(warning, ExtrapolationWarning, stacklevel=3)
         return cls(
             climate=run,
             conditioning=conditioning,
@@ -338,6 +353,7 @@ class DownscalingJob:
             variables=variables,
             attributes=attributes,
             to_physical=builder.to_physical,
+            extrapolation=extrapolation,
         )
 
     # -- what it will do --------------------------------------------------------------------------------------------
@@ -376,6 +392,7 @@ class DownscalingJob:
             "num_members": self.members,
             "variables": self.variables,
             "global_attributes": self.attributes,
+            "time_variables": extrapolation_variables(self.extrapolation) if self.extrapolation is not None else {},
         }
 
     def nbytes(self) -> int:
@@ -466,6 +483,13 @@ class DownscalingJob:
             groups=groups,
             progress=progress,
         )
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (and a process on its own): the one that speaks."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
 
 
 def _version() -> str:

@@ -27,11 +27,12 @@ from diffscale.config import Config
 from diffscale.config.climate import ClimateData
 from diffscale.config.schema import stored_config
 from diffscale.data.climate import ConditioningBuilder
+from diffscale.data.climate.extrapolation import InputRange
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.devices import check_device
 from diffscale.formulations import Formulation
 from diffscale.runs.building import DataDistribution, build_distribution, build_model_for, is_climate, is_regression
-from diffscale.runs.stats import STATS_NAME, load_stats
+from diffscale.runs.stats import STATS_NAME, input_range_of, load_stats
 from diffscale.sampling import SamplerSettings
 from diffscale.training.checkpoint import (
     EMA,
@@ -189,10 +190,13 @@ class ClimateRun(Run):
     Attributes (beside :class:`Run`'s):
         stats: the per-variable transform statistics saved with the run (``data_stats.json``).
         grid: the training grid (spacing, extent) saved with the run.
+        input_range: the per-cell range of the training inputs, which downscaling measures its input against
+            (:mod:`~diffscale.data.climate.extrapolation`); None for a run saved before it was recorded.
     """
 
     stats: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
+    input_range: InputRange | None = None
 
     @property
     def deterministic(self) -> bool:
@@ -402,7 +406,7 @@ def load_run(
     saved = load_stats(run_dir)
     if saved is None:
         raise ConfigError(f"{key} '{run_dir}' has no {STATS_NAME} (was it trained by this version of diffscale?)")
-    return ClimateRun(**loaded, stats=saved["transforms"], grid=saved["grid"])
+    return ClimateRun(**loaded, stats=saved["transforms"], grid=saved["grid"], input_range=input_range_of(saved))
 
 
 def load_climate_run(
