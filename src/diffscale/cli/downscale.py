@@ -31,7 +31,7 @@ examples:
   torchrun --nproc-per-node 4 -m diffscale downscale runs/era5_uk --input coarse.nc --members 64 --out e.zarr
 """
 
-ALIASES = {"coarse": "input"}
+ALIASES = {"coarse": "input", "recalibrate": "no_recalibration"}
 """Python parameters whose command-line flag has another name (for one-line messages)."""
 
 
@@ -83,6 +83,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--weights", choices=("ema", "raw"), default="ema", help="EMA-averaged weights or the raw trained weights"
     )
+    parser.add_argument(
+        "--no-recalibration",
+        action="store_true",
+        help="the members as sampled, without the run's spread recalibration (diffscale recalibrate)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=run, aliases=ALIASES)
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 overlap=args.overlap,
                 member_batch=args.member_batch,
                 batch_size=args.batch_size,
+                recalibrate=not args.no_recalibration,
             )
         for caught_warning in caught:  # ours as one line; any other as Python shows it
             if issubclass(caught_warning.category, ExtrapolationWarning):

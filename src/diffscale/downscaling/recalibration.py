@@ -34,12 +34,20 @@ training cases an ensemble is close to calibrated and k would be near 1 whatever
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
-__all__ = ["fit_dispersion", "fit_spread_inflation", "inflate", "inflation_for", "spread_moments"]
+__all__ = [
+    "fit_dispersion",
+    "fit_spread_inflation",
+    "inflate",
+    "inflate_channels",
+    "inflation_for",
+    "spread_moments",
+]
 
 
 def _row_weights(latitude: Any, height: int) -> np.ndarray:
@@ -118,3 +126,14 @@ def inflate(ensemble: Any, factor: float, axis: int = 0) -> np.ndarray:
     members = values.astype(np.float64)
     mean = members.mean(axis=axis, keepdims=True)
     return (mean + float(factor) * (members - mean)).astype(dtype)
+
+
+def inflate_channels(members: torch.Tensor, factors: Sequence[float]) -> torch.Tensor:
+    """:func:`inflate` of a block of all M members of one time, (M, C, H, W), by one factor per channel (computed in
+    float64, returned in the block's dtype)."""
+    if members.ndim != 4 or members.shape[1] != len(factors):
+        raise ValueError(f"members {tuple(members.shape)}: expected (M, {len(factors)}, H, W)")
+    values = members.to(torch.float64)
+    mean = values.mean(dim=0, keepdim=True)
+    scale = torch.tensor([float(k) for k in factors], dtype=torch.float64, device=members.device)[None, :, None, None]
+    return (mean + scale * (values - mean)).to(members.dtype)

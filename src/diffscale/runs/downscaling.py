@@ -49,6 +49,7 @@ from diffscale.downscaling import (
     work_blocks,
 )
 from diffscale.downscaling.ensemble import ToPhysical
+from diffscale.downscaling.recalibration import inflate_channels
 from diffscale.files import check_output
 from diffscale.sampling import SamplerSettings, number_of_evaluations
 from diffscale.training.distributed import DistributedContext
@@ -225,6 +226,9 @@ class DownscalingJob:
     variables: dict[str, dict[str, str]]
     attributes: dict[str, Any]
     to_physical: ToPhysical
+    spread_inflation: dict[str, float] | None = None
+    """Per variable, the factor k by which every time's members are inflated about their mean (the run's
+    recalibration for this ensemble size); None: the members as sampled."""
     extrapolation: dict[str, dict[str, Any]] | None = None
     """Per variable, how far the coarse input lies outside the training range at each time (``outside_fraction``,
     ``excess``: :meth:`~diffscale.data.climate.extrapolation.InputRange.measure`); None for a run saved without its
@@ -252,6 +256,7 @@ class DownscalingJob:
         overlap: int | None = None,
         member_batch: int = DEFAULT_MEMBER_BATCH,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        recalibrate: bool = True,
     ) -> DownscalingJob:
         """Check the options and the coarse input and build its conditioning (the regression base of a CorrDiff or
         regression run too). See :meth:`ClimateRun.downscale` for the arguments.
@@ -276,6 +281,18 @@ class DownscalingJob:
         members = members if members is not None else (1 if run.deterministic else DEFAULT_MEMBERS)
         seed = _check_count("seed", seed, 0)
         member_batch = _check_count("member_batch", member_batch, 1)
+        if not isinstance(recalibrate, bool):
+            raise ConfigError(f"{option_name('recalibrate')} = {recalibrate!r}: must be True or False")
+        inflation = None
+        if recalibrate and run.recalibration is not None and not run.deterministic and members > 1:
+            factors = run.recalibration.factors(members)
+            missing = [name for name in section.variables if name not in factors]
+            if missing:
+                raise ConfigError(
+                    f"'{run.run_dir}': its recalibration has no dispersion for {', '.join(missing)}; fit it again"
+                )
+            inflation = {name: factors[name] for name in section.variables}
+            member_batch = members  # the inflation needs all the members of a time in one block
         batch_size = _check_count("batch_size", batch_size, 1)
         chosen = None
         if not run.deterministic:
@@ -331,6 +348,8 @@ class DownscalingJob:
             attributes["nfe_per_member"] = number_of_evaluations(chosen.steps, chosen.solver)
         if plan is not None:
             attributes["patch"] = f"{plan!r}"
+        if inflation is not None:
+            attributes["spread_inflation"] = inflation  # flattened: spread_inflation_<variable> = k
         extrapolation = None
         if run.input_range is not None:
             channels = len(section.variables)
@@ -354,6 +373,7 @@ class DownscalingJob:
             attributes=attributes,
             to_physical=builder.to_physical,
             extrapolation=extrapolation,
+            spread_inflation=inflation,
         )
 
     # -- what it will do --------------------------------------------------------------------------------------------
@@ -482,7 +502,15 @@ class DownscalingJob:
             patch_plan=self.patch_plan,
             groups=groups,
             progress=progress,
+            block_transform=self._inflate if self.spread_inflation is not None else None,
         )
+
+    def _inflate(self, members: torch.Tensor) -> torch.Tensor:
+        """A block of all the members of one time, inflated about its mean by the run's recalibration."""
+        assert self.spread_inflation is not None
+        if members.shape[0] != self.members:
+            raise AssertionError(f"a recalibrated block holds {members.shape[0]} of the {self.members} members")
+        return inflate_channels(members, [self.spread_inflation[name] for name in self.climate.section.variables])
 
 
 def _is_main_process() -> bool:
