@@ -306,3 +306,31 @@ def test_downscaled_ensembles_measure_how_far_the_input_lies_outside_the_trainin
         ensemble = old_run.downscale(coarse.assign(t2m=coarse["t2m"] + 8.0), members=2, steps=2)
     assert not any(name in ensemble for name in names)
     np.testing.assert_array_equal(ensemble["t2m"].values, shifted["t2m"].values)
+
+
+def test_cross_fitted_base_is_the_mean_of_the_out_of_fold_predictions(runs: dict[str, Any], tmp_path: Path) -> None:
+    """Fold run A trained on 1 January only, B on 3 January only: the base of a 1 January time is B's prediction,
+    of 3 January A's, of 2 January (left out by both) their mean; a time every fold trained on is refused."""
+    from diffscale.data.climate.dataset import regression_base
+    from diffscale.runs.climate import cross_fitted_base, in_training_split
+    from diffscale.validation import ConfigError
+
+    root = runs["root"]
+    folds = {}
+    for name, period in (("a", ["2020-01-01", "2020-01-01"]), ("b", ["2020-01-03", "2020-01-03"])):
+        config = climate_config(root, "regression", "residual", 1, seed=3 if name == "a" else 4)
+        config["data"].update(train_period=period, validation_period=None)
+        folds[name] = load_climate_run(train_run(tmp_path, f"fold_{name}", config), device="cpu")
+    section = load_climate_run(runs["regression"]).section
+    dataset = ClimateDataset(section, "train", folds["a"].stats)
+    day = (dataset.times - np.datetime64("2020-01-01")) // np.timedelta64(1, "D")
+    assert np.array_equal(in_training_split(folds["a"].section, dataset.times), day == 0)
+    base = cross_fitted_base(dataset, [folds["a"], folds["b"]])
+    predicted = {
+        name: regression_base(run.regression_predictor(), dataset.cond_fields, 1) for name, run in folds.items()
+    }
+    torch.testing.assert_close(base[day == 0], predicted["b"][day == 0])
+    torch.testing.assert_close(base[day == 2], predicted["a"][day == 2])
+    torch.testing.assert_close(base[day == 1], (predicted["a"][day == 1] + predicted["b"][day == 1]) / 2)
+    with pytest.raises(ConfigError, match="lie in the train split of every fold run"):
+        cross_fitted_base(dataset, [folds["a"]])
