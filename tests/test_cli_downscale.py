@@ -570,3 +570,61 @@ def test_coarsen_refuses_coarse_fields_in_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "latitude spacing 1 deg is not the training grid's 0.25 deg" in lines[0], lines
     assert not any(tmp_path.iterdir())
+
+
+def test_an_input_far_outside_the_training_range_is_flagged_with_a_one_line_warning(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """+8 K on the coarse input: the command warns in one line on stderr and still writes the ensemble, whose
+    per-time variables say how much of the area lies outside the training range (more than for the plain input)."""
+    shifted = tmp_path / "shifted.nc"
+    write_coarse(shifted, setup["coarse"] + 8.0, COARSE_LATITUDE, COARSE_LONGITUDE, COARSE_TIMES)
+    capsys.readouterr()
+    with single_thread():
+        assert downscale(setup["diffusion"], shifted, tmp_path / "e.nc", "--members", "2", "--steps", "2") == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("warning: the coarse input lies outside the training range")
+    with xr.open_dataset(tmp_path / "e.nc") as ensemble, xr.open_dataset(diffusion_file) as plain:
+        assert ensemble["t2m_outside_training_range"].dims == ("time",)
+        shifted_share = ensemble["t2m_outside_training_range"].values
+        assert np.all(shifted_share > 0.5) and shifted_share.mean() > plain["t2m_outside_training_range"].values.mean()
+
+
+def test_recalibrate_stores_the_dispersion_and_downscale_inflates_the_members(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rho = sum w ((xbar - y)^2 - s^2 / M) / sum w s^2 of a held-out ensemble, recomputed with numpy; the next
+    ensemble's members are xbar + k (x - xbar) of the raw ones (same seed), k = sqrt((M rho + 1) / (M + 1))."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(setup["diffusion"], run_dir)
+    raw = tmp_path / "raw.nc"
+    argv = ["--members", "4", "--steps", "2", "--seed", "3", "--device", "cpu"]
+    with single_thread():
+        assert downscale(run_dir, setup["coarse_path"], raw, *argv) == 0
+        capsys.readouterr()
+        assert run_cli(["recalibrate", str(run_dir), "--ensemble", str(raw), "--truth", str(setup["truth_path"])]) == 0
+    assert "dispersion rho" in capsys.readouterr().out
+    members = _values(raw).astype(np.float64)  # (M, T, H, W), latitude descending as written
+    with xr.open_dataset(raw) as dataset:
+        truth = xr.open_dataset(setup["truth_path"])["t2m"].sel(latitude=dataset.latitude).values
+        weights = np.cos(np.deg2rad(dataset.latitude.values))[:, None]
+    weights = weights / weights.mean()
+    error = ((members.mean(axis=0) - truth) ** 2 * weights).sum()
+    variance = (members.var(axis=0, ddof=1) * weights).sum()
+    rho = (error - variance / 4) / variance
+    saved = json.loads((run_dir / "recalibration.json").read_text())
+    assert saved["dispersion"]["t2m"] == pytest.approx(rho, rel=1e-9)
+    k = math.sqrt((4 * rho + 1) / 5)
+    with single_thread():
+        assert downscale(run_dir, setup["coarse_path"], tmp_path / "inflated.nc", *argv) == 0
+        assert downscale(run_dir, setup["coarse_path"], tmp_path / "off.nc", *argv, "--no-recalibration") == 0
+    mean = members.mean(axis=0)
+    np.testing.assert_allclose(_values(tmp_path / "inflated.nc"), mean + k * (members - mean), rtol=0, atol=2e-4)
+    assert np.array_equal(_values(tmp_path / "off.nc"), _values(raw))
+    with xr.open_dataset(tmp_path / "inflated.nc") as inflated:
+        assert inflated.attrs["spread_inflation_t2m"] == pytest.approx(k)
+    run = load_climate_run(run_dir, device="cpu")
+    assert run.recalibration is not None and run.recalibration.factors(4)["t2m"] == pytest.approx(k)
+    with single_thread():
+        python_raw = run.downscale(setup["coarse_path"], members=4, steps=2, seed=3, recalibrate=False)
+    np.testing.assert_array_equal(python_raw["t2m"].values, xr.open_dataset(raw)["t2m"].values)

@@ -147,8 +147,13 @@ def ensemble(setup: dict[str, Any]) -> Path:
 
 def test_every_variable_in_its_own_units_with_cf_attributes(ensemble: Path) -> None:
     with xr.open_dataset(ensemble) as result:
-        assert list(result.data_vars) == ["tasmax", "tasmin", "tp"]
-        assert {name: result[name].attrs["units"] for name in result.data_vars} == {
+        fields = [name for name in result.data_vars if "member" in result[name].dims]
+        assert fields == ["tasmax", "tasmin", "tp"]
+        per_time = {name for name in result.data_vars if result[name].dims == ("time",)}
+        assert per_time == {
+            f"{name}_{part}" for name in fields for part in ("outside_training_range", "training_range_excess")
+        }
+        assert {name: result[name].attrs["units"] for name in fields} == {
             "tasmax": "degC",
             "tasmin": "degC",
             "tp": "mm d-1",

@@ -264,3 +264,73 @@ def test_corrdiff_run_refuses_a_regression_run_on_other_data(
     assert run_cli(["train", str(path), "--out", str(tmp_path / "y"), "--no-progress"]) == 2
     assert "not a regression run" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_downscaled_ensembles_measure_how_far_the_input_lies_outside_the_training_range(
+    runs: dict[str, Any], tmp_path: Path
+) -> None:
+    """The range of the training inputs is saved with the run; an ensemble of training times carries 0 in its
+    per-time extrapolation variables, the same times shifted by +8 K carry a share near 1 and a warning; a run
+    saved without the range downscales as before (no such variables, no warning)."""
+    import shutil
+    import warnings
+
+    from diffscale.data.climate.extrapolation import ExtrapolationWarning
+
+    run = load_climate_run(runs["diffusion"], device="cpu")
+    assert run.input_range is not None and run.input_range.times == int(_train_mask().sum())
+    coarse = run.coarsen(runs["root"] / "fine.nc", start=TRAIN_PERIOD[0], end=TRAIN_PERIOD[1]).isel(time=[0, 5, 9])
+    names = ["t2m_outside_training_range", "t2m_training_range_excess"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExtrapolationWarning)
+        inside = run.downscale(coarse, members=2, steps=2)
+    for name in names:
+        assert inside[name].dims == ("time",) and np.all(inside[name].values == 0)
+    assert inside["t2m_outside_training_range"].attrs["units"] == "1"
+    with pytest.warns(ExtrapolationWarning) as caught:
+        shifted = run.downscale(coarse.assign(t2m=coarse["t2m"] + 8.0), members=2, steps=2)
+    assert np.all(shifted["t2m_outside_training_range"].values > 0.5)
+    # excess in training standard deviations: at least 8 K less the widest cell's range above the input, over std
+    assert np.all(shifted["t2m_training_range_excess"].values > 0)
+    lines = [str(item.message) for item in caught]
+    assert len(lines) == 1 and "\n" not in lines[0] and "t2m at 3 of 3 times" in lines[0]
+    old = tmp_path / "old"
+    shutil.copytree(runs["diffusion"], old)
+    saved = json.loads((old / STATS_NAME).read_text())
+    del saved["input_range"]
+    (old / STATS_NAME).write_text(json.dumps(saved))
+    old_run = load_climate_run(old, device="cpu")
+    assert old_run.input_range is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExtrapolationWarning)
+        ensemble = old_run.downscale(coarse.assign(t2m=coarse["t2m"] + 8.0), members=2, steps=2)
+    assert not any(name in ensemble for name in names)
+    np.testing.assert_array_equal(ensemble["t2m"].values, shifted["t2m"].values)
+
+
+def test_cross_fitted_base_is_the_mean_of_the_out_of_fold_predictions(runs: dict[str, Any], tmp_path: Path) -> None:
+    """Fold run A trained on 1 January only, B on 3 January only: the base of a 1 January time is B's prediction,
+    of 3 January A's, of 2 January (left out by both) their mean; a time every fold trained on is refused."""
+    from diffscale.data.climate.dataset import regression_base
+    from diffscale.runs.climate import cross_fitted_base, in_training_split
+    from diffscale.validation import ConfigError
+
+    root = runs["root"]
+    folds = {}
+    for name, period in (("a", ["2020-01-01", "2020-01-01"]), ("b", ["2020-01-03", "2020-01-03"])):
+        config = climate_config(root, "regression", "residual", 1, seed=3 if name == "a" else 4)
+        config["data"].update(train_period=period, validation_period=None)
+        folds[name] = load_climate_run(train_run(tmp_path, f"fold_{name}", config), device="cpu")
+    section = load_climate_run(runs["regression"]).section
+    dataset = ClimateDataset(section, "train", folds["a"].stats)
+    day = (dataset.times - np.datetime64("2020-01-01")) // np.timedelta64(1, "D")
+    assert np.array_equal(in_training_split(folds["a"].section, dataset.times), day == 0)
+    base = cross_fitted_base(dataset, [folds["a"], folds["b"]])
+    predicted = {
+        name: regression_base(run.regression_predictor(), dataset.cond_fields, 1) for name, run in folds.items()
+    }
+    torch.testing.assert_close(base[day == 0], predicted["b"][day == 0])
+    torch.testing.assert_close(base[day == 2], predicted["a"][day == 2])
+    torch.testing.assert_close(base[day == 1], (predicted["a"][day == 1] + predicted["b"][day == 1]) / 2)
+    with pytest.raises(ConfigError, match="lie in the train split of every fold run"):
+        cross_fitted_base(dataset, [folds["a"]])

@@ -360,3 +360,87 @@ def test_ranks_write_one_shared_zarr_store(tmp_path: Path, world_size: int) -> N
         _fill(writer, blocks[:1])
     discard_shared(other)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shared.zarr", "single.zarr"]
+
+
+# -- per-time variables (e.g. the extrapolation measure of the input) ---------------------------------------------
+PER_TIME = {
+    "t2m_outside_training_range": (
+        np.array([0.0, 1.0 / 3.0, 0.1, 2.5e-8], dtype=np.float32),
+        {"units": "1", "long_name": "a fraction", "valid_range": np.array([0.0, 1.0], dtype=np.float32)},
+    ),
+    "excess": (np.array([0.0, np.pi, np.e, 1e-300], dtype=np.float64), {"units": "1"}),
+    "count": (np.array([1, -2, 2**40, 0], dtype=np.int64), {"long_name": "a count"}),
+}
+
+
+def _write_all(writer: EnsembleWriter, members: range = range(3)) -> None:
+    for name in VARIABLES:
+        for time in range(TIMES.size):
+            writer.write(name, members, time, np.stack([_field(name, m, time) for m in members]))
+
+
+def _assert_per_time(dataset: xr.Dataset) -> None:
+    for name, (values, attributes) in PER_TIME.items():
+        assert dataset[name].dims == ("time",)
+        assert dataset[name].dtype == values.dtype
+        assert dataset[name].values.tobytes() == values.tobytes()  # bitwise
+        for key, value in attributes.items():
+            assert np.array_equal(np.asarray(dataset[name].attrs[key]), np.asarray(value))
+    for name in VARIABLES:
+        assert dataset[name].dims == ("member", "time", "latitude", "longitude")
+
+
+def test_per_time_variables_round_trip_bitwise_through_every_writer_and_the_merge(tmp_path: Path) -> None:
+    layout = _layout(time_variables=PER_TIME)
+    with EnsembleWriter(tmp_path / "one.nc", **layout) as writer:
+        _write_all(writer)
+    with xr.open_dataset(tmp_path / "one.nc") as dataset:
+        _assert_per_time(dataset)
+    with ZarrEnsembleWriter(tmp_path / "one.zarr", **layout) as writer:
+        _write_all(writer)
+    with xr.open_zarr(tmp_path / "one.zarr") as dataset:
+        _assert_per_time(dataset.load())
+    memory = diffscale.downscaling.MemoryEnsembleWriter(**layout)
+    with memory as writer:
+        _write_all(writer)
+    _assert_per_time(memory.dataset)
+    parts = [part_path(tmp_path / "merged.nc", rank, 2) for rank in range(2)]
+    for rank, members in enumerate((range(0, 2), range(2, 3))):
+        with EnsembleWriter(parts[rank], part=(rank, 2), **layout) as writer:
+            _write_all(writer, members)
+    merge_parts(parts, tmp_path / "merged.nc")
+    with xr.open_dataset(tmp_path / "merged.nc") as merged, xr.open_dataset(tmp_path / "one.nc") as one:
+        _assert_per_time(merged)
+        for name in VARIABLES:
+            assert np.array_equal(merged[name].values, one[name].values)
+
+
+def test_merge_refuses_parts_whose_per_time_variables_differ(tmp_path: Path) -> None:
+    parts = [part_path(tmp_path / "merged.nc", rank, 2) for rank in range(2)]
+    for rank, members in enumerate((range(0, 2), range(2, 3))):
+        changed = dict(PER_TIME)
+        if rank == 1:
+            values, attributes = PER_TIME["excess"]
+            changed["excess"] = (values + 1.0, attributes)
+        with EnsembleWriter(parts[rank], part=(rank, 2), **_layout(time_variables=changed)) as writer:
+            _write_all(writer, members)
+    with pytest.raises(ConfigError, match="time_variables differ"):
+        merge_parts(parts, tmp_path / "merged.nc")
+
+
+@pytest.mark.parametrize(
+    ("time_variables", "message"),
+    [
+        ({"t2m": (np.zeros(4), {})}, "must be a new non-empty name"),
+        ({"time": (np.zeros(4), {})}, "must be a new non-empty name"),
+        ({"flag": (np.zeros(3), {})}, r"values of shape \(3,\)"),
+        ({"flag": (np.array(["a"] * 4), {})}, "dtype <U1"),
+        ({"flag": np.zeros(4)}, r"give \(values, attributes\)"),
+        ({"flag": (np.zeros(4), {"_FillValue": 0.0})}, "set by the writer"),
+    ],
+)
+def test_bad_per_time_variables_are_refused_in_one_line(tmp_path: Path, time_variables: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        EnsembleWriter(tmp_path / "e.nc", **_layout(time_variables=time_variables))
+    assert "\n" not in str(error.value)
+    assert not list(tmp_path.iterdir())

@@ -9,6 +9,8 @@ training grid, output path); bad input ends the command with one line (exit 2) a
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from diffscale.cli.arguments import HelpFormatter, add_sampler_options, add_threads_option, count
 
@@ -29,7 +31,7 @@ examples:
   torchrun --nproc-per-node 4 -m diffscale downscale runs/era5_uk --input coarse.nc --members 64 --out e.zarr
 """
 
-ALIASES = {"coarse": "input"}
+ALIASES = {"coarse": "input", "recalibrate": "no_recalibration"}
 """Python parameters whose command-line flag has another name (for one-line messages)."""
 
 
@@ -87,6 +89,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="sort ordered pairs (tasmin <= tasmax) pointwise in every member: min/max of the two values",
     )
+    parser.add_argument(
+        "--no-recalibration",
+        action="store_true",
+        help="the members as sampled, without the run's spread recalibration (diffscale recalibrate)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=run, aliases=ALIASES)
@@ -95,6 +102,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``diffscale downscale``."""
     from diffscale.cli.arguments import sampler_overrides
+    from diffscale.data.climate.extrapolation import ExtrapolationWarning
     from diffscale.runs.downscaling import check_ensemble_output
     from diffscale.runs.run import load_climate_run
     from diffscale.training.distributed import init_distributed, shutdown_distributed
@@ -103,20 +111,30 @@ def run(args: argparse.Namespace) -> int:
     context, device_name = init_distributed(args.device)
     try:
         climate = load_climate_run(args.run_dir, weights=args.weights, device=device_name)
-        job = climate.prepare_downscaling(
-            args.input,
-            members=args.members,
-            **sampler_overrides(args),
-            seed=args.seed,
-            start=args.start,
-            end=args.end,
-            patch=args.patch,
-            overlap=args.overlap,
-            member_batch=args.member_batch,
-            batch_size=args.batch_size,
-            threads=args.threads,
-            sort_ordered_pairs=args.sort_ordered_pairs,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ExtrapolationWarning)
+            job = climate.prepare_downscaling(
+                args.input,
+                members=args.members,
+                **sampler_overrides(args),
+                seed=args.seed,
+                start=args.start,
+                end=args.end,
+                patch=args.patch,
+                overlap=args.overlap,
+                member_batch=args.member_batch,
+                batch_size=args.batch_size,
+                threads=args.threads,
+                sort_ordered_pairs=args.sort_ordered_pairs,
+                recalibrate=not args.no_recalibration,
+            )
+        for caught_warning in caught:  # ours as one line; any other as Python shows it
+            if issubclass(caught_warning.category, ExtrapolationWarning):
+                print(f"warning: {caught_warning.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(
+                    caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
+                )
         if context.is_main:
             print(job.describe(context.world_size))
         job.write(args.out, overwrite=args.overwrite, progress=not args.no_progress, distributed=context)

@@ -534,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     from diffscale import __version__
     from diffscale.cli.downscale import add_parser as add_downscale
     from diffscale.cli.evaluate import add_parser as add_evaluate
+    from diffscale.cli.recalibrate import add_parser as add_recalibrate
 
     parser = _ArgumentParser(prog=PROG, description=_MAIN_DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}", help="print the version")
@@ -546,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_downscale(commands)
     _add_coarsen(commands)
     add_evaluate(commands)
+    add_recalibrate(commands)
     _add_demo(commands)
     _add_example_data(commands)
     return parser

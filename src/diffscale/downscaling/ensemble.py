@@ -58,6 +58,7 @@ def generate_ensemble(
     progress: bool = True,
     extra_cond: dict[str, Any] | None = None,
     threads: Threads | None = None,
+    block_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
     """Sample every block and write it.
 
@@ -87,6 +88,8 @@ def generate_ensemble(
         extra_cond: further keyword conditioning given to every denoiser call unchanged (rarely needed).
         threads: torch's CPU threads while sampling (:func:`~diffscale.threads.thread_policy`; ``auto``
             re-chooses between groups from the load of other processes); None leaves them as they are.
+        block_transform: applied to each block's physical values (members, C, H, W) before they are written (e.g.
+            a spread recalibration, which needs blocks of all the members of a time).
     """
     if denoiser is not None and (formulation is None or settings is None):
         raise ValueError("a denoiser needs its formulation and sampler settings")
@@ -128,6 +131,8 @@ def generate_ensemble(
             for block in group:
                 values = physical[start : start + block.size]
                 start += block.size
+                if block_transform is not None:
+                    values = block_transform(values)
                 for channel, name in enumerate(variables):
                     writer.write(name, block.members, block.time_index, values[:, channel])
                 bar.update(block.size)

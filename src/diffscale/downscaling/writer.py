@@ -15,6 +15,8 @@ CF-1.8 layout::
     double latitude(latitude)     standard_name = "latitude", units = "degrees_north", axis = "Y"
     double longitude(longitude)   standard_name = "longitude", units = "degrees_east", axis = "X"
     float <variable>(member, time, latitude, longitude)   units, standard_name, long_name, ...
+    <type> <name>(time)           optional per-time variables (e.g. how far the input lies outside the training
+                                  range), any numeric type, written as given
 
 Distributed runs write one *part* per rank (``part=True``: the same layout plus, per variable, an int8
 ``diffscale_written_<variable>(member, time)`` mask of the slabs it holds); :func:`merge_parts` combines them into
@@ -188,6 +190,9 @@ class EnsembleWriter:
         overwrite: replace an existing ``path`` (else a :class:`ConfigError` now, before any work).
         part: ``(rank, world_size)`` to write a rank's part file for :func:`merge_parts` (it records which slabs
             it holds and may be incomplete; name it with :func:`part_path`).
+        time_variables: ``{name: (values (T,), attributes)}``: variables over ``time`` alone, known before any
+            member is sampled (e.g. the extrapolation measure of the input), written with the layout in the
+            values' own numeric dtype (every value round-trips bitwise).
             A complete file (``part=False``) must have every (variable, member, time) slab written before close.
 
     Use as a context manager::
@@ -211,6 +216,7 @@ class EnsembleWriter:
         complevel: int = 4,
         overwrite: bool = False,
         part: tuple[int, int] | None = None,
+        time_variables: Mapping[str, tuple[Any, Mapping[str, Any]]] | None = None,
     ) -> None:
         self.path = Path(path)
         self.latitude = _coordinate("latitude", latitude, 90.0)
@@ -222,6 +228,7 @@ class EnsembleWriter:
         if not isinstance(complevel, int) or not 1 <= complevel <= 9:
             raise ConfigError(f"complevel = {complevel!r}: must be an integer in [1, 9]")
         self.variables = self._variables(variables)
+        self.time_variables = self._time_variables(time_variables or {})
         self.global_attributes = self._global_attributes(global_attributes or {})
         self.part = check_rank_pair("part", part)
         self._check_target(overwrite)
@@ -306,6 +313,8 @@ class EnsembleWriter:
                 {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X"},
             ),
         }
+        for name, (values, extra) in self.time_variables.items():
+            data[name] = (("time",), values.copy(), {key: _json_value(value) for key, value in extra.items()})
         attributes = {key: _json_value(value) for key, value in self.global_attributes.items()}
         return xr.Dataset(data, coords=coordinates, attrs=attributes)
 
@@ -322,6 +331,38 @@ class EnsembleWriter:
             if reserved:
                 raise ConfigError(f"variable {name}: attribute(s) {', '.join(reserved)} are set by the writer")
             result[name] = {key: _attribute(f"{name}.{key}", value) for key, value in attributes.items()}
+        return result
+
+    def _time_variables(
+        self, time_variables: Mapping[str, tuple[Any, Mapping[str, Any]]]
+    ) -> dict[str, tuple[np.ndarray, dict[str, AttributeValue]]]:
+        if not isinstance(time_variables, Mapping):
+            raise ConfigError("time_variables: must be a mapping {name: (values, attributes)}")
+        result: dict[str, tuple[np.ndarray, dict[str, AttributeValue]]] = {}
+        for name, entry in time_variables.items():
+            if (
+                not isinstance(name, str)
+                or not name
+                or name in DIMENSIONS
+                or name in self.variables
+                or name.startswith(WRITTEN_PREFIX)
+            ):
+                raise ConfigError(
+                    f"time variable name {name!r}: must be a new non-empty name (not a dimension or field)"
+                )
+            if not isinstance(entry, tuple | list) or len(entry) != 2 or not isinstance(entry[1], Mapping):
+                raise ConfigError(f"time variable {name}: give (values, attributes)")
+            values = np.asarray(entry[0])
+            if values.shape != (self.times.size,) or values.dtype.kind not in "iuf" or values.dtype.itemsize < 2:
+                raise ConfigError(
+                    f"time variable {name}: values of shape {values.shape} and dtype {values.dtype}; expected "
+                    f"({self.times.size},) numbers (int16 or wider, or floats)"
+                )
+            reserved = sorted(set(entry[1]) & _RESERVED_ATTRIBUTES)
+            if reserved:
+                raise ConfigError(f"time variable {name}: attribute(s) {', '.join(reserved)} are set by the writer")
+            attributes = {key: _attribute(f"{name}.{key}", value) for key, value in entry[1].items()}
+            result[name] = (np.array(values, copy=True), attributes)
         return result
 
     def _global_attributes(self, attributes: Mapping[str, Any]) -> dict[str, AttributeValue]:
@@ -373,6 +414,10 @@ class EnsembleWriter:
                 written = dataset.createVariable(WRITTEN_PREFIX + name, "i1", ("member", "time"), fill_value=False)
                 written.setncatts({"long_name": f"1 where this part holds the slab of {name}"})
                 written[:] = np.zeros((self.num_members, self.times.size), dtype=np.int8)
+        for name, (values, attributes) in self.time_variables.items():
+            variable = dataset.createVariable(name, values.dtype, ("time",))
+            variable.setncatts(attributes)
+            variable[:] = values
         dataset.setncatts(self.global_attributes)
         if self.part is not None:
             rank, world_size = self.part
@@ -487,11 +532,20 @@ def _read_layout(path: Path) -> dict[str, Any]:
         attributes = {key: dataset.getncattr(key) for key in dataset.ncattrs()}
         if PART_RANK not in attributes:
             raise ConfigError(f"part {path}: not a diffscale part file (no {PART_RANK} attribute)")
-        names = [name for name in dataset.variables if name not in DIMENSIONS and not name.startswith(WRITTEN_PREFIX)]
+        names = [name for name in dataset.variables if dataset[name].dimensions == DIMENSIONS]
         variables = {
             name: {key: dataset[name].getncattr(key) for key in dataset[name].ncattrs() if key != "_FillValue"}
             for name in names
         }
+        per_time = [name for name in dataset.variables if name != "time" and dataset[name].dimensions == ("time",)]
+        time_variables = {}
+        for name in per_time:
+            variable = dataset[name]
+            variable.set_auto_maskandscale(False)  # the stored values, bit for bit
+            time_variables[name] = {
+                "values": np.array(variable[:], dtype=variable.dtype),
+                "attributes": {key: variable.getncattr(key) for key in variable.ncattrs()},
+            }
         time = dataset["time"]
         return {
             "latitude": np.asarray(dataset["latitude"][:], dtype=np.float64),
@@ -499,6 +553,7 @@ def _read_layout(path: Path) -> dict[str, Any]:
             "times": decode_times(np.asarray(time[:]), time.units),
             "num_members": dataset.dimensions["member"].size,
             "variables": variables,
+            "time_variables": time_variables,
             "global_attributes": {k: v for k, v in attributes.items() if k not in (PART_RANK, PART_WORLD_SIZE)},
             "rank": int(attributes[PART_RANK]),
             "world_size": int(attributes.get(PART_WORLD_SIZE, -1)),
@@ -547,7 +602,8 @@ def merge_parts(
     paths, layouts = [paths[i] for i in order], [layouts[i] for i in order]
     reference = layouts[0]  # the lowest rank's (rank 0's) metadata, its history included
     for path, layout in zip(paths[1:], layouts[1:], strict=True):
-        for key in ("latitude", "longitude", "times", "num_members", "variables", "global_attributes"):
+        compared = ("latitude", "longitude", "times", "num_members", "variables", "time_variables", "global_attributes")
+        for key in compared:
             mine, theirs = layout[key], reference[key]
             if key == "global_attributes":  # each rank stamps its own default history
                 mine, theirs = ({k: v for k, v in d.items() if k != "history"} for d in (mine, theirs))
@@ -569,6 +625,9 @@ def merge_parts(
             times=reference["times"],
             num_members=reference["num_members"],
             variables=reference["variables"],
+            time_variables={
+                name: (entry["values"], entry["attributes"]) for name, entry in reference["time_variables"].items()
+            },
             global_attributes=reference["global_attributes"],
             complevel=complevel,
             overwrite=overwrite,

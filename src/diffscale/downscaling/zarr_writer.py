@@ -126,6 +126,8 @@ class ZarrEnsembleWriter(EnsembleWriter):
             name: {"chunks": chunks, "compressors": (compressor,), "_FillValue": FILL_VALUE} for name in self.variables
         }
         encoding["time"] = {"units": units, "calendar": "proleptic_gregorian", "dtype": "int64"}
+        for name in self.time_variables:
+            encoding[name] = {"_FillValue": None}  # written as given, nothing masked
         return encoding
 
     def _store(self, variable: str, members: slice, times: slice, block: np.ndarray) -> None:

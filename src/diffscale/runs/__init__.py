@@ -8,7 +8,8 @@
 * :func:`load_run` returns a :class:`Run` (toy data: ``.sample``, ``.likelihood``) or a :class:`ClimateRun`
   (``.downscale``); :func:`prepare_training` and :func:`train` train one from a configuration;
 * :func:`evaluate` scores a downscaled ensemble against the truth, beside the bilinear baseline;
-  :func:`write_report` writes the scores and figures of ``diffscale evaluate``.
+  :func:`write_report` writes the scores and figures of ``diffscale evaluate``;
+* :func:`fit_recalibration` fits a run's spread recalibration on held-out ensembles (applied when it downscales).
 
 Bad input raises :class:`~diffscale.validation.ConfigError` (a ValueError) with a one-line message.
 """
@@ -19,6 +20,7 @@ from diffscale.runs.downscaling import DownscalingJob, check_ensemble_output
 from diffscale.runs.evaluation import EvaluationInputs, evaluate, load_inputs, write_report
 from diffscale.runs.likelihood import LikelihoodReport, LikelihoodSettings, likelihood
 from diffscale.runs.metrics import MetricsLog, loss_by_sigma_decade
+from diffscale.runs.recalibration import Recalibration, fit_recalibration, load_recalibration
 from diffscale.runs.run import ClimateRun, Run, load_climate_run, load_run
 from diffscale.runs.sampling import sample_run, sampler_settings
 from diffscale.runs.training import (
@@ -40,6 +42,7 @@ __all__ = [
     "LikelihoodReport",
     "LikelihoodSettings",
     "MetricsLog",
+    "Recalibration",
     "Run",
     "TrainingPlan",
     "TrainingSummary",
@@ -49,9 +52,11 @@ __all__ = [
     "check_ensemble_output",
     "default_run_dir",
     "evaluate",
+    "fit_recalibration",
     "likelihood",
     "load_climate_run",
     "load_inputs",
+    "load_recalibration",
     "load_run",
     "loss_by_sigma_decade",
     "plots",

@@ -24,6 +24,7 @@ variables, NaNs, grid spacing against the training grid, sampler settings, sizes
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,12 @@ import xarray as xr
 from diffscale.data.climate import Conditioning, open_fields
 from diffscale.data.climate.blocks import LazyConditioning, LazyRows
 from diffscale.data.climate.cf import cf_attributes
+from diffscale.data.climate.extrapolation import (
+    ExtrapolationWarning,
+    InputRange,
+    extrapolation_variables,
+    extrapolation_warning,
+)
 from diffscale.data.climate.grid import fine_coordinates, grid_spacing, is_global_longitude
 from diffscale.data.climate.io import select_fields
 from diffscale.data.climate.relations import ORDERED_PAIRS, ordered_pairs
@@ -51,6 +58,7 @@ from diffscale.downscaling import (
     work_blocks,
 )
 from diffscale.downscaling.ensemble import ToPhysical
+from diffscale.downscaling.recalibration import inflate_channels
 from diffscale.files import check_output
 from diffscale.sampling import SamplerSettings, number_of_evaluations
 from diffscale.threads import Threads, check_threads
@@ -233,6 +241,13 @@ class DownscalingJob:
     attributes: dict[str, Any]
     to_physical: ToPhysical
     threads: Threads = "auto"
+    spread_inflation: dict[str, float] | None = None
+    """Per variable, the factor k by which every time's members are inflated about their mean (the run's
+    recalibration for this ensemble size); None: the members as sampled."""
+    extrapolation: dict[str, dict[str, Any]] | None = None
+    """Per variable, how far the coarse input lies outside the training range at each time (``outside_fraction``,
+    ``excess``: :meth:`~diffscale.data.climate.extrapolation.InputRange.measure`); None for a run saved without its
+    training range. Written into the ensemble as per-time variables."""
 
     @classmethod
     def prepare(
@@ -258,6 +273,7 @@ class DownscalingJob:
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: Threads = "auto",
         sort_ordered_pairs: bool = False,
+        recalibrate: bool = True,
     ) -> DownscalingJob:
         """Check the options and the coarse input and build its conditioning (the regression base of a CorrDiff or
         regression run too). See :meth:`ClimateRun.downscale` for the arguments.
@@ -290,6 +306,18 @@ class DownscalingJob:
         seed = _check_count("seed", seed, 0)
         threads = check_threads(threads, option_name("threads"))
         member_batch = _check_count("member_batch", member_batch, 1)
+        if not isinstance(recalibrate, bool):
+            raise ConfigError(f"{option_name('recalibrate')} = {recalibrate!r}: must be True or False")
+        inflation = None
+        if recalibrate and run.recalibration is not None and not run.deterministic and members > 1:
+            factors = run.recalibration.factors(members)
+            missing = [name for name in section.variables if name not in factors]
+            if missing:
+                raise ConfigError(
+                    f"'{run.run_dir}': its recalibration has no dispersion for {', '.join(missing)}; fit it again"
+                )
+            inflation = {name: factors[name] for name in section.variables}
+            member_batch = members  # the inflation needs all the members of a time in one block
         batch_size = _check_count("batch_size", batch_size, 1)
         chosen = None
         if not run.deterministic:
@@ -362,6 +390,15 @@ class DownscalingJob:
         if sort_ordered_pairs:
             attributes["ordered_pairs"] = "; ".join(f"{low} <= {high} sorted pointwise" for low, high in pairs)
             to_physical = _sorting(builder.to_physical, list(section.variables))
+        if inflation is not None:
+            attributes["spread_inflation"] = inflation  # flattened: spread_inflation_<variable> = k
+        extrapolation = None
+        if run.input_range is not None:
+            channels = len(section.variables)
+            extrapolation = _measure_extrapolation(run.input_range, conditioning, channels)
+            warning = extrapolation_warning(extrapolation, conditioning.times)
+            if warning is not None and _is_main_process():
+                warnings.warn(warning, ExtrapolationWarning, stacklevel=3)
         return cls(
             climate=run,
             conditioning=conditioning,
@@ -376,6 +413,8 @@ class DownscalingJob:
             attributes=attributes,
             to_physical=to_physical,
             threads=threads,
+            extrapolation=extrapolation,
+            spread_inflation=inflation,
         )
 
     # -- what it will do --------------------------------------------------------------------------------------------
@@ -414,6 +453,7 @@ class DownscalingJob:
             "num_members": self.members,
             "variables": self.variables,
             "global_attributes": self.attributes,
+            "time_variables": extrapolation_variables(self.extrapolation) if self.extrapolation is not None else {},
         }
 
     def nbytes(self) -> int:
@@ -504,7 +544,46 @@ class DownscalingJob:
             groups=groups,
             progress=progress,
             threads=self.threads,
+            block_transform=self._inflate if self.spread_inflation is not None else None,
         )
+
+    def _inflate(self, members: torch.Tensor) -> torch.Tensor:
+        """A block of all the members of one time, inflated about its mean by the run's recalibration."""
+        assert self.spread_inflation is not None
+        if members.shape[0] != self.members:
+            raise AssertionError(f"a recalibrated block holds {members.shape[0]} of the {self.members} members")
+        return inflate_channels(members, [self.spread_inflation[name] for name in self.climate.section.variables])
+
+
+def _measure_extrapolation(
+    input_range: InputRange, conditioning: Conditioning | LazyConditioning, channels: int, block: int = 16
+) -> dict[str, dict[str, Any]]:
+    """:meth:`InputRange.measure` of the upsampled coarse channels (the first ``channels`` of c), ``block`` times
+    at a time, so that a long lazily read input is measured with bounded memory."""
+    cond, count = conditioning.cond_fields, len(conditioning.times)
+    parts = [
+        input_range.measure(
+            cond[torch.arange(start, min(start + block, count))][:, :channels],
+            conditioning.latitude,
+            conditioning.longitude,
+        )
+        for start in range(0, count, block)
+    ]
+    return {
+        name: {
+            "outside_fraction": np.concatenate([part[name]["outside_fraction"] for part in parts]),
+            "excess": np.concatenate([part[name]["excess"] for part in parts]),
+            "comparison": parts[0][name]["comparison"],
+        }
+        for name in parts[0]
+    }
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (and a process on its own): the one that speaks."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
 
 
 def _sorting(to_physical: ToPhysical, variables: list[str]) -> ToPhysical:

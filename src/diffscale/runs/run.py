@@ -27,11 +27,13 @@ from diffscale.config import Config
 from diffscale.config.climate import ClimateData
 from diffscale.config.schema import stored_config
 from diffscale.data.climate import ConditioningBuilder
+from diffscale.data.climate.extrapolation import InputRange
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.devices import check_device
 from diffscale.formulations import Formulation
 from diffscale.runs.building import DataDistribution, build_distribution, build_model_for, is_climate, is_regression
-from diffscale.runs.stats import STATS_NAME, load_stats
+from diffscale.runs.recalibration import Recalibration, load_recalibration
+from diffscale.runs.stats import STATS_NAME, input_range_of, load_stats
 from diffscale.sampling import SamplerSettings
 from diffscale.threads import Threads
 from diffscale.training.checkpoint import (
@@ -192,10 +194,16 @@ class ClimateRun(Run):
     Attributes (beside :class:`Run`'s):
         stats: the per-variable transform statistics saved with the run (``data_stats.json``).
         grid: the training grid (spacing, extent) saved with the run.
+        input_range: the per-cell range of the training inputs, which downscaling measures its input against
+            (:mod:`~diffscale.data.climate.extrapolation`); None for a run saved before it was recorded.
+        recalibration: the spread recalibration fitted on held-out ensembles (:mod:`diffscale.runs.recalibration`,
+            ``recalibration.json``), which downscaling applies; None when the run has none.
     """
 
     stats: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
+    input_range: InputRange | None = None
+    recalibration: Recalibration | None = None
 
     @property
     def deterministic(self) -> bool:
@@ -334,8 +342,8 @@ class ClimateRun(Run):
                 ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive), ``patch``
                 (H, W) and ``overlap``, ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads:
                 ``auto``, the default, re-chooses from the load of other processes; a count fixes them),
-                ``sort_ordered_pairs`` (tasmin <= tasmax at every point: see
-                :meth:`~diffscale.runs.downscaling.DownscalingJob.prepare`): see
+                ``sort_ordered_pairs`` (tasmin <= tasmax at every point), ``recalibrate`` (apply the run's
+                recalibration, when it has one; default True): see
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)
@@ -408,7 +416,13 @@ def load_run(
     saved = load_stats(run_dir)
     if saved is None:
         raise ConfigError(f"{key} '{run_dir}' has no {STATS_NAME} (was it trained by this version of diffscale?)")
-    return ClimateRun(**loaded, stats=saved["transforms"], grid=saved["grid"])
+    return ClimateRun(
+        **loaded,
+        stats=saved["transforms"],
+        grid=saved["grid"],
+        input_range=input_range_of(saved),
+        recalibration=load_recalibration(run_dir),
+    )
 
 
 def load_climate_run(

@@ -1,7 +1,9 @@
 """The statistics file of a climate run, ``data_stats.json``: the per-variable transform statistics fitted on the
 training period (:class:`~diffscale.data.climate.Transforms`), which validation, testing and downscaling reuse
 unchanged, and the training grid (spacing and extent, which a coarse input is checked against; the rows or columns
-dropped so that the coarsening factor divides it; how the static fields were brought onto it)."""
+dropped so that the coarsening factor divides it; how the static fields were brought onto it), and the per-cell
+range of the training inputs (:mod:`~diffscale.data.climate.extrapolation`), which downscaling measures a coarse
+input against."""
 
 from __future__ import annotations
 
@@ -10,18 +12,45 @@ from pathlib import Path
 from typing import Any
 
 from diffscale.data.climate import ClimateDataset
+from diffscale.data.climate.extrapolation import InputRange, fit_input_range
 from diffscale.data.climate.grid import grid_spacing
+from diffscale.data.climate.statistics import stats_time_indices
 from diffscale.files import atomic_write_bytes
 from diffscale.validation import ConfigError
 
-__all__ = ["STATS_NAME", "load_stats", "save_stats"]
+__all__ = ["INPUT_RANGE_KEY", "STATS_NAME", "input_range_of", "load_stats", "save_stats", "training_input_range"]
 
 STATS_NAME = "data_stats.json"
+INPUT_RANGE_KEY = "input_range"
+
+
+def training_input_range(dataset: ClimateDataset) -> InputRange:
+    """The per-cell range of the training inputs of ``dataset`` (its conditioning's coarse channels, read in
+    chunks of times: memory stays bounded by one chunk), over the times the statistics are fitted on (every
+    training time, or the ``data.stats_times`` evenly spaced ones of a long record)."""
+    chosen = stats_time_indices(len(dataset), dataset.section.stats_times)
+    return fit_input_range(
+        lambda indices: dataset.full_conditioning(chosen[indices].tolist()),
+        int(chosen.size),
+        dataset.variables,
+        dataset.section.coarsen_factor,
+        dataset.latitude,
+        dataset.longitude,
+    )
+
+
+def input_range_of(saved: dict[str, Any] | None) -> InputRange | None:
+    """The training input range recorded in a run's statistics (:func:`load_stats`), or None for a run saved
+    before it was recorded."""
+    if saved is None or saved.get(INPUT_RANGE_KEY) is None:
+        return None
+    return InputRange.from_dict(saved[INPUT_RANGE_KEY])
 
 
 def save_stats(run_dir: Path, dataset: ClimateDataset) -> None:
-    """Write ``data_stats.json`` atomically: the transform statistics and the training grid (its spacing and
-    extent, which downscaling checks a coarse input against)."""
+    """Write ``data_stats.json`` atomically: the transform statistics, the training grid (its spacing and
+    extent, which downscaling checks a coarse input against) and the training inputs' range
+    (:func:`training_input_range`)."""
     grid = {
         "latitude_spacing": grid_spacing(dataset.latitude, "latitude"),
         "longitude_spacing": grid_spacing(dataset.longitude, "longitude"),
@@ -32,7 +61,7 @@ def save_stats(run_dir: Path, dataset: ClimateDataset) -> None:
     }
     grid["trimmed"] = dataset.grid_trim.to_dict()
     grid["static_regridding"] = dataset.static_regridding
-    content = {"transforms": dataset.stats, "grid": grid}
+    content = {"transforms": dataset.stats, "grid": grid, INPUT_RANGE_KEY: training_input_range(dataset).to_dict()}
     atomic_write_bytes(run_dir / STATS_NAME, (json.dumps(content, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 

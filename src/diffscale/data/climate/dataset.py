@@ -262,7 +262,17 @@ class ClimateDataset:
             regression_base(fn, self.full_conditioning(times), len(self.variables), batch_size, device)
             for times in batches(len(self), batch_size)
         ]
-        self.assembler.base = BaseFields(values=torch.cat(outputs))
+        self.use_base(torch.cat(outputs))
+
+    def use_base(self, base: torch.Tensor) -> None:
+        """``regression_residual``: take b (T, C, H, W) of every time as given, in memory (e.g. the out-of-fold
+        base of :func:`diffscale.runs.climate.cross_fitted_base`)."""
+        expected = (len(self), len(self.variables), self.latitude.size, self.longitude.size)
+        if self.section.target != "regression_residual":
+            raise ConfigError(f"use_base is for data.target = 'regression_residual' (it is {self.section.target!r})")
+        if tuple(base.shape) != expected:
+            raise ValueError(f"base of shape {tuple(base.shape)}; expected {expected}")
+        self.assembler.base = BaseFields(values=base.detach().to("cpu", torch.float32))
 
     def attach_base_store(self, store: str | Path) -> None:
         """Read b from a complete Zarr store written by :meth:`set_base`."""
