@@ -441,6 +441,7 @@ def train_regions(task: dict[str, Any], run_dir: Path) -> float:
     config = load_config(REGIONS["uk"].config, [*overrides, *noise_overrides(sigma_data), *task["training"]])
     plan = prepare_training(config, run_dir)
     plan.data = datasets["uk"]  # the run's statistics file: the pooled statistics (and the UK grid)
+    plan.statistics = None  # written from plan.data by train()
     plan.trainer.source = RegionMixture(list(datasets.values()))
     train(plan, progress=False)
     return sigma_data

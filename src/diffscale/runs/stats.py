@@ -18,7 +18,15 @@ from diffscale.data.climate.statistics import stats_time_indices
 from diffscale.files import atomic_write_bytes
 from diffscale.validation import ConfigError
 
-__all__ = ["INPUT_RANGE_KEY", "STATS_NAME", "input_range_of", "load_stats", "save_stats", "training_input_range"]
+__all__ = [
+    "INPUT_RANGE_KEY",
+    "STATS_NAME",
+    "input_range_of",
+    "load_stats",
+    "save_stats",
+    "stats_content",
+    "training_input_range",
+]
 
 STATS_NAME = "data_stats.json"
 INPUT_RANGE_KEY = "input_range"
@@ -47,10 +55,10 @@ def input_range_of(saved: dict[str, Any] | None) -> InputRange | None:
     return InputRange.from_dict(saved[INPUT_RANGE_KEY])
 
 
-def save_stats(run_dir: Path, dataset: ClimateDataset) -> None:
-    """Write ``data_stats.json`` atomically: the transform statistics, the training grid (its spacing and
-    extent, which downscaling checks a coarse input against) and the training inputs' range
-    (:func:`training_input_range`)."""
+def stats_content(dataset: ClimateDataset) -> dict[str, Any]:
+    """What ``data_stats.json`` holds for ``dataset``: the transform statistics, the training grid (its spacing
+    and extent, which downscaling checks a coarse input against) and the training inputs' range
+    (:func:`training_input_range`, which reads the training inputs once)."""
     grid = {
         "latitude_spacing": grid_spacing(dataset.latitude, "latitude"),
         "longitude_spacing": grid_spacing(dataset.longitude, "longitude"),
@@ -61,7 +69,12 @@ def save_stats(run_dir: Path, dataset: ClimateDataset) -> None:
     }
     grid["trimmed"] = dataset.grid_trim.to_dict()
     grid["static_regridding"] = dataset.static_regridding
-    content = {"transforms": dataset.stats, "grid": grid, INPUT_RANGE_KEY: training_input_range(dataset).to_dict()}
+    return {"transforms": dataset.stats, "grid": grid, INPUT_RANGE_KEY: training_input_range(dataset).to_dict()}
+
+
+def save_stats(run_dir: Path, dataset: ClimateDataset | dict[str, Any]) -> None:
+    """Write ``data_stats.json`` atomically: :func:`stats_content` of a dataset, or that content itself."""
+    content = dataset if isinstance(dataset, dict) else stats_content(dataset)
     atomic_write_bytes(run_dir / STATS_NAME, (json.dumps(content, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 

@@ -42,7 +42,7 @@ from diffscale.runs.building import (
 from diffscale.runs.climate import BASE_STORE_NAME, build_climate_data, write_pending_base
 from diffscale.runs.figures import check_figure, sample_figure
 from diffscale.runs.metrics import MetricsLog
-from diffscale.runs.stats import STATS_NAME, save_stats
+from diffscale.runs.stats import STATS_NAME, save_stats, stats_content
 from diffscale.training.checkpoint import (
     SIDECAR_NAME,
     Checkpoint,
@@ -113,6 +113,10 @@ class TrainingPlan:
     """The checkpoint the run resumes from (already restored into the trainer), or None for a fresh run."""
     changes: list[str] = field(default_factory=list)
     """Compatible configuration changes since the checkpoint (``training.steps: 100 -> 200``)."""
+    statistics: dict[str, Any] | None = None
+    """A climate run's ``data_stats.json`` content (:func:`~diffscale.runs.stats.stats_content`), computed while
+    preparing (it reads the training inputs once, before any training step) and written by :func:`train`; None
+    where there is nothing to write (other data, a resumed run that has its file, ranks other than 0)."""
 
     @property
     def mixture(self) -> DataDistribution:
@@ -249,6 +253,10 @@ def prepare_training(
     trainer = Trainer(denoiser, source, settings, objective=training_objective(config), distributed=distributed)
     if checkpoint is not None:
         restore_trainer(trainer, checkpoint)
+    statistics = None
+    fresh_statistics = checkpoint is None or not (Path(run_dir) / STATS_NAME).is_file()
+    if is_climate(config) and trainer.distributed.is_main and fresh_statistics:
+        statistics = stats_content(data)
     return TrainingPlan(
         config=config,
         run_dir=run_dir,
@@ -257,6 +265,7 @@ def prepare_training(
         summary=model_summary(config, denoiser, getattr(data, "shape", None)),
         checkpoint=checkpoint,
         changes=changes,
+        statistics=statistics,
     )
 
 
@@ -310,8 +319,10 @@ def train(
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / CONFIG_NAME, config.to_yaml().encode("utf-8"))
-        if is_climate(config) and (resumed is None or not (run_dir / STATS_NAME).is_file()):
-            save_stats(run_dir, plan.data)
+        if plan.statistics is not None:
+            save_stats(run_dir, plan.statistics)
+        elif is_climate(config) and (resumed is None or not (run_dir / STATS_NAME).is_file()):
+            save_stats(run_dir, plan.data)  # a plan built by hand
         if resumed is not None:
             # lines up to the last full logging window before the checkpoint; the checkpoint carries the rest
             _metrics_up_to(metrics_path, resumed - resumed % settings.log_every)
