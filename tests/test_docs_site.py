@@ -51,6 +51,8 @@ MATH_PAGES = (
     "diffusion-models/index.html",
     "samplers/index.html",
     "downscaling/index.html",
+    "climate-workloads/index.html",
+    "calibration/index.html",
     "benchmarks/index.html",
 )
 """Pages with equations (each must have typeset math and no raw TeX left in its visible text)."""
