@@ -112,3 +112,12 @@ def test_bad_calls_raise_one_line_naming_the_python_argument(case: str, run_dir:
     message = str(caught.value)
     assert "\n" not in message and first in message and second in message, message
     assert "--" not in message  # Python names, not command-line flags
+
+
+def test_the_default_batch_holds_at_most_a_million_grid_points() -> None:
+    from diffscale.runs.downscaling import BATCH_POINTS, default_batch_size
+
+    assert default_batch_size(32, 48) == 64  # regional grids: 64 fields per network call
+    assert default_batch_size(128, 128) == 64
+    assert default_batch_size(180, 360) == 16 and 16 * 180 * 360 <= BATCH_POINTS < 17 * 180 * 360
+    assert default_batch_size(721, 1440) == 1  # one field of a 0.25 deg global grid (a block is never split)

@@ -63,9 +63,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size",
         type=count(1),
-        default=64,
+        default=None,
         metavar="N",
-        help="samples per network call: consecutive blocks (times) are sampled together",
+        help="samples per network call: consecutive blocks (times) are sampled together (default: 64, fewer for "
+        "grids over 16,384 points, so that a call holds at most 2^20 grid points)",
     )
     parser.add_argument("--start", metavar="TIME", help="first time to downscale (ISO date or time; default: all)")
     parser.add_argument("--end", metavar="TIME", help="last time to downscale, inclusive")

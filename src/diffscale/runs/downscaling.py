@@ -74,6 +74,7 @@ __all__ = [
     "CoarseInput",
     "DownscalingJob",
     "check_coarse_grid",
+    "default_batch_size",
     "check_ensemble_output",
     "coarse_fields",
 ]
@@ -84,6 +85,9 @@ DEFAULT_MEMBERS = 16
 """Ensemble members of a diffusion run when none are asked for (a regression run writes one)."""
 DEFAULT_MEMBER_BATCH = 16
 DEFAULT_BATCH_SIZE = 64
+BATCH_POINTS = 2**20
+"""Grid points per network call at most when the batch size is left to its default: 64 fields of a regional grid
+(up to 128 x 128), fewer of a large one (16 of the global 1 deg grid), so that memory stays at a few GB."""
 ENSEMBLE_SUFFIXES = (".nc", ".zarr")
 MEMORY_FRACTION = 0.5
 """An in-memory ensemble may take at most this fraction of the memory available when it is asked for."""
@@ -270,7 +274,7 @@ class DownscalingJob:
         patch: Sequence[int] | None = None,
         overlap: int | None = None,
         member_batch: int = DEFAULT_MEMBER_BATCH,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         threads: Threads = "auto",
         sort_ordered_pairs: bool = False,
         recalibrate: bool = True,
@@ -318,7 +322,8 @@ class DownscalingJob:
                 )
             inflation = {name: factors[name] for name in section.variables}
             member_batch = members  # the inflation needs all the members of a time in one block
-        batch_size = _check_count("batch_size", batch_size, 1)
+        if batch_size is not None:
+            batch_size = _check_count("batch_size", batch_size, 1)
         chosen = None
         if not run.deterministic:
             chosen = run.sampler_settings(
@@ -360,6 +365,8 @@ class DownscalingJob:
         if periodic is None:
             periodic = is_global_longitude(conditioning.longitude)
         height, width = conditioning.latitude.size, conditioning.longitude.size
+        if batch_size is None:
+            batch_size = default_batch_size(height, width)
         plan = _patch_plan(patch, overlap, section.patch, height, width, periodic)
         variables = {
             name: cf_attributes(
@@ -553,6 +560,12 @@ class DownscalingJob:
         if members.shape[0] != self.members:
             raise AssertionError(f"a recalibrated block holds {members.shape[0]} of the {self.members} members")
         return inflate_channels(members, [self.spread_inflation[name] for name in self.climate.section.variables])
+
+
+def default_batch_size(height: int, width: int) -> int:
+    """Fields per network call by default: :data:`DEFAULT_BATCH_SIZE`, or fewer so that a call holds at most
+    :data:`BATCH_POINTS` grid points (at least 1; a block of members of one time is never split)."""
+    return max(1, min(DEFAULT_BATCH_SIZE, BATCH_POINTS // max(1, height * width)))
 
 
 def _measure_extrapolation(
