@@ -74,9 +74,9 @@ __all__ = [
     "CoarseInput",
     "DownscalingJob",
     "check_coarse_grid",
-    "default_batch_size",
     "check_ensemble_output",
     "coarse_fields",
+    "default_batch_size",
 ]
 
 CoarseInput = xr.Dataset | str | os.PathLike | Sequence[str | os.PathLike]
