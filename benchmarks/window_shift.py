@@ -1,13 +1,15 @@
 """Downscaling on any window of the grid: the ERA5 UK model scored on the window it was trained on and on windows
 shifted by whole fine cells (so their coarse cells are other blocks of the fine grid: another coarse lattice),
-trained as shipped (`configs/era5_uk.yaml`) and with `data.random_alignment: true`.
+trained as shipped (`configs/era5_uk.yaml`), with `data.random_alignment: true`, and without the latitude/longitude
+channels (`data.channels.latlon: false`, so that nothing in the input names the window's position).
 
 The training window is rows 1..32 (50.25 .. 58.0 N) and columns 0..47 (10 W .. 1.75 E) of the ERA5 file (33 x 49
 points). The shifted windows move it one row south (50.0 .. 57.75 N), one column east, or both: every window has
 the same size and its coarse input is its own area-weighted 4 x 4 block means, as for the training window. Each is
 downscaled for the test week (25-31 March, never trained on; 168 hourly fields) and scored against the truth.
 
-    python benchmarks/window_shift.py                   # two trainings (about 5 min each) and 8 ensembles
+    python benchmarks/window_shift.py                   # three trainings (about 5 min each) and 12 ensembles
+    python benchmarks/window_shift.py --recipes "as shipped" "no lat/lon channels"
     python benchmarks/window_shift.py --members 8       # fewer members, faster
     python benchmarks/window_shift.py --skip-training --runs RUNS
     python benchmarks/window_shift.py --quick           # a few steps, to check the pipeline
@@ -37,12 +39,21 @@ TRAINING_WINDOW = (1, 0)  # first fine row (south -> north) and column (west -> 
 SIZE = (32, 48)
 FACTOR = 4
 WINDOWS = {"training window": (0, 0), "1 row south": (-1, 0), "1 column east": (0, 1), "south and east": (-1, 1)}
-RECIPES = {"as shipped": [], "random alignment": ["data.random_alignment=true"]}
+RECIPES = {
+    "as shipped": [],
+    "random alignment": ["data.random_alignment=true"],
+    "no lat/lon channels": ["data.channels.latlon=false"],
+}
+
+
+def _folder(recipe: str) -> str:
+    """The run folder of a recipe."""
+    return recipe.replace(" ", "_").replace("/", "")
 
 
 def train(name: str, overrides: list[str], runs: Path, quick: bool) -> Path:
     """Train configs/era5_uk.yaml with ``overrides`` into ``runs/name`` (through the Python API)."""
-    run_dir = runs / name.replace(" ", "_")
+    run_dir = runs / _folder(name)
     steps = ["training.steps=20", "training.checkpoint_every=0"] if quick else []
     config = load_config(ROOT / "configs" / "era5_uk.yaml", [*overrides, *steps, "training.sample_every=0"])
     start = time.perf_counter()
@@ -99,6 +110,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="20 training steps and 2 members: checks the pipeline")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--recipes", nargs="+", choices=tuple(RECIPES), default=list(RECIPES), help="recipes to train and score"
+    )
     args = parser.parse_args()
     if not T2M.exists():
         sys.exit(f"needs the ERA5 file {T2M} (../shared/data beside the repository)")
@@ -106,8 +120,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         runs = args.runs or Path(scratch)
         results: dict[str, dict[str, dict[str, float]]] = {}
-        for recipe, overrides in RECIPES.items():
-            run_dir = runs / recipe.replace(" ", "_")
+        for recipe in args.recipes:
+            overrides = RECIPES[recipe]
+            run_dir = runs / _folder(recipe)
             if not args.skip_training:
                 train(recipe, overrides, runs, args.quick)
             run = diffscale.load_run(run_dir, device="auto")
