@@ -8,7 +8,9 @@ anywhere: the configurations name the data relative to the repository root, wher
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -40,6 +42,26 @@ def require_data(*paths: Path) -> None:
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
         sys.exit(f"{', '.join(missing)} not found: this benchmark needs the shared ERA5 files (see their README)")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, members: int) -> None:
+    """The options every climate benchmark takes: --runs, --members, --skip-training, --quick, --set, --threads,
+    --json."""
+    parser.add_argument("--runs", default="runs", help="directory of the run directory")
+    parser.add_argument("--members", type=int, default=members)
+    parser.add_argument("--skip-training", action="store_true", help="score the existing run")
+    parser.add_argument("--quick", action="store_true", help="a few training steps only (checks the pipeline)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration overrides")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with others)")
+    parser.add_argument("--json", help="also write the rows as JSON here")
+
+
+def start_benchmark(args: argparse.Namespace, *data: Path) -> None:
+    """Check the shared files, fix torch's threads, and work from the repository root (the configurations name the
+    data relative to it)."""
+    require_data(*data, STATICS)
+    torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
 
 
 def run(args: Sequence[str]) -> float:

@@ -22,25 +22,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 import xarray as xr
 from climate_benchmark import (
     DATA,
     ROOT,
+    add_common_arguments,
     baselines,
     coarse_file,
     joint_lines,
     markdown,
-    require_data,
     run,
     score_ensemble,
     score_rows,
     section,
+    start_benchmark,
     truth_fields,
 )
 
@@ -72,17 +71,9 @@ def prime_meridian_seam(ensemble: Path, fine: xr.Dataset) -> dict[str, tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--period", choices=tuple(PERIODS), default="test")
-    parser.add_argument("--runs", default="runs", help="directory of the run directory")
-    parser.add_argument("--members", type=int, default=16)
-    parser.add_argument("--skip-training", action="store_true", help="score the existing run")
-    parser.add_argument("--quick", action="store_true", help="a few training steps only (checks the pipeline)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration overrides")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with others)")
-    parser.add_argument("--json", help="also write the rows as JSON here")
+    add_common_arguments(parser, members=16)
     args = parser.parse_args()
-    require_data(GLOBAL, DATA / "era5_orography_lsm_global.nc")
-    torch.set_num_threads(args.threads)
-    os.chdir(ROOT)  # the configuration names the data relative to the repository root
+    start_benchmark(args, GLOBAL)
     trained, scored = PERIODS[args.period]
     run_dir = Path(args.runs).resolve() / ("era5_global" if args.period == "test" else "era5_global_validation")
     overrides = [f"data.train_period=[{trained[0]}, {trained[1]}]", *args.set]

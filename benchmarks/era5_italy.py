@@ -20,22 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
-import torch
 from climate_benchmark import (
     DATA,
     ROOT,
+    add_common_arguments,
     baselines,
     coarse_file,
     markdown,
-    require_data,
     run,
     score_ensemble,
     score_rows,
     section,
+    start_benchmark,
     truth_fields,
 )
 
@@ -46,18 +45,10 @@ PERIODS = {"validation": ("2022-06-11", "2022-06-19"), "test": ("2022-06-20", "2
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="runs", help="directory of the run directory")
-    parser.add_argument("--members", type=int, default=32)
     parser.add_argument("--periods", nargs="+", choices=tuple(PERIODS), default=list(PERIODS))
-    parser.add_argument("--skip-training", action="store_true", help="score the existing run")
-    parser.add_argument("--quick", action="store_true", help="a few training steps only (checks the pipeline)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration overrides")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with others)")
-    parser.add_argument("--json", help="also write the rows as JSON here")
+    add_common_arguments(parser, members=32)
     args = parser.parse_args()
-    require_data(ITALY, DATA / "era5_orography_lsm_global.nc")
-    torch.set_num_threads(args.threads)
-    os.chdir(ROOT)  # the configuration names the data relative to the repository root
+    start_benchmark(args, ITALY)
     run_dir = Path(args.runs).resolve() / "era5_italy"
     overrides = [*args.set, *(["training.steps=4", "training.checkpoint_every=0"] if args.quick else [])]
     wall = {}

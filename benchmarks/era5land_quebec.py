@@ -22,23 +22,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 import xarray as xr
 from climate_benchmark import (
     DATA,
     ROOT,
+    add_common_arguments,
     baselines,
     coarse_file,
     markdown,
-    require_data,
     run,
     score_rows,
     section,
+    start_benchmark,
 )
 
 import diffscale
@@ -66,17 +65,9 @@ def _flow(periods: list[tuple[str, str]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--period", choices=("validation", "test"), default="test")
-    parser.add_argument("--runs", default="runs", help="directory of the run directory")
-    parser.add_argument("--members", type=int, default=32)
-    parser.add_argument("--skip-training", action="store_true", help="score the existing run")
-    parser.add_argument("--quick", action="store_true", help="a few training steps only (checks the pipeline)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration overrides")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with others)")
-    parser.add_argument("--json", help="also write the rows as JSON here")
+    add_common_arguments(parser, members=32)
     args = parser.parse_args()
-    require_data(QUEBEC, DATA / "era5_orography_lsm_global.nc")
-    torch.set_num_threads(args.threads)
-    os.chdir(ROOT)  # the configuration names the data relative to the repository root
+    start_benchmark(args, QUEBEC)
     data = section(CONFIG)
     scored = [tuple(period) for period in data.test_period] if args.period == "test" else weeks(1)
     assert scored == weeks(3) or args.period == "validation", "the configuration's test weeks changed"

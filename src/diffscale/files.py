@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["TEMPORARY_FILE", "atomic_write_bytes", "check_output", "fsync_directory", "write_together"]
@@ -60,16 +61,28 @@ def _nearest_existing(path: Path) -> Path:
     return current
 
 
-def check_output(path: str | os.PathLike[str], option: str, *, directory: bool = False) -> Path:
+def check_output(
+    path: str | os.PathLike[str],
+    option: str,
+    *,
+    directory: bool = False,
+    suffixes: Sequence[str] | None = None,
+    kind: str = "file",
+) -> Path:
     """``path`` as a :class:`Path` if a command can write it; ConfigError (one line, naming ``option``) otherwise.
 
     Every command checks its outputs with this before any work, under one rule: missing parent folders are created
-    when the output is written. Refused: a file target that is an existing directory (or a directory target that is
-    an existing file), a file where a parent folder must be, and a folder that cannot be written into.
+    when the output is written. Refused: an extension not in ``suffixes`` (when given; ``kind`` names what the file
+    is in the message), a file target that is an existing directory (or a directory target that is an existing
+    file), a file where a parent folder must be, and a folder that cannot be written into.
     """
     from diffscale.validation import ConfigError
 
     target = Path(path)
+    if suffixes is not None and target.suffix.lower() not in suffixes:
+        raise ConfigError(
+            f"{option} = '{target}': unknown {kind} type {target.suffix or '(none)'!r}; allowed: {', '.join(suffixes)}"
+        )
     if directory and target.exists() and not target.is_dir():
         raise ConfigError(f"{option} = '{target}': exists and is a file, not a directory")
     if not directory and target.is_dir():

@@ -31,14 +31,7 @@ SAMPLES_KEY = "samples"
 def check_sample_path(path: str | Path, option: str | None = None) -> Path:
     """``path`` if its extension names a known format and it can be written (:func:`diffscale.files.check_output`);
     ConfigError naming ``option`` (default: the ``out`` argument) otherwise."""
-    option = option or option_name("out")
-    path = Path(path)
-    if path.suffix.lower() not in SAMPLE_FORMATS:
-        raise ConfigError(
-            f"{option} = '{path}': unknown sample file type {path.suffix or '(none)'!r}; "
-            f"allowed: {', '.join(SAMPLE_FORMATS)}"
-        )
-    return check_output(path, option)
+    return check_output(path, option or option_name("out"), suffixes=tuple(SAMPLE_FORMATS), kind="sample file")
 
 
 def _encode(path: Path, samples: torch.Tensor, metadata: dict[str, Any] | None) -> bytes:

@@ -277,40 +277,9 @@ def maps_figure(
     return figure
 
 
-def plot_maps(
-    path: Path,
-    *,
-    variable: str,
-    units: str,
-    latitude: np.ndarray,
-    longitude: np.ndarray,
-    truth: np.ndarray,
-    ensemble_mean: np.ndarray,
-    spread: np.ndarray,
-    members: np.ndarray,
-    coarse: np.ndarray,
-    coarse_latitude: np.ndarray,
-    coarse_longitude: np.ndarray,
-    bilinear: np.ndarray | None = None,
-    title: str = "",
-) -> None:
-    """Write :func:`maps_figure` as a PNG at ``path``."""
-    figure = maps_figure(
-        variable=variable,
-        units=units,
-        latitude=latitude,
-        longitude=longitude,
-        truth=truth,
-        ensemble_mean=ensemble_mean,
-        spread=spread,
-        members=members,
-        coarse=coarse,
-        coarse_latitude=coarse_latitude,
-        coarse_longitude=coarse_longitude,
-        bilinear=bilinear,
-        title=title,
-    )
-    _save(figure, path)
+def plot_maps(path: Path, **fields: Any) -> None:
+    """Write :func:`maps_figure` (same keyword arguments) as a PNG at ``path``."""
+    _save(maps_figure(**fields), path)
 
 
 def _squared_units(units: str) -> str:

@@ -35,13 +35,7 @@ PLOT_FORMATS: tuple[str, ...] = (".png", ".pdf", ".svg")
 def check_plot_path(path: str | Path, option: str | None = None) -> Path:
     """``path`` if its extension is a figure format and it can be written (:func:`diffscale.files.check_output`);
     ConfigError naming ``option`` (default: the ``plot`` argument) otherwise."""
-    option = option or option_name("plot")
-    path = Path(path)
-    if path.suffix.lower() not in PLOT_FORMATS:
-        raise ConfigError(
-            f"{option} = '{path}': unknown figure type {path.suffix or '(none)'!r}; allowed: {', '.join(PLOT_FORMATS)}"
-        )
-    return check_output(path, option)
+    return check_output(path, option or option_name("plot"), suffixes=tuple(PLOT_FORMATS), kind="figure")
 
 
 def check_plottable(data: GaussianMixture | GaussianRandomField, option: str | None = None) -> None:

@@ -572,13 +572,18 @@ def _measure_extrapolation(
     input_range: InputRange, conditioning: Conditioning | LazyConditioning, channels: int, block: int = 16
 ) -> dict[str, dict[str, Any]]:
     """:meth:`InputRange.measure` of the upsampled coarse channels (the first ``channels`` of c), ``block`` times
-    at a time, so that a long lazily read input is measured with bounded memory."""
-    cond, count = conditioning.cond_fields, len(conditioning.times)
+    at a time, so that a long lazily read input is measured with bounded memory (and without forming its base: a
+    CorrDiff run's regression model runs once, when the members are sampled)."""
+    count = len(conditioning.times)
+
+    def coarse_channels(start: int, stop: int) -> torch.Tensor:
+        if isinstance(conditioning, LazyConditioning):
+            return conditioning.conditioning_rows(start, stop)[0][:, :channels]
+        return conditioning.cond_fields[start:stop, :channels]
+
     parts = [
         input_range.measure(
-            cond[torch.arange(start, min(start + block, count))][:, :channels],
-            conditioning.latitude,
-            conditioning.longitude,
+            coarse_channels(start, min(start + block, count)), conditioning.latitude, conditioning.longitude
         )
         for start in range(0, count, block)
     ]

@@ -161,13 +161,20 @@ class LazyConditioning:
             raise ConfigError("data.target = 'regression_residual' needs the regression model of its base")
         return base[row]
 
+    def conditioning_rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """c of the times ``start`` .. ``stop`` - 1 and their upsampled coarse fields, formed now and not kept (no
+        base: the regression model is not run)."""
+        from diffscale.data.climate.conditioning import _fields_tensor
+
+        values = _fields_tensor(self.coarse.isel(time=slice(start, stop)).load(), self.builder.variables)
+        return self.builder.conditioning(self.layout, values, range(start, stop))
+
     def _block(self, number: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from diffscale.data.climate.conditioning import _fields_tensor, regression_base
+        from diffscale.data.climate.conditioning import regression_base
 
         start = number * self.batch_size
         stop = min(start + self.batch_size, len(self.layout.times))
-        values = _fields_tensor(self.coarse.isel(time=slice(start, stop)).load(), self.builder.variables)
-        cond, upsampled = self.builder.conditioning(self.layout, values, range(start, stop))
+        cond, upsampled = self.conditioning_rows(start, stop)
         channels = len(self.builder.variables)
         if self.base_model is not None:
             base = regression_base(self.base_model, cond, channels, self.batch_size, self.device)
