@@ -43,6 +43,12 @@ RECIPES = {
     "as shipped": [],
     "random alignment": ["data.random_alignment=true"],
     "no lat/lon channels": ["data.channels.latlon=false"],
+    "random windows": [
+        "data.random_windows=true",
+        "data.patch=[28,44]",
+        "data.crop=null",
+        "data.remainder=keep",
+    ],
 }
 
 

@@ -311,6 +311,61 @@ def test_random_alignment_needs_coarse_fields_from_the_fine_ones() -> None:
         config_from_dict({"data": data, "model": {"arch": "ddpmpp"}})
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("corner", [(0, 0), (1, 3), (2, 1), (3, 2), (8, 12)])
+def test_a_window_coarsened_on_its_own_is_what_downscaling_that_window_gets(
+    files: dict[str, Path], corner: tuple[int, int], interpolation: str
+) -> None:
+    """``data.random_windows``: a training window at any fine row and column, coarsened on its own, shows the
+    network exactly the conditioning (and base) that the downscaling builder makes of that window's own block
+    means: every alignment of a user's window on the lattice is a training case."""
+    section = regional(files, random_windows=True, interpolation=interpolation)
+    dataset = ClimateDataset(section, "train")
+    rows, columns = dataset.assembler.window(*corner, 8, 12)
+    trained = dataset.assembler.sample(3, rows, columns, standalone=True)
+    fine = load_fine(section, "train").isel(time=[3], latitude=rows, longitude=columns)
+    built = dataset.builder.build(coarsen(fine, 4))
+    torch.testing.assert_close(trained.cond, built.cond_fields[0], rtol=0, atol=2e-6)
+    torch.testing.assert_close(trained.base, built.base[0], rtol=0, atol=2e-6)
+    torch.testing.assert_close(trained.fine, torch.tensor(np.stack([fine[v].values[0] for v in ("t2m", "tp")])))
+    if corner[0] % 4 or corner[1] % 4:  # off the grid's lattice: not the grid's coarse cells cropped
+        on_grid = dataset.assembler.sample(3, rows, columns)
+        assert not torch.allclose(on_grid.cond[0], trained.cond[0], atol=1e-3)
+
+
+def test_random_windows_train_every_alignment_on_windows_coarsened_on_their_own(files: dict[str, Path]) -> None:
+    """The reader builds each drawn window on its own; the windows' corners cover every alignment modulo f."""
+    dataset = ClimateDataset(regional(files, random_windows=True), "train")
+    drawn = dataset.draw(400, torch.Generator().manual_seed(2))
+    alignments = (drawn.tops % 4) * 4 + drawn.lefts % 4
+    assert torch.bincount(alignments, minlength=16).min() > 5
+    batch = dataset.read(drawn, 0, 3)
+    for b in range(3):
+        rows, columns = dataset.assembler.window(int(drawn.tops[b]), int(drawn.lefts[b]), 8, 12)
+        expected = dataset.assembler.sample(int(drawn.times[b]), rows, columns, standalone=True)
+        assert torch.equal(batch.target[b], expected.target)
+        assert torch.equal(batch.cond["cond_fields"][b], expected.cond)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"patch": None}, "random_windows needs patch"),
+        ({"patch": [8, 10]}, r"patch \[8, 10\] must be whole coarse blocks"),
+        ({"target": "regression_residual", "regression_run": "r"}, "random_windows coarsens each window"),
+        ({"random_alignment": True}, "exclude each other"),
+    ],
+)
+def test_random_windows_refuses_what_it_cannot_build(
+    files: dict[str, Path], overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        regional(files, random_windows=True, **overrides)
+    assembler = ClimateDataset(regional(files), "train").assembler
+    with pytest.raises(ValueError, match="not whole 4 x 4 blocks"):
+        assembler.sample(0, np.arange(6), np.arange(8), standalone=True)
+
+
 @pytest.mark.parametrize("alignment", [(1, 0), (2, 3), (3, 1)])
 def test_a_shifted_lattice_in_training_is_what_a_shifted_window_gets_when_downscaled(
     files: dict[str, Path], alignment: tuple[int, int]

@@ -153,9 +153,10 @@ class ClimateData(StrictModel):
         None, description="low-resolution files; null: coarsen the fine fields by coarsen_factor"
     )
     coarsen_factor: int = Field(4, ge=1, strict=True, description="fine cells per coarse cell along each axis")
-    remainder: Literal["trim", "error"] = Field(
+    remainder: Literal["trim", "error", "keep"] = Field(
         "trim",
-        description="a grid not divisible by coarsen_factor: trim (drop the surplus, south/west first) or error",
+        description="a grid not divisible by coarsen_factor: trim (drop the surplus, south/west first), error, or "
+        "keep (only with random_windows, whose windows are whole blocks anywhere)",
     )
     crop: CropWindow | None = Field(
         None, description="index window {lat: [start, stop], lon: [start, stop]} of the fine grid"
@@ -210,6 +211,11 @@ class ClimateData(StrictModel):
         False,
         description="train on coarse lattices shifted by 0 .. f-1 fine cells at random, so any window downscales alike",
     )
+    random_windows: bool = Field(
+        False,
+        description="coarsen each training patch on its own (its own whole blocks, as a window a user brings); "
+        "patches start at every fine row and column, so every coarse-lattice alignment is trained",
+    )
 
     @field_validator("variables", "static_variables")
     @classmethod
@@ -253,6 +259,13 @@ class ClimateData(StrictModel):
                 "random_alignment shifts the coarse lattice of the fine fields' block means: it needs coarse_paths "
                 "null and target fine or residual"
             )
+        if self.random_windows:
+            self._check_random_windows()
+        elif self.remainder == "keep":
+            raise ValueError(
+                "remainder: keep is for random_windows (windows of whole blocks anywhere on the grid); a model of "
+                "the whole grid needs it divisible by coarsen_factor: trim or error"
+            )
         both = set(self.static_variables) & set(self.variables)
         if both:
             raise ValueError(f"{', '.join(sorted(both))} is both a variable and a static variable")
@@ -270,6 +283,24 @@ class ClimateData(StrictModel):
                 if window is not None and size > window[1] - window[0]:
                     raise ValueError(f"patch {list(self.patch)} is larger than the crop's {axis} window {list(window)}")
         return self
+
+    def _check_random_windows(self) -> None:
+        """random_windows needs patches of whole coarse blocks cut from fine fields it coarsens itself."""
+        if self.patch is None:
+            raise ValueError("random_windows needs patch: [height, width] of the training windows")
+        factor = self.coarsen_factor
+        if any(size % factor for size in self.patch):
+            raise ValueError(
+                f"random_windows: patch {list(self.patch)} must be whole coarse blocks (multiples of coarsen_factor "
+                f"{factor})"
+            )
+        if self.coarse_paths is not None or self.target == "regression_residual":
+            raise ValueError(
+                "random_windows coarsens each window's own fine fields: it needs coarse_paths null and target "
+                "fine or residual"
+            )
+        if self.random_alignment:
+            raise ValueError("random_windows and random_alignment exclude each other: choose one")
 
     def with_absolute_paths(self) -> ClimateData:
         """A copy whose file paths (and regression run) are absolute, resolved against the working directory, so

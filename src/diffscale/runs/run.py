@@ -283,8 +283,9 @@ class ClimateRun(Run):
 
     def coarsen(self, fine: CoarseInput, start: Any = None, end: Any = None) -> xr.Dataset:
         """The coarse input the run expects for fine fields on its grid (a Dataset, file or files): the run's crop
-        (``data.crop``) and trimming (``data.remainder``), then the area-weighted block mean by the coarsening
-        factor, as training built it from its fine fields; times between ``start`` and ``end`` (inclusive)."""
+        (``data.crop``) and trimming (``data.remainder``; ``keep`` trims here), then the area-weighted block mean by
+        the coarsening factor, as training built it from its fine fields; times between ``start`` and ``end``
+        (inclusive)."""
         from diffscale.data.climate.grid import coarsen, grid_spacing
         from diffscale.data.climate.splits import model_grid
         from diffscale.runs.downscaling import coarse_fields
@@ -300,8 +301,11 @@ class ClimateRun(Run):
                     f"{option_name('fine')}: its {axis} spacing {abs(spacing):g} deg is not the training grid's "
                     f"{abs(trained):g} deg (give fine fields; coarse ones go to downscale)"
                 )
-        grid, _ = model_grid(fields, self.section)
-        coarse = coarsen(grid, self.section.coarsen_factor)
+        section = self.section
+        if section.remainder == "keep":  # a model of windows: the fine fields still need whole blocks here
+            section = section.model_copy(update={"remainder": "trim"})
+        grid, _ = model_grid(fields, section)
+        coarse = coarsen(grid, section.coarsen_factor)
         attributes = {
             "title": "coarse input",
             "source": f"{source}, coarsened {self.section.coarsen_factor}x by diffscale",

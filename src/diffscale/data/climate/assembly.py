@@ -22,6 +22,11 @@ then covers the fine rows o_lat + k f .. o_lat + k f + f - 1 (columns likewise, 
 and fine index i sits at the coarse position (i - o + 1/2) / f - 1/2. Training uses (0, 0), the lattice of
 the files; a sampler that draws o from 0 .. f - 1 per sample only has to pass it here (with ``coarse_paths``
 the lattice is that of the coarse files and only (0, 0) is possible).
+
+A window coarsened on its own (``standalone=True``, what ``data.random_windows`` trains on): the window's rows and
+columns are whole f x f blocks of their own, starting at its first row and column wherever it sits on the grid,
+and nothing outside it enters its coarse cells; at its borders the upsampling takes the edge values. That is what
+downscaling computes for a window a user brings (its coarse cells are the window's own block means).
 """
 
 from __future__ import annotations
@@ -176,13 +181,19 @@ class SampleAssembler:
 
     # -- one sample ---------------------------------------------------------------------------------------------
     def sample(
-        self, index: int, rows: np.ndarray, columns: np.ndarray, alignment: tuple[int, int] = (0, 0)
+        self,
+        index: int,
+        rows: np.ndarray,
+        columns: np.ndarray,
+        alignment: tuple[int, int] = (0, 0),
+        standalone: bool = False,
     ) -> SampleFields:
         """The sample at time ``index`` on the fine ``rows`` (consecutive) x ``columns``; ``alignment``: the
-        coarse lattice's offset (o_lat, o_lon) in fine cells (module docstring; (0, 0) in training today)."""
+        coarse lattice's offset (o_lat, o_lon) in fine cells; ``standalone``: the window coarsened on its own
+        (module docstring)."""
         rows = np.asarray(rows, dtype=np.int64)
         columns = np.asarray(columns, dtype=np.int64)
-        upsampled, fine, cond = self._parts(index, rows, columns, alignment)
+        upsampled, fine, cond = self._parts(index, rows, columns, alignment, standalone)
         if self.target == "fine":
             base = torch.zeros_like(upsampled)
         elif self.target == "residual":
@@ -195,16 +206,27 @@ class SampleAssembler:
         return SampleFields(target=normalised - base, cond=cond, base=base, fine=fine)
 
     def conditioning(
-        self, index: int, rows: np.ndarray, columns: np.ndarray, alignment: tuple[int, int] = (0, 0)
+        self,
+        index: int,
+        rows: np.ndarray,
+        columns: np.ndarray,
+        alignment: tuple[int, int] = (0, 0),
+        standalone: bool = False,
     ) -> torch.Tensor:
         """The conditioning c (K, h, w) alone (what a regression model takes to predict the base)."""
-        return self._parts(index, np.asarray(rows, dtype=np.int64), np.asarray(columns, dtype=np.int64), alignment)[2]
+        rows, columns = np.asarray(rows, dtype=np.int64), np.asarray(columns, dtype=np.int64)
+        return self._parts(index, rows, columns, alignment, standalone)[2]
 
     def _parts(
-        self, index: int, rows: np.ndarray, columns: np.ndarray, alignment: tuple[int, int]
+        self, index: int, rows: np.ndarray, columns: np.ndarray, alignment: tuple[int, int], standalone: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(U(T(x)) (C, h, w), the fine fields y (C, h, w) float32 in physical units, c (K, h, w))."""
-        upsampled, fine_physical = self._upsampled_and_fine(index, rows, columns, alignment)
+        if standalone:
+            if alignment != (0, 0):
+                raise ValueError("a window coarsened on its own has no lattice offset: give alignment (0, 0)")
+            upsampled, fine_physical = self._standalone_upsampled_and_fine(index, rows, columns)
+        else:
+            upsampled, fine_physical = self._upsampled_and_fine(index, rows, columns, alignment)
         fine = torch.from_numpy(np.stack([np.asarray(values, dtype=np.float32) for values in fine_physical]))
         rows_t, columns_t = torch.as_tensor(rows)[:, None], torch.as_tensor(columns)[None, :]
         parts = [upsampled, self.fixed_channels[:, rows_t, columns_t]]
@@ -255,6 +277,29 @@ class SampleAssembler:
         local_columns = np.searchsorted(coarse_columns, column_taps)
         upsampled = interpolate_taps(normalised, local_rows, row_weights, -2)
         return interpolate_taps(upsampled, local_columns, column_weights, -1), fine
+
+    def _standalone_upsampled_and_fine(
+        self, index: int, rows: np.ndarray, columns: np.ndarray
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """U(T(x)) (C, h, w) float32 and the fine fields of a window coarsened on its own: x = its own f x f
+        block means, upsampled with edge values at its borders (module docstring)."""
+        factor = self.factor
+        if self.coarse is not None:
+            raise ConfigError("a window coarsened on its own needs the coarse fields from the fine ones")
+        if rows.size % factor or columns.size % factor:
+            raise ValueError(
+                f"a window of {rows.size} x {columns.size} fine cells is not whole {factor} x {factor} blocks"
+            )
+        fine = self.fine.read(index, index_or_slice(rows), index_or_slice(columns))
+        normalised = self.transforms.forward_channels(self._block_means(fine, rows), self.variables)
+        row_taps, row_weights = interpolation_taps(
+            np.arange(rows.size), rows.size // factor, factor, self.interpolation
+        )
+        column_taps, column_weights = interpolation_taps(
+            np.arange(columns.size), columns.size // factor, factor, self.interpolation
+        )
+        upsampled = interpolate_taps(normalised, row_taps, row_weights, -2)
+        return interpolate_taps(upsampled, column_taps, column_weights, -1), fine
 
     def _block_means(self, read: list[np.ndarray], fine_rows: np.ndarray) -> torch.Tensor:
         """The coarse cells (C, h_c, w_c) float32 of fine values read on whole blocks: the area-weighted block

@@ -100,10 +100,17 @@ class ClimateBatchReader:
     """Turns :class:`SampleIndices` into a :class:`~diffscale.data.batch.Batch`, reading only those samples
     (picklable: a data loading worker holds one and opens the files itself)."""
 
-    def __init__(self, assembler: SampleAssembler, patch: tuple[int, int] | None, latitude_weighted_loss: bool) -> None:
+    def __init__(
+        self,
+        assembler: SampleAssembler,
+        patch: tuple[int, int] | None,
+        latitude_weighted_loss: bool,
+        random_windows: bool = False,
+    ) -> None:
         self.assembler = assembler
         self.patch = patch
         self.latitude_weighted_loss = latitude_weighted_loss
+        self.random_windows = random_windows
 
     def read(self, drawn: SampleIndices, start: int = 0, stop: int | None = None) -> Batch:
         """Samples ``start:stop`` of the drawn batch (one rank's rows): ``Batch(target, cond)`` as
@@ -118,7 +125,7 @@ class ClimateBatchReader:
             else:
                 rows, columns = np.arange(height), np.arange(width)
             alignment = (0, 0) if drawn.alignments is None else tuple(int(v) for v in drawn.alignments[b])
-            fields = self.assembler.sample(int(drawn.times[b]), rows, columns, alignment)
+            fields = self.assembler.sample(int(drawn.times[b]), rows, columns, alignment, self.random_windows)
             targets.append(fields.target)
             conds.append(fields.cond)
         cond = {"cond_fields": torch.stack(conds).contiguous()}
@@ -170,13 +177,19 @@ class ClimateDataset:
         )
         factor = section.coarsen_factor
         height, width = self.latitude.size, self.longitude.size
-        check_divisible(height, width, factor, what="fine grid")
+        if section.remainder == "keep":  # windows of whole blocks anywhere (random_windows): any grid size
+            height, width = height - height % factor, width - width % factor
+        else:
+            check_divisible(height, width, factor, what="fine grid")
+        self.blocks_shape = (height, width)  # the whole blocks from the first row and column
         coarse = coarse_files(section, self.series, split, expected) if section.coarse_paths is not None else None
         self.builder = ConditioningBuilder.from_section(section, self.transforms)
         self.builder.periodic_longitude = self.periodic_longitude
-        # the fine grid as the conditioning builder reconstructs it from the coarse cells' centres
-        built = fine_coordinates(block_centres(self.latitude, factor), block_centres(self.longitude, factor), factor)
-        for axis, values, own in (("latitude", built[0], self.latitude), ("longitude", built[1], self.longitude)):
+        # the fine grid as the conditioning builder reconstructs it from the coarse cells' centres (on the whole
+        # blocks from the first row and column)
+        latitude, longitude = self.latitude[:height], self.longitude[:width]
+        built = fine_coordinates(block_centres(latitude, factor), block_centres(longitude, factor), factor)
+        for axis, values, own in (("latitude", built[0], latitude), ("longitude", built[1], longitude)):
             if not np.allclose(values, own, atol=1e-6):
                 raise ConfigError(f"the coarse grid's fine {axis} does not reproduce the fine grid's")
         self.cond_channel_names: list[str] = self.builder.channel_names
@@ -191,14 +204,18 @@ class ClimateDataset:
             coarse=coarse,
             latitude=self.latitude,
             row_weights=area_weights(self.latitude),
-            fixed_channels=self.builder.fixed_channels(*built),
+            fixed_channels=self.builder.fixed_channels(
+                np.concatenate([built[0], self.latitude[height:]]), np.concatenate([built[1], self.longitude[width:]])
+            ),
             time_table=time_channels(self.times, 1, 1, hour=self.builder.hour, day_of_year=self.builder.day_of_year)[
                 :, :, 0, 0
             ].contiguous(),
         )
         if section.patch is not None and (section.patch[0] > height or section.patch[1] > width):
             raise ConfigError(f"data.patch = {list(section.patch)} is larger than the fine grid {height} x {width}")
-        self._reader = ClimateBatchReader(self.assembler, section.patch, section.latitude_weighted_loss)
+        self._reader = ClimateBatchReader(
+            self.assembler, section.patch, section.latitude_weighted_loss, section.random_windows
+        )
         self.pending_base: Any = None
         """A CorrDiff base to be written into a store before training (:mod:`diffscale.runs.climate`)."""
 
@@ -279,8 +296,9 @@ class ClimateDataset:
         self.assembler.base = BaseFields(store=str(store))
 
     def full_conditioning(self, times: Sequence[int]) -> torch.Tensor:
-        """c (B, K, H, W) on the whole grid at the time indices ``times``."""
-        rows, columns = np.arange(self.latitude.size), np.arange(self.longitude.size)
+        """c (B, K, H, W) on the whole grid at the time indices ``times`` (with ``data.remainder: keep``, on its
+        whole blocks from the first row and column)."""
+        rows, columns = np.arange(self.blocks_shape[0]), np.arange(self.blocks_shape[1])
         return torch.stack([self.assembler.conditioning(int(t), rows, columns) for t in times])
 
     # -- access -----------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ XrT = TypeVar("XrT", xr.Dataset, xr.DataArray)
 POLE_TOLERANCE_DEG = 1e-6
 """A row within this many degrees of +-90 is a pole row: its area weight is exactly 0."""
 
-REMAINDER_RULES: tuple[str, ...] = ("trim", "error")
+REMAINDER_RULES: tuple[str, ...] = ("trim", "error", "keep")
 """What to do with a fine grid whose size is not a multiple of the factor (``data.remainder``)."""
 
 
@@ -196,7 +196,8 @@ def trim_to_factor(
     grid loses its south-pole row for f = 4. A periodic longitude axis (``periodic_longitude``, or when None a
     global one) is never trimmed: f must divide it (``periodic_longitude=False`` trims it like any other).
     Nothing is padded (padding would invent fine values that the model would learn as truth).
-    ``remainder: error`` refuses any surplus instead.
+    ``remainder: error`` refuses any surplus instead; ``remainder: keep`` keeps the grid whole (for training on
+    windows coarsened on their own, ``data.random_windows``, which are whole blocks wherever they sit).
 
     Returns:
         The trimmed data (lazy arrays stay lazy) and what was dropped (:class:`GridTrim`).
@@ -213,6 +214,8 @@ def trim_to_factor(
         raise ConfigError(
             f"the {what} of {height} x {width} (latitude x longitude) is smaller than the coarsen factor {factor}"
         )
+    if remainder == "keep":
+        return data, GridTrim(factor=factor, original_shape=(height, width))
     extra_rows, extra_columns = height % factor, width % factor
     if remainder == "error":
         check_divisible(height, width, factor, what, hint="data.crop, or data.remainder: trim")
