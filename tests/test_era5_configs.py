@@ -189,3 +189,24 @@ def test_quebec_tasmax_tasmin_with_the_order_report(tmp_path: Path) -> None:
     assert pair["truth"] == 0.0 and 0.0 <= pair["ensemble"] <= 1.0
     downscale(run_dir, tmp_path / "coarse.nc", tmp_path / "sorted.nc", "--members", "3", "--sort-ordered-pairs")
     assert evaluate(tmp_path / "sorted.nc", QUEBEC, tmp_path / "sorted")["ordered_pairs"][0]["ensemble"] == 0.0
+
+
+# -- the UK on any window ----------------------------------------------------------------------------------------
+UK = DATA / "era5_t2m_uk_2019-03.nc"
+
+
+@pytest.mark.skipif(not UK.exists(), reason="shared ERA5 data not available")
+def test_uk_windows_config_trains_on_the_whole_file_and_downscales_a_shifted_window(tmp_path: Path) -> None:
+    """era5_uk_windows.yaml keeps the file's 33 x 49 grid (not whole blocks of 4) and downscales a window one fine
+    row south of era5_uk.yaml's, coarsened on its own, in one network call."""
+    data = {"train_period": ["2019-03-01T00:00", "2019-03-01T05:00"], "validation_period": None}
+    run_dir = train(tmp_path, "uk_windows", shipped("era5_uk_windows", data))
+    stats = json.loads((run_dir / "data_stats.json").read_text())
+    assert (stats["grid"]["height"], stats["grid"]["width"]) == (33, 49)
+    fine = open_fields([str(UK)], ["t2m"], ("2019-03-25T00:00", "2019-03-25T02:00"))
+    fine = fine.isel(latitude=slice(0, 32), longitude=slice(0, 48)).load()  # latitude ascending: from 50.0 N
+    coarsen(fine, 4).to_netcdf(tmp_path / "coarse.nc")
+    downscale(run_dir, tmp_path / "coarse.nc", tmp_path / "ensemble.nc", "--members", "2", "--patch", "32", "48")
+    with xr.open_dataset(tmp_path / "ensemble.nc") as ensemble:
+        assert ensemble.sizes == {"member": 2, "time": 3, "latitude": 32, "longitude": 48}
+        assert float(ensemble["latitude"][0]) == 50.0 and bool(np.isfinite(ensemble["t2m"]).all())
