@@ -452,8 +452,8 @@ def downscale_other_region(run: Any, name: str, index: int, task: dict[str, Any]
     the run's pooled statistics and network)."""
     from diffscale.data.climate import ConditioningBuilder
     from diffscale.data.climate.cf import cf_attributes
-    from diffscale.data.climate.dataset import model_grid
     from diffscale.data.climate.grid import coarsen
+    from diffscale.data.climate.splits import model_grid
     from diffscale.downscaling import EnsembleWriter, generate_ensemble, sampling_groups, work_blocks
 
     section, _ = region_section(name, tuple(task["held_out"]))
