@@ -210,3 +210,8 @@ def test_uk_windows_config_trains_on_the_whole_file_and_downscales_a_shifted_win
     with xr.open_dataset(tmp_path / "ensemble.nc") as ensemble:
         assert ensemble.sizes == {"member": 2, "time": 3, "latitude": 32, "longitude": 48}
         assert float(ensemble["latitude"][0]) == 50.0 and bool(np.isfinite(ensemble["t2m"]).all())
+    # `diffscale coarsen` of the whole file: the kept 33 x 49 grid is trimmed to whole blocks (32 x 48) there
+    argv = ["coarsen", str(run_dir), "--input", str(UK), "--start", "2019-03-25T00:00", "--end", "2019-03-25T01:00"]
+    assert run_cli([*argv, "--out", str(tmp_path / "coarsened.nc")]) == 0
+    with xr.open_dataset(tmp_path / "coarsened.nc") as coarsened:
+        assert (coarsened.sizes["latitude"], coarsened.sizes["longitude"]) == (8, 12)
