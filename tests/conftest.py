@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,31 @@ def _deterministic_torch() -> Iterator[None]:
     torch.manual_seed(0)
     with single_thread():
         yield
+
+
+@contextmanager
+def mounted_read_only(folder: Path) -> Iterator[Path]:
+    """``folder`` bind-mounted read-only onto itself inside the block, its contents kept (root writes through
+    permission bits, so a chmod cannot make a folder read-only for root-run tests; a read-only mount can). The test
+    is skipped where mounting is not allowed (not root, or no mount privilege)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only bind mount needs root")
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount --bind -o ro is not allowed here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder mounted read-only (:func:`mounted_read_only`)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    with mounted_read_only(folder):
+        yield folder
 
 
 def snapshot(directory: Path) -> list[str]:

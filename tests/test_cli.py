@@ -417,6 +417,17 @@ def test_an_output_that_cannot_be_created_is_refused_before_any_work(
     assert_bad_input(argv, capsys, [str(blocked), "is a file"], tmp_path)
 
 
+@pytest.mark.skipif(not Path("/proc/self/mounts").is_file(), reason="no Linux mount table")
+@pytest.mark.parametrize(("pseudo", "kind"), [("/proc", "proc"), ("/sys", "sysfs")])
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_an_output_on_a_pseudo_file_system_is_refused_before_any_work(
+    case: str, pseudo: str, kind: str, trained: Path, config_file: Path, tmp_path: Path, capsys
+) -> None:
+    """/proc and /sys accept the permission check (root may write there) but hold no files: refused up front."""
+    argv = OUTPUT_CASES[case](trained, config_file, Path(pseudo) / "diffscale")
+    assert_bad_input(argv, capsys, [f"'{pseudo}' is on the kernel's {kind} file system"], tmp_path)
+
+
 def test_missing_output_folders_are_created_and_all_outputs_written(trained: Path, tmp_path: Path) -> None:
     out, plot = tmp_path / "new" / "deeper" / "s.npy", tmp_path / "other" / "p.png"
     assert main(["sample", str(trained), "--num", "20", "--out", str(out), "--plot", str(plot), "--no-progress"]) == 0

@@ -25,7 +25,7 @@ import yaml
 import diffscale
 from diffscale.evaluation import single_thread
 from diffscale.runs import load_climate_run
-from tests.conftest import run_cli, snapshot
+from tests.conftest import mounted_read_only, run_cli, snapshot
 from tests.test_climate_runs import (
     FACTOR,
     LATITUDE,
@@ -588,6 +588,40 @@ def test_an_input_far_outside_the_training_range_is_flagged_with_a_one_line_warn
         assert ensemble["t2m_outside_training_range"].dims == ("time",)
         shifted_share = ensemble["t2m_outside_training_range"].values
         assert np.all(shifted_share > 0.5) and shifted_share.mean() > plain["t2m_outside_training_range"].values.mean()
+
+
+def test_recalibrate_threads_set_torchs_count_and_change_no_more_than_rounding(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(setup["diffusion"], run_dir)
+    argv = ["recalibrate", str(run_dir), "--ensemble", str(diffusion_file), "--truth", str(setup["truth_path"])]
+    before = torch.get_num_threads()
+    dispersion = {}
+    for count in ("1", "2"):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="diffscale.threads"):
+            assert run_cli([*argv, "--threads", count]) == 0
+        assert f"CPU threads: {count} (as set" in caplog.text
+        assert torch.get_num_threads() == before  # restored afterwards
+        dispersion[count] = json.loads((run_dir / "recalibration.json").read_text())["dispersion"]["t2m"]
+    assert dispersion["2"] == pytest.approx(dispersion["1"], rel=1e-12)
+
+
+def test_recalibrate_refuses_a_read_only_run_before_any_work(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(setup["diffusion"], run_dir)
+    missing = tmp_path / "absent.nc"  # never read: the run directory is refused first
+    with mounted_read_only(run_dir):
+        before = snapshot(run_dir)
+        capsys.readouterr()
+        assert run_cli(["recalibrate", str(run_dir), "--ensemble", str(missing), "--truth", str(missing)]) == 2
+        err = capsys.readouterr().err
+        assert snapshot(run_dir) == before
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"'{run_dir}' is on a read-only file system" in err
 
 
 def test_recalibrate_stores_the_dispersion_and_downscale_inflates_the_members(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from diffscale.files import atomic_write_bytes, check_output, write_together
+from diffscale.files import atomic_write_bytes, check_output, file_system_of, write_together
 from diffscale.validation import ConfigError
 
 
@@ -43,6 +43,44 @@ def test_check_output_refuses_a_folder_it_cannot_write(tmp_path: Path) -> None:
     locked.mkdir(mode=0o500)
     with pytest.raises(ConfigError, match="permission denied"):
         check_output(locked / "x.nc", "--out")
+
+
+def test_check_output_refuses_a_read_only_mount(read_only_folder: Path) -> None:
+    with pytest.raises(OSError):  # the mount really is read-only, for root too
+        (read_only_folder / "probe").write_bytes(b"x")
+    for target, directory in ((read_only_folder / "x.nc", False), (read_only_folder / "a" / "report", True)):
+        with pytest.raises(ConfigError, match="is on a read-only file system") as caught:
+            check_output(target, "--out", directory=directory)
+        assert f"'{read_only_folder}'" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(not Path("/proc/self/mounts").is_file(), reason="no Linux mount table")
+@pytest.mark.parametrize(
+    ("target", "kind"),
+    [("/proc/x.nc", "proc"), ("/proc/self/run/x.nc", "proc"), ("/sys/x.nc", "sysfs"), ("/sys/a/b/report", "sysfs")],
+)
+def test_check_output_refuses_the_kernels_pseudo_file_systems(target: str, kind: str) -> None:
+    with pytest.raises(ConfigError, match=f"is on the kernel's {kind} file system") as caught:
+        check_output(target, "--out", directory=not target.endswith(".nc"))
+    assert str(caught.value).startswith(f"--out = '{target}'") and "\n" not in str(caught.value)
+
+
+def test_file_system_of_takes_the_longest_last_mount_point(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/vda / ext4 rw 0 0\n"
+        "proc /proc proc rw 0 0\n"
+        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
+        "sysfs /sys sysfs rw 0 0\n"
+        "/dev/vdb /mnt/my\\040disk ext4 rw 0 0\n"
+        "tmpfs /mnt/my\\040disk tmpfs rw 0 0\n"
+    )
+    assert file_system_of("/proc/cpuinfo", mounts) == (Path("/proc"), "proc")
+    assert file_system_of("/sys/fs/cgroup/x", mounts) == (Path("/sys/fs/cgroup"), "tmpfs")  # longest wins
+    assert file_system_of("/sys/fs", mounts) == (Path("/sys"), "sysfs")
+    assert file_system_of("/mnt/my disk/data", mounts) == (Path("/mnt/my disk"), "tmpfs")  # last mounted wins
+    assert file_system_of("/processes", mounts) == (Path("/"), "ext4")  # a prefix of the name is not a parent
+    assert file_system_of("/x", tmp_path / "absent") is None
 
 
 def test_write_together_writes_all_or_none(tmp_path: Path) -> None:

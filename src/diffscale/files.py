@@ -11,10 +11,48 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["TEMPORARY_FILE", "atomic_write_bytes", "check_output", "fsync_directory", "write_together"]
+__all__ = [
+    "PSEUDO_FILE_SYSTEMS",
+    "TEMPORARY_FILE",
+    "atomic_write_bytes",
+    "check_output",
+    "file_system_of",
+    "fsync_directory",
+    "write_together",
+]
 
 TEMPORARY_FILE = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]{12}\.tmp$")
 """A temporary file of :func:`atomic_write_bytes` (``.<name>.<pid>.<random>.tmp``)."""
+
+PSEUDO_FILE_SYSTEMS = frozenset(
+    {
+        "autofs",
+        "binfmt_misc",
+        "bpf",
+        "cgroup",
+        "cgroup2",
+        "configfs",
+        "debugfs",
+        "devpts",
+        "devtmpfs",
+        "efivarfs",
+        "fusectl",
+        "hugetlbfs",
+        "mqueue",
+        "nsfs",
+        "proc",
+        "pstore",
+        "rpc_pipefs",
+        "securityfs",
+        "selinuxfs",
+        "sysfs",
+        "tracefs",
+    }
+)
+"""Linux file systems whose files are the kernel's views and controls (/proc, /sys, /dev, cgroups), not data: an
+output there fails only when it is written, with an error about the kernel object rather than the path."""
+
+MOUNTS = Path("/proc/self/mounts")
 
 
 def fsync_directory(directory: Path) -> None:
@@ -61,6 +99,41 @@ def _nearest_existing(path: Path) -> Path:
     return current
 
 
+def _unescape_mount_field(field: str) -> str:
+    """A field of /proc/self/mounts with its octal escapes (``\\040`` for a space) decoded."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
+def file_system_of(path: str | os.PathLike[str], mounts: Path = MOUNTS) -> tuple[Path, str] | None:
+    """(mount point, file system type) of the mount that holds the existing ``path``: the last-mounted of the
+    longest mount points that are ``path`` or one of its ancestors (symbolic links resolved); None where the mount
+    table cannot be read (not Linux)."""
+    try:
+        lines = mounts.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    resolved = Path(path).resolve()
+    best: tuple[Path, str] | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(_unescape_mount_field(fields[1]))
+        if (point == resolved or point in resolved.parents) and (
+            best is None or len(point.parts) >= len(best[0].parts)
+        ):
+            best = (point, fields[2])
+    return best
+
+
+def _read_only(directory: Path) -> bool:
+    """Whether ``directory`` lies on a file system mounted read-only (statvfs's ST_RDONLY flag)."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):  # no statvfs (Windows), or the folder vanished
+        return False
+
+
 def check_output(
     path: str | os.PathLike[str],
     option: str,
@@ -74,7 +147,9 @@ def check_output(
     Every command checks its outputs with this before any work, under one rule: missing parent folders are created
     when the output is written. Refused: an extension not in ``suffixes`` (when given; ``kind`` names what the file
     is in the message), a file target that is an existing directory (or a directory target that is an existing
-    file), a file where a parent folder must be, and a folder that cannot be written into.
+    file), a file where a parent folder must be, a folder on a pseudo file system of the kernel
+    (:data:`PSEUDO_FILE_SYSTEMS`: /proc, /sys, /dev, cgroups) or on a read-only mount, and a folder that cannot be
+    written into.
     """
     from diffscale.validation import ConfigError
 
@@ -91,6 +166,17 @@ def check_output(
     existing = _nearest_existing(parent.absolute())
     if not existing.is_dir():
         raise ConfigError(f"{option} = '{target}': '{existing}' is a file, so the folder '{parent}' cannot be created")
+    mount = file_system_of(existing)
+    if mount is not None and mount[1] in PSEUDO_FILE_SYSTEMS:
+        raise ConfigError(
+            f"{option} = '{target}': '{existing}' is on the kernel's {mount[1]} file system (mounted at "
+            f"'{mount[0]}'), which holds no data files; choose a folder on a disk"
+        )
+    if _read_only(existing):
+        where = f" (mounted at '{mount[0]}')" if mount is not None else ""
+        raise ConfigError(
+            f"{option} = '{target}': '{existing}' is on a read-only file system{where}; choose a writable folder"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} = '{target}': cannot write into '{existing}' (permission denied)")
     return target

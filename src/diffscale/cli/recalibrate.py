@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffscale.cli.arguments import HelpFormatter
+from diffscale.cli.arguments import HelpFormatter, add_threads_option
 
 __all__ = ["add_parser", "run"]
 
@@ -53,17 +53,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="true fields at the ensembles' times (repeatable, glob patterns allowed; combined along time)",
     )
     parser.add_argument("--variable", action="append", metavar="NAME", help="variables to fit (default: all)")
+    add_threads_option(parser)
     parser.set_defaults(handler=run, aliases={"ensembles": "ensemble"})
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``diffscale recalibrate``."""
-    from diffscale.runs.recalibration import RECALIBRATION_NAME, fit_recalibration
+    from diffscale.runs.recalibration import RECALIBRATION_NAME, check_recalibration_output, fit_recalibration
     from diffscale.runs.run import load_climate_run
 
+    check_recalibration_output(args.run_dir)  # before the run is loaded
     load_climate_run(args.run_dir, device="cpu")  # a climate run, before any ensemble is read
     truth = args.truth if len(args.truth) > 1 else args.truth[0]
-    recalibration = fit_recalibration(args.run_dir, args.ensemble, truth, variables=args.variable)
+    recalibration = fit_recalibration(
+        args.run_dir, args.ensemble, truth, variables=args.variable, threads=args.threads
+    )
     for name, rho in recalibration.dispersion.items():
         factors = ", ".join(f"{recalibration.factors(m)[name]:.3f} ({m} members)" for m in (8, 16, 32))
         print(f"{name}: dispersion rho = {rho:.3f} over {recalibration.cases[name]} cases; inflation k = {factors}")

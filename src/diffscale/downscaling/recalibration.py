@@ -63,17 +63,20 @@ def _row_weights(latitude: Any, height: int) -> np.ndarray:
 
 def spread_moments(ensemble: Any, truth: Any, latitude: Any) -> tuple[float, float, float]:
     """(sum_k w_k (xbar_k - y_k)^2, sum_k w_k s_k^2, sum_k w_k) of ``ensemble`` (M, T, H, W) against ``truth``
-    (T, H, W): the pieces :func:`fit_spread_inflation` pools (s^2 the unbiased member variance, M >= 2)."""
-    members = np.asarray(ensemble, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.float64)
+    (T, H, W): the pieces :func:`fit_spread_inflation` pools (s^2 the unbiased member variance, M >= 2). Computed in
+    float64 by torch, on its intra-op threads (:func:`diffscale.threads.thread_policy` sets how many)."""
+    members = torch.as_tensor(np.asarray(ensemble, dtype=np.float64))
+    truth = torch.as_tensor(np.asarray(truth, dtype=np.float64))
     if members.ndim != 4 or truth.shape != members.shape[1:]:
-        raise ValueError(f"ensemble {members.shape} and truth {truth.shape}: expected (M, T, H, W) and (T, H, W)")
+        raise ValueError(
+            f"ensemble {tuple(members.shape)} and truth {tuple(truth.shape)}: expected (M, T, H, W) and (T, H, W)"
+        )
     if members.shape[0] < 2:
         raise ValueError(f"a spread needs M >= 2 members, got {members.shape[0]}")
-    weights = _row_weights(latitude, truth.shape[1])[:, None]
-    squared_error = ((members.mean(axis=0) - truth) ** 2 * weights).sum()
-    variance = (members.var(axis=0, ddof=1) * weights).sum()
-    return float(squared_error), float(variance), float(weights.sum() * truth.shape[0] * truth.shape[2])
+    weights = torch.from_numpy(_row_weights(latitude, truth.shape[1]))[:, None]
+    squared_error = ((members.mean(dim=0) - truth) ** 2 * weights).sum()
+    variance = (members.var(dim=0, correction=1) * weights).sum()
+    return float(squared_error), float(variance), float(weights.sum()) * truth.shape[0] * truth.shape[2]
 
 
 def fit_dispersion(cases: Iterable[tuple[Any, Any, Any]]) -> float:

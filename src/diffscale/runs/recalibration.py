@@ -26,10 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from diffscale.downscaling.recalibration import fit_dispersion, inflation_for
-from diffscale.files import atomic_write_bytes
+from diffscale.files import atomic_write_bytes, check_output
+from diffscale.threads import Threads, check_threads, thread_policy
 from diffscale.validation import ConfigError, option_name
 
-__all__ = ["RECALIBRATION_NAME", "Recalibration", "fit_recalibration", "load_recalibration"]
+__all__ = [
+    "RECALIBRATION_NAME",
+    "Recalibration",
+    "check_recalibration_output",
+    "fit_recalibration",
+    "load_recalibration",
+]
 
 RECALIBRATION_NAME = "recalibration.json"
 
@@ -84,22 +91,36 @@ def load_recalibration(run_dir: str | os.PathLike) -> Recalibration | None:
     return Recalibration.from_dict(content, f"'{path}'")
 
 
+def check_recalibration_output(run_dir: str | os.PathLike) -> Path:
+    """The path of the run's ``recalibration.json`` if it can be written (:func:`diffscale.files.check_output`: the
+    run directory exists, is writable, and is on no read-only or pseudo file system); ConfigError otherwise."""
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run directory '{run_dir}' not found")
+    return check_output(Path(run_dir) / RECALIBRATION_NAME, "recalibration file")
+
+
 def fit_recalibration(
     run_dir: str | os.PathLike | None,
     ensembles: Sequence[Any],
     truth: Any,
     variables: Sequence[str] | None = None,
+    threads: Threads = "auto",
 ) -> Recalibration:
     """Fit the dispersion of every variable on ``ensembles`` (Datasets, netCDF files or Zarr stores with dims
     member, time, latitude, longitude) against ``truth`` (fields at their times and grid points: a Dataset, a
-    file or files), and save it with the run in ``run_dir`` (None: only return it).
+    file or files), and save it with the run in ``run_dir`` (None: only return it). ``threads``: torch's CPU threads
+    for the moments (:func:`diffscale.threads.thread_policy`; ``auto`` takes the CPUs other processes leave idle).
 
     Raises:
-        ConfigError: no ensemble, a file or variable missing, grids or times that do not match the truth (as
+        ConfigError: a run directory that is missing or cannot be written (checked before any ensemble is read),
+            no ensemble, a file or variable missing, grids or times that do not match the truth (as
             :func:`diffscale.evaluate`), or an ensemble without spread.
     """
     from diffscale.runs.evaluation import load_inputs
 
+    threads = check_threads(threads, option_name("threads"))
+    if run_dir is not None:
+        check_recalibration_output(run_dir)
     if isinstance(ensembles, str | os.PathLike) or not len(ensembles):
         raise ConfigError(f"{option_name('ensembles')}: give one or more held-out ensembles (a list)")
     cases: dict[str, list[tuple[Any, Any, Any]]] = {}
@@ -110,18 +131,17 @@ def fit_recalibration(
         for name in inputs.variables:
             cases.setdefault(name, []).append((inputs.ensemble[name], inputs.truth[name], inputs.latitude))
     dispersion: dict[str, float] = {}
-    for name, pairs in cases.items():
-        try:
-            dispersion[name] = fit_dispersion(pairs)
-        except ValueError as error:
-            raise ConfigError(f"{option_name('ensembles')}: variable {name}: {error}") from None
+    with thread_policy(threads):
+        for name, pairs in cases.items():
+            try:
+                dispersion[name] = fit_dispersion(pairs)
+            except ValueError as error:
+                raise ConfigError(f"{option_name('ensembles')}: variable {name}: {error}") from None
     counts = {name: sum(int(truth_values.size) for _, truth_values, _ in pairs) for name, pairs in cases.items()}
     sources = [
         str(Path(item).resolve()) if isinstance(item, str | os.PathLike) else "xarray.Dataset" for item in ensembles
     ]
     recalibration = Recalibration(dispersion, counts, sources)
     if run_dir is not None:
-        if not Path(run_dir).is_dir():
-            raise ConfigError(f"run directory '{run_dir}' not found")
         recalibration.save(run_dir)
     return recalibration
