@@ -65,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
     check_recalibration_output(args.run_dir)  # before the run is loaded
     load_climate_run(args.run_dir, device="cpu")  # a climate run, before any ensemble is read
     truth = args.truth if len(args.truth) > 1 else args.truth[0]
-    recalibration = fit_recalibration(
-        args.run_dir, args.ensemble, truth, variables=args.variable, threads=args.threads
-    )
+    recalibration = fit_recalibration(args.run_dir, args.ensemble, truth, variables=args.variable, threads=args.threads)
     for name, rho in recalibration.dispersion.items():
         factors = ", ".join(f"{recalibration.factors(m)[name]:.3f} ({m} members)" for m in (8, 16, 32))
         print(f"{name}: dispersion rho = {rho:.3f} over {recalibration.cases[name]} cases; inflation k = {factors}")
