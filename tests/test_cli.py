@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+import yaml
 
 from diffscale import __version__
 from diffscale.cli.main import build_parser, main
@@ -109,6 +110,19 @@ def test_train_resumes_a_run(tmp_path: Path, config_file: Path, capsys: pytest.C
     assert_bad_input(
         [*base, "--resume", str(out), "--out", str(other)], capsys, ["different run directories"], tmp_path
     )
+
+
+def test_train_device_flag_overrides_the_configuration(
+    tmp_path: Path, config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--device is applied after --set (as --threads is): a file asking for CUDA trains on the CPU with --device cpu,
+    and the run records the device it trained on."""
+    out = tmp_path / "run"
+    argv = ["train", str(config_file), "--out", str(out), "--no-progress", "--set", "training.steps=2"]
+    assert main([*argv, "--set", "training.device=cuda:7", "--device", "cpu"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["training"]["device"] == "cpu"
+    for bad, message in (("tpu", "--device = 'tpu': not a device"), ("cuda:99", "--device = 'cuda:99':")):
+        assert_bad_input([*argv, "--out", str(tmp_path / "other"), "--device", bad], capsys, [message], tmp_path)
 
 
 def test_train_stops_after_non_finite_steps(tmp_path: Path, config_file: Path, capsys) -> None:

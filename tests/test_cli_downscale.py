@@ -32,6 +32,7 @@ from tests.test_climate_runs import (
     LONGITUDE,
     TIMES,
     climate_config,
+    train_run,
     train_runs,
     write_coarse,
 )
@@ -560,6 +561,50 @@ def test_coarsen_makes_the_coarse_input_as_training_did(setup: dict[str, Any], t
     assert (
         downscale(setup["diffusion"], out, tmp_path / "e.nc", "--members", "2", "--steps", "2", "--device", "cpu") == 0
     )
+
+
+def test_coarsen_writes_a_zarr_store_when_the_output_ends_in_zarr(setup: dict[str, Any], tmp_path: Path) -> None:
+    """The same coarse fields as the netCDF output, in a Zarr store that downscale reads as its input."""
+    base = ["coarsen", str(setup["diffusion"]), "--input", str(setup["truth_path"])]
+    assert run_cli([*base, "--out", str(tmp_path / "coarse.nc")]) == 0
+    store = tmp_path / "made" / "coarse.zarr"
+    assert run_cli([*base, "--out", str(store)]) == 0
+    assert store.is_dir() and (store / ".zmetadata").is_file()
+    assert sorted(path.name for path in store.parent.iterdir()) == ["coarse.zarr"]  # no partial store left
+    with xr.open_dataset(tmp_path / "coarse.nc") as netcdf, xr.open_zarr(store) as zarr:
+        xr.testing.assert_identical(zarr.load(), netcdf.load())
+    assert run_cli([*base, "--out", str(store)]) == 2  # exists: refused without --overwrite
+    assert run_cli([*base, "--out", str(store), "--overwrite", "--start", str(COARSE_TIMES[2])]) == 0
+    with xr.open_zarr(store) as zarr:
+        np.testing.assert_array_equal(zarr["time"].values, COARSE_TIMES[2:])
+    ensemble = tmp_path / "e.nc"
+    assert downscale(setup["diffusion"], store, ensemble, "--members", "2", "--steps", "2", "--device", "cpu") == 0
+    with xr.open_dataset(ensemble) as written:
+        assert written["t2m"].shape == (2, 1, 16, 24)
+
+
+def test_a_crop_is_logged_when_training_and_when_coarsening(
+    setup: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows 4..15 of the 16 x 24 grid (latitude 50 .. 53.75): the crop drops latitudes 50 to 50.75, said in one line
+    when training reads its split and again by coarsen, which then coarsens the 12 x 24 window to 3 x 6."""
+    root = setup["root"]
+    config = climate_config(root, "diffusion", "residual", 1)
+    config["data"]["crop"] = {"lat": [4, 16], "lon": [0, 24]}
+    expected = (
+        "data.crop {lat: [4, 16], lon: [0, 24]} dropped 4 rows at latitude 50 to 50.75 (south): 16 x 24 -> 12 x 24"
+    )
+    with caplog.at_level("WARNING", logger="diffscale.data.climate.splits"), single_thread():
+        run_dir = train_run(tmp_path, "cropped", config)
+    assert [record.getMessage() for record in caplog.records] == [f"data (train split): {expected}"]
+    caplog.clear()
+    out = tmp_path / "coarse.nc"
+    with caplog.at_level("WARNING", logger="diffscale.data.climate.splits"):
+        assert run_cli(["coarsen", str(run_dir), "--input", str(setup["truth_path"]), "--out", str(out)]) == 0
+    assert [record.getMessage() for record in caplog.records] == [f"coarsen: {expected}"]
+    with xr.open_dataset(out) as made:
+        assert made["t2m"].shape == (3, 3, 6)
+        np.testing.assert_allclose(made["latitude"].values, COARSE_LATITUDE[1:])
 
 
 def test_coarsen_refuses_coarse_fields_in_one_line(

@@ -376,6 +376,29 @@ def test_a_grid_not_divisible_by_the_factor_is_trimmed_and_recorded(
     assert cropped.sample_shape() == (2, 15, 20)
 
 
+def test_a_crop_is_logged_in_one_line_with_the_rows_and_columns_it_removed(
+    files: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows 1..12 and columns 2..21 of the 16 x 24 grid (latitude 40.5 .. 55.5 ascending, longitude -10 .. 13): the
+    crop drops 1 row in the south, 3 in the north and 2 columns on each side; the factor 4 then divides 12 x 20."""
+    config = section(files, crop={"lat": [1, 13], "lon": [2, 22]}, static_variables=[], static_paths=[], channels={})
+    expected = (
+        "data (train split): data.crop {lat: [1, 13], lon: [2, 22]} dropped 1 row at latitude 40.5 (south) and "
+        "3 rows at latitude 53.5 to 55.5 (north) and 2 columns at longitude -10 to -9 (west) and 2 columns at "
+        "longitude 12 to 13 (east): 16 x 24 -> 12 x 20"
+    )
+    with caplog.at_level("WARNING", logger="diffscale.data.climate.splits"):
+        ds = ClimateDataset(config, "train")
+    assert ds.shape == (2, 12, 20)
+    np.testing.assert_array_equal(ds.latitude, FINE_LAT[::-1][1:13])
+    assert [record.getMessage() for record in caplog.records] == [expected]  # one line, no trimming
+    caplog.clear()
+    whole = section(files, crop={"lat": [0, 16], "lon": None}, static_variables=[], static_paths=[], channels={})
+    with caplog.at_level("WARNING", logger="diffscale.data.climate.splits"):
+        ClimateDataset(whole, "train")
+    assert caplog.records == []  # a crop that keeps the whole grid says nothing
+
+
 @pytest.mark.parametrize("factor", [2, 3, 4, 5, 8, 10])
 def test_a_global_grid_with_both_poles_works_for_any_factor(tmp_path: Path, factor: int) -> None:
     latitude, longitude = np.arange(90.0, -90.5, -1.0), np.arange(0.0, 360.0, 1.0)  # as ERA5 files: 181 x 360

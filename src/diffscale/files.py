@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "DATASET_SUFFIXES",
     "PSEUDO_FILE_SYSTEMS",
     "TEMPORARY_FILE",
     "atomic_write_bytes",
     "check_output",
     "file_system_of",
     "fsync_directory",
+    "write_dataset",
     "write_together",
 ]
 
@@ -206,3 +210,45 @@ def write_together(files: dict[Path, bytes]) -> list[Path]:
     for directory in {path.parent for _, path in staged}:
         fsync_directory(directory)
     return [path for _, path in staged]
+
+
+DATASET_SUFFIXES = (".nc", ".zarr")
+"""The formats :func:`write_dataset` writes, by the output's suffix: a netCDF file or a Zarr store (a folder)."""
+
+_STORAGE_ENCODING = ("units", "calendar", "dtype", "_FillValue", "missing_value", "scale_factor", "add_offset")
+"""The encoding a Zarr store keeps from a dataset read from files (chunking and compression belong to the source)."""
+
+
+def write_dataset(dataset: Any, path: str | os.PathLike[str]) -> Path:
+    """Write the xarray Dataset ``dataset`` to ``path`` as netCDF (``.nc``) or a Zarr store (``.zarr``, format 2,
+    consolidated metadata), so that a reader sees either the old output or the whole new one: it is written under
+    ``.NAME.partial`` beside ``path`` and then renamed into place, replacing an existing output (whether that is
+    allowed is the caller's check, as is the suffix: :func:`check_output` with ``suffixes=DATASET_SUFFIXES``).
+    Values are loaded first (a coarse or derived dataset fits in memory); for Zarr only the variables' units,
+    calendar, dtype, fill and packing encoding are kept from the source files."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    _remove(temporary)  # left by a write that was killed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.suffix.lower() == ".zarr":
+            dataset = dataset.load().copy()
+            for variable in dataset.variables.values():
+                variable.encoding = {key: value for key, value in variable.encoding.items() if key in _STORAGE_ENCODING}
+            dataset.to_zarr(temporary, mode="w-", zarr_format=2, consolidated=True)
+        else:
+            dataset.to_netcdf(temporary)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(temporary, path)
+    finally:
+        _remove(temporary)
+    fsync_directory(path.parent)
+    return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -49,7 +49,15 @@ def _train(args: argparse.Namespace) -> int:
     from diffscale.training.data import DataLoadingError
     from diffscale.training.distributed import init_distributed, shutdown_distributed
 
-    overrides = [*args.set, *([f"training.threads={args.threads}"] if args.threads is not None else [])]
+    if args.device is not None:
+        from diffscale.devices import check_device
+
+        check_device(args.device, "--device")  # named as the user gave it (training.device when set in the file)
+    overrides = [
+        *args.set,
+        *([f"training.threads={args.threads}"] if args.threads is not None else []),
+        *([f"training.device={args.device}"] if args.device is not None else []),
+    ]
     config = load_config(args.config, overrides)
     resume = None
     if args.resume is not None:
@@ -226,23 +234,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _coarsen(args: argparse.Namespace) -> int:
-    from diffscale.files import check_output
+    from diffscale.files import DATASET_SUFFIXES, check_output, write_dataset
     from diffscale.runs import load_climate_run
 
-    out = check_output(args.out, "--out")
-    if out.suffix != ".nc":
-        raise ConfigError(f"--out = '{out}': the coarse input is written as netCDF (.nc)")
+    out = Path(args.out)
+    if out.suffix not in DATASET_SUFFIXES:
+        raise ConfigError(f"--out = '{out}': the coarse input is written as netCDF (.nc) or a Zarr store (.zarr)")
+    check_output(out, "--out", directory=out.suffix == ".zarr")
     if out.exists() and not args.overwrite:
         raise ConfigError(f"--out = '{out}': exists; pass --overwrite to replace it")
     run = load_climate_run(args.run_dir, device="cpu")
     coarse = run.coarsen(args.input, start=args.start, end=args.end)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.partial")
-    try:
-        coarse.to_netcdf(temporary)
-        temporary.replace(out)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_dataset(coarse, out)
     sizes = coarse.sizes
     print(
         f"wrote {out}: {', '.join(run.section.variables)} at {sizes['time']} times on a {sizes['latitude']} x "
@@ -355,6 +358,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "a run directory that holds a checkpoint is resumed without this flag too",
     )
     add_threads_option(parser, default=None)
+    parser.add_argument(
+        "--device",
+        default=None,
+        metavar="D",
+        help="auto (CUDA when available), cpu, cuda or cuda:N (default: training.device of the configuration)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=_train)
 
@@ -468,13 +477,15 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 
 
 _COARSEN_DESCRIPTION = """\
-Make the coarse input a climate run expects from fine fields on its grid: the run's crop and trimming, then the
-area-weighted block mean by its coarsening factor, as training built it. Use it to test a run on held-out fine
-data (downscale the result, then evaluate the ensemble against the fine fields).
+Make the coarse input a climate run expects from fine fields on its grid: the run's crop and trimming (what they
+remove is logged in one line each), then the area-weighted block mean by its coarsening factor, as training built
+it. Use it to test a run on held-out fine data (downscale the result, then evaluate the ensemble against the fine
+fields). The output is a netCDF file, or a Zarr store when --out ends in .zarr.
 
 examples:
   diffscale coarsen runs/era5_uk --input era5_t2m.nc --start 2019-03-25 --end 2019-03-31 --out runs/coarse.nc
   diffscale downscale runs/era5_uk --input runs/coarse.nc --members 16 --out runs/ensemble.nc
+  diffscale coarsen runs/era5_uk --input era5_t2m.nc --out runs/coarse.zarr     # a Zarr store instead
 """
 
 
@@ -489,10 +500,12 @@ def _add_coarsen(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--input", action="append", required=True, metavar="FILE", help="fine fields (repeatable; globs allowed)"
     )
-    parser.add_argument("--out", required=True, metavar="FILE", help="output netCDF file (.nc)")
+    parser.add_argument(
+        "--out", required=True, metavar="PATH", help="output: a netCDF file (.nc) or a Zarr store (.zarr)"
+    )
     parser.add_argument("--start", metavar="TIME", help="first time (ISO date or time; default: all)")
     parser.add_argument("--end", metavar="TIME", help="last time, inclusive")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file or store")
     parser.set_defaults(handler=_coarsen, aliases={"fine": "input"})
 
 

@@ -285,9 +285,9 @@ class ClimateRun(Run):
         """The coarse input the run expects for fine fields on its grid (a Dataset, file or files): the run's crop
         (``data.crop``) and trimming (``data.remainder``; ``keep`` trims here), then the area-weighted block mean by
         the coarsening factor, as training built it from its fine fields; times between ``start`` and ``end``
-        (inclusive)."""
+        (inclusive). What the crop and the trimming remove is logged (WARNING, one line each)."""
         from diffscale.data.climate.grid import coarsen, grid_spacing
-        from diffscale.data.climate.splits import model_grid
+        from diffscale.data.climate.splits import log_grid_changes, model_grid
         from diffscale.runs.downscaling import coarse_fields
 
         fields, source = coarse_fields(fine, self.section.variables, start, end, what="fine")
@@ -304,7 +304,8 @@ class ClimateRun(Run):
         section = self.section
         if section.remainder == "keep":  # a model of windows: the fine fields still need whole blocks here
             section = section.model_copy(update={"remainder": "trim"})
-        grid, _ = model_grid(fields, section)
+        grid, trim = model_grid(fields, section)
+        log_grid_changes(fields, section, trim, "coarsen")
         coarse = coarsen(grid, section.coarsen_factor)
         attributes = {
             "title": "coarse input",

@@ -29,7 +29,16 @@ from diffscale.validation import ConfigError
 if TYPE_CHECKING:
     from diffscale.config.climate import ClimateData
 
-__all__ = ["coarse_files", "load_fine", "load_fine_grid", "model_grid", "open_fine_series", "target_shape"]
+__all__ = [
+    "coarse_files",
+    "describe_crop",
+    "load_fine",
+    "load_fine_grid",
+    "log_grid_changes",
+    "model_grid",
+    "open_fine_series",
+    "target_shape",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +69,53 @@ def _crop(ds: xr.Dataset, section: ClimateData) -> xr.Dataset:
     return ds.isel(selection)
 
 
+def _dropped_range(noun: str, axis: str, values: np.ndarray, side: str) -> str:
+    count = values.size
+    where = f"{values[0]:g}" if count == 1 else f"{values[0]:g} to {values[-1]:g}"
+    return f"{count} {noun}{'' if count == 1 else 's'} at {axis} {where} ({side})"
+
+
+def describe_crop(ds: xr.Dataset, section: ClimateData) -> str | None:
+    """One line: what ``data.crop`` removes from the harmonised grid of ``ds`` (latitude ascending), e.g. ``data.crop
+    {lat: [1, 33], lon: [0, 48]} dropped 1 row at latitude 49.5 (south) and 3 rows at latitude 57.75 to 58.25
+    (north): 36 x 48 -> 32 x 48``; None without a crop or when it keeps the whole grid."""
+    crop = section.crop
+    if crop is None:
+        return None
+    parts, kept, windows = [], [], []
+    for key, noun, axis, first, last in (
+        ("lat", "row", "latitude", "south", "north"),
+        ("lon", "column", "longitude", "west", "east"),
+    ):
+        values = np.asarray(ds[axis].values)
+        window = getattr(crop, key)
+        start, stop = (0, values.size) if window is None else (window[0], min(window[1], values.size))
+        windows.append(f"{key}: {'null' if window is None else list(window)}")
+        kept.append(stop - start)
+        for dropped, side in ((values[:start], first), (values[stop:], last)):
+            if dropped.size:
+                parts.append(_dropped_range(noun, axis, dropped, side))
+    if not parts:
+        return None
+    return (
+        f"data.crop {{{', '.join(windows)}}} dropped {' and '.join(parts)}: "
+        f"{ds.sizes['latitude']} x {ds.sizes['longitude']} -> {kept[0]} x {kept[1]}"
+    )
+
+
+def log_grid_changes(ds: xr.Dataset, section: ClimateData, trim: GridTrim, where: str) -> None:
+    """Log (WARNING, one line each) what the crop and the trimming of :func:`model_grid` removed from the grid of
+    ``ds`` (the files' fields before them); ``where`` names the step, e.g. ``data (train split)``."""
+    cropped = describe_crop(ds, section)
+    if cropped is not None:
+        logger.warning("%s: %s", where, cropped)
+    if trim.dropped:
+        logger.warning("%s: %s (data.remainder: trim)", where, trim.describe())
+
+
 def model_grid(ds: xr.Dataset, section: ClimateData) -> tuple[xr.Dataset, GridTrim]:
-    """The files' grid cropped (``data.crop``) and trimmed to a multiple of the factor (``data.remainder``)."""
+    """The files' grid cropped (``data.crop``) and trimmed to a multiple of the factor (``data.remainder``); what
+    they removed is logged by :func:`log_grid_changes`."""
     return trim_to_factor(
         _crop(ds, section),
         section.coarsen_factor,
@@ -94,9 +148,9 @@ def load_fine_grid(section: ClimateData, split: str) -> tuple[xr.Dataset, GridTr
             else "the files have no times"
         )
         raise ConfigError(f"no fields in the {split} split (data.{split}_period); {span}")
-    fine, trim = model_grid(fine, section)
-    if trim.dropped:
-        logger.warning("data (%s split): %s (data.remainder: trim)", split, trim.describe())
+    whole = fine
+    fine, trim = model_grid(whole, section)
+    log_grid_changes(whole, section, trim, f"data ({split} split)")
     fine = fine.load()
     check_finite(fine, section.variables, ", ".join(section.paths))
     return fine, trim
@@ -130,8 +184,7 @@ def open_fine_series(section: ClimateData, split: str) -> tuple[FieldSeries, Gri
             else "the files have no times"
         )
         raise ConfigError(f"no fields in the {split} split (data.{split}_period); {span}")
-    if trim.dropped:
-        logger.warning("data (%s split): %s (data.remainder: trim)", split, trim.describe())
+    log_grid_changes(first, section, trim, f"data ({split} split)")
     return series, trim
 
 
