@@ -81,6 +81,7 @@ def test_no_network_is_one_line_and_writes_nothing(tmp_path: Path, capsys: pytes
 def test_the_template_validates_and_explains_every_key() -> None:
     config = load_config(TEMPLATE)
     assert config.data.kind == "climate" and config.data.paths == ["example_data/era5_t2m_uk_2019-03.nc"]
+    assert config.data.crop is None  # your grid as a whole: nothing cut unless you ask (and then it is logged)
     text = TEMPLATE.read_text()
     for section, key, *_ in reference_rows():
         if section.startswith("data (kind: climate)") or section in ("training", "sampling", "output"):
