@@ -448,6 +448,29 @@ def test_several_variables_derived_wind_speed_energy_score_and_order(
     from diffscale.runs import plots
 
     assert plots.maps(ensemble_path, truth_path, "ws10", time=0).axes
+    # several variables: a figure shows the one named by variable=; leaving it out says so in one line
+    calls = {
+        "the scores": [
+            lambda **kw: plots.rank_histogram(scores, **kw),
+            lambda **kw: plots.spread_error(scores, **kw),
+            lambda **kw: plots.spectra(scores, **kw),
+        ],
+        "the ensemble and truth": [
+            lambda **kw: plots.maps(ensemble_path, truth_path, time=0, **kw),
+            lambda **kw: plots.quantiles(ensemble_path, truth_path, **kw),
+        ],
+    }
+    for held, draws in calls.items():
+        for draw in draws:
+            with pytest.raises(ConfigError) as caught:
+                draw()
+            assert str(caught.value) == (
+                f"variable: {held} hold 5 variables (u10, v10, tasmin, tasmax, ws10) and a figure shows one; "
+                "pass variable='u10' (or another of them)"
+            )
+            figure = draw(variable="tasmax")
+            titles = [figure.get_suptitle(), *(axis.get_title() for axis in figure.axes)]
+            assert figure.axes and any("tasmax" in title for title in titles), titles
 
 
 def test_a_global_grid_reports_its_seam(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

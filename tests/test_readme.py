@@ -54,14 +54,38 @@ def test_python_blocks_without_data_run_as_pasted(tmp_path: Path) -> None:
         assert result.returncode == 0, f"{block}\n{result.stderr[-2000:]}"
 
 
+def _shared_with_two_variables(shared: Path) -> None:
+    """A ../shared whose UK file holds u10 [m s-1] beside t2m (the wind made from the temperature anomaly: any field
+    of plausible values serves), the other files linked to the real ones."""
+    import xarray as xr
+
+    data = shared / "data"
+    data.mkdir(parents=True)
+    for path in (SHARED / "data").iterdir():
+        if path.name != "era5_t2m_uk_2019-03.nc":
+            (data / path.name).symlink_to(path)
+    with xr.open_dataset(SHARED / "data" / "era5_t2m_uk_2019-03.nc") as uk:
+        uk = uk.load()
+    u10 = (0.8 * (uk["t2m"] - uk["t2m"].mean())).astype("float32")
+    uk.assign(u10=u10.assign_attrs(units="m s-1", long_name="10 metre U wind component")).to_netcdf(
+        data / "era5_t2m_uk_2019-03.nc"
+    )
+
+
 @pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="real data directory ../shared/data is absent")
-def test_python_blocks_with_a_trained_run_run_as_pasted(tmp_path: Path) -> None:
-    """In a checkout-like folder (../shared beside it): train configs/era5_uk.yaml briefly, then run each block."""
+@pytest.mark.parametrize("variables", ["[t2m]", "[t2m, u10]"])
+def test_python_blocks_with_a_trained_run_run_as_pasted(variables: str, tmp_path: Path) -> None:
+    """In a checkout-like folder (../shared beside it): train configs/era5_uk.yaml briefly, then run each block; also
+    on a run of two variables (t2m and u10), where every figure must be asked for one of them."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    (tmp_path / "shared").symlink_to(SHARED)
+    if variables == "[t2m]":
+        (tmp_path / "shared").symlink_to(SHARED)
+    else:
+        _shared_with_two_variables(tmp_path / "shared")
     train = [sys.executable, "-m", "diffscale", "train", str(CONFIGS / "era5_uk.yaml"), "--out", "runs/era5_uk"]
     train += ["--set", "training.steps=2", "--set", "training.sample_every=0", "--no-progress"]
+    train += ["--set", f"data.variables={variables}"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     trained = subprocess.run(train, cwd=repo, capture_output=True, text=True, env=environment)
     assert trained.returncode == 0, trained.stderr[-2000:]

@@ -2,13 +2,15 @@
 
 >>> from diffscale.runs import plots
 >>> scores = diffscale.evaluate(ensemble, truth)
->>> plots.rank_histogram(scores, "t2m")                  # from the scores Dataset
->>> plots.spread_error(scores, "t2m"); plots.spectra(scores, "t2m")
->>> plots.maps(ensemble, truth, "t2m", time="2019-03-27T12:00")   # from the fields themselves
->>> plots.quantiles(ensemble, truth, "t2m")
+>>> plots.rank_histogram(scores, variable="t2m")         # from the scores Dataset
+>>> plots.spread_error(scores, variable="t2m"); plots.spectra(scores, variable="t2m")
+>>> plots.maps(ensemble, truth, variable="t2m", time="2019-03-27T12:00")   # from the fields themselves
+>>> plots.quantiles(ensemble, truth, variable="t2m")
 
-Each returns a :class:`matplotlib.figure.Figure` (no pyplot state is touched; a notebook shows it, ``.savefig``
-writes it). Bad input (an unknown variable or time) raises :class:`~diffscale.validation.ConfigError`.
+Each returns a :class:`matplotlib.figure.Figure` of one variable (no pyplot state is touched; a notebook shows it,
+``.savefig`` writes it). ``variable`` may be left out when the scores or the ensemble hold one variable; with
+several, leaving it out raises a one-line :class:`~diffscale.validation.ConfigError` naming them and ``variable=``,
+as does any bad input (an unknown variable or time).
 """
 
 from __future__ import annotations
@@ -34,12 +36,20 @@ from diffscale.validation import ConfigError
 __all__ = ["maps", "quantiles", "rank_histogram", "spectra", "spread_error"]
 
 
+def _one_of(names: list[str], held: str) -> str:
+    """The only name of ``names``; a ConfigError naming them and ``variable=`` when there are several."""
+    if len(names) != 1:
+        raise ConfigError(
+            f"variable: {held} hold {len(names)} variables ({', '.join(names)}) and a figure shows one; "
+            f"pass variable={names[0]!r} (or another of them)"
+        )
+    return names[0]
+
+
 def _variable(scores: xr.Dataset, variable: str | None) -> xr.Dataset:
     names = [str(name) for name in scores["variable"].values]
     if variable is None:
-        if len(names) != 1:
-            raise ConfigError(f"variable: the scores hold {', '.join(names)}; name one")
-        variable = names[0]
+        variable = _one_of(names, "the scores")
     if variable not in names:
         raise ConfigError(f"variable {variable!r}: not among the scored variables ({', '.join(names)})")
     return scores.sel(variable=variable)
@@ -51,7 +61,7 @@ def _value(data: xr.DataArray) -> float | None:
 
 
 def rank_histogram(scores: xr.Dataset, variable: str | None = None) -> Figure:
-    """The rank histogram of ``variable`` (the only one by default) with its flatness figures."""
+    """The rank histogram of ``variable`` (may be left out when the scores hold one) with its flatness figures."""
     selected = _variable(scores, variable)
     flatness = {key: _value(selected[f"rank_{key}"]) for key in FLATNESS_KEYS if f"rank_{key}" in selected}
     usable = flatness if flatness.get("p_value") is not None or flatness.get("reliability_index") is not None else None
@@ -112,9 +122,7 @@ def maps(
     """Maps of one time (an index into the evaluated times, or a date-time): the truth, the coarse input, the
     bilinear baseline, the ensemble mean, the spread and three members."""
     inputs = load_inputs(ensemble, truth, coarse, [variable] if variable is not None else None)
-    name = inputs.variables[0] if variable is None else variable
-    if variable is None and len(inputs.variables) != 1:
-        raise ConfigError(f"variable: the ensemble holds {', '.join(inputs.variables)}; name one")
+    name = _one_of(list(inputs.variables), "the ensemble and truth") if variable is None else variable
     index = _time_index(inputs.times, time)
     members = inputs.ensemble[name][:, index]
     return maps_figure(
@@ -139,8 +147,6 @@ def quantiles(
 ) -> Figure:
     """Quantile-quantile plot of the members and the bilinear baseline against the truth (area-weighted)."""
     inputs = load_inputs(ensemble, truth, coarse, [variable] if variable is not None else None)
-    if variable is None and len(inputs.variables) != 1:
-        raise ConfigError(f"variable: the ensemble holds {', '.join(inputs.variables)}; name one")
-    name = inputs.variables[0] if variable is None else variable
+    name = _one_of(list(inputs.variables), "the ensemble and truth") if variable is None else variable
     predictions = {"ensemble members": inputs.ensemble[name], "bilinear": inputs.baseline[name]}
     return qq_figure(inputs.truth[name], predictions, inputs.latitude, name, inputs.units[name])
