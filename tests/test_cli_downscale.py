@@ -572,6 +572,27 @@ def test_an_input_at_another_spacing_is_regridded_conservatively_and_says_so(
     assert "onto the run's 4 x 6 coarse cells; ensemble written by diffscale" in attributes["history"]
 
 
+def test_evaluate_regrids_a_coarse_input_from_another_grid_for_its_baseline(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path
+) -> None:
+    """The baseline of a 0.5 deg coarse input is that of its conservative regridding, computed on its own."""
+    path, values, latitude, _ = _half_spacing(setup, tmp_path)
+    band = np.diff(np.sin(np.deg2rad(np.append(latitude - 0.25, latitude[-1] + 0.25))))
+    weighted = (values * band[None, :, None]).reshape(3, 4, 2, 6, 2).sum(axis=(2, 4))
+    expected = weighted / (2 * band.reshape(4, 2).sum(axis=1))[None, :, None]
+    with single_thread():
+        regridded = diffscale.evaluate(diffusion_file, setup["truth_path"], path)
+        reference = diffscale.evaluate(diffusion_file, setup["truth_path"], _coarse_dataset(expected))
+    rmse = {
+        name: float(ds["rmse"].sel(variable="t2m", prediction="bilinear"))
+        for name, ds in (("regridded", regridded), ("reference", reference))
+    }
+    assert rmse["regridded"] == pytest.approx(rmse["reference"], rel=1e-6)
+    assert "regridded (first-order conservative) from the grid 8 x 12" in regridded.attrs["baseline"]
+    with pytest.raises(diffscale.ConfigError, match=r"half\.nc"):
+        diffscale.evaluate(diffusion_file, setup["truth_path"], path, regrid="none")
+
+
 # -- real data ---------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not (DATA / "era5_t2m_uk_2019-03.nc").exists(), reason="shared ERA5 data not available")
 def test_real_era5_regression_run_downscales_to_the_crop(tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ from diffscale.data.climate.coarse_regrid import REGRID_METHODS, Regridding, pla
 from diffscale.data.climate.grid import block_centres
 from diffscale.data.climate.io import expand_paths, open_dataset
 from diffscale.data.climate.regrid import COINCIDENCE_TOLERANCE_DEG
-from diffscale.validation import ConfigError, option_name
+from diffscale.validation import ConfigError, option_name, option_setting
 
-__all__ = ["check_regrid", "coarse_lattice", "on_coarse_lattice", "onto_coarse_lattice"]
+__all__ = ["check_regrid", "coarse_lattice", "on_coarse_lattice", "onto_coarse_lattice", "regrid_onto"]
 
 
 def check_regrid(regrid: Any) -> str:
@@ -41,6 +41,12 @@ def coarse_lattice(grid: dict[str, Any], factor: int) -> tuple[np.ndarray, np.nd
     (``grid`` as saved with the run: ``{axis}_range``, ``{axis}_spacing``, ``height``, ``width``). An axis whose
     size f does not divide (a run of windows, ``data.remainder: keep``) is trimmed as training trims: of its r
     surplus points ceil(r / 2) at the start and floor(r / 2) at the end."""
+    missing = [key for key in _GRID_KEYS if key not in grid]
+    if missing:
+        raise ConfigError(
+            f"the run's saved grid lacks {', '.join(missing)}, so its coarse cells are unknown: give a coarse input "
+            f"on its coarse lattice ({option_setting('regrid', 'none')})"
+        )
     out = []
     for axis, size_key in (("latitude", "height"), ("longitude", "width")):
         first, last = (float(value) for value in grid[f"{axis}_range"])
@@ -50,6 +56,19 @@ def coarse_lattice(grid: dict[str, Any], factor: int) -> tuple[np.ndarray, np.nd
         fine = fine[(surplus + 1) // 2 : size - surplus // 2]
         out.append(block_centres(fine, factor))
     return out[0], out[1]
+
+
+_GRID_KEYS = ("latitude_range", "longitude_range", "height", "width")
+
+
+def _fine_spacing(grid: dict[str, Any], axis: str) -> float:
+    """The training grid's spacing along ``axis``: its extent over its intervals (more accurate than the median
+    step of coordinates stored in float32), else the saved spacing."""
+    size = int(grid.get("height" if axis == "latitude" else "width", 0))
+    if size > 1 and f"{axis}_range" in grid:
+        first, last = (float(value) for value in grid[f"{axis}_range"])
+        return abs(last - first) / (size - 1)
+    return abs(float(grid[f"{axis}_spacing"]))
 
 
 def _evenly_spaced(values: np.ndarray, spacing: float) -> bool:
@@ -66,7 +85,7 @@ def on_coarse_lattice(
     origins = coarse_lattice(grid, factor) if aligned else None
     for index, (axis, values) in enumerate((("latitude", latitude), ("longitude", longitude))):
         values = np.asarray(values, dtype=np.float64)
-        spacing = factor * abs(float(grid[f"{axis}_spacing"]))
+        spacing = factor * _fine_spacing(grid, axis)
         if values.size == 0 or not _evenly_spaced(values, spacing):
             return False
         if origins is None:
@@ -80,7 +99,7 @@ def on_coarse_lattice(
 
 
 def _as_read(coarse: Any) -> xr.Dataset | None:
-    """The coarse input as read, before harmonising (the first file of several): where its CF bounds are."""
+    """The input as read, before harmonising (the first file of several): where its CF bounds are."""
     if isinstance(coarse, xr.Dataset):
         return coarse
     if isinstance(coarse, xr.DataArray):
@@ -88,6 +107,28 @@ def _as_read(coarse: Any) -> xr.Dataset | None:
     paths = [coarse] if isinstance(coarse, str | os.PathLike) else list(coarse)
     files = expand_paths(paths)
     return open_dataset(files[0], chunks=None) if files else None
+
+
+def regrid_onto(
+    fields: xr.Dataset,
+    given: Any,
+    latitude: np.ndarray,
+    longitude: np.ndarray,
+    regrid: str,
+    *,
+    what: str,
+    domain: str,
+) -> Regridding:
+    """The regridding of the harmonised ``fields`` onto the cells centred at ``latitude`` x ``longitude``
+    (ascending), with their CF cell bounds read from ``given`` (the input as the user gave it: a Dataset, a file or
+    files). ConfigError (naming ``what`` and ``domain``) when they do not cover the target."""
+    raw = _as_read(given)
+    try:
+        source = source_grid(fields, raw, what=what)
+    finally:
+        if raw is not None and raw is not given:
+            raw.close()
+    return plan_regridding(source, latitude, longitude, regrid, what=what, domain=domain)
 
 
 def onto_coarse_lattice(
@@ -111,15 +152,10 @@ def onto_coarse_lattice(
     latitude, longitude = fields["latitude"].values, fields["longitude"].values
     if regrid == "none" or on_coarse_lattice(latitude, longitude, grid, factor, aligned=aligned):
         return fields, None
-    raw = _as_read(coarse)
-    try:
-        source = source_grid(fields, raw, what=f"{option_name('coarse')}")
-    finally:
-        if raw is not None and raw is not coarse:
-            raw.close()
     target_latitude, target_longitude = coarse_lattice(grid, factor)
-    regridding = plan_regridding(
-        source,
+    regridding = regrid_onto(
+        fields,
+        coarse,
         target_latitude,
         target_longitude,
         regrid,

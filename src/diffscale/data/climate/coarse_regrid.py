@@ -41,6 +41,7 @@ __all__ = [
     "CoarseRegridMethod",
     "Regridding",
     "SourceGrid",
+    "contains_points",
     "grids_coincide",
     "plan_regridding",
     "source_grid",
@@ -139,6 +140,28 @@ def grids_coincide(
         if periodic:
             difference = (difference + 180.0) % 360.0 - 180.0
         if np.abs(difference).max(initial=0.0) > COINCIDENCE_TOLERANCE_DEG:
+            return False
+    return True
+
+
+def contains_points(
+    latitude: np.ndarray | Sequence[float],
+    longitude: np.ndarray | Sequence[float],
+    target_latitude: np.ndarray | Sequence[float],
+    target_longitude: np.ndarray | Sequence[float],
+) -> bool:
+    """Whether every target latitude and longitude is one of the grid's within
+    :data:`~diffscale.data.climate.regrid.COINCIDENCE_TOLERANCE_DEG` (longitudes modulo 360): the target can be
+    selected from the grid without regridding."""
+    pairs = ((latitude, target_latitude, False), (longitude, target_longitude, True))
+    for values, target, periodic in pairs:
+        values, target = np.asarray(values, np.float64), np.asarray(target, np.float64)
+        if values.size == 0:
+            return target.size == 0
+        difference = target[:, None] - values[None, :]
+        if periodic:
+            difference = (difference + 180.0) % 360.0 - 180.0
+        if (np.abs(difference).min(axis=1, initial=np.inf) > COINCIDENCE_TOLERANCE_DEG).any():
             return False
     return True
 
