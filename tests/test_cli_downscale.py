@@ -573,7 +573,7 @@ def test_an_input_at_another_spacing_is_regridded_conservatively_and_says_so(
 
 
 def test_evaluate_regrids_a_coarse_input_from_another_grid_for_its_baseline(
-    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The baseline of a 0.5 deg coarse input is that of its conservative regridding, computed on its own."""
     path, values, latitude, _ = _half_spacing(setup, tmp_path)
@@ -591,6 +591,14 @@ def test_evaluate_regrids_a_coarse_input_from_another_grid_for_its_baseline(
     assert "regridded (first-order conservative) from the grid 8 x 12" in regridded.attrs["baseline"]
     with pytest.raises(diffscale.ConfigError, match=r"half\.nc"):
         diffscale.evaluate(diffusion_file, setup["truth_path"], path, regrid="none")
+    capsys.readouterr()
+    argv = ["evaluate", str(diffusion_file), "--truth", str(setup["truth_path"]), "--coarse", str(path)]
+    assert run_cli([*argv, "--out", str(tmp_path / "report"), "--no-figures", "--regrid", "none"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffscale: error: ") and "half.nc" in lines[0], lines
+    assert run_cli([*argv, "--out", str(tmp_path / "report"), "--no-figures"]) == 0
+    scores = json.loads((tmp_path / "report" / "scores.json").read_text())
+    assert scores["variables"]["t2m"]["bilinear"]["rmse"] == pytest.approx(rmse["reference"], rel=1e-6)
 
 
 # -- real data ---------------------------------------------------------------------------------------------------

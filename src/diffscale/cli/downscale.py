@@ -1,8 +1,9 @@
 """``diffscale downscale``: coarse fields in, a CF ensemble of fine fields out (netCDF, or a Zarr store).
 
 The arguments go to :class:`diffscale.runs.downscaling.DownscalingJob` (what ``run.downscale`` does in Python):
-everything is checked before the first block is sampled (run, input variables, NaNs, grid spacing against the
-training grid, output path); bad input ends the command with one line (exit 2) and no output file. Under
+a coarse input on another grid is regridded onto the run's coarse cells (``--regrid``); everything is checked
+before the first block is sampled (run, input variables, NaNs, the grid or its coverage of the run's cells, output
+path); bad input ends the command with one line (exit 2) and no output file. Under
 ``torchrun`` the blocks are shared between processes. This module parses the arguments and prints.
 """
 

@@ -16,8 +16,11 @@ sizes, the number of processes and the device (to rounding). Under ``torchrun`` 
 between ranks; for netCDF each writes a part file and rank 0 merges them, a Zarr store (one chunk per member and
 time) is written by every rank directly.
 
+A coarse input on another rectilinear grid is first regridded onto the run's coarse cells (first-order
+conservative by default: :mod:`~diffscale.runs.coarse_grid`); one on the run's coarse lattice is used as it is.
 :meth:`DownscalingJob.prepare` checks everything that can be checked before the first block is sampled (input
-variables, NaNs, grid spacing against the training grid, sampler settings, sizes); bad input raises
+variables, NaNs, the grid against the training grid or its coverage of the run's cells, sampler settings, sizes);
+bad input raises
 :class:`~diffscale.validation.ConfigError` with one line, and no output is left behind by a failure.
 """
 
