@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import xarray as xr
@@ -38,16 +37,13 @@ from diffscale.validation import ConfigError
 
 __all__ = [
     "REGRID_METHODS",
-    "CoarseRegridMethod",
     "Regridding",
     "SourceGrid",
     "contains_points",
-    "grids_coincide",
     "plan_regridding",
     "source_grid",
 ]
 
-CoarseRegridMethod = Literal["conservative", "bilinear", "none"]
 REGRID_METHODS: tuple[str, ...] = ("conservative", "bilinear", "none")
 """How a coarse input on another grid reaches the run's coarse lattice (``none``: it must already be on it)."""
 
@@ -121,27 +117,6 @@ def source_grid(fields: xr.Dataset, raw: xr.Dataset | None = None, what: str = "
     if len(names) == 1:
         edges_from = f"CF bounds ({names[0]}) and midpoints between centres"
     return SourceGrid(latitude, longitude, edges["latitude"], edges["longitude"], edges_from)
-
-
-def grids_coincide(
-    latitude: np.ndarray | Sequence[float],
-    longitude: np.ndarray | Sequence[float],
-    target_latitude: np.ndarray | Sequence[float],
-    target_longitude: np.ndarray | Sequence[float],
-) -> bool:
-    """Whether two grids have the same points within
-    :data:`~diffscale.data.climate.regrid.COINCIDENCE_TOLERANCE_DEG` (longitudes modulo 360)."""
-    pairs = ((latitude, target_latitude, False), (longitude, target_longitude, True))
-    for values, target, periodic in pairs:
-        values, target = np.asarray(values, np.float64), np.asarray(target, np.float64)
-        if values.shape != target.shape:
-            return False
-        difference = values - target
-        if periodic:
-            difference = (difference + 180.0) % 360.0 - 180.0
-        if np.abs(difference).max(initial=0.0) > COINCIDENCE_TOLERANCE_DEG:
-            return False
-    return True
 
 
 def contains_points(
