@@ -422,8 +422,22 @@ def _existing_out(setup: dict[str, Any], directory: Path) -> list[str]:
 
 BAD_INPUTS: dict[str, tuple[Any, list[str], str]] = {
     "nan": (_nan_input, [], "variable 't2m' has NaN/inf values at time 2020-01-05T18:00"),
-    "spacing": (_wrong_spacing, [], "coarse input latitude spacing 0.5 deg is not the coarsening factor 4"),
-    "shifted": (_shifted_grid, [], "coarse input latitude: its fine cells fall 0.125 deg off the training grid"),
+    "spacing": (
+        _wrong_spacing,
+        ["--regrid", "none"],
+        "coarse input latitude spacing 0.5 deg is not the coarsening factor 4",
+    ),
+    "shifted": (
+        _shifted_grid,
+        ["--regrid", "none"],
+        "coarse input latitude: its fine cells fall 0.125 deg off the training grid",
+    ),
+    "not covered": (
+        _shifted_grid,
+        [],
+        "--input does not cover the run's 4 x 6 coarse cells (latitude 49.875 .. 53.875, longitude -3.125 .. "
+        "2.875): 0.125 deg of latitude missing in the south; give an input that extends over it",
+    ),
     "variable": (_missing_variable, [], "variable 't2m' not in"),
     "members": (
         lambda s, d: [str(s["regression"]), "--input", str(s["coarse_path"])],
@@ -488,6 +502,106 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         assert (inputs / "out.nc").read_bytes() == b"keep me"
 
 
+# -- coarse inputs on other grids --------------------------------------------------------------------------------
+def test_an_input_on_the_lattice_is_not_regridded_and_gives_the_same_ensemble_bitwise(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "none.nc"
+    argv = ["--members", "4", "--member-batch", "2", "--steps", "3", "--s-churn", "5", "--seed", "7", "--device", "cpu"]
+    with single_thread():
+        assert downscale(setup["diffusion"], setup["coarse_path"], out, *argv, "--regrid", "none") == 0
+    np.testing.assert_array_equal(_values(out), _values(diffusion_file))  # the default (conservative) skipped it
+    with xr.open_dataset(diffusion_file) as written:
+        assert not any(key.startswith("coarse_regridding") for key in written.attrs)
+        assert "regridded" not in written.attrs["history"]
+
+
+def _half_spacing(setup: dict[str, Any], directory: Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+    """A coarse input of 0.5 deg cells (2 x 2 block means of the truth) over the run's domain: (its file, its
+    values as stored (float32), latitude, longitude)."""
+    latitude = LATITUDE.reshape(-1, 2).mean(axis=1)
+    longitude = LONGITUDE.reshape(-1, 2).mean(axis=1)
+    values = setup["truth"].reshape(3, 8, 2, 12, 2).mean(axis=(2, 4))
+    write_coarse(directory / "half.nc", values, latitude, longitude, COARSE_TIMES)
+    return directory / "half.nc", values.astype(np.float32).astype(np.float64), latitude, longitude
+
+
+def _coarse_dataset(values: np.ndarray) -> xr.Dataset:
+    return xr.Dataset(
+        {"t2m": (("time", "latitude", "longitude"), values, {"units": "K"})},
+        coords={"time": COARSE_TIMES, "latitude": COARSE_LATITUDE, "longitude": COARSE_LONGITUDE},
+    )
+
+
+def test_an_input_at_another_spacing_is_regridded_conservatively_and_says_so(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """0.5 deg cells nest in the run's 1 deg cells: the conservative value of a run cell is the mean of its 2 x 2
+    input cells weighted by their areas, (sin phi+ - sin phi-) x 0.5 deg, which is computed here on its own."""
+    path, values, latitude, _ = _half_spacing(setup, tmp_path)
+    edges = np.deg2rad(np.append(latitude - 0.25, latitude[-1] + 0.25))
+    band = np.diff(np.sin(edges))  # the latitude weight of each input row
+    weighted = (values * band[None, :, None]).reshape(3, 4, 2, 6, 2).sum(axis=(2, 4))
+    expected = (weighted / (2 * band.reshape(4, 2).sum(axis=1))[None, :, None]).astype(np.float32)
+    run = diffscale.load_run(setup["regression"], device="cpu")
+    with single_thread():
+        regridded = run.downscale(path)
+        reference = run.downscale(_coarse_dataset(expected.astype(np.float64)))
+    np.testing.assert_allclose(regridded["t2m"].values, reference["t2m"].values, rtol=0, atol=2e-4)
+    assert regridded.attrs["coarse_regridding"] == "conservative"
+    assert regridded.attrs["coarse_source_grid"].startswith(
+        "8 x 12 (latitude 50.125 .. 53.625, spacing 0.5 deg; longitude -2.875 .. 2.625, spacing 0.5 deg;"
+    )
+    # bilinear: each run centre lies midway between four input centres, so it takes their plain mean
+    with single_thread():
+        bilinear = run.downscale(path, regrid="bilinear")
+        plain = run.downscale(_coarse_dataset(values.reshape(3, 4, 2, 6, 2).mean(axis=(2, 4))))
+    np.testing.assert_allclose(bilinear["t2m"].values, plain["t2m"].values, rtol=0, atol=2e-4)
+    assert bilinear.attrs["coarse_regridding"] == "bilinear"
+    with pytest.raises(diffscale.ConfigError, match=r"^regrid = 'nearest': allowed: conservative, bilinear, none$"):
+        run.downscale(path, regrid="nearest")
+    # the command writes the record into the file: attributes and history
+    out = tmp_path / "regridded.nc"
+    with single_thread():
+        assert downscale(setup["regression"], path, out, "--device", "cpu") == 0
+    with netCDF4.Dataset(out) as dataset:
+        attributes = {key: dataset.getncattr(key) for key in dataset.ncattrs()}
+        np.testing.assert_array_equal(np.asarray(dataset["t2m"][:]), regridded["t2m"].values)
+    assert attributes["coarse_regridding"] == "conservative"
+    assert "cell edges: midpoints between centres" in attributes["coarse_source_grid"]
+    assert f"coarse input {path} regridded (first-order conservative) from the grid 8 x 12" in attributes["history"]
+    assert "onto the run's 4 x 6 coarse cells; ensemble written by diffscale" in attributes["history"]
+
+
+def test_evaluate_regrids_a_coarse_input_from_another_grid_for_its_baseline(
+    setup: dict[str, Any], diffusion_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The baseline of a 0.5 deg coarse input is that of its conservative regridding, computed on its own."""
+    path, values, latitude, _ = _half_spacing(setup, tmp_path)
+    band = np.diff(np.sin(np.deg2rad(np.append(latitude - 0.25, latitude[-1] + 0.25))))
+    weighted = (values * band[None, :, None]).reshape(3, 4, 2, 6, 2).sum(axis=(2, 4))
+    expected = weighted / (2 * band.reshape(4, 2).sum(axis=1))[None, :, None]
+    with single_thread():
+        regridded = diffscale.evaluate(diffusion_file, setup["truth_path"], path)
+        reference = diffscale.evaluate(diffusion_file, setup["truth_path"], _coarse_dataset(expected))
+    rmse = {
+        name: float(ds["rmse"].sel(variable="t2m", prediction="bilinear"))
+        for name, ds in (("regridded", regridded), ("reference", reference))
+    }
+    assert rmse["regridded"] == pytest.approx(rmse["reference"], rel=1e-6)
+    assert "regridded (first-order conservative) from the grid 8 x 12" in regridded.attrs["baseline"]
+    with pytest.raises(diffscale.ConfigError, match=r"half\.nc"):
+        diffscale.evaluate(diffusion_file, setup["truth_path"], path, regrid="none")
+    capsys.readouterr()
+    argv = ["evaluate", str(diffusion_file), "--truth", str(setup["truth_path"]), "--coarse", str(path)]
+    assert run_cli([*argv, "--out", str(tmp_path / "report"), "--no-figures", "--regrid", "none"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffscale: error: ") and "half.nc" in lines[0], lines
+    assert run_cli([*argv, "--out", str(tmp_path / "report"), "--no-figures"]) == 0
+    scores = json.loads((tmp_path / "report" / "scores.json").read_text())
+    assert scores["variables"]["t2m"]["bilinear"]["rmse"] == pytest.approx(rmse["reference"], rel=1e-6)
+
+
 # -- real data ---------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not (DATA / "era5_t2m_uk_2019-03.nc").exists(), reason="shared ERA5 data not available")
 def test_real_era5_regression_run_downscales_to_the_crop(tmp_path: Path) -> None:
@@ -514,6 +628,47 @@ def test_real_era5_regression_run_downscales_to_the_crop(tmp_path: Path) -> None
     np.testing.assert_allclose(ds["latitude"].values, crop["latitude"].values, atol=1e-9)
     np.testing.assert_allclose(ds["longitude"].values, crop["longitude"].values, atol=1e-9)
     np.testing.assert_array_equal(ds["time"].values, crop["time"].values)
+    assert np.isfinite(ds["t2m"].values).all() and 250 < float(ds["t2m"].mean()) < 300
+    ds.close()
+
+
+@pytest.mark.skipif(not (DATA / "era5_t2m_uk_2019-03.nc").exists(), reason="shared ERA5 data not available")
+def test_real_era5_run_downscales_a_gcm_like_input_regridded_onto_its_cells(tmp_path: Path) -> None:
+    """A GCM-like input (1.25 deg longitude x 1 deg latitude, cells off the run's) made by regridding the
+    coarsened UK file, downscaled by a run over a part of the UK that its cells cover."""
+    from diffscale.data.climate.coarse_regrid import plan_regridding, source_grid
+
+    config = climate_config(tmp_path, "regression", "residual", 2)
+    config["data"].update(
+        paths=[str(DATA / "era5_t2m_uk_2019-03.nc")],
+        static_paths=[str(DATA / "era5_orography_lsm_global.nc")],
+        crop={"lat": [3, 27], "lon": [2, 34]},  # 50.75 .. 56.5, -9.5 .. -1.75: cells 50.625 .. 56.625, -9.625 .. -1.625
+        train_period=["2019-03-01", "2019-03-03"],
+        validation_period=["2019-03-25", "2019-03-31"],
+    )
+    path = tmp_path / "era5.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "era5_run"
+    assert run_cli(["train", str(path), "--out", str(run_dir), "--no-progress"]) == 0
+    # the coarsened UK file (1 deg cells over 50.125 .. 58.125, -10.125 .. 1.875), then a GCM grid inside it
+    fine = xr.open_dataset(DATA / "era5_t2m_uk_2019-03.nc")["t2m"].isel(time=slice(600, 602))
+    crop = fine.sortby("latitude").isel(latitude=slice(1, 33), longitude=slice(0, 48)).load()
+    coarse = crop.coarsen(latitude=FACTOR, longitude=FACTOR).mean().to_dataset(name="t2m")
+    gcm_latitude, gcm_longitude = np.arange(51.1, 57.2, 1.0), np.arange(-9.125, 1.0, 1.25)  # 50.6 .. 57.6, -9.75 .. 1.5
+    gcm = plan_regridding(source_grid(coarse), gcm_latitude, gcm_longitude).apply(coarse)
+    gcm = gcm.assign_coords(longitude=gcm["longitude"] % 360.0).sortby("longitude")  # stored 0..360 ...
+    gcm.isel(latitude=slice(None, None, -1)).to_netcdf(tmp_path / "gcm.nc")  # ... and north to south
+    out = tmp_path / "gcm_downscaled.nc"
+    assert downscale(run_dir, tmp_path / "gcm.nc", out, "--members", "1", "--device", "cpu") == 0
+    ds = xr.open_dataset(out)
+    assert ds["t2m"].shape == (1, 2, 24, 32)
+    np.testing.assert_allclose(ds["latitude"].values, 50.75 + 0.25 * np.arange(24), atol=1e-9)
+    np.testing.assert_allclose(ds["longitude"].values, -9.5 + 0.25 * np.arange(32), atol=1e-9)
+    assert ds.attrs["coarse_regridding"] == "conservative"
+    assert ds.attrs["coarse_source_grid"].startswith(
+        "7 x 9 (latitude 51.1 .. 57.1, spacing 1 deg; longitude -9.125 .. 0.875, spacing 1.25 deg"
+    )
+    assert "regridded (first-order conservative) from the grid 7 x 9" in ds.attrs["history"]
     assert np.isfinite(ds["t2m"].values).all() and 250 < float(ds["t2m"].mean()) < 300
     ds.close()
 

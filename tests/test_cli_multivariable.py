@@ -289,7 +289,11 @@ BAD_DOWNSCALING: dict[str, tuple[Any, list[str], str]] = {
     "missing variable": (_missing, [], "variable 'tasmin' not in"),
     "nan": (_nan, [], "variable 'tp' has NaN/inf values at time 1970-02-08T00:00"),
     "units": (_pascal, [], "variable 'tasmax' is in 'Pa', expected 'degC': no unambiguous conversion"),
-    "factor": (_factor_2_grid, [], "coarse input latitude spacing 0.2 deg is not the coarsening factor 3"),
+    "factor": (
+        _factor_2_grid,
+        ["--regrid", "none"],  # regridded onto the run's cells otherwise
+        "coarse input latitude spacing 0.2 deg is not the coarsening factor 3",
+    ),
     "no pair to sort": (
         lambda s, d: [str(s["five"]), "--input", str(s["root"] / "coarse5.nc")],
         ["--sort-ordered-pairs"],

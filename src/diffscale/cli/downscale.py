@@ -1,8 +1,9 @@
 """``diffscale downscale``: coarse fields in, a CF ensemble of fine fields out (netCDF, or a Zarr store).
 
 The arguments go to :class:`diffscale.runs.downscaling.DownscalingJob` (what ``run.downscale`` does in Python):
-everything is checked before the first block is sampled (run, input variables, NaNs, grid spacing against the
-training grid, output path); bad input ends the command with one line (exit 2) and no output file. Under
+a coarse input on another grid is regridded onto the run's coarse cells (``--regrid``); everything is checked
+before the first block is sampled (run, input variables, NaNs, the grid or its coverage of the run's cells, output
+path); bad input ends the command with one line (exit 2) and no output file. Under
 ``torchrun`` the blocks are shared between processes. This module parses the arguments and prints.
 """
 
@@ -19,9 +20,11 @@ __all__ = ["add_parser", "run"]
 _DESCRIPTION = """\
 Downscale coarse fields with a trained climate run: write an ensemble of fine fields (netCDF, dims member,
 time, latitude, longitude, physical units, CF attributes; or the same layout as a Zarr store with --out NAME.zarr).
-The coarse input must be on a grid whose spacing is the run's coarsening factor times the training grid's; any
-extent works (the U-Net is convolutional; with --patch the domain is tiled with overlapping windows blended at
-every solver step).
+A coarse input on the run's coarse lattice (spacing: the run's coarsening factor times the training grid's) may
+have any extent (the U-Net is convolutional; with --patch the domain is tiled with overlapping windows blended at
+every solver step). An input on any other rectilinear grid (a GCM's, a global 1 deg file, latitude either way,
+longitude 0..360 or -180..180) is regridded onto the run's coarse cells over its training domain, which it must
+cover: first-order conservative by default, --regrid bilinear, or --regrid none to refuse it.
 
 A regression run (training.objective: regression) is deterministic: it writes one member.
 
@@ -29,6 +32,7 @@ examples:
   diffscale downscale runs/era5_uk --input coarse.nc --members 32 --out ensemble.nc
   diffscale downscale runs/era5_uk --input coarse.grib --members 8 --steps 32 --s-churn 0 --seed 1 --out e.nc
   torchrun --nproc-per-node 4 -m diffscale downscale runs/era5_uk --input coarse.nc --members 64 --out e.zarr
+  diffscale downscale runs/era5_uk --input gcm_tas_1.25x0.9375.nc --regrid conservative --out ensemble.nc
 """
 
 ALIASES = {"coarse": "input", "recalibrate": "no_recalibration"}
@@ -95,6 +99,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the members as sampled, without the run's spread recalibration (diffscale recalibrate)",
     )
+    parser.add_argument(
+        "--regrid",
+        choices=("conservative", "bilinear", "none"),
+        default="conservative",
+        help="a coarse input off the run's coarse lattice: regrid it onto the run's coarse cells (first-order "
+        "conservative or bilinear), or refuse it (none)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=run, aliases=ALIASES)
@@ -128,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 threads=args.threads,
                 sort_ordered_pairs=args.sort_ordered_pairs,
                 recalibrate=not args.no_recalibration,
+                regrid=args.regrid,
             )
         for caught_warning in caught:  # ours as one line; any other as Python shows it
             if issubclass(caught_warning.category, ExtrapolationWarning):

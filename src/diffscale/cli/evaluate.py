@@ -38,7 +38,8 @@ quantile-quantile plots; a table of the main scores is printed at the end.
 
 The truth is selected at the ensemble's times (those it lacks are left out and counted) and grid points
 (longitudes match modulo 360). The coarse input is --coarse FILE (on the grid of blocks of the ensemble's
-grid), else the truth coarsened by the ensemble's coarsening_factor attribute or --coarsening-factor.
+grid, or on any rectilinear grid that covers them: regridded onto them by --regrid, first-order conservative by
+default), else the truth coarsened by the ensemble's coarsening_factor attribute or --coarsening-factor.
 
 examples:
   diffscale evaluate ensemble.nc --truth era5_t2m.nc --out report/
@@ -64,6 +65,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--coarse", metavar="FILE", default=None, help="coarse input fields (default: the truth, coarsened)"
+    )
+    parser.add_argument(
+        "--regrid",
+        choices=("conservative", "bilinear", "none"),
+        default="conservative",
+        help="a --coarse input off the ensemble's coarse cells: regrid it onto them (first-order conservative or "
+        "bilinear), or refuse it (none)",
     )
     parser.add_argument(
         "--coarsening-factor",
@@ -194,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.coarse) if args.coarse is not None else None,
         args.variable,
         args.coarsening_factor,
+        args.regrid,
     )
     print(inputs.describe(), flush=True)
     with thread_policy(args.threads):  # torch computes the coarsened truth and the interpolated baselines

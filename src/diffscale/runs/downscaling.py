@@ -16,13 +16,17 @@ sizes, the number of processes and the device (to rounding). Under ``torchrun`` 
 between ranks; for netCDF each writes a part file and rank 0 merges them, a Zarr store (one chunk per member and
 time) is written by every rank directly.
 
+A coarse input on another rectilinear grid is first regridded onto the run's coarse cells (first-order
+conservative by default: :mod:`~diffscale.runs.coarse_grid`); one on the run's coarse lattice is used as it is.
 :meth:`DownscalingJob.prepare` checks everything that can be checked before the first block is sampled (input
-variables, NaNs, grid spacing against the training grid, sampler settings, sizes); bad input raises
+variables, NaNs, the grid against the training grid or its coverage of the run's cells, sampler settings, sizes);
+bad input raises
 :class:`~diffscale.validation.ConfigError` with one line, and no output is left behind by a failure.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import warnings
 from collections.abc import Sequence
@@ -37,6 +41,7 @@ import xarray as xr
 from diffscale.data.climate import Conditioning, open_fields
 from diffscale.data.climate.blocks import LazyConditioning, LazyRows
 from diffscale.data.climate.cf import cf_attributes
+from diffscale.data.climate.coarse_regrid import Regridding
 from diffscale.data.climate.extrapolation import (
     ExtrapolationWarning,
     InputRange,
@@ -60,6 +65,7 @@ from diffscale.downscaling import (
 from diffscale.downscaling.ensemble import ToPhysical
 from diffscale.downscaling.recalibration import inflate_channels
 from diffscale.files import check_output
+from diffscale.runs.coarse_grid import check_regrid, onto_coarse_lattice
 from diffscale.sampling import SamplerSettings, number_of_evaluations
 from diffscale.threads import Threads, check_threads
 from diffscale.training.distributed import DistributedContext
@@ -165,6 +171,21 @@ def check_coarse_grid(
                 f"{step:g} deg), where the static fields are matched; a coarse cell must be the block of {factor} x "
                 f"{factor} training cells"
             )
+
+
+def _regridding_attributes(regridding: Regridding, source: str) -> dict[str, Any]:
+    """The ensemble's record of the coarse input's regridding: ``coarse_regridding`` (the method),
+    ``coarse_source_grid`` (the input's grid) and a ``history`` line naming both (with the writer's own line)."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    height, width = regridding.latitude.size, regridding.longitude.size
+    return {
+        "coarse_regridding": regridding.method,
+        "coarse_source_grid": regridding.source.describe(),
+        "history": (
+            f"{now}: coarse input {source} {regridding.describe()} onto the run's {height} x {width} coarse cells; "
+            f"ensemble written by diffscale {_version()}"
+        ),
+    }
 
 
 def _attributes_in_units(
@@ -278,6 +299,7 @@ class DownscalingJob:
         threads: Threads = "auto",
         sort_ordered_pairs: bool = False,
         recalibrate: bool = True,
+        regrid: str = "conservative",
     ) -> DownscalingJob:
         """Check the options and the coarse input and build its conditioning (the regression base of a CorrDiff or
         regression run too). See :meth:`ClimateRun.downscale` for the arguments.
@@ -289,9 +311,15 @@ class DownscalingJob:
         mean and range |high - low| but moves the upper tail of low down and the lower tail of high up there.
         Refused for a run without an ordered pair.
 
+        ``regrid``: how a coarse input that is not on the run's coarse lattice reaches it
+        (:mod:`~diffscale.runs.coarse_grid`): ``conservative`` (first-order conservative, the default) or
+        ``bilinear`` regridding onto the run's coarse cells over its training domain, which the input must cover;
+        ``none`` refuses it. An input on the lattice is used as it is, over its own extent.
+
         Raises:
             ConfigError: a bad option, a missing variable, NaNs (naming variable and time), a grid whose spacing is
-                not the run's factor times the training grid's, or no times between ``start`` and ``end``.
+                not the run's factor times the training grid's (``regrid="none"``), an input that does not cover the
+                run's coarse cells (when regridded), or no times between ``start`` and ``end``.
         """
         device = run.device
         if device.type == "cpu":
@@ -345,8 +373,12 @@ class DownscalingJob:
                 f"{option_name('sort_ordered_pairs')}: the run's variables ({', '.join(section.variables)}) hold no "
                 f"ordered pair (known: {known})"
             )
+        regrid = check_regrid(regrid)
         fields, source = coarse_fields(coarse, section.variables, start, end)
         builder = run.builder()
+        fields, regridding = onto_coarse_lattice(
+            fields, coarse, run.grid, section.coarsen_factor, aligned=bool(builder.static_variables), regrid=regrid
+        )
         check_coarse_grid(
             fields["latitude"].values,
             fields["longitude"].values,
@@ -388,6 +420,8 @@ class DownscalingJob:
             "model": "regression" if run.deterministic else run.config.diffusion.type,
             "data_target": section.target,
         }
+        if regridding is not None:
+            attributes.update(_regridding_attributes(regridding, source))
         if chosen is not None:
             attributes["sampler"] = chosen.model_dump(mode="json")
             attributes["nfe_per_member"] = number_of_evaluations(chosen.steps, chosen.solver)
@@ -446,9 +480,11 @@ class DownscalingJob:
                 "per member"
             )
         )
+        regridded = self.attributes.get("coarse_regridding")
+        regridding = f"; coarse input regridded ({regridded}) onto the run's coarse cells" if regridded else ""
         return (
             f"downscaling {len(self.times)} times x {self.members} members to {height} x {width} "
-            f"({', '.join(self.climate.section.variables)}; {what}; {processes} process(es))"
+            f"({', '.join(self.climate.section.variables)}; {what}; {processes} process(es){regridding})"
         )
 
     def layout(self) -> dict[str, Any]:

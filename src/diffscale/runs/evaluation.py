@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from diffscale.data.climate.coarse_regrid import contains_points
 from diffscale.data.climate.grid import block_centres, is_global_longitude, select_grid
 from diffscale.data.climate.io import canonical_variable, open_dataset, open_fields, select_fields
 from diffscale.data.climate.relations import DERIVED_VARIABLES, derived_variables
@@ -61,6 +62,7 @@ from diffscale.evaluation.climate_report import (
 from diffscale.evaluation.multivariate import energy_scores, order_report, seam_report
 from diffscale.evaluation.spectra import grid_spacing_km
 from diffscale.files import check_output
+from diffscale.runs.coarse_grid import check_regrid, regrid_onto
 from diffscale.validation import ConfigError, option_name
 
 __all__ = [
@@ -287,12 +289,19 @@ def load_inputs(
     coarse: FieldsSource | None = None,
     variables: Sequence[str] | None = None,
     coarsening_factor: int | None = None,
+    regrid: str = "conservative",
 ) -> EvaluationInputs:
     """Read, check and align the ensemble, the truth and the coarse input; build the bilinear baseline.
 
+    A coarse input whose points do not include the ensemble's coarse cell centres (the block centres of its grid)
+    is regridded onto them by ``regrid`` (``conservative``, the default, or ``bilinear``:
+    :mod:`~diffscale.data.climate.coarse_regrid`); ``none`` requires them.
+
     Raises ConfigError on a missing file or variable, grids that do not match, NaNs, units that do not convert to
-    the ensemble's, no common time or a grid that is not divisible by the coarsening factor.
+    the ensemble's, no common time, a grid that is not divisible by the coarsening factor, or a coarse input to be
+    regridded that does not cover the ensemble's coarse cells.
     """
+    regrid = check_regrid(regrid)
     for source, what in ((ensemble, "ensemble"), (truth, "truth"), (coarse, "coarse")):
         _check_exists(source, what)
     ensemble_where = _describe(ensemble)
@@ -352,6 +361,20 @@ def load_inputs(
             factor = height // h
         _check_divisible(height, width, factor, ensemble_where)
         coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
+        regridded = ""
+        points = coarse_ds["latitude"].values, coarse_ds["longitude"].values
+        if regrid != "none" and not contains_points(*points, coarse_latitude, coarse_longitude):
+            regridding = regrid_onto(
+                coarse_ds,
+                coarse,
+                coarse_latitude,
+                coarse_longitude,
+                regrid,
+                what=coarse_where,
+                domain=f"the ensemble's {coarse_latitude.size} x {coarse_longitude.size} coarse cells",
+            )
+            coarse_ds = regridding.apply(coarse_ds)
+            regridded = f", {regridding.describe()}"
         coarse_ds = select_grid(coarse_ds, coarse_latitude, coarse_longitude, f"{coarse_where} (coarsened {factor}x)")
         coarse_times = np.asarray(coarse_ds.time.values).astype("datetime64[s]")
         missing = ~np.isin(times, coarse_times)
@@ -366,7 +389,7 @@ def load_inputs(
             coarse_field = coarse_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
             coarse_field = coarse_field.isel(time=coarse_time_index)
             coarse_values[name] = _finite(np.asarray(coarse_field.values, dtype=np.float64), name, coarse_where, times)
-        baseline_source = f"bilinear upsampling of {_describe(coarse)}"
+        baseline_source = f"bilinear upsampling of {_describe(coarse)}{regridded}"
     else:
         if factor is None:
             raise ConfigError(
@@ -506,6 +529,7 @@ def evaluate(
     variables: Sequence[str] | None = None,
     coarsening_factor: int | None = None,
     seed: int = 0,
+    regrid: str = "conservative",
 ) -> xr.Dataset:
     """The scores of ``ensemble`` against ``truth`` and of the bilinear baseline, as an ``xarray.Dataset``: the
     numbers ``diffscale evaluate`` writes to scores.json (:func:`scores_dataset` has the layout).
@@ -518,9 +542,11 @@ def evaluate(
             sources u10 and v10).
         coarsening_factor: fine cells per coarse cell (default: the ensemble's attribute).
         seed: seed of the random tie-breaking of ranks.
+        regrid: a coarse input off the ensemble's coarse cells is regridded onto them (``conservative`` or
+            ``bilinear``), or refused (``none``).
     """
     check_seed(seed)
-    inputs = load_inputs(ensemble, truth, coarse, variables, coarsening_factor)
+    inputs = load_inputs(ensemble, truth, coarse, variables, coarsening_factor, regrid)
     return evaluate_inputs(inputs, seed).dataset()
 
 

@@ -348,7 +348,9 @@ class ClimateRun(Run):
                 (H, W) and ``overlap``, ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads:
                 ``auto``, the default, re-chooses from the load of other processes; a count fixes them),
                 ``sort_ordered_pairs`` (tasmin <= tasmax at every point), ``recalibrate`` (apply the run's
-                recalibration, when it has one; default True): see
+                recalibration, when it has one; default True), ``regrid`` (a coarse input off the run's coarse
+                lattice is regridded onto its coarse cells: ``conservative``, the default, or ``bilinear``;
+                ``none`` refuses it): see
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)

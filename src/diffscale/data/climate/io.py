@@ -35,6 +35,7 @@ __all__ = [
     "VARIABLE_ALIASES",
     "canonical_variable",
     "expand_paths",
+    "find_axis",
     "harmonise",
     "open_dataset",
     "open_fields",
@@ -307,6 +308,12 @@ def _find_axis(ds: xr.Dataset, axis: str, names: Sequence[str]) -> str | None:
         if name in ds.coords and ds[name].attrs.get("units") in _AXIS_UNITS[axis]:
             return name
     return None
+
+
+def find_axis(ds: xr.Dataset, axis: str) -> str | None:
+    """The name under which ``ds`` (as read, not yet harmonised) holds its ``latitude`` or ``longitude``
+    coordinate (any spelling :func:`harmonise` knows), or None."""
+    return _find_axis(ds, axis, _LATITUDE_NAMES if axis == "latitude" else _LONGITUDE_NAMES)
 
 
 def _find_time(ds: xr.Dataset) -> str | None:

@@ -31,7 +31,7 @@ import xarray as xr
 from diffscale.data.climate.grid import is_global_longitude
 from diffscale.validation import ConfigError
 
-__all__ = ["COINCIDENCE_TOLERANCE_DEG", "RegridMethod", "regrid_bilinear", "regridding_method"]
+__all__ = ["COINCIDENCE_TOLERANCE_DEG", "RegridMethod", "bilinear_axis_matrix", "regrid_bilinear", "regridding_method"]
 
 COINCIDENCE_TOLERANCE_DEG = 2e-5
 """Two coordinates closer than this (2e-5 degrees, about 2 m; above the rounding of a coordinate stored as
@@ -105,6 +105,23 @@ def _interpolate(values: np.ndarray, weights: _AxisWeights, axis: int) -> np.nda
     shape[axis] = weights.weight.size
     w = weights.weight.reshape(shape)
     return np.where(w == 0, low, (1.0 - w) * low + w * high)
+
+
+def bilinear_axis_matrix(
+    source: np.ndarray | Sequence[float], target: np.ndarray | Sequence[float], axis: str, what: str = "source"
+) -> np.ndarray:
+    """The interpolation along one axis as a (K, I) matrix: row k holds 1 - w_k at source point lower_k and w_k at
+    upper_k (a single 1 where a source point coincides), so that target = matrix @ source along ``axis``
+    (``latitude`` or ``longitude``: matched modulo 360, across the seam of a periodic source). ConfigError naming
+    the uncovered range when a target point lies outside ``source``."""
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    weights = _axis_weights(source, target, axis, what)
+    matrix = np.zeros((target.size, source.size))
+    rows = np.arange(target.size)
+    np.add.at(matrix, (rows, weights.lower), 1.0 - weights.weight)
+    np.add.at(matrix, (rows, weights.upper), weights.weight)
+    return matrix
 
 
 def regridding_method(
