@@ -31,7 +31,12 @@ examples:
   torchrun --nproc-per-node 4 -m diffscale downscale runs/era5_uk --input coarse.nc --members 64 --out e.zarr
 """
 
-ALIASES = {"coarse": "input", "recalibrate": "no_recalibration"}
+ALIASES = {
+    "coarse": "input",
+    "recalibrate": "no_recalibration",
+    "method": "bias_adjust",
+    "reference": "bias_reference",
+}
 """Python parameters whose command-line flag has another name (for one-line messages)."""
 
 
@@ -95,6 +100,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the members as sampled, without the run's spread recalibration (diffscale recalibrate)",
     )
+    parser.add_argument(
+        "--bias-adjust",
+        choices=("qm", "qdm"),
+        help="map the coarse input onto the run's training coarse climatology first (quantile mapping or quantile "
+        "delta mapping, per cell and calendar month; see 'diffscale bias-adjust --help'); needs --bias-reference",
+    )
+    parser.add_argument(
+        "--bias-reference",
+        nargs=2,
+        metavar=("START", "END"),
+        help="the input's reference period for --bias-adjust (inclusive, within the input)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=run, aliases=ALIASES)
@@ -128,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
                 threads=args.threads,
                 sort_ordered_pairs=args.sort_ordered_pairs,
                 recalibrate=not args.no_recalibration,
+                bias_adjust=args.bias_adjust,
+                bias_reference=args.bias_reference,
             )
         for caught_warning in caught:  # ours as one line; any other as Python shows it
             if issubclass(caught_warning.category, ExtrapolationWarning):

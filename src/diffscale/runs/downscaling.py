@@ -278,6 +278,8 @@ class DownscalingJob:
         threads: Threads = "auto",
         sort_ordered_pairs: bool = False,
         recalibrate: bool = True,
+        bias_adjust: str | None = None,
+        bias_reference: Sequence[Any] | None = None,
     ) -> DownscalingJob:
         """Check the options and the coarse input and build its conditioning (the regression base of a CorrDiff or
         regression run too). See :meth:`ClimateRun.downscale` for the arguments.
@@ -288,6 +290,10 @@ class DownscalingJob:
         already respect the order are unchanged; where one breaks it the two values swap, which keeps the pair's
         mean and range |high - low| but moves the upper tail of low down and the lower tail of high up there.
         Refused for a run without an ordered pair.
+
+        ``bias_adjust`` (``qm`` or ``qdm``) with ``bias_reference`` (START, END): the coarse input is first mapped
+        onto the run's training coarse climatology (:func:`diffscale.runs.bias_adjustment.bias_adjust`, with the
+        input's reference period START .. END); the ensemble's attributes record it.
 
         Raises:
             ConfigError: a bad option, a missing variable, NaNs (naming variable and time), a grid whose spacing is
@@ -345,7 +351,10 @@ class DownscalingJob:
                 f"{option_name('sort_ordered_pairs')}: the run's variables ({', '.join(section.variables)}) hold no "
                 f"ordered pair (known: {known})"
             )
-        fields, source = coarse_fields(coarse, section.variables, start, end)
+        if bias_adjust is not None or bias_reference is not None:
+            fields, source = _bias_adjusted(run, coarse, bias_adjust, bias_reference, start, end)
+        else:
+            fields, source = coarse_fields(coarse, section.variables, start, end)
         builder = run.builder()
         check_coarse_grid(
             fields["latitude"].values,
@@ -388,6 +397,7 @@ class DownscalingJob:
             "model": "regression" if run.deterministic else run.config.diffusion.type,
             "data_target": section.target,
         }
+        attributes.update({key: value for key, value in fields.attrs.items() if key.startswith("bias_")})
         if chosen is not None:
             attributes["sampler"] = chosen.model_dump(mode="json")
             attributes["nfe_per_member"] = number_of_evaluations(chosen.steps, chosen.solver)
@@ -595,6 +605,21 @@ def _measure_extrapolation(
         }
         for name in parts[0]
     }
+
+
+def _bias_adjusted(
+    run: ClimateRun, coarse: CoarseInput, method: str | None, reference: Sequence[Any] | None, start: Any, end: Any
+) -> tuple[xr.Dataset, str]:
+    """The coarse input between ``start`` and ``end`` bias-adjusted by ``method`` over the ``reference`` period
+    (both must be given), and its source for the ensemble's attributes."""
+    from diffscale.runs.bias_adjustment import bias_adjust
+
+    if method is None or reference is None:
+        given, needed = ("bias_adjust", "bias_reference") if method is not None else ("bias_reference", "bias_adjust")
+        raise ConfigError(f"{option_name(given)} needs {option_name(needed)} too")
+    adjusted = bias_adjust(run, coarse, reference, method, start=start, end=end)
+    source = f"{adjusted.attrs['bias_adjusted_input']}, bias-adjusted ({method})"
+    return adjusted, source
 
 
 def _is_main_process() -> bool:

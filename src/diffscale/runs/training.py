@@ -29,8 +29,10 @@ import torch
 from diffscale.config import Config, OutputSection
 from diffscale.config.schema import encode_non_finite, stored_config
 from diffscale.data.climate import ClimateDataset
+from diffscale.data.climate.climatology import CoarseClimatology
 from diffscale.devices import check_device
 from diffscale.files import atomic_write_bytes, check_output
+from diffscale.runs.bias_adjustment import fit_run_climatology, load_climatology
 from diffscale.runs.building import (
     DataDistribution,
     build_distribution,
@@ -117,6 +119,10 @@ class TrainingPlan:
     """A climate run's ``data_stats.json`` content (:func:`~diffscale.runs.stats.stats_content`), computed while
     preparing (it reads the training inputs once, before any training step) and written by :func:`train`; None
     where there is nothing to write (other data, a resumed run that has its file, ranks other than 0)."""
+    climatology: CoarseClimatology | None = None
+    """A climate run's coarse climatology (:mod:`~diffscale.data.climate.climatology`, what bias adjustment maps
+    inputs onto), computed while preparing and written by :func:`train`; None where there is nothing to write (as
+    for ``statistics``, and a resumed run that has one)."""
 
     @property
     def mixture(self) -> DataDistribution:
@@ -255,8 +261,12 @@ def prepare_training(
         restore_trainer(trainer, checkpoint)
     statistics = None
     fresh_statistics = checkpoint is None or not (Path(run_dir) / STATS_NAME).is_file()
-    if is_climate(config) and trainer.distributed.is_main and fresh_statistics:
-        statistics = stats_content(data)
+    climatology = None
+    if is_climate(config) and trainer.distributed.is_main:
+        if fresh_statistics:
+            statistics = stats_content(data)
+        if checkpoint is None or load_climatology(run_dir) is None:
+            climatology = fit_run_climatology(data)
     return TrainingPlan(
         config=config,
         run_dir=run_dir,
@@ -266,6 +276,7 @@ def prepare_training(
         checkpoint=checkpoint,
         changes=changes,
         statistics=statistics,
+        climatology=climatology,
     )
 
 
@@ -323,6 +334,8 @@ def train(
             save_stats(run_dir, plan.statistics)
         elif is_climate(config) and (resumed is None or not (run_dir / STATS_NAME).is_file()):
             save_stats(run_dir, plan.data)  # a plan built by hand
+        if plan.climatology is not None:
+            plan.climatology.save(run_dir)
         if resumed is not None:
             # lines up to the last full logging window before the checkpoint; the checkpoint carries the rest
             _metrics_up_to(metrics_path, resumed - resumed % settings.log_every)
