@@ -149,9 +149,8 @@ def test_a_run_without_climatology_says_how_to_compute_it_and_the_command_does(
     shutil.copytree(setup["run_dir"], old)
     (old / CLIMATOLOGY_ARRAYS).unlink()
     (old / CLIMATOLOGY_SIDECAR).unlink()
-    with pytest.raises(
-        ConfigError, match=f"compute it from the run's training data with 'diffscale climatology {old}'"
-    ):
+    hint = f"compute it from the run's training data with 'diffscale climatology {old}'"
+    with pytest.raises(ConfigError, match=re.escape(hint)):
         bias_adjust(old, setup["biased"], REFERENCE, "qm")
     capsys.readouterr()
     assert run_cli(["climatology", str(old)]) == 0
