@@ -82,6 +82,7 @@ def test_training_saved_the_quantiles_of_each_months_coarse_fields(setup: dict[s
         expected = np.quantile(setup["observed"][months == month], climatology.levels, axis=0)
         np.testing.assert_allclose(climatology.quantiles["t2m"][month - 1], expected, rtol=1e-6)
     assert climatology.pools[:2] == ("month", "month") and climatology.counts[:2] == (248, 224)
+    assert climatology.month_counts == (248, 224, *[0] * 10)
     assert climatology.pools[11] == "season DJF" and climatology.pools[6] == "all months"
     np.testing.assert_allclose(climatology.latitude, setup["coarse"]["latitude"].values)
     assert climatology.units == {"t2m": "K"} and climatology.period == ("2021-01-01T00:00", "2021-02-28T21:00")
@@ -176,6 +177,17 @@ def _bad(setup: dict[str, Any], directory: Path, case: str) -> list[str]:
         shutil.copytree(run_dir, old)
         (old / CLIMATOLOGY_SIDECAR).unlink()
         return ["bias-adjust", str(old), "--input", biased, "--reference", *REFERENCE, *out]
+    if case == "a season the run was not trained on":
+        july = pd.date_range("2021-07-01", periods=60, freq="6h").values
+        path = _write(directory / "july.nc", setup["observed"][:60], setup["coarse"], july)
+        return ["bias-adjust", run_dir, "--input", str(path), "--reference", "2021-07-01", "2021-07-10", *out]
+    if case == "a reference outside the season adjusted":
+        june = pd.date_range("2021-06-01", periods=60, freq="6h").values
+        times = np.concatenate([TIMES, june])
+        values = np.concatenate([setup["observed"], setup["observed"][:60]])
+        path = _write(directory / "june.nc", values, setup["coarse"], times)
+        reference = ["--reference", "2021-06-01", "2021-06-10", "--end", "2021-02-28"]
+        return ["bias-adjust", run_dir, "--input", str(path), *reference, *out]
     downscale = ["downscale", run_dir, "--input", biased, "--out", str(directory / "e.nc"), "--device", "cpu"]
     if case == "downscale without reference":
         return [*downscale, "--bias-adjust", "qm"]
@@ -188,6 +200,8 @@ BAD = {
     "reference partly outside": ["--reference = 2020-12-01 2021-01-31: outside the coarse input"],
     "variable": ["--variable:", "has no variable 'tp'", "(it models t2m)"],
     "no climatology": ["has no coarse climatology", "'diffscale climatology"],
+    "a season the run was not trained on": ["has no training times in JJA: its climatology cannot stand for Jul"],
+    "a reference outside the season adjusted": ["--reference: no reference times in DJF, the season of Jan"],
     "downscale without reference": ["--bias-adjust needs --bias-reference too"],
     "downscale reference outside": ["--bias-reference = 2030-01-01 2030-12-31: outside the coarse input"],
 }

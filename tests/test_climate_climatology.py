@@ -79,6 +79,7 @@ def test_the_quantiles_are_each_months_and_each_pool_is_read_once_in_chunks(tmp_
     assert climatology.pools[3] == climatology.pools[4] == "season MAM" and climatology.counts[3] == 124
     np.testing.assert_array_equal(climatology.quantiles["t2m"][3], climatology.quantiles["t2m"][2])
     assert climatology.pools[5] == "all months" and climatology.counts[5] == times.size
+    assert climatology.month_counts == (124, 112, 124, *[0] * 9)
     # each distinct pool read once (MAM is March's times: not again), at most 50 times per call
     read = [index for call in calls for index in call]
     assert len(read) == 124 + 112 + 124 + 236 + times.size and max(len(call) for call in calls) <= 50
@@ -87,7 +88,8 @@ def test_the_quantiles_are_each_months_and_each_pool_is_read_once_in_chunks(tmp_
     climatology.save(tmp_path)
     loaded = CoarseClimatology.load(tmp_path)
     assert loaded is not None and loaded.source == str(tmp_path)
-    assert loaded.pools == climatology.pools and loaded.counts == climatology.counts and loaded.units["msl"] == "Pa"
+    assert loaded.pools == climatology.pools and loaded.counts == climatology.counts
+    assert loaded.month_counts == climatology.month_counts and loaded.units["msl"] == "Pa"
     for name in ("t2m", "msl"):
         assert loaded.quantiles[name].dtype == np.float32 and loaded.quantiles[name].shape == (12, 21, 3, 4)
         np.testing.assert_array_equal(loaded.quantiles[name], climatology.quantiles[name])

@@ -39,10 +39,12 @@ from diffscale.data.climate.climatology import (
     CLIMATOLOGY_SIDECAR,
     DEFAULT_LEVELS,
     DEFAULT_MIN_TIMES,
+    SEASONS,
     CoarseClimatology,
     calendar_months,
     fit_coarse_climatology,
     month_pools,
+    season_of,
     time_text,
 )
 from diffscale.data.climate.grid import block_centres
@@ -282,6 +284,7 @@ def bias_adjust(
     target_months = calendar_months(target["time"].values)
     target_pools = month_pools(target_months, climatology.min_times)
     present = sorted({int(month) for month in target_months})
+    _check_seasons(present, climatology, calendar_months(reference_fields["time"].values), climate.run_dir)
     adjusted: dict[str, np.ndarray] = {}
     for name in chosen:
         out = np.empty((target.sizes["time"], rows.size, columns.size), dtype=np.float32)
@@ -337,6 +340,26 @@ def bias_adjust(
         },
         attrs=attributes,
     )
+
+
+def _check_seasons(
+    months: Sequence[int], climatology: CoarseClimatology, reference_months: np.ndarray, run_dir: Any
+) -> None:
+    """Each month adjusted needs training times and reference times in its season (else another season's
+    distribution would stand for it): ConfigError naming the month otherwise."""
+    for month in months:
+        season = SEASONS[season_of(month)]
+        if sum(climatology.month_counts[other - 1] for other in season) == 0:
+            raise ConfigError(
+                f"'{run_dir}' has no training times in {season_of(month)}: its climatology cannot stand for "
+                f"{MONTH_NAMES[month - 1]}, which the coarse input holds (adjust the months of its training seasons "
+                "only)"
+            )
+        if not np.isin(reference_months, season).any():
+            raise ConfigError(
+                f"{option_name('reference')}: no reference times in {season_of(month)}, the season of "
+                f"{MONTH_NAMES[month - 1]}, which is adjusted; give a reference period that covers the months adjusted"
+            )
 
 
 def _climatology_pools(climatology: CoarseClimatology) -> list[tuple[np.ndarray, str]]:

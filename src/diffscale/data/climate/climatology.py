@@ -39,6 +39,7 @@ __all__ = [
     "calendar_months",
     "fit_coarse_climatology",
     "month_pools",
+    "season_of",
     "time_text",
 ]
 
@@ -65,7 +66,8 @@ def time_text(value: Any) -> str:
     return str(value)[:16].replace(" ", "T")
 
 
-def _season_of(month: int) -> str:
+def season_of(month: int) -> str:
+    """The season (``DJF``, ``MAM``, ``JJA``, ``SON``) of a calendar month 1 .. 12."""
     return next(name for name, months in SEASONS.items() if month in months)
 
 
@@ -80,7 +82,7 @@ def month_pools(months: np.ndarray, min_times: int) -> list[tuple[np.ndarray, st
         if own.size >= min_times:
             pools.append((own, "month"))
             continue
-        season = _season_of(month)
+        season = season_of(month)
         members = np.flatnonzero(np.isin(months, SEASONS[season]))
         if members.size >= min_times:
             pools.append((members, f"season {season}"))
@@ -102,6 +104,7 @@ class CoarseClimatology:
         pools: per calendar month the pool its quantiles were taken over (``month``, ``season DJF``, ``all
             months``).
         counts: per calendar month the number of training times in its pool.
+        month_counts: per calendar month the number of training times in that month itself.
         period: the first and the last training time, as text.
         min_times: the smallest pool a month keeps to itself.
     """
@@ -114,6 +117,7 @@ class CoarseClimatology:
     units: dict[str, str | None]
     pools: tuple[str, ...]
     counts: tuple[int, ...]
+    month_counts: tuple[int, ...]
     period: tuple[str, str]
     min_times: int = DEFAULT_MIN_TIMES
     source: str = field(default="", compare=False)
@@ -129,6 +133,7 @@ class CoarseClimatology:
             "levels": len(self.levels),
             "pools": list(self.pools),
             "counts": list(self.counts),
+            "month_counts": list(self.month_counts),
             "period": list(self.period),
             "min_times": self.min_times,
             "arrays": {"file": CLIMATOLOGY_ARRAYS, "sha256": arrays_sha256},
@@ -186,6 +191,7 @@ class CoarseClimatology:
                 units={str(k): (None if v is None else str(v)) for k, v in sidecar["units"].items()},
                 pools=tuple(str(pool) for pool in sidecar["pools"]),
                 counts=tuple(int(count) for count in sidecar["counts"]),
+                month_counts=tuple(int(count) for count in sidecar["month_counts"]),
                 period=(str(sidecar["period"][0]), str(sidecar["period"][1])),
                 min_times=int(sidecar["min_times"]),
                 source=str(directory),
@@ -222,7 +228,8 @@ def fit_coarse_climatology(
     if len(times) < 2:
         raise ConfigError(f"a coarse climatology needs at least 2 training times ({len(times)} given)")
     probabilities = quantile_levels(levels)
-    pools = month_pools(calendar_months(times), min_times)
+    months = calendar_months(times)
+    pools = month_pools(months, min_times)
     per_month: list[np.ndarray] = []
     computed: dict[bytes, np.ndarray] = {}
     for indices, _ in pools:
@@ -248,6 +255,7 @@ def fit_coarse_climatology(
         units={name: units.get(name) for name in variables},
         pools=tuple(label for _, label in pools),
         counts=tuple(int(indices.size) for indices, _ in pools),
+        month_counts=tuple(int(np.sum(months == month)) for month in range(1, 13)),
         period=(time_text(times[0]), time_text(times[-1])),
         min_times=min_times,
     )
