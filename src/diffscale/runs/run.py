@@ -347,7 +347,9 @@ class ClimateRun(Run):
                 (H, W) and ``overlap``, ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads:
                 ``auto``, the default, re-chooses from the load of other processes; a count fixes them),
                 ``sort_ordered_pairs`` (tasmin <= tasmax at every point), ``recalibrate`` (apply the run's
-                recalibration, when it has one; default True): see
+                recalibration, when it has one; default True), ``bias_adjust`` (``qm`` or ``qdm``) with
+                ``bias_reference`` (START, END) (map the input onto the run's training coarse climatology first:
+                :func:`diffscale.runs.bias_adjust`): see
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)

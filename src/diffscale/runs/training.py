@@ -1,7 +1,10 @@
 """Training a run: validate and build everything from a :class:`~diffscale.config.Config` without touching the
 disk (:func:`prepare_training`), then train into the run directory with metrics and checkpoints (:func:`train`).
 
-A run directory holds ``config.yaml`` (the resolved configuration, every key written out),
+A run directory holds ``config.yaml`` (the resolved configuration, every key written out), for climate runs
+``data_stats.json`` (:mod:`~diffscale.runs.stats`) and the training coarse climatology
+(``coarse_climatology.safetensors`` and ``.json``, :mod:`~diffscale.data.climate.climatology`, which bias adjustment
+maps inputs onto),
 ``metrics.jsonl`` (one JSON object per logged step, the time spent waiting for data included),
 ``tensorboard/`` (the same scalars, with
 ``training.tensorboard``), ``samples/step-<step>.png`` (figures of EMA-model samples, every
