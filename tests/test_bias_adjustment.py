@@ -83,7 +83,7 @@ def test_training_saved_the_quantiles_of_each_months_coarse_fields(setup: dict[s
         np.testing.assert_allclose(climatology.quantiles["t2m"][month - 1], expected, rtol=1e-6)
     assert climatology.pools[:2] == ("month", "month") and climatology.counts[:2] == (248, 224)
     assert climatology.month_counts == (248, 224, *[0] * 10)
-    assert climatology.pools[11] == "season DJF" and climatology.pools[6] == "all months"
+    assert climatology.pools[11] == "season DJF" and climatology.pools[6] == "none"
     np.testing.assert_allclose(climatology.latitude, setup["coarse"]["latitude"].values)
     assert climatology.units == {"t2m": "K"} and climatology.period == ("2021-01-01T00:00", "2021-02-28T21:00")
 

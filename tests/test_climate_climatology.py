@@ -41,8 +41,8 @@ def test_a_month_with_too_few_times_takes_its_season_then_every_month() -> None:
     assert pools[2][1] == "month" and pools[2][0].size == 60
     assert pools[3][1] == "season MAM" and pools[3][0].size == 70  # April: 10 of its own, March's 60
     assert pools[4][1] == "season MAM"  # May has none, its season enough
-    assert pools[0][1] == "all months" and pools[0][0].size == months.size  # DJF: 25 < 50
-    assert pools[6][1] == "all months"
+    assert pools[0][1] == "season DJF (fewer than 50 times)" and pools[0][0].size == 25  # 5 + 20, what there is
+    assert pools[6][1] == "none" and pools[6][0].size == 0  # no time of JJA
 
 
 def _reader(values: np.ndarray, calls: list[list[int]]) -> Callable[[Sequence[int]], np.ndarray]:
@@ -74,15 +74,16 @@ def test_the_quantiles_are_each_months_and_each_pool_is_read_once_in_chunks(tmp_
         expected = np.quantile(values[months == month], np.linspace(0, 1, 21), axis=0)  # (21, 2, 3, 4)
         np.testing.assert_allclose(climatology.quantiles["msl"][month - 1], expected[:, 1], rtol=1e-6)
         assert climatology.pools[month - 1] == "month"
-    # December: DJF (January and February, 236 times); April and May: MAM (March's 124); summer, autumn: all
+    # December: DJF (January and February, 236 times); April and May: MAM (March's 124); summer, autumn: none
     assert climatology.pools[11] == "season DJF" and climatology.counts[11] == 236
     assert climatology.pools[3] == climatology.pools[4] == "season MAM" and climatology.counts[3] == 124
     np.testing.assert_array_equal(climatology.quantiles["t2m"][3], climatology.quantiles["t2m"][2])
-    assert climatology.pools[5] == "all months" and climatology.counts[5] == times.size
+    assert climatology.pools[5] == "none" and climatology.counts[5] == 0
+    assert np.isnan(climatology.quantiles["t2m"][5]).all()
     assert climatology.month_counts == (124, 112, 124, *[0] * 9)
     # each distinct pool read once (MAM is March's times: not again), at most 50 times per call
     read = [index for call in calls for index in call]
-    assert len(read) == 124 + 112 + 124 + 236 + times.size and max(len(call) for call in calls) <= 50
+    assert len(read) == 124 + 112 + 124 + 236 and max(len(call) for call in calls) <= 50
     assert climatology.period == ("2021-01-01T00:00", "2021-03-31T18:00")
     # saved and loaded: the same arrays in float32 and the same description
     climatology.save(tmp_path)

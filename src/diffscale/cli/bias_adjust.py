@@ -37,8 +37,8 @@ examples:
 _CLIMATOLOGY_DESCRIPTION = """\
 Compute a climate run's training coarse climatology from its configured data (data.paths over its training period)
 and save it with the run (RUN_DIR/coarse_climatology.safetensors and .json): per coarse cell and calendar month the
-quantiles of the training coarse fields (a month with fewer than --min-times training times takes its season's, then
-every month's). Runs trained by this version save it themselves; older runs need this once before bias adjustment.
+quantiles of the training coarse fields (a month with fewer than --min-times training times takes its season's).
+Runs trained by this version save it themselves; older runs need this once before bias adjustment.
 
 example:
   diffscale climatology runs/era5_uk
@@ -89,7 +89,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         type=count(1),
         default=50,
         metavar="N",
-        help="fewest training times a month keeps to itself (else its season's, then every month's)",
+        help="fewest training times a month keeps to itself (else it takes its season's)",
     )
     parser.set_defaults(handler=run_climatology)
 

@@ -19,8 +19,9 @@ cell and calendar month:
 The change is additive for temperature-like variables and multiplicative for amounts (precipitation: variables
 with a ``log1p`` or ``sqrt`` transform, or ``tp`` under any of its names); see
 :mod:`~diffscale.data.climate.quantile_mapping` for the maths, the tails and the zeros. A month with fewer than the
-climatology's ``min_times`` times in the reference (or adjusted) period pools its season, then every month, as the
-climatology does; the output's attributes say which. The input is put in the run's units first, and its cells must
+climatology's ``min_times`` times in the reference (or adjusted) period pools its season, as the climatology does;
+the output's attributes say which. A month whose season the run was not trained on, or which the reference period
+does not cover, is refused. The input is put in the run's units first, and its cells must
 be cells of the training coarse grid (any subset). It is held in memory one calendar month at a time while it is
 adjusted and the adjusted fields are returned in memory (coarse fields are small).
 """

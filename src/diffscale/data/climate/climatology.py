@@ -5,10 +5,12 @@ was trained on, which bias adjustment maps another source's coarse fields onto
 For variable v, coarse cell i and calendar month m the quantiles Q_{v,m,i}(p_k) at K evenly spaced levels p_k =
 k / (K - 1) (default K = 51, float32) are the type 7 sample quantiles of x_{v,t,i} over the training times t of
 month m: exact (no sketch), because a month's coarse fields are small and are read on their own, one month after
-another, so memory holds one month of coarse fields (times x variables x cells x 8 bytes) whatever the length of the
-record. A month with fewer than ``min_times`` training times (default 50: fewer cannot place 51 levels) takes the
-times of its season (DJF, MAM, JJA, SON), and a season with fewer takes every training time; :attr:`pools` says
-which, month by month (``month``, ``season MAM``, ``all months``).
+another, so memory holds one pool of coarse fields (its times x variables x cells x 8 bytes: a month's, at most a
+season's) whatever the length of the record. A month with fewer than ``min_times`` training times (default 50:
+fewer cannot place 51 levels) takes the times of its season (DJF, MAM, JJA, SON), whatever their number (then
+labelled as fewer); a month whose season has no training time has no quantiles (NaN, pool ``none``), and bias
+adjustment refuses it. :attr:`pools` says which, month by month (``month``, ``season MAM``, ``season MAM (fewer
+than 50 times)``, ``none``).
 
 It is saved with the run as ``coarse_climatology.safetensors`` (the arrays) and ``coarse_climatology.json`` (what
 they are: variables, units, levels, pools, the training period, the sha256 of the arrays).
@@ -74,7 +76,8 @@ def season_of(month: int) -> str:
 def month_pools(months: np.ndarray, min_times: int) -> list[tuple[np.ndarray, str]]:
     """For each calendar month 1 .. 12 (list index 0 .. 11): (the indices of the times its distribution is taken
     over, the pool's name): the month's own times when there are ``min_times`` of them, else its season's
-    (``season DJF``...) when it has that many, else every time (``all months``)."""
+    (``season DJF``...; ``season DJF (fewer than 50 times)`` when it has fewer), else none (``none``: no time of
+    its season)."""
     months = np.asarray(months, dtype=np.int64)
     pools = []
     for month in range(1, 13):
@@ -86,8 +89,10 @@ def month_pools(months: np.ndarray, min_times: int) -> list[tuple[np.ndarray, st
         members = np.flatnonzero(np.isin(months, SEASONS[season]))
         if members.size >= min_times:
             pools.append((members, f"season {season}"))
+        elif members.size:
+            pools.append((members, f"season {season} (fewer than {min_times} times)"))
         else:
-            pools.append((np.arange(months.size), "all months"))
+            pools.append((members, "none"))
     return pools
 
 
@@ -224,7 +229,7 @@ def fit_coarse_climatology(
     """The climatology of the coarse fields at ``times`` (T,), read by ``read`` ``chunk`` times at a time, one
     calendar month (or its season, module docstring) after another: memory holds one pool's coarse fields.
 
-    A pool shared by several months (a season, or every time) is read once."""
+    A pool shared by several months (a season) is read once; a month without a pool gets NaN quantiles."""
     if len(times) < 2:
         raise ConfigError(f"a coarse climatology needs at least 2 training times ({len(times)} given)")
     probabilities = quantile_levels(levels)
@@ -232,8 +237,12 @@ def fit_coarse_climatology(
     pools = month_pools(months, min_times)
     per_month: list[np.ndarray] = []
     computed: dict[bytes, np.ndarray] = {}
+    empty = np.full((probabilities.size, len(variables), np.size(latitude), np.size(longitude)), np.nan, np.float32)
     for indices, _ in pools:
         key = indices.tobytes()
+        if not indices.size:
+            per_month.append(empty)
+            continue
         if key not in computed:
             parts = [
                 np.asarray(read(indices[start : start + chunk].tolist()), dtype=np.float64)
