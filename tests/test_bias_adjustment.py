@@ -220,3 +220,16 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(
     for part in BAD[case]:
         assert part in err, (part, err)
     assert snapshot(tmp_path) == before
+
+
+def test_resuming_a_run_without_climatology_saves_it(setup: dict[str, Any], tmp_path: Path) -> None:
+    old = tmp_path / "old_run"
+    shutil.copytree(setup["run_dir"], old)
+    (old / CLIMATOLOGY_ARRAYS).unlink()
+    (old / CLIMATOLOGY_SIDECAR).unlink()
+    argv = ["train", str(setup["root"] / "run.yaml"), "--out", str(old), "--set", "training.steps=2", "--no-progress"]
+    with single_thread():
+        assert run_cli(argv) == 0
+    resumed, saved = load_climatology(old), load_climatology(setup["run_dir"])
+    assert resumed is not None and saved is not None
+    np.testing.assert_array_equal(resumed.quantiles["t2m"], saved.quantiles["t2m"])
