@@ -268,7 +268,7 @@ def prepare_training(
     if is_climate(config) and trainer.distributed.is_main:
         if fresh_statistics:
             statistics = stats_content(data)
-        if checkpoint is None or load_climatology(run_dir) is None:
+        if checkpoint is None or not _has_climatology(run_dir):
             climatology = fit_run_climatology(data)
     return TrainingPlan(
         config=config,
@@ -281,6 +281,14 @@ def prepare_training(
         statistics=statistics,
         climatology=climatology,
     )
+
+
+def _has_climatology(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a readable coarse climatology (a damaged one is computed again)."""
+    try:
+        return load_climatology(run_dir) is not None
+    except ConfigError:
+        return False
 
 
 def _sidecar_config(config: Config) -> dict:
