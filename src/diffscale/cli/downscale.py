@@ -35,7 +35,12 @@ examples:
   diffscale downscale runs/era5_uk --input gcm_tas_1.25x0.9375.nc --regrid conservative --out ensemble.nc
 """
 
-ALIASES = {"coarse": "input", "recalibrate": "no_recalibration"}
+ALIASES = {
+    "coarse": "input",
+    "recalibrate": "no_recalibration",
+    "method": "bias_adjust",
+    "reference": "bias_reference",
+}
 """Python parameters whose command-line flag has another name (for one-line messages)."""
 
 
@@ -106,6 +111,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a coarse input off the run's coarse lattice: regrid it onto the run's coarse cells (first-order "
         "conservative or bilinear), or refuse it (none)",
     )
+    parser.add_argument(
+        "--bias-adjust",
+        choices=("qm", "qdm"),
+        help="map the coarse input onto the run's training coarse climatology first (quantile mapping or quantile "
+        "delta mapping, per cell and calendar month; see 'diffscale bias-adjust --help'); needs --bias-reference",
+    )
+    parser.add_argument(
+        "--bias-reference",
+        nargs=2,
+        metavar=("START", "END"),
+        help="the input's reference period for --bias-adjust (inclusive, within the input)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=run, aliases=ALIASES)
@@ -140,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
                 sort_ordered_pairs=args.sort_ordered_pairs,
                 recalibrate=not args.no_recalibration,
                 regrid=args.regrid,
+                bias_adjust=args.bias_adjust,
+                bias_reference=args.bias_reference,
             )
         for caught_warning in caught:  # ours as one line; any other as Python shows it
             if issubclass(caught_warning.category, ExtrapolationWarning):

@@ -545,6 +545,7 @@ def _add_example_data(commands: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``diffscale`` argument parser with its subcommands."""
     from diffscale import __version__
+    from diffscale.cli.bias_adjust import add_parsers as add_bias_adjustment
     from diffscale.cli.downscale import add_parser as add_downscale
     from diffscale.cli.evaluate import add_parser as add_evaluate
     from diffscale.cli.recalibrate import add_parser as add_recalibrate
@@ -559,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_likelihood(commands)
     add_downscale(commands)
     _add_coarsen(commands)
+    add_bias_adjustment(commands)
     add_evaluate(commands)
     add_recalibrate(commands)
     _add_demo(commands)

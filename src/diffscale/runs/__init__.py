@@ -9,12 +9,15 @@
   (``.downscale``); :func:`prepare_training` and :func:`train` train one from a configuration;
 * :func:`evaluate` scores a downscaled ensemble against the truth, beside the bilinear baseline;
   :func:`write_report` writes the scores and figures of ``diffscale evaluate``;
-* :func:`fit_recalibration` fits a run's spread recalibration on held-out ensembles (applied when it downscales).
+* :func:`fit_recalibration` fits a run's spread recalibration on held-out ensembles (applied when it downscales);
+* :func:`bias_adjust` maps a coarse input (a climate model's) onto a run's training coarse climatology (QM, QDM);
+  :func:`compute_climatology` computes that climatology for a run trained before it was saved with runs.
 
 Bad input raises :class:`~diffscale.validation.ConfigError` (a ValueError) with a one-line message.
 """
 
 from diffscale.runs import plots
+from diffscale.runs.bias_adjustment import bias_adjust, compute_climatology, load_climatology
 from diffscale.runs.building import build_denoiser, build_model_for, default_run_dir, resolve_run_dir
 from diffscale.runs.downscaling import DownscalingJob, check_ensemble_output
 from diffscale.runs.evaluation import EvaluationInputs, evaluate, load_inputs, write_report
@@ -46,15 +49,18 @@ __all__ = [
     "Run",
     "TrainingPlan",
     "TrainingSummary",
+    "bias_adjust",
     "build_data_source",
     "build_denoiser",
     "build_model_for",
     "check_ensemble_output",
+    "compute_climatology",
     "default_run_dir",
     "evaluate",
     "fit_recalibration",
     "likelihood",
     "load_climate_run",
+    "load_climatology",
     "load_inputs",
     "load_recalibration",
     "load_run",

@@ -300,6 +300,8 @@ class DownscalingJob:
         sort_ordered_pairs: bool = False,
         recalibrate: bool = True,
         regrid: str = "conservative",
+        bias_adjust: str | None = None,
+        bias_reference: Sequence[Any] | None = None,
     ) -> DownscalingJob:
         """Check the options and the coarse input and build its conditioning (the regression base of a CorrDiff or
         regression run too). See :meth:`ClimateRun.downscale` for the arguments.
@@ -315,6 +317,9 @@ class DownscalingJob:
         (:mod:`~diffscale.runs.coarse_grid`): ``conservative`` (first-order conservative, the default) or
         ``bilinear`` regridding onto the run's coarse cells over its training domain, which the input must cover;
         ``none`` refuses it. An input on the lattice is used as it is, over its own extent.
+        ``bias_adjust`` (``qm`` or ``qdm``) with ``bias_reference`` (START, END): the coarse input is first mapped
+        onto the run's training coarse climatology (:func:`diffscale.runs.bias_adjustment.bias_adjust`, with the
+        input's reference period START .. END); the ensemble's attributes record it.
 
         Raises:
             ConfigError: a bad option, a missing variable, NaNs (naming variable and time), a grid whose spacing is
@@ -374,11 +379,19 @@ class DownscalingJob:
                 f"ordered pair (known: {known})"
             )
         regrid = check_regrid(regrid)
-        fields, source = coarse_fields(coarse, section.variables, start, end)
+        adjusting = bias_adjust is not None or bias_reference is not None
+        # bias adjustment reads the input's reference period too: it takes the whole input, on the run's lattice
+        fields, source = coarse_fields(
+            coarse, section.variables, None if adjusting else start, None if adjusting else end
+        )
         builder = run.builder()
         fields, regridding = onto_coarse_lattice(
             fields, coarse, run.grid, section.coarsen_factor, aligned=bool(builder.static_variables), regrid=regrid
         )
+        if adjusting:
+            fields = _bias_adjusted(run, fields, bias_adjust, bias_reference, start, end)
+            fields.attrs["bias_adjusted_input"] = source
+            source = f"{source}, bias-adjusted ({bias_adjust})"
         check_coarse_grid(
             fields["latitude"].values,
             fields["longitude"].values,
@@ -422,6 +435,7 @@ class DownscalingJob:
         }
         if regridding is not None:
             attributes.update(_regridding_attributes(regridding, source))
+        attributes.update({key: value for key, value in fields.attrs.items() if key.startswith("bias_")})
         if chosen is not None:
             attributes["sampler"] = chosen.model_dump(mode="json")
             attributes["nfe_per_member"] = number_of_evaluations(chosen.steps, chosen.solver)
@@ -631,6 +645,19 @@ def _measure_extrapolation(
         }
         for name in parts[0]
     }
+
+
+def _bias_adjusted(
+    run: ClimateRun, fields: xr.Dataset, method: str | None, reference: Sequence[Any] | None, start: Any, end: Any
+) -> xr.Dataset:
+    """The coarse ``fields`` (all of the input's times, on the run's coarse lattice) between ``start`` and ``end``,
+    bias-adjusted by ``method`` over the ``reference`` period (both must be given)."""
+    from diffscale.runs.bias_adjustment import bias_adjust
+
+    if method is None or reference is None:
+        given, needed = ("bias_adjust", "bias_reference") if method is not None else ("bias_reference", "bias_adjust")
+        raise ConfigError(f"{option_name(given)} needs {option_name(needed)} too")
+    return bias_adjust(run, fields, reference, method, start=start, end=end)
 
 
 def _is_main_process() -> bool:

@@ -350,7 +350,9 @@ class ClimateRun(Run):
                 ``sort_ordered_pairs`` (tasmin <= tasmax at every point), ``recalibrate`` (apply the run's
                 recalibration, when it has one; default True), ``regrid`` (a coarse input off the run's coarse
                 lattice is regridded onto its coarse cells: ``conservative``, the default, or ``bilinear``;
-                ``none`` refuses it): see
+                ``none`` refuses it), ``bias_adjust`` (``qm`` or ``qdm``) with ``bias_reference``
+                (START, END) (map the input, on the run's coarse lattice, onto the run's training coarse
+                climatology first: :func:`diffscale.runs.bias_adjust`): see
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)

@@ -1,7 +1,10 @@
 """Training a run: validate and build everything from a :class:`~diffscale.config.Config` without touching the
 disk (:func:`prepare_training`), then train into the run directory with metrics and checkpoints (:func:`train`).
 
-A run directory holds ``config.yaml`` (the resolved configuration, every key written out),
+A run directory holds ``config.yaml`` (the resolved configuration, every key written out), for climate runs
+``data_stats.json`` (:mod:`~diffscale.runs.stats`) and the training coarse climatology
+(``coarse_climatology.safetensors`` and ``.json``, :mod:`~diffscale.data.climate.climatology`, which bias adjustment
+maps inputs onto),
 ``metrics.jsonl`` (one JSON object per logged step, the time spent waiting for data included),
 ``tensorboard/`` (the same scalars, with
 ``training.tensorboard``), ``samples/step-<step>.png`` (figures of EMA-model samples, every
@@ -29,8 +32,10 @@ import torch
 from diffscale.config import Config, OutputSection
 from diffscale.config.schema import encode_non_finite, stored_config
 from diffscale.data.climate import ClimateDataset
+from diffscale.data.climate.climatology import CoarseClimatology
 from diffscale.devices import check_device
 from diffscale.files import atomic_write_bytes, check_output
+from diffscale.runs.bias_adjustment import fit_run_climatology, load_climatology
 from diffscale.runs.building import (
     DataDistribution,
     build_distribution,
@@ -117,6 +122,10 @@ class TrainingPlan:
     """A climate run's ``data_stats.json`` content (:func:`~diffscale.runs.stats.stats_content`), computed while
     preparing (it reads the training inputs once, before any training step) and written by :func:`train`; None
     where there is nothing to write (other data, a resumed run that has its file, ranks other than 0)."""
+    climatology: CoarseClimatology | None = None
+    """A climate run's coarse climatology (:mod:`~diffscale.data.climate.climatology`, what bias adjustment maps
+    inputs onto), computed while preparing and written by :func:`train`; None where there is nothing to write (as
+    for ``statistics``, and a resumed run that has one)."""
 
     @property
     def mixture(self) -> DataDistribution:
@@ -255,8 +264,12 @@ def prepare_training(
         restore_trainer(trainer, checkpoint)
     statistics = None
     fresh_statistics = checkpoint is None or not (Path(run_dir) / STATS_NAME).is_file()
-    if is_climate(config) and trainer.distributed.is_main and fresh_statistics:
-        statistics = stats_content(data)
+    climatology = None
+    if is_climate(config) and trainer.distributed.is_main:
+        if fresh_statistics:
+            statistics = stats_content(data)
+        if checkpoint is None or not _has_climatology(run_dir):
+            climatology = fit_run_climatology(data)
     return TrainingPlan(
         config=config,
         run_dir=run_dir,
@@ -266,7 +279,16 @@ def prepare_training(
         checkpoint=checkpoint,
         changes=changes,
         statistics=statistics,
+        climatology=climatology,
     )
+
+
+def _has_climatology(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a readable coarse climatology (a damaged one is computed again)."""
+    try:
+        return load_climatology(run_dir) is not None
+    except ConfigError:
+        return False
 
 
 def _sidecar_config(config: Config) -> dict:
@@ -323,6 +345,8 @@ def train(
             save_stats(run_dir, plan.statistics)
         elif is_climate(config) and (resumed is None or not (run_dir / STATS_NAME).is_file()):
             save_stats(run_dir, plan.data)  # a plan built by hand
+        if plan.climatology is not None:
+            plan.climatology.save(run_dir)
         if resumed is not None:
             # lines up to the last full logging window before the checkpoint; the checkpoint carries the rest
             _metrics_up_to(metrics_path, resumed - resumed % settings.log_every)
