@@ -26,6 +26,7 @@ from diffscale.evaluation.temporal import (
     wet_threshold,
     whole_days,
 )
+from diffscale.validation import ConfigError
 from tests.conftest import run_cli
 
 LATITUDE = np.array([50.0, 51.0, 52.0])
@@ -262,6 +263,8 @@ def test_evaluate_prints_and_stores_the_temporal_scores(
     from diffscale.runs import plots
 
     assert isinstance(plots.temporal(root / "ensemble.nc", root / "truth.nc", variable="t2m"), Figure)
+    with pytest.raises(ConfigError, match="variable='t2m'"):
+        plots.temporal(root / "ensemble.nc", root / "truth.nc")  # two variables: which one?
 
 
 def test_one_time_or_no_temporal_flag_leaves_the_temporal_scores_out(

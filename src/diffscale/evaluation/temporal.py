@@ -175,13 +175,21 @@ def lag_autocorrelation(series: Any, positions: Any, latitude: Any, max_lag: int
     index = {int(position): i for i, position in enumerate(positions)}
     result = np.full((*values.shape[:-3], max_lag), np.nan)
     safe_variance = np.where(varies, variance, 1.0)
+    unbroken = bool((np.diff(positions) == 1).all())
     for lag in range(1, max_lag + 1):
-        pairs = [(i, index[int(p) + lag]) for i, p in enumerate(positions) if int(p) + lag in index]
-        if not pairs:
+        if unbroken:  # no gap: the pairs are two slices (views, no copy)
+            count = max(positions.size - lag, 0)
+            earlier, later = anomaly[..., : positions.size - lag, :, :], anomaly[..., lag:, :, :]
+        else:
+            pairs = [(i, index[int(p) + lag]) for i, p in enumerate(positions) if int(p) + lag in index]
+            count = len(pairs)
+            if count:
+                first, second = (np.array(side) for side in zip(*pairs, strict=True))
+                earlier, later = anomaly[..., first, :, :], anomaly[..., second, :, :]
+        if not count:
             continue
-        first, second = (np.array(side) for side in zip(*pairs, strict=True))
-        covariance = np.einsum("...thw,...thw->...hw", anomaly[..., first, :, :], anomaly[..., second, :, :])
-        rho = covariance / len(pairs) / safe_variance
+        covariance = np.einsum("...thw,...thw->...hw", earlier, later)
+        rho = covariance / count / safe_variance
         with np.errstate(invalid="ignore", divide="ignore"):
             result[..., lag - 1] = (rho * weights).sum(axis=(-2, -1)) / total
     return result
