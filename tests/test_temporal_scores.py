@@ -228,7 +228,7 @@ def test_evaluate_prints_and_stores_the_temporal_scores(
     assert run_cli(["evaluate", str(root / "ensemble.nc"), "--truth", str(root / "truth.nc"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "t2m residual autocorrelation (members' mean/truth, step 1 h)" in printed
-    assert "t2m daily [K] over 1 whole days: max CRPS" in printed
+    assert "t2m daily [K] over 1 whole day: max CRPS" in printed
     assert "t2m spells above the truth's 90th percentile: mean length" in printed
     assert "tp wet spells" in printed and "tp dry spells" in printed
     assert (out / "t2m_temporal.png").is_file() and (out / "tp_temporal.png").is_file()
@@ -281,3 +281,19 @@ def test_one_time_or_no_temporal_flag_leaves_the_temporal_scores_out(
     one = xr.open_dataset(root / "ensemble.nc").isel(time=[0])
     scores = diffscale.evaluate(one, truth=root / "truth.nc", variables=["t2m"])
     assert "autocorrelation" not in scores and "at least two" in scores.attrs["temporal_note"]
+
+
+def test_a_noleap_calendar_is_scored_like_the_standard_one(files: dict) -> None:
+    import diffscale
+
+    root = files["root"]
+    with xr.open_dataset(root / "ensemble.nc") as ensemble, xr.open_dataset(root / "truth.nc") as truth:
+        standard = diffscale.evaluate(ensemble, truth, variables=["t2m"])
+        # 28 February 2001 00:00 to 1 March 05:00 in a 365-day calendar: one whole day, as in the standard file
+        times = np.array([cftime.DatetimeNoLeap(2001, 2, 28) + datetime.timedelta(hours=h) for h in range(STEPS)])
+        noleap = diffscale.evaluate(
+            ensemble.assign_coords(time=times), truth.assign_coords(time=times), variables=["t2m"]
+        )
+    assert noleap.attrs["temporal_whole_days"] == 1
+    for name in ("autocorrelation", "autocorrelation_truth", "daily_max_crps", "spell_length"):
+        np.testing.assert_allclose(noleap[name].values, standard[name].values, rtol=1e-12)

@@ -180,7 +180,8 @@ def temporal_lines(name: str, units: str, document: dict[str, Any]) -> list[str]
                 f"{statistic} CRPS {_format(item['ensemble']['crps'])} (bilinear {_format(item['bilinear']['crps'])})"
                 f" bias {_format(item['ensemble']['bias'])}"
             )
-        lines.append(f"{name} daily{unit} over {daily['whole_days']} whole days: " + "; ".join(parts))
+        days = f"{daily['whole_days']} whole day{'s' if daily['whole_days'] != 1 else ''}"
+        lines.append(f"{name} daily{unit} over {days}: " + "; ".join(parts))
     else:
         lines.append(f"{name} daily aggregates skipped: {daily.get('note', 'no whole day')}")
     for kind, spells in report["spells"].items():
