@@ -144,7 +144,7 @@ def test_round_trip_writes_the_report_with_independently_checked_scores(
     printed = capsys.readouterr().out
     assert "RMSE [K]" in printed and "spread-skill ratio" in printed and "bilinear" in printed
     assert "rank histogram: chi-square p = " in printed and "spread-error (" in printed
-    kinds = ("maps", "spectra", "rank_histogram", "qq", "spread_error")
+    kinds = ("maps", "spectra", "rank_histogram", "qq", "spread_error", "temporal")
     assert sorted(path.name for path in out.iterdir()) == sorted(
         ["scores.json"] + [f"t2m_{kind}.png" for kind in kinds]
     )

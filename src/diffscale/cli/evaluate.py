@@ -33,8 +33,14 @@ truth's standard deviation) and, for ordered pairs (tasmin <= tasmax), the share
 the order. On a global grid: the mean |difference| across the longitude seam, ensemble against truth. The truth
 and coarse input are converted to the ensemble's units (K/degC, m/mm, Pa/hPa) or refused.
 
-The report directory receives scores.json and, per variable, PNG maps, spectra, rank histogram, spread-error and
-quantile-quantile plots; a table of the main scores is printed at the end.
+Temporal scores (the members as time series, against the truth's; --no-temporal leaves them out): the lag-k
+autocorrelation of the residual (field minus the bilinear baseline) for lags up to one day, the fair CRPS and bias
+of daily max, min, mean (and precipitation sums) over the whole days, and spells above the truth's 90th
+percentile per cell (precipitation: wet and dry spells from 1 mm/day) with their count and mean length.
+
+The report directory receives scores.json and, per variable, PNG maps, spectra, rank histogram, spread-error,
+quantile-quantile and temporal (autocorrelations and series at the grid's centre) plots; a table of the main
+scores is printed at the end.
 
 The truth is selected at the ensemble's times (those it lacks are left out and counted) and grid points
 (longitudes match modulo 360). The coarse input is --coarse FILE (on the grid of blocks of the ensemble's
@@ -91,6 +97,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-figures", action="store_true", help="write scores.json only (no PNG figures)")
     parser.add_argument(
         "--seed", type=int, default=0, metavar="S", help="seed of the random tie-breaking of ranks (default: 0)"
+    )
+    parser.add_argument(
+        "--no-temporal",
+        dest="temporal",
+        action="store_false",
+        help="leave out the temporal scores (autocorrelation, daily aggregates, spells) and their figure",
     )
     add_threads_option(parser)
     parser.set_defaults(handler=run)
@@ -192,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         load_inputs,
         write_report,
     )
+    from diffscale.runs.temporal import temporal_lines
     from diffscale.threads import thread_policy
 
     check_seed(args.seed)
@@ -206,10 +219,14 @@ def run(args: argparse.Namespace) -> int:
     )
     print(inputs.describe(), flush=True)
     with thread_policy(args.threads):  # torch computes the coarsened truth and the interpolated baselines
-        evaluation = evaluate_inputs(inputs, args.seed)
+        evaluation = evaluate_inputs(inputs, args.seed, temporal=args.temporal)
         scores_path = write_report(out, evaluation, figures=not args.no_figures)
     for result in evaluation.variables:
         print(_table(result.name, result.units, result.scores, inputs.members, inputs.times.size))
+        for line in temporal_lines(result.name, result.units, evaluation.document):
+            print(line)
+    if evaluation.document.get("temporal_note"):
+        print(evaluation.document["temporal_note"])
     for line in _joint_lines(evaluation.document):
         print(line)
     print(f"wrote {scores_path} and {len(evaluation.document['figures'])} figures to {out}")

@@ -24,7 +24,9 @@ scored like the others: the members' speeds from the members' components, the tr
 baseline's from the upsampled components. With several variables (:mod:`diffscale.evaluation.multivariate`): the
 energy score of the joint ensemble (the variables at a point, each scaled by the truth's standard deviation), and
 for ordered pairs (tasmin <= tasmax) the fraction of points where a member breaks the order. On a global grid the
-seam at the longitude wrap is measured per variable (ensemble against truth).
+seam at the longitude wrap is measured per variable (ensemble against truth). The members as time series
+(:mod:`diffscale.runs.temporal`): the autocorrelation of their residual against the truth's, their daily
+aggregates and spells.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from diffscale.evaluation.multivariate import energy_scores, order_report, seam_
 from diffscale.evaluation.spectra import grid_spacing_km
 from diffscale.files import check_output
 from diffscale.runs.coarse_grid import check_regrid, regrid_onto
+from diffscale.runs.temporal import add_temporal_scores, temporal_dataset_variables, write_temporal_figures
 from diffscale.validation import ConfigError, option_name
 
 __all__ = [
@@ -462,8 +465,9 @@ class Evaluation:
         return scores_dataset(self.document)
 
 
-def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0) -> Evaluation:
-    """Score every variable of checked ``inputs``; ``seed`` breaks the ties of the rank histogram."""
+def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0, temporal: bool = True) -> Evaluation:
+    """Score every variable of checked ``inputs``; ``seed`` breaks the ties of the rank histogram; ``temporal``
+    adds the scores of the members as time series (:mod:`diffscale.runs.temporal`)."""
     check_seed(seed)
     dy, dx = inputs.grid_spacing_km()
     evaluations = [
@@ -518,6 +522,8 @@ def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0) -> Evaluation:
     )
     if pairs:
         document["ordered_pairs"] = pairs
+    if temporal:
+        add_temporal_scores(inputs, document)
     return Evaluation(inputs, evaluations, document)
 
 
@@ -530,6 +536,7 @@ def evaluate(
     coarsening_factor: int | None = None,
     seed: int = 0,
     regrid: str = "conservative",
+    temporal: bool = True,
 ) -> xr.Dataset:
     """The scores of ``ensemble`` against ``truth`` and of the bilinear baseline, as an ``xarray.Dataset``: the
     numbers ``diffscale evaluate`` writes to scores.json (:func:`scores_dataset` has the layout).
@@ -544,10 +551,12 @@ def evaluate(
         seed: seed of the random tie-breaking of ranks.
         regrid: a coarse input off the ensemble's coarse cells is regridded onto them (``conservative`` or
             ``bilinear``), or refused (``none``).
+        temporal: also score the members as time series (residual autocorrelation, daily aggregates, spells:
+            :func:`diffscale.runs.temporal.temporal_dataset_variables` has the variables).
     """
     check_seed(seed)
     inputs = load_inputs(ensemble, truth, coarse, variables, coarsening_factor, regrid)
-    return evaluate_inputs(inputs, seed).dataset()
+    return evaluate_inputs(inputs, seed, temporal=temporal).dataset()
 
 
 def _number(value: Any) -> float:
@@ -575,7 +584,9 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
     With several variables: ``energy_score`` (prediction) of the joint ensemble (its variables and scales in the
     attributes ``energy_score_variables``/``energy_score_scales``). With ordered pairs: ``order_violation``
     (pair, prediction), ``order_violation_truth`` and ``order_mean_excess`` (pair), ``pair`` labelled
-    ``low<=high``. The document's other entries (inputs, times, grid, seed) are the attributes. Missing values
+    ``low<=high``. The temporal scores (``autocorrelation`` (variable, lag), ``daily_max_crps``, ``spell_length``,
+    ...): :func:`~diffscale.runs.temporal.temporal_dataset_variables`. The document's other entries (inputs,
+    times, grid, seed) are the attributes. Missing values
     (e.g. a spread-skill ratio of one member) are NaN.
     """
     scores = document["variables"]
@@ -700,6 +711,10 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
             flat[key] = value
     if sorted_by:
         flat["spread_error_sorted_by"] = "; ".join(sorted(sorted_by))
+    temporal_data, temporal_coordinates, temporal_attributes = temporal_dataset_variables(document)
+    data.update(temporal_data)
+    coordinates.update(temporal_coordinates)
+    flat.update(temporal_attributes)
     return xr.Dataset(data, coords=coordinates, attrs=flat)
 
 
@@ -749,6 +764,8 @@ def _write_files(directory: Path, evaluation: Evaluation, figures: bool) -> list
         if ensemble_scores.get("spread_error") is not None:
             plot_spread_error(directory / f"{name}_spread_error.png", ensemble_scores["spread_error"], name, units)
             written.append(f"{name}_spread_error.png")
+    if figures:
+        written += write_temporal_figures(directory, inputs, evaluation.document)
     return written
 
 

@@ -6,6 +6,7 @@
 >>> plots.spread_error(scores, variable="t2m"); plots.spectra(scores, variable="t2m")
 >>> plots.maps(ensemble, truth, variable="t2m", time="2019-03-27T12:00")   # from the fields themselves
 >>> plots.quantiles(ensemble, truth, variable="t2m")
+>>> plots.temporal(ensemble, truth, variable="t2m")      # autocorrelations and series at a point
 
 Each returns a :class:`matplotlib.figure.Figure` of one variable (no pyplot state is touched; a notebook shows it,
 ``.savefig`` writes it). ``variable`` may be left out when the scores or the ensemble hold one variable; with
@@ -31,9 +32,10 @@ from diffscale.evaluation.climate_report import (
     spread_error_figure,
 )
 from diffscale.runs.evaluation import FLATNESS_KEYS, EnsembleSource, FieldsSource, load_inputs
+from diffscale.runs.temporal import SERIES_MEMBERS, temporal_inputs_figure
 from diffscale.validation import ConfigError
 
-__all__ = ["maps", "quantiles", "rank_histogram", "spectra", "spread_error"]
+__all__ = ["maps", "quantiles", "rank_histogram", "spectra", "spread_error", "temporal"]
 
 
 def _one_of(names: list[str], held: str) -> str:
@@ -150,3 +152,20 @@ def quantiles(
     name = _one_of(list(inputs.variables), "the ensemble and truth") if variable is None else variable
     predictions = {"ensemble members": inputs.ensemble[name], "bilinear": inputs.baseline[name]}
     return qq_figure(inputs.truth[name], predictions, inputs.latitude, name, inputs.units[name])
+
+
+def temporal(
+    ensemble: EnsembleSource,
+    truth: FieldsSource,
+    variable: str | None = None,
+    coarse: FieldsSource | None = None,
+    members: int = SERIES_MEMBERS,
+) -> Figure:
+    """The autocorrelation of the residual (field minus the bilinear baseline) of each member and of the truth
+    against the lag, and the series of ``members`` members and the truth at the grid's centre."""
+    inputs = load_inputs(ensemble, truth, coarse, [variable] if variable is not None else None)
+    name = _one_of(list(inputs.variables), "the ensemble and truth") if variable is None else variable
+    try:
+        return temporal_inputs_figure(inputs, name, members)
+    except ValueError as error:
+        raise ConfigError(f"variable {name!r}: no temporal figure: {error}") from None
