@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from diffscale.data.climate.calendars import calendar_of, is_cftime, parse_time_bound, within
 from diffscale.validation import ConfigError
 
 __all__ = [
@@ -227,8 +228,9 @@ def select_fields(
     source: str = "dataset",
 ) -> xr.Dataset:
     """One dataset harmonised (:func:`harmonise`), reduced to ``variables`` (canonical names or aliases; None keeps
-    all) and to the times of ``time_slice`` (both ends inclusive); ConfigError naming ``source`` for a missing
-    variable or a bad time bound."""
+    all) and to the times of ``time_slice`` (both ends inclusive; for a cftime axis, ISO text names dates of its
+    calendar: ``2019-02-30`` in 360_day); ConfigError naming ``source`` for a missing variable or a bad time
+    bound."""
     if variables is not None:
         wanted = [canonical_variable(name) for name in variables]
         # harmonise only the variables asked for (converting another one, e.g. a geopotential, could read it)
@@ -245,6 +247,11 @@ def select_fields(
         ds = harmonise(ds, source=source)
     if time_slice is not None and "time" in ds.dims:
         bounds = time_slice if isinstance(time_slice, slice) else slice(*time_slice)
+        if is_cftime(ds["time"].values):  # a date of the axis' own calendar (2019-02-30 is one in 360_day)
+            calendar = calendar_of(ds["time"].values)
+            start = parse_time_bound(bounds.start, calendar, f"start of the times of {source}")
+            end = parse_time_bound(bounds.stop, calendar, f"end of the times of {source}", end=True)
+            return ds.isel(time=np.flatnonzero(within(ds["time"].values, start, end)))
         try:
             ds = ds.sel(time=bounds)
         except (TypeError, ValueError, KeyError) as error:
