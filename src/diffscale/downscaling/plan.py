@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from diffscale.data.climate.calendars import time_text
-
 from diffscale.validation import ConfigError
 
 __all__ = ["Block", "blocks_for_rank", "member_generators", "member_seed", "time_key", "work_blocks"]

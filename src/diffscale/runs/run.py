@@ -285,7 +285,8 @@ class ClimateRun(Run):
         """The coarse input the run expects for fine fields on its grid (a Dataset, file or files): the run's crop
         (``data.crop``) and trimming (``data.remainder``; ``keep`` trims here), then the area-weighted block mean by
         the coarsening factor, as training built it from its fine fields; times between ``start`` and ``end``
-        (inclusive)."""
+        (inclusive), in the fine fields' calendar and time encoding (units, calendar), never converted."""
+        from diffscale.data.climate.calendars import time_encoding
         from diffscale.data.climate.grid import coarsen, grid_spacing
         from diffscale.data.climate.splits import model_grid
         from diffscale.runs.downscaling import coarse_fields
@@ -310,7 +311,11 @@ class ClimateRun(Run):
             "title": "coarse input",
             "source": f"{source}, coarsened {self.section.coarsen_factor}x by diffscale",
         }
-        return coarse.assign_attrs(attributes)
+        coarse = coarse.assign_attrs(attributes)
+        encoding = time_encoding(fields["time"]) if "time" in fields.coords else None
+        if encoding is not None and "time" in coarse.coords:  # the fine fields' time units and calendar, kept
+            coarse["time"].encoding.update({"units": encoding.units, "calendar": encoding.calendar})
+        return coarse
 
     def prepare_downscaling(self, coarse: CoarseInput, **options: Any) -> DownscalingJob:
         """Check everything and build the conditioning of ``coarse`` (nothing is sampled or written yet); see

@@ -39,7 +39,9 @@ __all__ = [
     "TimeEncoding",
     "calendar_of",
     "check_times",
+    "comparable_calendars",
     "date_fields",
+    "date_keys",
     "day_of_year",
     "days_in_year",
     "decode_times",
@@ -196,7 +198,9 @@ def _key(year: int, month: int, day: int, hour: int, minute: int, second: int, m
     return (((((year * 16 + month) * 32 + day) * 32 + hour) * 64 + minute) * 64 + second) * 1_000_000 + microsecond
 
 
-def _keys(times: Any) -> np.ndarray:
+def date_keys(times: Any) -> np.ndarray:
+    """One Python integer per date (an object array) ordering the dates of any calendar as their components
+    (y, m, d, h, mi, s, us) do: equal keys are the same date, whether given as datetime64 or cftime."""
     fields = date_fields(times)
     columns = zip(
         *(getattr(fields, name).tolist() for name in DateFields.__dataclass_fields__),
@@ -214,10 +218,9 @@ def _bound_key(bound: Any, end: bool) -> int:
     value = np.datetime64(bound, "ns")
     following = value + np.timedelta64(1, "ns")
     fields = date_fields(np.array([following]))
-    if end and fields.day[0] == 1 and not (fields.hour[0] or fields.minute[0] or fields.second[0]):
-        if following.astype("datetime64[D]") == following and fields.microsecond[0] == 0:
-            year, month = int(fields.year[0]), int(fields.month[0])
-            return _key(year, month, 1, 0, 0, 0, 0) - 1  # everything before the next month starts
+    if end and fields.day[0] == 1 and following.astype("datetime64[D]") == following:
+        year, month = int(fields.year[0]), int(fields.month[0])
+        return _key(year, month, 1, 0, 0, 0, 0) - 1  # everything before the next month starts
     fields = date_fields(np.array([value]))
     return _key(*(int(getattr(fields, name)[0]) for name in DateFields.__dataclass_fields__))
 
@@ -236,7 +239,7 @@ def within(times: Any, start: Any, end: Any) -> np.ndarray:
         if end is not None:
             inside &= values <= np.datetime64(end, "ns")
         return inside
-    keys = _keys(array)
+    keys = date_keys(array)
     inside = np.ones(array.size, dtype=bool)
     if start is not None:
         inside &= np.asarray(keys >= _bound_key(start, end=False), dtype=bool)
@@ -299,6 +302,18 @@ def parse_time_bound(text: Any, calendar: str, what: str, end: bool = False) -> 
         step = {"day": 86400, "hour": 3600, "minute": 60, "second": 1}[last]
         following = first + np.timedelta64(step, "s").item()
     return following - np.timedelta64(1, "us").item()
+
+
+def comparable_calendars(first: Any, second: Any, what: str) -> None:
+    """ConfigError (one line naming both calendars and the way out) unless the dates of ``first`` and ``second``
+    are of one calendar, the standard and proleptic Gregorian ones (and datetime64) counting as one."""
+    calendars = [calendar_of(times) for times in (first, second)]
+    if calendars[0] == calendars[1] or set(calendars) <= set(_GREGORIAN_LIKE):
+        return
+    raise ConfigError(
+        f"{what}: its times are in the {calendars[1]} calendar, the ensemble's in the {calendars[0]} calendar; "
+        "give both in one calendar (xarray's Dataset.convert_calendar)"
+    )
 
 
 # -- encoding --------------------------------------------------------------------------------------------------
@@ -392,7 +407,7 @@ def encode_times(
     rounded = np.round(values)
     encoded = rounded.astype(np.int64) if np.all(rounded == values) else values
     back = cftime.num2date(encoded, units, calendar, only_use_cftime_datetimes=True)
-    if not np.array_equal(_keys(np.asarray(back, dtype=object)), _keys(dates)):
+    if not np.array_equal(date_keys(np.asarray(back, dtype=object)), date_keys(dates)):
         raise ConfigError(
             f"time units {units!r} ({calendar}): the times are not held exactly; write them in finer units"
         )

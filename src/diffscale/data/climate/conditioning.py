@@ -161,8 +161,9 @@ def statics_on_grid(
 class Conditioning:
     """What a coarse dataset gives the model: ``cond_fields`` (T, K, H, W) float32, ``base`` (T, C, H, W)
     normalised (None for ``regression_residual`` until a regression model is given), the fine grid
-    ``latitude`` (H,) and ``longitude`` (W,), ``times`` (T,) datetime64 or cftime dates (as decoded), ``channel_names`` (K) and ``units``:
-    those of each variable after conversion, i.e. of the fields generated from it (None where unknown)."""
+    ``latitude`` (H,) and ``longitude`` (W,), ``times`` (T,) datetime64 or cftime dates, ``channel_names`` (K)
+    and ``units``: those of each variable after conversion, i.e. of the fields generated from it (None where
+    unknown)."""
 
     cond_fields: torch.Tensor
     base: torch.Tensor | None

@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from diffscale.data.climate.assembly import CoarseFiles
+from diffscale.data.climate.calendars import calendar_of, time_text, within
 from diffscale.data.climate.conditioning import check_finite
 from diffscale.data.climate.grid import (
     GridTrim,
@@ -23,7 +24,6 @@ from diffscale.data.climate.grid import (
     trim_to_factor,
 )
 from diffscale.data.climate.io import expand_paths, open_dataset, open_fields, select_fields
-from diffscale.data.climate.calendars import calendar_of, time_text, within
 from diffscale.data.climate.series import FieldSeries, GridWindow, check_field_dims, format_time
 from diffscale.validation import ConfigError
 
