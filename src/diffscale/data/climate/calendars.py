@@ -49,6 +49,7 @@ __all__ = [
     "is_cftime",
     "is_time_bound",
     "parse_time_bound",
+    "same_calendar",
     "time_encoding",
     "time_text",
     "within",
@@ -108,6 +109,16 @@ def check_times(values: Any, what: str = "times") -> np.ndarray:
 def _calendar_name(name: str) -> str:
     """The CF name of a calendar (cftime spells the standard calendar 'standard' or 'gregorian')."""
     return str(name).lower()
+
+
+_ALIASES = {"gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
+
+
+def same_calendar(first: str, second: str) -> bool:
+    """Whether two CF calendar names name one calendar (``gregorian`` is ``standard``, ``365_day`` ``noleap``,
+    ``366_day`` ``all_leap``)."""
+    first, second = _calendar_name(first), _calendar_name(second)
+    return _ALIASES.get(first, first) == _ALIASES.get(second, second)
 
 
 def calendar_of(times: Any) -> str:
@@ -308,7 +319,7 @@ def comparable_calendars(first: Any, second: Any, what: str) -> None:
     """ConfigError (one line naming both calendars and the way out) unless the dates of ``first`` and ``second``
     are of one calendar, the standard and proleptic Gregorian ones (and datetime64) counting as one."""
     calendars = [calendar_of(times) for times in (first, second)]
-    if calendars[0] == calendars[1] or set(calendars) <= set(_GREGORIAN_LIKE):
+    if same_calendar(*calendars) or set(calendars) <= set(_GREGORIAN_LIKE):
         return
     raise ConfigError(
         f"{what}: its times are in the {calendars[1]} calendar, the ensemble's in the {calendars[0]} calendar; "
@@ -352,7 +363,7 @@ def _default(seconds: int) -> str:
 def _as_calendar_dates(times: np.ndarray, calendar: str) -> np.ndarray:
     """``times`` as cftime dates of ``calendar`` (datetime64 dates by their components; cftime ones as they are)."""
     if is_cftime(times):
-        if calendar_of(times) != calendar and not {calendar_of(times), calendar} <= {"standard", "gregorian"}:
+        if not same_calendar(calendar_of(times), calendar):
             raise ConfigError(
                 f"times: dates of the {calendar_of(times)} calendar cannot be written in the {calendar} calendar "
                 f"(give the encoding of their own calendar)"

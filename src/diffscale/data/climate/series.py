@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from diffscale.data.climate.calendars import calendar_of, check_times, is_cftime, time_text, within
+from diffscale.data.climate.calendars import calendar_of, check_times, is_cftime, same_calendar, time_text, within
 from diffscale.data.climate.io import expand_paths, open_dataset, select_fields, time_chunks
 from diffscale.data.climate.units import units_conversion
 from diffscale.validation import ConfigError
@@ -322,7 +322,7 @@ def _file_times(values: Any, path: Path, earlier: Sequence[np.ndarray]) -> np.nd
     if not is_cftime(times):
         times = times.astype("datetime64[ns]")
     for previous in earlier:
-        if previous.size and times.size and calendar_of(previous) != calendar_of(times):
+        if previous.size and times.size and not same_calendar(calendar_of(previous), calendar_of(times)):
             raise ConfigError(
                 f"{path}: its times are in the {calendar_of(times)} calendar, those of the files before it in the "
                 f"{calendar_of(previous)} calendar; convert them to one (xarray's Dataset.convert_calendar)"

@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 
 from diffscale.data.climate.assembly import CoarseFiles
-from diffscale.data.climate.calendars import calendar_of, time_text, within
+from diffscale.data.climate.calendars import calendar_of, same_calendar, time_text, within
 from diffscale.data.climate.conditioning import check_finite
 from diffscale.data.climate.grid import (
     GridTrim,
@@ -173,7 +173,7 @@ def coarse_files(
             raise ConfigError(
                 f"{source}: the coarse {axis} step is {abs(ratio):g} x the fine one, not data.coarsen_factor = {factor}"
             )
-    if len(coarse) and len(fine) and calendar_of(coarse.times) != calendar_of(fine.times):
+    if len(coarse) and len(fine) and not same_calendar(calendar_of(coarse.times), calendar_of(fine.times)):
         raise ConfigError(
             f"{source}: the coarse times are in the {calendar_of(coarse.times)} calendar, the fine ones in the "
             f"{calendar_of(fine.times)} calendar; convert one to the other's (xarray's Dataset.convert_calendar)"
