@@ -86,10 +86,13 @@ def encode_times(
     return calendars.encode_times(times, units, calendar)
 
 
-def decode_times(values: np.ndarray, units: str, calendar: str = calendars.DEFAULT_CALENDAR) -> np.ndarray:
+def decode_times(
+    values: np.ndarray, units: str, calendar: str = calendars.DEFAULT_CALENDAR, use_cftime: bool = False
+) -> np.ndarray:
     """The inverse of :func:`encode_times`: the dates ``xarray.open_dataset`` reads back (datetime64 for the
-    standard and proleptic_gregorian calendars, cftime dates of the calendar otherwise)."""
-    return calendars.decode_times(values, units, calendar)
+    standard and proleptic_gregorian calendars, cftime dates of the calendar otherwise; cftime dates of every
+    calendar with ``use_cftime``)."""
+    return calendars.decode_times(values, units, calendar, use_cftime)
 
 
 def _attribute(key: str, value: Any) -> AttributeValue:
@@ -284,7 +287,8 @@ class EnsembleWriter:
         """The ensemble as an ``xarray.Dataset`` around ``arrays`` ({variable: (M, T, H, W) array}): the
         coordinates, variables' and global attributes as ``xarray.open_dataset`` reads them back from the file
         (time decoded as ``xarray.open_dataset`` decodes the file's: datetime64[ns] for the standard and
-        proleptic_gregorian calendars, cftime dates otherwise; its units and calendar are its ``encoding``)."""
+        proleptic_gregorian calendars, cftime dates otherwise, and cftime dates whenever the writer was given
+        cftime dates, which are never converted; its units and calendar are its ``encoding``)."""
         data = {
             name: (DIMENSIONS, arrays[name], {key: _json_value(value) for key, value in attributes.items()})
             for name, attributes in self.variables.items()
@@ -297,7 +301,7 @@ class EnsembleWriter:
             ),
             "time": (
                 "time",
-                decode_times(self.time_values, self.time_units, self.calendar),
+                decode_times(self.time_values, self.time_units, self.calendar, calendars.is_cftime(self.times)),
                 {"standard_name": "time", "long_name": "time", "axis": "T"},
             ),
             "latitude": (

@@ -425,12 +425,18 @@ def encode_times(
     return encoded, units, calendar
 
 
-def decode_times(values: np.ndarray, units: str, calendar: str = DEFAULT_CALENDAR) -> np.ndarray:
+def decode_times(
+    values: np.ndarray, units: str, calendar: str = DEFAULT_CALENDAR, use_cftime: bool = False
+) -> np.ndarray:
     """The dates that ``xarray.open_dataset`` decodes CF time ``values`` in ``units`` and ``calendar`` to:
     ``datetime64[ns]`` for the standard and proleptic_gregorian calendars within its range, cftime dates
-    otherwise (the inverse of :func:`encode_times`)."""
+    otherwise; with ``use_cftime`` cftime dates of every calendar (what ``use_cftime=True`` reads). The inverse
+    of :func:`encode_times`."""
     calendar = _calendar_name(calendar)
     _check_encoding(units, calendar)
+    if use_cftime:
+        dates = cftime.num2date(np.asarray(values), units, calendar, only_use_cftime_datetimes=True)
+        return np.asarray(dates, dtype=object).reshape(-1)
     variable = xr.Dataset({"time": ("time", np.asarray(values), {"units": units, "calendar": calendar})})
     return np.asarray(xr.decode_cf(variable)["time"].values)
 
