@@ -386,3 +386,39 @@ def test_evaluate_scores_a_noleap_ensemble_against_a_noleap_truth(
     assert run_cli([*argv, "--no-figures"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "360_day calendar, the ensemble's in the noleap calendar" in error[0]
+
+
+# -- real data -----------------------------------------------------------------------------------------------------
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+UK = DATA / "era5_t2m_uk_2019-03.nc"
+
+
+@pytest.mark.skipif(not UK.exists(), reason="shared ERA5 data not available")
+@pytest.mark.parametrize("calendar", ["noleap", "360_day"])
+def test_era5_converted_to_a_model_calendar_trains_coarsens_and_downscales(calendar: str, tmp_path: Path) -> None:
+    """The UK ERA5 t2m of 1-4 March 2019 converted to a climate model's calendar (as CMIP6/CORDEX output is)."""
+    with xr.open_dataset(UK) as source:
+        converted = source.isel(time=slice(0, 96)).load().convert_calendar(calendar, align_on="date")
+    converted.to_netcdf(tmp_path / "fine.nc")
+    config = climate_config(tmp_path, "regression", "residual", 2)
+    config["data"].update(
+        paths=[str(tmp_path / "fine.nc")],
+        static_paths=[str(DATA / "era5_orography_lsm_global.nc")],
+        crop={"lat": [1, 33], "lon": [0, 48]},
+        channels={"latlon": True, "hour": True, "day_of_year": True},
+        train_period=["2019-03-01", "2019-03-02"],
+        validation_period=["2019-03-03", "2019-03-04"],
+    )
+    with single_thread():
+        run = train_run(tmp_path, "run", config)
+        window = ["--start", "2019-03-04", "--end", "2019-03-04T02"]
+        argv = ["coarsen", str(run), "--input", str(tmp_path / "fine.nc"), *window, "--out", str(tmp_path / "c.nc")]
+        assert run_cli(argv) == 0
+        argv = ["downscale", str(run), "--input", str(tmp_path / "c.nc"), "--out", str(tmp_path / "e.nc")]
+        assert run_cli([*argv, "--device", "cpu", "--no-progress"]) == 0
+    fine_encoding = _time_encoding(tmp_path / "fine.nc")
+    assert fine_encoding[1] == calendar
+    assert _time_encoding(tmp_path / "c.nc") == _time_encoding(tmp_path / "e.nc") == fine_encoding
+    with xr.open_dataset(tmp_path / "e.nc") as ensemble:
+        assert [time_text(d) for d in ensemble["time"].values] == [f"2019-03-04T0{h}:00" for h in range(3)]
+        assert ensemble["t2m"].shape == (1, 3, 32, 48) and 250 < float(ensemble["t2m"].mean()) < 300

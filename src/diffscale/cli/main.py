@@ -226,6 +226,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _coarsen(args: argparse.Namespace) -> int:
+    from diffscale.data.climate.calendars import with_encoded_time
     from diffscale.files import check_output
     from diffscale.runs import load_climate_run
 
@@ -239,7 +240,7 @@ def _coarsen(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.partial")
     try:
-        coarse.to_netcdf(temporary)
+        with_encoded_time(coarse).to_netcdf(temporary)  # the fine fields' time units and calendar, verbatim
         temporary.replace(out)
     finally:
         temporary.unlink(missing_ok=True)

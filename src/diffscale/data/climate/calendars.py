@@ -52,6 +52,7 @@ __all__ = [
     "same_calendar",
     "time_encoding",
     "time_text",
+    "with_encoded_time",
     "within",
 ]
 
@@ -439,6 +440,19 @@ def decode_times(
         return np.asarray(dates, dtype=object).reshape(-1)
     variable = xr.Dataset({"time": ("time", np.asarray(values), {"units": units, "calendar": calendar})})
     return np.asarray(xr.decode_cf(variable)["time"].values)
+
+
+def with_encoded_time(dataset: xr.Dataset) -> xr.Dataset:
+    """``dataset`` with its time coordinate replaced by the stored values of its encoding (:func:`time_encoding`,
+    else :func:`encode_times`' default) and ``units``/``calendar`` attributes, so that ``to_netcdf`` writes them
+    verbatim (xarray would rewrite the units' reference date in its own spelling)."""
+    if "time" not in dataset.coords:
+        return dataset
+    encoding = time_encoding(dataset["time"])
+    units, calendar = (encoding.units, encoding.calendar) if encoding is not None else (None, None)
+    values, units, calendar = encode_times(np.atleast_1d(dataset["time"].values), units, calendar)
+    attributes = {**dataset["time"].attrs, "units": units, "calendar": calendar}
+    return dataset.assign_coords(time=xr.Variable("time", values, attributes))
 
 
 def encoding_attributes(encoding: TimeEncoding | Mapping[str, str] | None) -> tuple[str | None, str | None]:
