@@ -153,7 +153,9 @@ def test_periods_select_the_dates_of_every_calendar_by_their_components() -> Non
     first = parse_time_bound("2020-02-30", "360_day", "start")
     last = parse_time_bound("2020-03", "360_day", "end", end=True)
     assert time_text(first) == "2020-02-30T00:00" and time_text(last, "s") == "2020-03-30T23:59:59"
-    with pytest.raises(ConfigError, match="'2020-02-30': not a date of the noleap calendar of the input"):
+    with pytest.raises(
+        ConfigError, match=r"--start = '2020-02-30': not a date of the noleap calendar of the input \(give"
+    ):
         parse_time_bound("2020-02-30", "noleap", "--start")
 
 
@@ -347,7 +349,10 @@ def test_a_date_the_calendar_lacks_is_one_line_naming_it(
     argv = ["downscale", str(made["run"]), "--input", str(made["coarse"]), "--out", str(tmp_path / "e.nc")]
     assert run_cli([*argv, "--start", "2020-02-29", *SAMPLING]) == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "'2020-02-29': not a date of the noleap calendar" in error[0]
+    assert (
+        len(error) == 1 and f"--start = '2020-02-29': not a date of the noleap calendar of {made['coarse']}" in error[0]
+    )
+    assert error[0].endswith("(give a date that calendar has: every February has 28 days)")
     assert not (tmp_path / "e.nc").exists()
 
 

@@ -109,12 +109,21 @@ def coarse_fields(
     time_slice = (start, end) if start is not None or end is not None else None
     if isinstance(coarse, xr.Dataset | xr.DataArray):
         source = str(coarse.encoding.get("source", "an in-memory xarray.Dataset"))
-        fields = select_fields(coarse, variables, time_slice, source=f"{option_name(what)} ({source})")
+        names = (option_name("start"), option_name("end"))
+        fields = select_fields(
+            coarse, variables, time_slice, source=f"{option_name(what)} ({source})", bound_names=names
+        )
     else:
         paths = [coarse] if isinstance(coarse, str | os.PathLike) else list(coarse)
         source = ", ".join(str(path) for path in paths)
         try:
-            fields = open_fields(paths, variables=variables, time_slice=time_slice, chunk_bytes=DASK_CHUNK_BYTES)
+            fields = open_fields(
+                paths,
+                variables=variables,
+                time_slice=time_slice,
+                chunk_bytes=DASK_CHUNK_BYTES,
+                bound_names=(option_name("start"), option_name("end")),
+            )
         except ConfigError as error:
             raise ConfigError(f"{option_name(what)}: {error}") from None
     if fields.sizes.get("time", 0) == 0:

@@ -275,11 +275,11 @@ def is_time_bound(value: Any) -> bool:
     return True
 
 
-def parse_time_bound(text: Any, calendar: str, what: str, end: bool = False) -> Any:
+def parse_time_bound(text: Any, calendar: str, what: str, end: bool = False, source: str = "the input") -> Any:
     """An inclusive bound given as ISO text (``2019-02-30``, ``2019-02-30T06:00``, ``2019-02``, ``2019``) as a
     date of ``calendar``: the first instant it names, or with ``end`` the last (the whole day, month or year);
-    a ``datetime64``/cftime value is returned as it is. ConfigError naming ``what`` when the text is not a date
-    of that calendar."""
+    a ``datetime64``/cftime value is returned as it is. ConfigError naming ``what`` and ``source`` when the text
+    is not a date of that calendar."""
     if not isinstance(text, str):
         return text
     match = _ISO.match(text)
@@ -302,7 +302,10 @@ def parse_time_bound(text: Any, calendar: str, what: str, end: bool = False) -> 
             calendar=calendar,
         )
     except ValueError:
-        raise ConfigError(f"{what} = {text!r}: not a date of the {calendar} calendar of the input") from None
+        raise ConfigError(
+            f"{what} = {text!r}: not a date of the {calendar} calendar of {source} (give a date that calendar "
+            f"has{_hint(calendar)})"
+        ) from None
     if not end or fraction:
         return first
     last = given[-1]
@@ -326,6 +329,12 @@ def comparable_calendars(first: Any, second: Any, what: str) -> None:
         f"{what}: its times are in the {calendars[1]} calendar, the ensemble's in the {calendars[0]} calendar; "
         "give both in one calendar (xarray's Dataset.convert_calendar)"
     )
+
+
+def _hint(calendar: str) -> str:
+    """What the calendar's February holds, the usual reason a date is missing from it."""
+    days = {"noleap": 28, "365_day": 28, "360_day": 30, "all_leap": 29, "366_day": 29}.get(calendar)
+    return f": every February has {days} days" if days is not None else ""
 
 
 # -- encoding --------------------------------------------------------------------------------------------------
