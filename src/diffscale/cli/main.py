@@ -491,7 +491,9 @@ def _add_coarsen(commands: argparse._SubParsersAction) -> None:
         "--input", action="append", required=True, metavar="FILE", help="fine fields (repeatable; globs allowed)"
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="output netCDF file (.nc)")
-    parser.add_argument("--start", metavar="TIME", help="first time (ISO date or time; default: all)")
+    parser.add_argument(
+        "--start", metavar="TIME", help="first time (ISO date or time of the input's calendar; default: all)"
+    )
     parser.add_argument("--end", metavar="TIME", help="last time, inclusive")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(handler=_coarsen, aliases={"fine": "input"})

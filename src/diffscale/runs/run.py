@@ -348,8 +348,8 @@ class ClimateRun(Run):
             overwrite: replace an existing ``out``.
             progress: show a progress bar.
             **options: sampler settings (``steps``, ``sampler``, ``s_churn``, ``s_min``, ``s_max``, ``s_noise``,
-                ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive), ``patch``
-                (H, W) and ``overlap``, ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads:
+                ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive: ISO text
+                naming dates of the input's calendar, or dates), ``patch`` (H, W) and ``overlap``, ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads:
                 ``auto``, the default, re-chooses from the load of other processes; a count fixes them),
                 ``sort_ordered_pairs`` (tasmin <= tasmax at every point), ``recalibrate`` (apply the run's
                 recalibration, when it has one; default True): see

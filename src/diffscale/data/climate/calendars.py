@@ -46,6 +46,7 @@ __all__ = [
     "days_in_year",
     "decode_times",
     "encode_times",
+    "encoding_attributes",
     "is_cftime",
     "is_time_bound",
     "parse_time_bound",
@@ -76,7 +77,7 @@ _EPOCH = "1970-01-01 00:00:00"
 _UNIT_SECONDS = (("hours", 3600), ("minutes", 60), ("seconds", 1))
 _ISO = re.compile(
     r"^\s*(?P<year>-?\d{1,4})(?:-(?P<month>\d{1,2})(?:-(?P<day>\d{1,2})"
-    r"(?:[T ](?P<hour>\d{1,2})(?::(?P<minute>\d{1,2})(?::(?P<second>\d{1,2})(?:\.(?P<fraction>\d{1,6}))?)?)?)?)?)?\s*$"
+    r"(?:[T ](?P<hour>\d{1,2})(?::(?P<minute>\d{1,2})(?::(?P<second>\d{1,2})(?:\.(?P<fraction>\d{1,9}))?)?)?)?)?)?\s*$"
 )
 
 
@@ -241,7 +242,8 @@ def within(times: Any, start: Any, end: Any) -> np.ndarray:
     """Whether each of ``times`` lies in [start, end] (both inclusive; None: unbounded). The bounds are instants
     of the proleptic Gregorian calendar (``datetime64``, e.g. a configuration's periods) or dates of the axis'
     calendar; for cftime dates they compare by their components (y, m, d, h, mi, s, us), the order of every
-    calendar (:func:`_bound_key` for how the end of a month is closed)."""
+    calendar, and a ``datetime64`` end at the last instant of a Gregorian month (a period ending '2019-02')
+    closes that month in the axis' calendar (a 360_day February keeps its 29th and 30th)."""
     array = np.atleast_1d(np.asarray(times))
     if not is_cftime(array):
         inside = np.ones(array.size, dtype=bool)
@@ -288,7 +290,7 @@ def parse_time_bound(text: Any, calendar: str, what: str, end: bool = False, sou
         raise ConfigError(f"{what} = {text!r}: not an ISO date or time ({example})")
     parts = {name: int(value) for name, value in match.groupdict().items() if value is not None and name != "fraction"}
     fraction = match.group("fraction")
-    microsecond = int(fraction.ljust(6, "0")) if fraction else 0
+    microsecond = int(fraction[:6].ljust(6, "0")) if fraction else 0
     given = [name for name in ("year", "month", "day", "hour", "minute", "second") if name in parts]
     try:
         first = cftime.datetime(
