@@ -349,10 +349,11 @@ class ClimateRun(Run):
             progress: show a progress bar.
             **options: sampler settings (``steps``, ``sampler``, ``s_churn``, ``s_min``, ``s_max``, ``s_noise``,
                 ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive: ISO text
-                naming dates of the input's calendar, or dates), ``patch`` (H, W) and ``overlap``, ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads:
-                ``auto``, the default, re-chooses from the load of other processes; a count fixes them),
-                ``sort_ordered_pairs`` (tasmin <= tasmax at every point), ``recalibrate`` (apply the run's
-                recalibration, when it has one; default True): see
+                naming dates of the input's calendar, or dates), ``patch`` (H, W) and ``overlap``,
+                ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads: ``auto``, the default,
+                re-chooses from the load of other processes; a count fixes them), ``sort_ordered_pairs`` (tasmin
+                <= tasmax at every point), ``recalibrate`` (apply the run's recalibration, when it has one; default
+                True): see
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)
