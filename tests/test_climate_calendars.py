@@ -45,7 +45,7 @@ END_TO_END = ("standard", "proleptic_gregorian", "noleap", "all_leap", "360_day"
 UNITS = "hours since 2020-02-27"
 """The fine files' time units: 40 times every 3 h from 27 February 2020, across the end of February."""
 FIRST, LAST = "2020-03-01", "2020-03-02"
-"""The validation days, coarsened and downscaled (16 times in every calendar)."""
+"""The validation days, coarsened and downscaled (16 times; 8 in 360_day, whose 40 times end on 1 March)."""
 SAMPLING = ["--members", "2", "--steps", "2", "--seed", "3", "--device", "cpu", "--no-progress"]
 
 
@@ -278,27 +278,21 @@ def test_the_api_returns_what_the_command_writes_in_a_360_day_calendar(
 ) -> None:
     made = calendar_run("360_day")
     run = diffscale.load_run(made["run"], device="cpu")
+    argv = ["downscale", str(made["run"]), "--input", str(made["coarse"]), "--out", str(tmp_path / "e.nc")]
     with single_thread():
         ensemble = run.downscale(made["coarse"], members=2, steps=2, seed=3)
-        assert (
-            run_cli(
-                [
-                    "downscale",
-                    str(made["run"]),
-                    "--input",
-                    str(made["coarse"]),
-                    "--out",
-                    str(tmp_path / "e.nc"),
-                    *SAMPLING,
-                ]
-            )
-            == 0
-        )
+        assert run_cli([*argv, *SAMPLING]) == 0
+        # time bounds given as dates of the calendar (cftime), not only as text
+        noon = cftime.datetime(2020, 3, 1, 12, calendar="360_day")  # the file ends on 1 March (30-day February)
+        afternoon = run.downscale(made["coarse"], members=2, steps=2, seed=3, start=noon)
     assert ensemble["time"].encoding["calendar"] == "360_day" and ensemble["time"].encoding["units"] == UNITS
+    assert all(isinstance(date, cftime.datetime) and date.calendar == "360_day" for date in ensemble["time"].values)
     with xr.open_dataset(tmp_path / "e.nc") as written:
         for dataset in (ensemble, written):
             dataset.attrs.pop("history", None)
         xr.testing.assert_identical(ensemble, written.load())
+    assert [time_text(date) for date in afternoon["time"].values] == [f"2020-03-01T{h}:00" for h in (12, 15, 18, 21)]
+    np.testing.assert_allclose(afternoon["t2m"].values, ensemble["t2m"].values[:, 4:], rtol=0, atol=1e-4)
 
 
 def test_a_standard_calendar_input_gives_its_datetime64_ensemble_bitwise(
@@ -322,24 +316,24 @@ def test_a_standard_calendar_input_gives_its_datetime64_ensemble_bitwise(
 def test_a_noleap_member_is_the_same_whatever_start_and_end(
     calendar_run: Callable[[str], dict[str, Any]], tmp_path: Path
 ) -> None:
+    """Each member sampled on its own (batches of one), so the same (seed, date, member) gives the same field bit
+    for bit whatever other dates the input holds."""
     made = calendar_run("noleap")
     run, coarse = str(made["run"]), str(made["coarse"])
+    alone = [*SAMPLING, "--member-batch", "1", "--batch-size", "1"]
     with single_thread():
-        assert run_cli(["downscale", run, "--input", coarse, "--out", str(tmp_path / "all.nc"), *SAMPLING]) == 0
+        assert run_cli(["downscale", run, "--input", coarse, "--out", str(tmp_path / "all.nc"), *alone]) == 0
         window = ["--start", "2020-03-02T03:00", "--end", "2020-03-02T09"]
-        assert (
-            run_cli(["downscale", run, "--input", coarse, "--out", str(tmp_path / "part.nc"), *window, *SAMPLING]) == 0
-        )
+        argv = ["downscale", run, "--input", coarse, "--out", str(tmp_path / "part.nc"), *window, *alone]
+        assert run_cli(argv) == 0
     with xr.open_dataset(tmp_path / "all.nc") as whole, xr.open_dataset(tmp_path / "part.nc") as part:
-        assert [time_text(d) for d in part["time"].values] == [
-            "2020-03-02T03:00",
-            "2020-03-02T06:00",
-            "2020-03-02T09:00",
-        ]
+        labels = [time_text(d) for d in part["time"].values]
+        assert labels == ["2020-03-02T03:00", "2020-03-02T06:00", "2020-03-02T09:00"]
         assert part["time"].encoding["calendar"] == "noleap"
-        np.testing.assert_allclose(part["t2m"].values, whole["t2m"].values[:, 9:12], rtol=0, atol=1e-4)
+        assert np.array_equal(part["t2m"].values, whole["t2m"].values[:, 9:12])
         # another member, another date: another field
         assert np.abs(whole["t2m"].values[0, 9] - whole["t2m"].values[1, 9]).max() > 1e-2
+        assert np.abs(whole["t2m"].values[0, 9] - whole["t2m"].values[0, 10]).max() > 1e-2
 
 
 def test_a_date_the_calendar_lacks_is_one_line_naming_it(
