@@ -159,6 +159,18 @@ def test_periods_select_the_dates_of_every_calendar_by_their_components() -> Non
         parse_time_bound("2020-02-30", "noleap", "--start")
 
 
+def test_a_split_of_several_periods_leaves_out_a_360_day_february_s_end_between_them() -> None:
+    """test_period [[26, 27 February], [1, 2 March]]: the gap between them is 28, 29 and 30 February."""
+    section = ClimateData.model_validate(
+        {"paths": ["/nowhere/fine.nc"], "test_period": [["2020-02-26", "2020-02-27"], ["2020-03-01", "2020-03-02"]]}
+    )
+    days = cftime.num2date(np.arange(8), "days since 2020-02-25", "360_day", only_use_cftime_datetimes=True)
+    inside = within(days, *section.period("test"))
+    for start, end in section.excluded_periods("test"):
+        inside &= ~within(days, start, end)
+    assert [time_text(day)[:10] for day in days[inside]] == ["2020-02-26", "2020-02-27", "2020-03-01", "2020-03-02"]
+
+
 def test_the_extrapolation_warning_names_a_360_day_date() -> None:
     times = np.array([cftime.datetime(2019, 2, day, 6, calendar="360_day") for day in (29, 30)], dtype=object)
     measured = {"t2m": {"outside_fraction": np.array([0.1, 0.6]), "excess": np.array([0.0, 1.5])}}
