@@ -160,7 +160,7 @@ def test_bad_blocks_fail_fast_naming_the_variable_and_time(tmp_path: Path) -> No
     (tmp_path / "e.nc").unlink()
     with pytest.raises(ConfigError, match="latitude: must be strictly monotonic"):
         _writer(tmp_path / "f.nc", latitude=np.array([50.0, 51.0, 50.5]))
-    with pytest.raises(ConfigError, match="times: must be a non-empty 1-D numpy datetime64"):
+    with pytest.raises(ConfigError, match="times: must be numpy datetime64 or cftime dates"):
         _writer(tmp_path / "f.nc", times=np.arange(3))
     with pytest.raises(ConfigError, match="variable t2m: needs its attributes as a mapping with 'units'"):
         _writer(tmp_path / "f.nc", variables={"t2m": {"standard_name": "air_temperature"}})

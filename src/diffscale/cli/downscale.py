@@ -77,7 +77,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="samples per network call: consecutive blocks (times) are sampled together (default: 64, fewer for "
         "grids over 16,384 points, so that a call holds at most 2^20 grid points)",
     )
-    parser.add_argument("--start", metavar="TIME", help="first time to downscale (ISO date or time; default: all)")
+    parser.add_argument(
+        "--start",
+        metavar="TIME",
+        help="first time to downscale (ISO date or time of the input's calendar, e.g. 2050-02-30 for "
+        "360_day; default: all)",
+    )
     parser.add_argument("--end", metavar="TIME", help="last time to downscale, inclusive")
     parser.add_argument(
         "--patch",

@@ -234,6 +234,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _coarsen(args: argparse.Namespace) -> int:
+    from diffscale.data.climate.calendars import with_encoded_time
     from diffscale.files import DATASET_SUFFIXES, check_output, write_dataset
     from diffscale.runs import load_climate_run
 
@@ -245,7 +246,7 @@ def _coarsen(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out = '{out}': exists; pass --overwrite to replace it")
     run = load_climate_run(args.run_dir, device="cpu")
     coarse = run.coarsen(args.input, start=args.start, end=args.end)
-    write_dataset(coarse, out)
+    write_dataset(with_encoded_time(coarse), out)  # the fine fields' time units and calendar, verbatim
     sizes = coarse.sizes
     print(
         f"wrote {out}: {', '.join(run.section.variables)} at {sizes['time']} times on a {sizes['latitude']} x "
@@ -503,7 +504,9 @@ def _add_coarsen(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", required=True, metavar="PATH", help="output: a netCDF file (.nc) or a Zarr store (.zarr)"
     )
-    parser.add_argument("--start", metavar="TIME", help="first time (ISO date or time; default: all)")
+    parser.add_argument(
+        "--start", metavar="TIME", help="first time (ISO date or time of the input's calendar; default: all)"
+    )
     parser.add_argument("--end", metavar="TIME", help="last time, inclusive")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file or store")
     parser.set_defaults(handler=_coarsen, aliases={"fine": "input"})

@@ -74,11 +74,18 @@ Periods = Annotated[list[Period], BeforeValidator(_as_periods), Field(min_length
 """One period [first, last], or several ([[first, last], ...]: e.g. every fourth week of a year); kept as a list."""
 
 
+_NOT_A_DATE = (
+    "{text!r} is not an ISO date or time of the proleptic Gregorian calendar, in which periods are given (e.g. "
+    "2019-03-01 or 2019-03-01T06:00; for data in another calendar, a period ending with a month, '2019-02', takes in "
+    "its whole month, the 29th and 30th of a 360_day February included)"
+)
+
+
 def _parse_time(text: str) -> np.datetime64:
     try:
         return np.datetime64(text, "ns")
     except ValueError:
-        raise ValueError(f"{text!r} is not an ISO date or time (e.g. 2019-03-01 or 2019-03-01T06:00)") from None
+        raise ValueError(_NOT_A_DATE.format(text=text)) from None
 
 
 def _end_of(text: str) -> np.datetime64:
@@ -88,7 +95,7 @@ def _end_of(text: str) -> np.datetime64:
     try:
         value = np.datetime64(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not an ISO date or time (e.g. 2019-03-01 or 2019-03-01T06:00)") from None
+        raise ValueError(_NOT_A_DATE.format(text=text)) from None
     unit = np.datetime_data(value.dtype)[0]
     if unit in ("Y", "M", "W", "D"):
         return (value + np.timedelta64(1, unit)).astype("datetime64[ns]") - _ONE_NS
@@ -97,7 +104,10 @@ def _end_of(text: str) -> np.datetime64:
 
 def period_bounds(period: tuple[str, str]) -> tuple[np.datetime64, np.datetime64]:
     """(first, last) instants of an inclusive ISO period: the end covers the whole unit it names (the whole
-    year of '2019', month of '2019-03', day of '2019-03-31')."""
+    year of '2019', month of '2019-03', day of '2019-03-31'). The dates are those of the proleptic Gregorian
+    calendar; data in another calendar are selected by their dates' components, an end at a month's last instant
+    closing that month in the data's calendar
+    (:func:`~diffscale.data.climate.calendars.within`)."""
     return _parse_time(period[0]), _end_of(period[1])
 
 

@@ -75,9 +75,9 @@ def generate_ensemble(
         to_physical: T^-1.
         settings: sampler settings (required with a denoiser).
         seed: the ensemble's seed.
-        times: the timestamps of the T times (datetime64 or anything :func:`~diffscale.downscaling.time_key`
-            names); they seed the members. Default: the time indices 0 .. T-1 (members then depend on where a
-            time sits in the input).
+        times: the timestamps of the T times (datetime64, cftime dates of any calendar, or anything
+            :func:`~diffscale.downscaling.time_key` names); they seed the members. Default: the time indices
+            0 .. T-1 (members then depend on where a time sits in the input).
         patch_plan: tile the domain with overlapping windows and blend the denoiser's outputs.
         patch_batch: windows evaluated per network call with ``patch_plan``.
         batch_size: consecutive blocks are sampled together, up to this many samples per call (small grids then

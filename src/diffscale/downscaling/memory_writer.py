@@ -19,8 +19,10 @@ class MemoryEnsembleWriter(EnsembleWriter):
     the result (None until closed, and after an error).
 
     Args:
-        **layout: ``latitude``, ``longitude``, ``times``, ``num_members``, ``variables`` and
-            ``global_attributes``, as for :class:`~diffscale.downscaling.EnsembleWriter` (no path).
+        **layout: ``latitude``, ``longitude``, ``times``, ``num_members``, ``variables``,
+            ``global_attributes`` and ``time_encoding``, as for :class:`~diffscale.downscaling.EnsembleWriter` (no
+            path); the Dataset's times are the dates given (cftime dates of their calendar stay cftime dates) and
+            its time ``encoding`` holds the units and calendar the file would have.
     """
 
     def __init__(self, **layout: Any) -> None:

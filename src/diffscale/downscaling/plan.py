@@ -21,9 +21,11 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cftime
 import numpy as np
 import torch
 
+from diffscale.data.climate.calendars import time_text
 from diffscale.validation import ConfigError
 
 __all__ = ["Block", "blocks_for_rank", "member_generators", "member_seed", "time_key", "work_blocks"]
@@ -99,8 +101,13 @@ def member_seed(seed: int, key: str, member: int) -> int:
 
 
 def time_key(value: object) -> str:
-    """The text that names a time in :func:`member_seed`: ISO 8601 to the nanosecond for a datetime64 (or
-    anything numpy reads as one), else ``str(value)`` (e.g. a cftime date)."""
+    """The text that names a time in :func:`member_seed`: ISO 8601 to the nanosecond,
+    ``YYYY-MM-DDTHH:MM:SS.fffffffff``, of the date's calendar-independent components (y, m, d, h, mi, s, us) for
+    a cftime date of any calendar, and numpy's text of a datetime64 (or anything numpy reads as one) otherwise,
+    which is the same text for the same date: a standard-calendar date seeds its members alike whether it comes
+    as cftime or datetime64, and a noleap or 360_day date (2019-02-30) has its own key. Anything else: ``str``."""
+    if isinstance(value, cftime.datetime):
+        return time_text(value, unit="ns")
     try:
         return str(np.datetime64(value, "ns"))
     except (TypeError, ValueError):

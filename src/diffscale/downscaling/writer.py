@@ -10,8 +10,9 @@ CF-1.8 layout::
 
     dimensions: member = M, time = T, latitude = H, longitude = W
     int member(member)            standard_name = "realization"
-    int64 time(time)              units = "hours since 1970-01-01" (or minutes/seconds when needed),
-                                  calendar = "proleptic_gregorian"
+    int64 time(time)              units and calendar: the input's (``time_encoding``), else "hours since
+                                  1970-01-01" (or minutes/seconds when needed) in the times' own calendar
+                                  (proleptic_gregorian for datetime64; noleap, 360_day, ... for cftime dates)
     double latitude(latitude)     standard_name = "latitude", units = "degrees_north", axis = "Y"
     double longitude(longitude)   standard_name = "longitude", units = "degrees_east", axis = "X"
     float <variable>(member, time, latitude, longitude)   units, standard_name, long_name, ...
@@ -38,6 +39,7 @@ import netCDF4
 import numpy as np
 import xarray as xr
 
+from diffscale.data.climate import calendars
 from diffscale.validation import ConfigError
 
 __all__ = ["EnsembleWriter", "merge_parts", "part_path"]
@@ -48,12 +50,6 @@ FILL_VALUE = np.float32(netCDF4.default_fillvals["f4"])
 WRITTEN_PREFIX = "diffscale_written_"
 PART_RANK = "diffscale_part_rank"
 PART_WORLD_SIZE = "diffscale_part_world_size"
-_TIME_UNITS = (
-    ("hours", np.timedelta64(1, "h")),
-    ("minutes", np.timedelta64(1, "m")),
-    ("seconds", np.timedelta64(1, "s")),
-)
-_EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
 _RESERVED_ATTRIBUTES = {"_FillValue", "missing_value", "scale_factor", "add_offset", "coordinates", "dimensions"}
 AttributeValue = str | int | float | np.ndarray
 
@@ -80,26 +76,23 @@ def _version() -> str:
     return diffscale.__version__
 
 
-def encode_times(times: np.ndarray) -> tuple[np.ndarray, str]:
-    """CF time values: int64 counts since 1970-01-01 in the coarsest unit (hours, minutes, seconds) that holds
-    every time exactly, and the units string."""
-    seconds = (times.astype("datetime64[s]") - _EPOCH).astype(np.int64)
-    if not np.array_equal(seconds.astype("datetime64[s]").astype(times.dtype), times):
-        raise ConfigError("times: sub-second times cannot be encoded (use whole seconds)")
-    for name, step in _TIME_UNITS:
-        size = int(step / np.timedelta64(1, "s"))
-        if np.all(seconds % size == 0):
-            return seconds // size, f"{name} since 1970-01-01 00:00:00"
-    raise AssertionError("unreachable: seconds always divide")
+def encode_times(
+    times: np.ndarray, units: str | None = None, calendar: str | None = None
+) -> tuple[np.ndarray, str, str]:
+    """CF time values of ``times`` (datetime64 or cftime dates of any calendar) and their (units, calendar): in the
+    given ``units`` and ``calendar`` (an input's time encoding, kept by the output), else int64 counts since
+    1970-01-01 in the coarsest unit (hours, minutes, seconds) that holds every time exactly, in the times' own
+    calendar (proleptic_gregorian for datetime64). See :func:`diffscale.data.climate.calendars.encode_times`."""
+    return calendars.encode_times(times, units, calendar)
 
 
-def decode_times(values: np.ndarray, units: str) -> np.ndarray:
-    """The inverse of :func:`encode_times` (datetime64[s])."""
-    name = units.split(" since ")[0]
-    steps = dict(_TIME_UNITS)
-    if name not in steps or not units.endswith("since 1970-01-01 00:00:00"):
-        raise ConfigError(f"time units {units!r}: not written by diffscale")
-    return _EPOCH + np.asarray(values, dtype=np.int64) * steps[name].astype("timedelta64[s]")
+def decode_times(
+    values: np.ndarray, units: str, calendar: str = calendars.DEFAULT_CALENDAR, use_cftime: bool = False
+) -> np.ndarray:
+    """The inverse of :func:`encode_times`: the dates ``xarray.open_dataset`` reads back (datetime64 for the
+    standard and proleptic_gregorian calendars, cftime dates of the calendar otherwise; cftime dates of every
+    calendar with ``use_cftime``)."""
+    return calendars.decode_times(values, units, calendar, use_cftime)
 
 
 def _attribute(key: str, value: Any) -> AttributeValue:
@@ -164,10 +157,10 @@ def _coordinate(name: str, values: Any, limit: float | None) -> np.ndarray:
 
 
 def _times(values: Any) -> np.ndarray:
-    array = np.asarray(values)
-    if array.dtype.kind != "M" or array.ndim != 1 or array.size == 0:
-        raise ConfigError(f"times: must be a non-empty 1-D numpy datetime64 array, got {array.dtype} {array.shape}")
-    if np.any(np.isnat(array)):
+    array = calendars.check_times(values)
+    if array.size == 0:
+        raise ConfigError("times: must hold at least one date")
+    if array.dtype.kind == "M" and np.any(np.isnat(array)):
         raise ConfigError("times: contains NaT")
     if np.unique(array).size != array.size:
         raise ConfigError("times: contains duplicates")
@@ -180,7 +173,8 @@ class EnsembleWriter:
     Args:
         path: the output file; written as a temporary file in the same directory and renamed on :meth:`close`.
         latitude, longitude: 1-D coordinates in degrees (strictly monotonic).
-        times: 1-D ``numpy.datetime64`` array (distinct).
+        times: 1-D ``numpy.datetime64`` array or cftime dates of one calendar (distinct), written in their own
+            calendar, never converted.
         num_members: M, the ensemble size; ``member`` runs 0 .. M-1.
         variables: ``{name: {"units": ..., "standard_name": ..., "long_name": ..., ...}}``; ``units`` is required.
         global_attributes: e.g. sampler settings (nested mappings are flattened with ``_``), ``seed``,
@@ -190,6 +184,9 @@ class EnsembleWriter:
         overwrite: replace an existing ``path`` (else a :class:`ConfigError` now, before any work).
         part: ``(rank, world_size)`` to write a rank's part file for :func:`merge_parts` (it records which slabs
             it holds and may be incomplete; name it with :func:`part_path`).
+        time_encoding: the ``units`` and ``calendar`` to store the times in (a
+            :class:`~diffscale.data.climate.calendars.TimeEncoding` or a mapping; e.g. those of the input, which
+            the output keeps); None: :func:`encode_times`' default. Checked now: every time must be held exactly.
         time_variables: ``{name: (values (T,), attributes)}``: variables over ``time`` alone, known before any
             member is sampled (e.g. the extrapolation measure of the input), written with the layout in the
             values' own numeric dtype (every value round-trips bitwise).
@@ -217,11 +214,14 @@ class EnsembleWriter:
         overwrite: bool = False,
         part: tuple[int, int] | None = None,
         time_variables: Mapping[str, tuple[Any, Mapping[str, Any]]] | None = None,
+        time_encoding: calendars.TimeEncoding | Mapping[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.latitude = _coordinate("latitude", latitude, 90.0)
         self.longitude = _coordinate("longitude", longitude, 720.0)
         self.times = _times(times)
+        units, calendar = calendars.encoding_attributes(time_encoding)
+        self.time_values, self.time_units, self.calendar = encode_times(self.times, units, calendar)
         if isinstance(num_members, bool) or not isinstance(num_members, (int, np.integer)) or num_members < 1:
             raise ConfigError(f"num_members = {num_members!r}: must be a positive integer")
         self.num_members = int(num_members)
@@ -286,7 +286,9 @@ class EnsembleWriter:
     def layout_dataset(self, arrays: Mapping[str, Any]) -> xr.Dataset:
         """The ensemble as an ``xarray.Dataset`` around ``arrays`` ({variable: (M, T, H, W) array}): the
         coordinates, variables' and global attributes as ``xarray.open_dataset`` reads them back from the file
-        (time decoded to datetime64[ns]; its units and calendar are the file's encoding)."""
+        (time decoded as ``xarray.open_dataset`` decodes the file's: datetime64[ns] for the standard and
+        proleptic_gregorian calendars, cftime dates otherwise, and cftime dates whenever the writer was given
+        cftime dates, which are never converted; its units and calendar are its ``encoding``)."""
         data = {
             name: (DIMENSIONS, arrays[name], {key: _json_value(value) for key, value in attributes.items()})
             for name, attributes in self.variables.items()
@@ -299,7 +301,7 @@ class EnsembleWriter:
             ),
             "time": (
                 "time",
-                self.times.astype("datetime64[ns]"),
+                decode_times(self.time_values, self.time_units, self.calendar, calendars.is_cftime(self.times)),
                 {"standard_name": "time", "long_name": "time", "axis": "T"},
             ),
             "latitude": (
@@ -316,7 +318,11 @@ class EnsembleWriter:
         for name, (values, extra) in self.time_variables.items():
             data[name] = (("time",), values.copy(), {key: _json_value(value) for key, value in extra.items()})
         attributes = {key: _json_value(value) for key, value in self.global_attributes.items()}
-        return xr.Dataset(data, coords=coordinates, attrs=attributes)
+        dataset = xr.Dataset(data, coords=coordinates, attrs=attributes)
+        dataset["time"].encoding.update(
+            {"units": self.time_units, "calendar": self.calendar, "dtype": self.time_values.dtype}
+        )
+        return dataset
 
     def _variables(self, variables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, AttributeValue]]:
         if not isinstance(variables, Mapping) or not variables:
@@ -386,11 +392,10 @@ class EnsembleWriter:
         member = dataset.createVariable("member", "i4", ("member",))
         member.setncatts({"standard_name": "realization", "long_name": "ensemble member number", "units": "1"})
         member[:] = np.arange(self.num_members, dtype=np.int32)
-        values, units = encode_times(self.times)
-        time = dataset.createVariable("time", "i8", ("time",))
-        time.setncatts({"standard_name": "time", "long_name": "time", "units": units})
-        time.setncatts({"calendar": "proleptic_gregorian", "axis": "T"})
-        time[:] = values
+        time = dataset.createVariable("time", self.time_values.dtype, ("time",))
+        time.setncatts({"standard_name": "time", "long_name": "time", "units": self.time_units})
+        time.setncatts({"calendar": self.calendar, "axis": "T"})
+        time[:] = self.time_values
         for name, units_, axis, coordinate in (
             ("latitude", "degrees_north", "Y", self.latitude),
             ("longitude", "degrees_east", "X", self.longitude),
@@ -430,7 +435,7 @@ class EnsembleWriter:
 
     # ----------------------------------------------------------------- writing
     def _time_label(self, index: int) -> str:
-        return f"time {np.datetime_as_string(self.times[index], unit='m')} (index {index})"
+        return f"time {calendars.time_text(self.times[index])} (index {index})"
 
     def write(self, variable: str, members: slice | range, time_index: int | slice, values: Any) -> None:
         """Write ``values`` of ``variable`` for the members ``members`` (a step-1 slice or range) at
@@ -550,7 +555,8 @@ def _read_layout(path: Path) -> dict[str, Any]:
         return {
             "latitude": np.asarray(dataset["latitude"][:], dtype=np.float64),
             "longitude": np.asarray(dataset["longitude"][:], dtype=np.float64),
-            "times": decode_times(np.asarray(time[:]), time.units),
+            "times": decode_times(np.asarray(time[:]), time.units, getattr(time, "calendar", "standard")),
+            "time_encoding": {"units": time.units, "calendar": getattr(time, "calendar", "standard")},
             "num_members": dataset.dimensions["member"].size,
             "variables": variables,
             "time_variables": time_variables,
@@ -602,7 +608,16 @@ def merge_parts(
     paths, layouts = [paths[i] for i in order], [layouts[i] for i in order]
     reference = layouts[0]  # the lowest rank's (rank 0's) metadata, its history included
     for path, layout in zip(paths[1:], layouts[1:], strict=True):
-        compared = ("latitude", "longitude", "times", "num_members", "variables", "time_variables", "global_attributes")
+        compared = (
+            "latitude",
+            "longitude",
+            "times",
+            "time_encoding",
+            "num_members",
+            "variables",
+            "time_variables",
+            "global_attributes",
+        )
         for key in compared:
             mine, theirs = layout[key], reference[key]
             if key == "global_attributes":  # each rank stamps its own default history
@@ -623,6 +638,7 @@ def merge_parts(
             latitude=reference["latitude"],
             longitude=reference["longitude"],
             times=reference["times"],
+            time_encoding=reference["time_encoding"],
             num_members=reference["num_members"],
             variables=reference["variables"],
             time_variables={

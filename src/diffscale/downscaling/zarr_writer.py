@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from diffscale.downscaling.writer import FILL_VALUE, EnsembleWriter, check_rank_pair, encode_times
+from diffscale.downscaling.writer import FILL_VALUE, EnsembleWriter, check_rank_pair
 from diffscale.validation import ConfigError
 
 __all__ = ["ZarrEnsembleWriter", "discard_shared", "publish_shared", "shared_temporary_path"]
@@ -71,7 +71,8 @@ class ZarrEnsembleWriter(EnsembleWriter):
             creates it, the other ranks open it. A shared writer does not check on :meth:`close` that every slab
             was written (each rank holds only its own); the caller's plan covers them.
         **layout: ``latitude``, ``longitude``, ``times``, ``num_members``, ``variables``, ``global_attributes``,
-            ``complevel`` (zstd level, 1-9) and ``overwrite``, as for the netCDF writer.
+            ``time_encoding``, ``complevel`` (zstd level, 1-9) and ``overwrite``, as for the netCDF writer (the
+            times keep their calendar and encoding).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, shared: tuple[int, int] | None = None, **layout: Any) -> None:
@@ -119,13 +120,12 @@ class ZarrEnsembleWriter(EnsembleWriter):
     def _encoding(self, complevel: int) -> dict[str, dict[str, Any]]:
         from numcodecs import Blosc
 
-        _, units = encode_times(self.times)
         chunks = (1, 1, self.latitude.size, self.longitude.size)
         compressor = Blosc(cname="zstd", clevel=complevel, shuffle=Blosc.SHUFFLE)
         encoding: dict[str, dict[str, Any]] = {
             name: {"chunks": chunks, "compressors": (compressor,), "_FillValue": FILL_VALUE} for name in self.variables
         }
-        encoding["time"] = {"units": units, "calendar": "proleptic_gregorian", "dtype": "int64"}
+        encoding["time"] = {"units": self.time_units, "calendar": self.calendar, "dtype": self.time_values.dtype}
         for name in self.time_variables:
             encoding[name] = {"_FillValue": None}  # written as given, nothing masked
         return encoding

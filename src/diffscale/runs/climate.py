@@ -30,6 +30,7 @@ from diffscale.config import Config
 from diffscale.config.climate import ClimateData
 from diffscale.data.climate import ClimateDataset
 from diffscale.data.climate.base_store import write_base_store
+from diffscale.data.climate.calendars import check_times, time_text, within
 from diffscale.data.climate.conditioning import RegressionFn, regression_base
 from diffscale.data.climate.statistics import fit_climate_stats
 from diffscale.runs.building import check_grid, check_same_data
@@ -162,12 +163,12 @@ def write_pending_base(dataset: object, distributed: DistributedContext | None =
 
 def in_training_split(section: ClimateData, times: np.ndarray) -> np.ndarray:
     """Whether each of ``times`` lies in the train split of ``section`` (its train period less the gaps between its
-    periods, or everything outside the validation and test periods)."""
-    times = np.asarray(times).astype("datetime64[ns]")
+    periods, or everything outside the validation and test periods); ``times`` datetime64 or cftime dates."""
+    times = check_times(np.atleast_1d(np.asarray(times)))
     period = section.period("train")
-    inside = np.ones(times.size, dtype=bool) if period is None else (times >= period[0]) & (times <= period[1])
+    inside = np.ones(times.size, dtype=bool) if period is None else within(times, *period)
     for start, end in section.excluded_periods("train"):
-        inside &= (times < start) | (times > end)
+        inside &= ~within(times, start, end)
     return inside
 
 
@@ -197,7 +198,7 @@ def cross_fitted_base(
     left_out = np.stack([~in_training_split(run.section, times) for run in fold_runs])
     uncovered = ~left_out.any(axis=0)
     if uncovered.any():
-        first = np.datetime_as_string(times[int(np.argmax(uncovered))], unit="m")
+        first = time_text(times[int(np.argmax(uncovered))])
         raise ConfigError(
             f"cross-fitting: {int(uncovered.sum())} training time(s), first {first}, lie in the train split of every "
             "fold run: each time needs a fold run that left it out"

@@ -40,6 +40,7 @@ import xarray as xr
 
 from diffscale.data.climate import Conditioning, open_fields
 from diffscale.data.climate.blocks import LazyConditioning, LazyRows
+from diffscale.data.climate.calendars import TimeEncoding, is_time_bound, time_encoding
 from diffscale.data.climate.cf import cf_attributes
 from diffscale.data.climate.coarse_regrid import Regridding
 from diffscale.data.climate.extrapolation import (
@@ -103,25 +104,32 @@ MEMORY_FRACTION = 0.5
 def coarse_fields(
     coarse: CoarseInput, variables: Sequence[str], start: Any = None, end: Any = None, what: str = "coarse"
 ) -> tuple[xr.Dataset, str]:
-    """(the harmonised fields of ``variables`` between ``start`` and ``end`` (inclusive), a description of the
-    source for the ensemble's attributes); ConfigError (naming the argument ``what``) when there is no time left."""
+    """(the harmonised fields of ``variables`` between ``start`` and ``end`` (inclusive; ISO dates of the input's
+    calendar, ``2019-02-30`` for a 360_day input), a description of the source for the ensemble's attributes);
+    ConfigError (naming the argument ``what``) when there is no time left."""
     for name, value in (("start", start), ("end", end)):
-        if value is not None:
-            try:
-                np.datetime64(str(value) if not isinstance(value, np.datetime64) else value)
-            except ValueError:
-                raise ConfigError(
-                    f"{option_name(name)} = {value!r}: not an ISO date or time (e.g. 2019-03-25 or 2019-03-25T06:00)"
-                ) from None
+        if value is not None and not is_time_bound(value):
+            raise ConfigError(
+                f"{option_name(name)} = {value!r}: not an ISO date or time (e.g. 2019-03-25 or 2019-03-25T06:00)"
+            )
     time_slice = (start, end) if start is not None or end is not None else None
     if isinstance(coarse, xr.Dataset | xr.DataArray):
         source = str(coarse.encoding.get("source", "an in-memory xarray.Dataset"))
-        fields = select_fields(coarse, variables, time_slice, source=f"{option_name(what)} ({source})")
+        names = (option_name("start"), option_name("end"))
+        fields = select_fields(
+            coarse, variables, time_slice, source=f"{option_name(what)} ({source})", bound_names=names
+        )
     else:
         paths = [coarse] if isinstance(coarse, str | os.PathLike) else list(coarse)
         source = ", ".join(str(path) for path in paths)
         try:
-            fields = open_fields(paths, variables=variables, time_slice=time_slice, chunk_bytes=DASK_CHUNK_BYTES)
+            fields = open_fields(
+                paths,
+                variables=variables,
+                time_slice=time_slice,
+                chunk_bytes=DASK_CHUNK_BYTES,
+                bound_names=(option_name("start"), option_name("end")),
+            )
         except ConfigError as error:
             raise ConfigError(f"{option_name(what)}: {error}") from None
     if fields.sizes.get("time", 0) == 0:
@@ -273,6 +281,9 @@ class DownscalingJob:
     """Per variable, how far the coarse input lies outside the training range at each time (``outside_fraction``,
     ``excess``: :meth:`~diffscale.data.climate.extrapolation.InputRange.measure`); None for a run saved without its
     training range. Written into the ensemble as per-time variables."""
+    time_encoding: TimeEncoding | None = None
+    """The units and calendar of the coarse input's time axis, which the ensemble keeps; None for an input that
+    carries none (a Dataset built in memory): then hours since 1970-01-01 in the times' own calendar."""
 
     @classmethod
     def prepare(
@@ -470,12 +481,13 @@ class DownscalingJob:
             threads=threads,
             extrapolation=extrapolation,
             spread_inflation=inflation,
+            time_encoding=time_encoding(fields["time"]) if "time" in fields.coords else None,
         )
 
     # -- what it will do --------------------------------------------------------------------------------------------
     @property
     def times(self) -> np.ndarray:
-        """The times to downscale (datetime64)."""
+        """The times to downscale: datetime64, or cftime dates of the input's calendar (as xarray decoded them)."""
         return self.conditioning.times
 
     @property
@@ -511,6 +523,7 @@ class DownscalingJob:
             "variables": self.variables,
             "global_attributes": self.attributes,
             "time_variables": extrapolation_variables(self.extrapolation) if self.extrapolation is not None else {},
+            "time_encoding": self.time_encoding,
         }
 
     def nbytes(self) -> int:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from diffscale.data.climate.calendars import check_times, comparable_calendars, date_keys, is_cftime, time_text
 from diffscale.data.climate.coarse_regrid import contains_points
 from diffscale.data.climate.grid import block_centres, is_global_longitude, select_grid
 from diffscale.data.climate.io import canonical_variable, open_dataset, open_fields, select_fields
@@ -218,6 +219,13 @@ def _fields_dataset(source: FieldsSource, variables: list[str], what: str) -> xr
     return dataset
 
 
+def _times(values: Any) -> np.ndarray:
+    """A file's times as they are matched: datetime64 to the second, or cftime dates of their calendar as decoded
+    (never converted: the truth and coarse input are matched to the ensemble by the dates' components)."""
+    times = check_times(np.atleast_1d(np.asarray(values)), what="time")
+    return times if is_cftime(times) else times.astype("datetime64[s]")
+
+
 def _finite(values: np.ndarray, variable: str, where: str, times: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(values)
     if bad.any():
@@ -225,7 +233,7 @@ def _finite(values: np.ndarray, variable: str, where: str, times: np.ndarray) ->
         first_time = np.nonzero(bad.reshape(*values.shape[: time_axis + 1], -1).any(axis=-1))[-1][0]
         raise ConfigError(
             f"{where}: variable {variable!r} holds {int(bad.sum())} NaN or infinite values "
-            f"(first at time {np.datetime_as_string(times[first_time], unit='s')})"
+            f"(first at time {time_text(times[first_time], unit='s')})"
         )
     return values
 
@@ -317,21 +325,25 @@ def load_inputs(
         ensemble_ds = ensemble_ds.sortby("latitude")
     latitude = np.asarray(ensemble_ds.latitude, dtype=np.float64)
     longitude = np.asarray(ensemble_ds.longitude, dtype=np.float64)
-    ensemble_times = np.atleast_1d(np.asarray(ensemble_ds.time.values)).astype("datetime64[s]")
+    ensemble_times = _times(ensemble_ds.time.values)
     factor = _factor(ensemble_ds, coarsening_factor, ensemble_where)
 
     truth_where = "truth " + _describe(truth)
     truth_ds = _fields_dataset(truth, names, "truth")
-    truth_times = np.asarray(truth_ds.time.values).astype("datetime64[s]")
-    common = np.isin(ensemble_times, truth_times)
+    truth_times = _times(truth_ds.time.values)
+    comparable_calendars(ensemble_times, truth_times, truth_where)
+    ensemble_keys, truth_keys = date_keys(ensemble_times), date_keys(truth_times)
+    common = np.isin(ensemble_keys, truth_keys)
     if not common.any():
         raise ConfigError(
-            f"{truth_where}: no time in common with the ensemble (ensemble {ensemble_times[0]} to "
-            f"{ensemble_times[-1]}, truth {truth_times.min()} to {truth_times.max()})"
+            f"{truth_where}: no time in common with the ensemble (ensemble {time_text(ensemble_times[0], 's')} to "
+            f"{time_text(ensemble_times[-1], 's')}, truth {time_text(truth_times.min(), 's')} to "
+            f"{time_text(truth_times.max(), 's')})"
         )
     times = ensemble_times[common]
     truth_ds = select_grid(truth_ds, latitude, longitude, truth_where)
-    truth_time_index = np.array([int(np.nonzero(truth_times == time)[0][0]) for time in times])
+    truth_position = {key: index for index, key in reversed(list(enumerate(truth_keys.tolist())))}
+    truth_time_index = np.array([truth_position[key] for key in ensemble_keys[common].tolist()])
 
     units = {name: _units(ensemble_ds, name) for name in names}
     truth_ds = _in_units(truth_ds, names, units, truth_where)
@@ -379,14 +391,17 @@ def load_inputs(
             coarse_ds = regridding.apply(coarse_ds)
             regridded = f", {regridding.describe()}"
         coarse_ds = select_grid(coarse_ds, coarse_latitude, coarse_longitude, f"{coarse_where} (coarsened {factor}x)")
-        coarse_times = np.asarray(coarse_ds.time.values).astype("datetime64[s]")
-        missing = ~np.isin(times, coarse_times)
+        coarse_times = _times(coarse_ds.time.values)
+        comparable_calendars(times, coarse_times, coarse_where)
+        time_keys, coarse_keys = date_keys(times), date_keys(coarse_times)
+        missing = ~np.isin(time_keys, coarse_keys)
         if missing.any():
             raise ConfigError(
                 f"{coarse_where}: {int(missing.sum())} of the {times.size} evaluated times are missing "
-                f"(first {times[missing][0]})"
+                f"(first {time_text(times[missing][0], 's')})"
             )
-        coarse_time_index = np.array([int(np.nonzero(coarse_times == time)[0][0]) for time in times])
+        coarse_position = {key: index for index, key in reversed(list(enumerate(coarse_keys.tolist())))}
+        coarse_time_index = np.array([coarse_position[key] for key in time_keys.tolist()])
         coarse_ds = _in_units(coarse_ds, names, units, coarse_where)
         for name in names:
             coarse_field = coarse_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
@@ -491,8 +506,8 @@ def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0, temporal: bool = Tr
         "members": inputs.members,
         "times": {
             "count": int(inputs.times.size),
-            "first": str(inputs.times[0]),
-            "last": str(inputs.times[-1]),
+            "first": _time_label(inputs.times[0]),
+            "last": _time_label(inputs.times[-1]),
             "ensemble_times_without_truth": inputs.missing_times,
         },
         "grid": {
@@ -718,6 +733,12 @@ def scores_dataset(document: dict[str, Any]) -> xr.Dataset:
     return xr.Dataset(data, coords=coordinates, attrs=flat)
 
 
+def _time_label(value: Any) -> str:
+    """A time of the report: numpy's text of a datetime64 (``2019-03-25T06:00:00``), the same form in a cftime
+    date's own calendar (``2019-02-30T06:00:00``)."""
+    return time_text(value, unit="s") if is_cftime(value) else str(value)
+
+
 # -- the report -----------------------------------------------------------------------------------------------
 def check_report_directory(out: Path) -> Path:
     """``out`` if a report directory can be written there (:func:`diffscale.files.check_output`)."""
@@ -727,7 +748,7 @@ def check_report_directory(out: Path) -> Path:
 def _write_files(directory: Path, evaluation: Evaluation, figures: bool) -> list[str]:
     inputs = evaluation.inputs
     written: list[str] = []
-    time_label = np.datetime_as_string(inputs.times[0], unit="m")
+    time_label = time_text(inputs.times[0])
     for result in evaluation.variables if figures else []:
         name, units = result.name, result.units
         members = inputs.ensemble[name]

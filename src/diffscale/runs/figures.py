@@ -11,6 +11,7 @@ from torch import nn
 
 from diffscale.config import Config
 from diffscale.data.climate import ClimateDataset
+from diffscale.data.climate.calendars import time_text
 from diffscale.data.climate.cf import CF_ATTRIBUTES
 from diffscale.evaluation.sample_plots import check_plottable, plot_samples
 from diffscale.runs.building import DataDistribution, is_climate, is_regression
@@ -115,7 +116,7 @@ def climate_sample_figure(
         axes[row, 0].set_ylabel("latitude [deg]")
         units = CF_UNITS.get(variable, "")
         figure.colorbar(mappable, ax=axes[row], shrink=0.8, label=f"{variable} [{units}]" if units else variable)
-    time = str(fields.times[0])[:16]
+    time = time_text(fields.times[0])
     figure.suptitle(f"{', '.join(dataset.variables)} at {time}, EMA weights, step {step}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
+from diffscale.data.climate.calendars import calendar_of, date_keys, is_cftime, parse_time_bound, time_text
 from diffscale.evaluation.climate_report import (
     Spectrum,
     maps_figure,
@@ -107,10 +108,15 @@ def _time_index(times: np.ndarray, time: Any) -> int:
         if not -times.size <= time < times.size:
             raise ConfigError(f"time = {time}: the evaluated times are 0 .. {times.size - 1}")
         return int(time) % times.size
-    wanted = np.datetime64(time, "s")
-    found = np.flatnonzero(times == wanted)
+    if is_cftime(times):  # a date of the times' own calendar: ISO text or a cftime date
+        wanted = parse_time_bound(time, calendar_of(times), "time")
+        found = np.flatnonzero(date_keys(times) == date_keys(np.array([wanted], dtype=object))[0])
+    else:
+        found = np.flatnonzero(times == np.datetime64(time, "s"))
     if not found.size:
-        raise ConfigError(f"time = {time!r}: not among the evaluated times ({times[0]} .. {times[-1]})")
+        raise ConfigError(
+            f"time = {time!r}: not among the evaluated times ({time_text(times[0])} .. {time_text(times[-1])})"
+        )
     return int(found[0])
 
 
@@ -140,7 +146,7 @@ def maps(
         coarse_latitude=inputs.coarse_latitude,
         coarse_longitude=inputs.coarse_longitude,
         bilinear=inputs.baseline[name][index],
-        title=f"{name} at {np.datetime_as_string(inputs.times[index], unit='m')}",
+        title=f"{name} at {time_text(inputs.times[index])}",
     )
 
 

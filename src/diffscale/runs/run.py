@@ -285,7 +285,9 @@ class ClimateRun(Run):
         """The coarse input the run expects for fine fields on its grid (a Dataset, file or files): the run's crop
         (``data.crop``) and trimming (``data.remainder``; ``keep`` trims here), then the area-weighted block mean by
         the coarsening factor, as training built it from its fine fields; times between ``start`` and ``end``
-        (inclusive). What the crop and the trimming remove is logged (WARNING, one line each)."""
+        (inclusive), in the fine fields' calendar and time encoding (units, calendar), never converted. What the crop
+        and the trimming remove is logged (WARNING, one line each)."""
+        from diffscale.data.climate.calendars import time_encoding
         from diffscale.data.climate.grid import coarsen, grid_spacing
         from diffscale.data.climate.splits import log_grid_changes, model_grid
         from diffscale.runs.downscaling import coarse_fields
@@ -311,7 +313,11 @@ class ClimateRun(Run):
             "title": "coarse input",
             "source": f"{source}, coarsened {self.section.coarsen_factor}x by diffscale",
         }
-        return coarse.assign_attrs(attributes)
+        coarse = coarse.assign_attrs(attributes)
+        encoding = time_encoding(fields["time"]) if "time" in fields.coords else None
+        if encoding is not None and "time" in coarse.coords:  # the fine fields' time units and calendar, kept
+            coarse["time"].encoding.update({"units": encoding.units, "calendar": encoding.calendar})
+        return coarse
 
     def prepare_downscaling(self, coarse: CoarseInput, **options: Any) -> DownscalingJob:
         """Check everything and build the conditioning of ``coarse`` (nothing is sampled or written yet); see
@@ -344,15 +350,15 @@ class ClimateRun(Run):
             overwrite: replace an existing ``out``.
             progress: show a progress bar.
             **options: sampler settings (``steps``, ``sampler``, ``s_churn``, ``s_min``, ``s_max``, ``s_noise``,
-                ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive), ``patch``
-                (H, W) and ``overlap``, ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads:
-                ``auto``, the default, re-chooses from the load of other processes; a count fixes them),
-                ``sort_ordered_pairs`` (tasmin <= tasmax at every point), ``recalibrate`` (apply the run's
-                recalibration, when it has one; default True), ``regrid`` (a coarse input off the run's coarse
-                lattice is regridded onto its coarse cells: ``conservative``, the default, or ``bilinear``;
-                ``none`` refuses it), ``bias_adjust`` (``qm`` or ``qdm``) with ``bias_reference``
-                (START, END) (map the input, on the run's coarse lattice, onto the run's training coarse
-                climatology first: :func:`diffscale.runs.bias_adjust`): see
+                ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive: ISO text
+                naming dates of the input's calendar, or dates), ``patch`` (H, W) and ``overlap``,
+                ``member_batch``, ``batch_size``, ``threads`` (torch's CPU threads: ``auto``, the default,
+                re-chooses from the load of other processes; a count fixes them), ``sort_ordered_pairs`` (tasmin
+                <= tasmax at every point), ``recalibrate`` (apply the run's recalibration, when it has one; default
+                True), ``regrid`` (a coarse input off the run's coarse lattice is regridded onto its coarse cells:
+                ``conservative``, the default, or ``bilinear``; ``none`` refuses it), ``bias_adjust`` (``qm`` or
+                ``qdm``) with ``bias_reference`` (START, END) (map the input, on the run's coarse lattice, onto the
+                run's training coarse climatology first: :func:`diffscale.runs.bias_adjust`): see
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)

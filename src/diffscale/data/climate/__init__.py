@@ -1,11 +1,12 @@
-"""Climate fields for downscaling: reading and harmonising files (:mod:`.io`), many files as one lazily read time
-axis (:mod:`.series`), coarsening, upsampling and trimming to the factor (:mod:`.grid`), static fields from other
-grids (:mod:`.regrid`), coarse inputs from other grids (:mod:`.coarse_regrid`, conservative weights in
-:mod:`.conservative`), units (:mod:`.units`), per-variable transforms (:mod:`.transforms`), conditioning channels
-(:mod:`.channels`), the conditioning builder shared by training and downscaling (:mod:`.conditioning`), the
-splits on the model's grid (:mod:`.splits`), the statistics (:mod:`.statistics`), training samples assembled window
-by window (:mod:`.assembly`), the training dataset (:mod:`.dataset`), a CorrDiff base kept in a store
-(:mod:`.base_store`) and a long coarse input's conditioning block by block (:mod:`.blocks`)."""
+"""Climate fields for downscaling: reading and harmonising files (:mod:`.io`), many files as one lazily read time axis
+(:mod:`.series`), dates of every CF calendar (:mod:`.calendars`), coarsening, upsampling and trimming to the factor
+(:mod:`.grid`), static fields from other grids (:mod:`.regrid`), coarse inputs from other grids
+(:mod:`.coarse_regrid`, conservative weights in :mod:`.conservative`), units (:mod:`.units`), per-variable
+transforms (:mod:`.transforms`), conditioning channels (:mod:`.channels`), the conditioning builder shared by
+training and downscaling (:mod:`.conditioning`), the splits on the model's grid (:mod:`.splits`), the statistics
+(:mod:`.statistics`), training samples assembled window by window (:mod:`.assembly`), the training dataset
+(:mod:`.dataset`), a CorrDiff base kept in a store (:mod:`.base_store`) and a long coarse input's conditioning block
+by block (:mod:`.blocks`)."""
 
 from diffscale.data.climate.channels import latlon_channels, time_channel_names, time_channels
 from diffscale.data.climate.conditioning import Conditioning, ConditioningBuilder, regression_base

@@ -5,7 +5,10 @@
 * hour of day (2 channels, spatially constant): sin(2 pi h / 24), cos(2 pi h / 24), h the UTC hour with its
   fraction (the diurnal cycle);
 * day of year (2 channels, spatially constant): sin(2 pi a), cos(2 pi a) with a = (d - 1 + h / 24) / N, d the
-  day of the year (1 on 1 January) and N = 365 or 366 days in that year (the seasonal cycle).
+  day of the year (1 on 1 January) and N the days in that year, both in the dates' own calendar (the seasonal
+  cycle): N = 365 or 366 in the Gregorian and Julian calendars, 365 for noleap, 366 for all_leap and 360 for
+  360_day, so every calendar's year maps onto one annual cycle (a 360_day 30 June, d = 180, is a = 179.5 / 360 at
+  noon). Times are numpy datetime64 or cftime dates (:mod:`~diffscale.data.climate.calendars`).
 
 All channels are float32 tensors on the fine grid (and on ``device``).
 """
@@ -16,8 +19,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
+
+from diffscale.data.climate.calendars import date_fields, day_of_year, days_in_year
 
 __all__ = [
     "DAY_OF_YEAR_NAMES",
@@ -53,12 +57,12 @@ def latlon_channels(
     return channels.to(device=device, dtype=torch.float32)
 
 
-def time_phases(times: Sequence[np.datetime64] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(2 pi h / 24, 2 pi a) of each time: the phases of the hour of day and of the day of year (float64)."""
-    index = pd.DatetimeIndex(np.asarray(times, dtype="datetime64[ns]"))
-    hours = index.hour + index.minute / 60.0 + index.second / 3600.0
-    days_in_year = np.where(index.is_leap_year, 366.0, 365.0)
-    year_fraction = (index.day_of_year - 1 + hours / 24.0) / days_in_year
+def time_phases(times: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(2 pi h / 24, 2 pi a) of each time (datetime64 or cftime dates, in their calendar): the phases of the hour
+    of day and of the day of year (float64)."""
+    fields = date_fields(times)
+    hours = fields.hour + fields.minute / 60.0 + fields.second / 3600.0
+    year_fraction = (day_of_year(times) - 1 + hours / 24.0) / days_in_year(times)
     return 2 * math.pi * np.asarray(hours, dtype=np.float64) / 24.0, 2 * math.pi * np.asarray(year_fraction)
 
 
@@ -68,7 +72,7 @@ def time_channel_names(hour: bool = True, day_of_year: bool = True) -> list[str]
 
 
 def time_channels(
-    times: Sequence[np.datetime64] | np.ndarray,
+    times: Sequence[object] | np.ndarray,
     height: int,
     width: int,
     hour: bool = True,

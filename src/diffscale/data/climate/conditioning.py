@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from diffscale.data.climate.calendars import time_text
 from diffscale.data.climate.channels import LATLON_NAMES, latlon_channels, time_channel_names, time_channels
 from diffscale.data.climate.grid import (
     fine_coordinates,
@@ -65,7 +66,7 @@ def check_finite(ds: xr.Dataset, variables: Sequence[str], source: str) -> None:
             if "time" in ds[name].dims:
                 axis = ds[name].dims.index("time")
                 per_time = bad.any(axis=tuple(i for i in range(bad.ndim) if i != axis))
-                when = np.datetime_as_string(ds["time"].values[int(np.argmax(per_time))], unit="m")
+                when = time_text(ds["time"].values[int(np.argmax(per_time))])
                 raise ConfigError(
                     f"{source}: variable {name!r} has NaN/inf values at time {when} "
                     f"({int(per_time.sum())} of {per_time.size} times affected)"
@@ -160,8 +161,9 @@ def statics_on_grid(
 class Conditioning:
     """What a coarse dataset gives the model: ``cond_fields`` (T, K, H, W) float32, ``base`` (T, C, H, W)
     normalised (None for ``regression_residual`` until a regression model is given), the fine grid
-    ``latitude`` (H,) and ``longitude`` (W,), ``times`` (T,) datetime64, ``channel_names`` (K) and ``units``:
-    those of each variable after conversion, i.e. of the fields generated from it (None where unknown)."""
+    ``latitude`` (H,) and ``longitude`` (W,), ``times`` (T,) datetime64 or cftime dates, ``channel_names`` (K)
+    and ``units``: those of each variable after conversion, i.e. of the fields generated from it (None where
+    unknown)."""
 
     cond_fields: torch.Tensor
     base: torch.Tensor | None

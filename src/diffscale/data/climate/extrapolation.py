@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffscale.data.climate.calendars import time_text
 from diffscale.validation import ConfigError
 
 __all__ = [
@@ -254,7 +255,8 @@ def extrapolation_warning(
     measured: Mapping[str, Mapping[str, Any]], times: np.ndarray, threshold: float = WARN_OUTSIDE_FRACTION
 ) -> str | None:
     """One line when, at some time, more than ``threshold`` of the area lies outside the training range of a
-    variable (naming the variable, how many times, the worst time and how far); None otherwise."""
+    variable (naming the variable, how many times, the worst time in its own calendar and how far); None
+    otherwise. ``times``: datetime64 or cftime dates of any calendar."""
     parts = []
     for name, entry in measured.items():
         fraction = np.asarray(entry["outside_fraction"], dtype=np.float64)
@@ -262,7 +264,7 @@ def extrapolation_warning(
         if not flagged.any():
             continue
         worst = int(np.argmax(fraction))
-        when = np.datetime_as_string(np.asarray(times)[worst], unit="m") if len(times) else str(worst)
+        when = time_text(np.asarray(times)[worst]) if len(times) else str(worst)
         parts.append(
             f"{name} at {int(flagged.sum())} of {fraction.size} times (at worst {fraction[worst]:.0%} of the area, "
             f"{float(np.asarray(entry['excess'])[worst]):.2f} training std beyond on average, {when})"

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from diffscale.data.climate.calendars import calendar_of, is_cftime, parse_time_bound, within
 from diffscale.validation import ConfigError
 
 __all__ = [
@@ -189,6 +190,7 @@ def open_fields(
     variables: Iterable[str] | None = None,
     time_slice: slice | tuple[Any, Any] | None = None,
     chunk_bytes: int | None = None,
+    bound_names: tuple[str, str] = ("start", "end"),
 ) -> xr.Dataset:
     """Open, harmonise and combine climate files along time (lazily).
 
@@ -199,6 +201,7 @@ def open_fields(
         time_slice: ``slice(start, stop)`` or a ``(start, stop)`` pair of dates/times, both ends inclusive
             (xarray's label slicing); None keeps all times.
         chunk_bytes: dask chunks of about this size along time (:func:`time_chunks`); None: the files' own chunks.
+        bound_names: what errors call the two ends of ``time_slice`` (e.g. the options that gave them).
 
     Returns:
         The harmonised Dataset (see the module docstring), times ascending.
@@ -215,7 +218,7 @@ def open_fields(
             return open_dataset(path)
         return open_dataset(path, chunks=time_chunks(str(path), [canonical_variable(n) for n in names], chunk_bytes))
 
-    parts = [(path, select_fields(opened(path), names, time_slice, str(path))) for path in files]
+    parts = [(path, select_fields(opened(path), names, time_slice, str(path), bound_names)) for path in files]
     if len(parts) == 1:
         return parts[0][1]
     return _combine_along_time(parts)
@@ -226,10 +229,12 @@ def select_fields(
     variables: Iterable[str] | None = None,
     time_slice: slice | tuple[Any, Any] | None = None,
     source: str = "dataset",
+    bound_names: tuple[str, str] = ("start", "end"),
 ) -> xr.Dataset:
     """One dataset harmonised (:func:`harmonise`), reduced to ``variables`` (canonical names or aliases; None keeps
-    all) and to the times of ``time_slice`` (both ends inclusive); ConfigError naming ``source`` for a missing
-    variable or a bad time bound."""
+    all) and to the times of ``time_slice`` (both ends inclusive; for a cftime axis, ISO text names dates of its
+    calendar: ``2019-02-30`` in 360_day); ConfigError naming ``source`` for a missing variable or a bad time
+    bound."""
     if variables is not None:
         wanted = [canonical_variable(name) for name in variables]
         # harmonise only the variables asked for (converting another one, e.g. a geopotential, could read it)
@@ -246,6 +251,11 @@ def select_fields(
         ds = harmonise(ds, source=source)
     if time_slice is not None and "time" in ds.dims:
         bounds = time_slice if isinstance(time_slice, slice) else slice(*time_slice)
+        if is_cftime(ds["time"].values):  # a date of the axis' own calendar (2019-02-30 is one in 360_day)
+            calendar = calendar_of(ds["time"].values)
+            start = parse_time_bound(bounds.start, calendar, bound_names[0], source=source)
+            end = parse_time_bound(bounds.stop, calendar, bound_names[1], end=True, source=source)
+            return ds.isel(time=np.flatnonzero(within(ds["time"].values, start, end)))
         try:
             ds = ds.sel(time=bounds)
         except (TypeError, ValueError, KeyError) as error:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from diffscale.data.climate.calendars import calendar_of, check_times, is_cftime, same_calendar, time_text, within
 from diffscale.data.climate.io import expand_paths, open_dataset, select_fields, time_chunks
 from diffscale.data.climate.units import units_conversion
 from diffscale.validation import ConfigError
@@ -38,8 +39,8 @@ DASK_CHUNK_BYTES = 64 * 2**20
 
 
 def format_time(value: Any) -> str:
-    """A timestamp as ``2019-03-02T06:00`` (minutes)."""
-    return str(np.datetime_as_string(np.datetime64(value, "ns"), unit="m"))
+    """A timestamp as ``2019-03-02T06:00`` (minutes), in its own calendar (datetime64 or cftime)."""
+    return time_text(value, unit="m")
 
 
 def check_field_dims(ds: xr.Dataset, variables: Sequence[str], source: str) -> None:
@@ -84,7 +85,10 @@ class FieldSeries:
     Args:
         paths: the files (any order: the times are sorted across them).
         variables: canonical names (or aliases) of the fields, in channel order.
-        period: (first, last) datetime64, both inclusive; None: every time.
+        period: (first, last) datetime64, both inclusive; None: every time. The files' times stay as xarray
+            decodes them (datetime64, or cftime dates of their calendar: one calendar for all the files); the
+            bounds apply to a cftime axis by the dates' components
+            (:func:`~diffscale.data.climate.calendars.within`).
         excluded: periods (first, last) whose times are left out.
         window: the part of the harmonised grid to read (the same in every file).
         dims_source: the name errors about a variable's dimensions give (default: the file).
@@ -118,7 +122,7 @@ class FieldSeries:
                 first = ds
             else:
                 _check_same_grid(ds, first, path, files[0].path)
-            file_times = np.asarray(ds["time"].values).astype("datetime64[ns]")
+            file_times = _file_times(ds["time"].values, path, times)
             _check_increasing(file_times, path)
             if file_times.size:
                 low, high = file_times[0], file_times[-1]
@@ -127,9 +131,9 @@ class FieldSeries:
                 self.all_times_range = (low, high)
             keep = np.ones(file_times.size, dtype=bool)
             if period is not None:
-                keep &= (file_times >= np.datetime64(period[0], "ns")) & (file_times <= np.datetime64(period[1], "ns"))
+                keep &= within(file_times, period[0], period[1])
             for start, end in excluded:
-                keep &= (file_times < np.datetime64(start, "ns")) | (file_times > np.datetime64(end, "ns"))
+                keep &= ~within(file_times, start, end)
             selected = np.flatnonzero(keep)
             times.append(file_times[selected])
             numbers.append(np.full(selected.size, number, dtype=np.int32))
@@ -309,6 +313,21 @@ def _check_same_grid(ds: xr.Dataset, first: xr.Dataset, path: Path, first_path: 
         a, b = first[axis].values, ds[axis].values
         if a.shape != b.shape or not np.allclose(a, b):
             raise ConfigError(f"{path} has a different {axis} grid than {first_path}; files must share one grid")
+
+
+def _file_times(values: Any, path: Path, earlier: Sequence[np.ndarray]) -> np.ndarray:
+    """A file's times as decoded (datetime64[ns], or cftime dates as they are); ConfigError when its calendar is
+    not that of the files before it (one time axis holds one calendar)."""
+    times = check_times(values, what=f"{path}: time")
+    if not is_cftime(times):
+        times = times.astype("datetime64[ns]")
+    for previous in earlier:
+        if previous.size and times.size and not same_calendar(calendar_of(previous), calendar_of(times)):
+            raise ConfigError(
+                f"{path}: its times are in the {calendar_of(times)} calendar, those of the files before it in the "
+                f"{calendar_of(previous)} calendar; convert them to one (xarray's Dataset.convert_calendar)"
+            )
+    return times
 
 
 def _check_increasing(times: np.ndarray, path: Path) -> None:

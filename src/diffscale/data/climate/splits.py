@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from diffscale.data.climate.assembly import CoarseFiles
+from diffscale.data.climate.calendars import calendar_of, same_calendar, time_text, within
 from diffscale.data.climate.conditioning import check_finite
 from diffscale.data.climate.grid import (
     GridTrim,
@@ -137,13 +138,11 @@ def load_fine_grid(section: ClimateData, split: str) -> tuple[xr.Dataset, GridTr
     fine = open_fields(section.paths, section.variables, time_slice=period)
     check_field_dims(fine, section.variables, ", ".join(section.paths))
     for start, end in excluded:
-        times = fine["time"].values
-        fine = fine.isel(time=np.flatnonzero((times < start) | (times > end)))
+        fine = fine.isel(time=np.flatnonzero(~within(fine["time"].values, start, end)))
     if fine.sizes["time"] == 0:
         everything = open_fields(section.paths, section.variables)["time"].values
         span = (
-            f"the files cover {np.datetime_as_string(everything.min(), unit='h')} .. "
-            f"{np.datetime_as_string(everything.max(), unit='h')}"
+            f"the files cover {time_text(everything.min(), unit='h')} .. {time_text(everything.max(), unit='h')}"
             if everything.size
             else "the files have no times"
         )
@@ -178,8 +177,8 @@ def open_fine_series(section: ClimateData, split: str) -> tuple[FieldSeries, Gri
     )
     if len(series) == 0:
         span = (
-            f"the files cover {np.datetime_as_string(series.all_times_range[0], unit='h')} .. "
-            f"{np.datetime_as_string(series.all_times_range[1], unit='h')}"
+            f"the files cover {time_text(series.all_times_range[0], unit='h')} .. "
+            f"{time_text(series.all_times_range[1], unit='h')}"
             if series.all_times_range is not None
             else "the files have no times"
         )
@@ -227,6 +226,11 @@ def coarse_files(
             raise ConfigError(
                 f"{source}: the coarse {axis} step is {abs(ratio):g} x the fine one, not data.coarsen_factor = {factor}"
             )
+    if len(coarse) and len(fine) and not same_calendar(calendar_of(coarse.times), calendar_of(fine.times)):
+        raise ConfigError(
+            f"{source}: the coarse times are in the {calendar_of(coarse.times)} calendar, the fine ones in the "
+            f"{calendar_of(fine.times)} calendar; convert one to the other's (xarray's Dataset.convert_calendar)"
+        )
     position = np.searchsorted(coarse.times, fine.times)
     found = (position < len(coarse)) & (coarse.times[np.minimum(position, len(coarse) - 1)] == fine.times)
     if not found.all():
