@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from diffscale.data.climate.calendars import time_text
 from diffscale.data.climate.climatology import (
     CLIMATOLOGY_SIDECAR,
     DEFAULT_LEVELS,
@@ -46,7 +47,6 @@ from diffscale.data.climate.climatology import (
     fit_coarse_climatology,
     month_pools,
     season_of,
-    time_text,
 )
 from diffscale.data.climate.grid import block_centres
 from diffscale.data.climate.io import canonical_variable

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from diffscale.data.climate.calendars import date_fields, time_text
 from diffscale.data.climate.quantile_mapping import empirical_quantiles, quantile_levels
 from diffscale.files import write_together
 from diffscale.validation import ConfigError
@@ -42,7 +43,6 @@ __all__ = [
     "fit_coarse_climatology",
     "month_pools",
     "season_of",
-    "time_text",
 ]
 
 CLIMATOLOGY_ARRAYS = "coarse_climatology.safetensors"
@@ -55,17 +55,7 @@ FORMAT = 1
 
 def calendar_months(times: Sequence[Any] | np.ndarray) -> np.ndarray:
     """The calendar month (1 .. 12) of each time: datetime64 values or cftime dates of any calendar."""
-    values = np.asarray(times)
-    if np.issubdtype(values.dtype, np.datetime64):
-        return (values.astype("datetime64[M]").astype(np.int64) % 12 + 1).astype(np.int64)
-    return np.array([int(value.month) for value in values.ravel()], dtype=np.int64)
-
-
-def time_text(value: Any) -> str:
-    """A time as ``2019-03-02T06:00``: a datetime64 value or a cftime date of any calendar."""
-    if np.issubdtype(np.asarray(value).dtype, np.datetime64):
-        return str(np.datetime_as_string(np.datetime64(value, "ns"), unit="m"))
-    return str(value)[:16].replace(" ", "T")
+    return date_fields(times).month
 
 
 def season_of(month: int) -> str:
