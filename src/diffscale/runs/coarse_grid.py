@@ -13,6 +13,7 @@ conservative by default, or bilinear) onto the run's coarse cells over its train
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,11 +21,19 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from diffscale.data.climate.coarse_regrid import REGRID_METHODS, Regridding, plan_regridding, source_grid
+from diffscale.data.climate.coarse_regrid import (
+    REGRID_METHODS,
+    Regridding,
+    covered_cells,
+    plan_regridding,
+    source_grid,
+)
 from diffscale.data.climate.grid import block_centres
 from diffscale.data.climate.io import expand_paths, open_dataset
 from diffscale.data.climate.regrid import COINCIDENCE_TOLERANCE_DEG
 from diffscale.validation import ConfigError, option_name, option_setting
+
+LOGGER = logging.getLogger(__name__)
 
 __all__ = ["check_regrid", "coarse_lattice", "on_coarse_lattice", "onto_coarse_lattice", "regrid_onto"]
 
@@ -139,10 +148,15 @@ def onto_coarse_lattice(
     *,
     aligned: bool,
     regrid: str = "conservative",
+    any_window: bool = False,
 ) -> tuple[xr.Dataset, Regridding | None]:
     """(the harmonised coarse ``fields`` on the run's coarse lattice, the regridding applied or None when they
     already lay on it). ``coarse`` is the input as given (its CF cell bounds are read from it). With ``regrid``
     ``none`` the fields are returned as they are (the caller's grid check refuses them when off the lattice).
+
+    The target is the run's coarse cells over its training domain; with ``any_window`` (a run trained on windows
+    anywhere in its domain, ``data.random_windows``) an input that covers only a window of them is regridded onto
+    that window (logged in one line), as an input on the lattice may be any window.
 
     Raises:
         ConfigError: an unknown ``regrid``, or an input off the lattice that does not cover the run's coarse cells
@@ -153,13 +167,30 @@ def onto_coarse_lattice(
     if regrid == "none" or on_coarse_lattice(latitude, longitude, grid, factor, aligned=aligned):
         return fields, None
     target_latitude, target_longitude = coarse_lattice(grid, factor)
-    regridding = regrid_onto(
-        fields,
-        coarse,
-        target_latitude,
-        target_longitude,
-        regrid,
-        what=option_name("coarse"),
-        domain=f"the run's {target_latitude.size} x {target_longitude.size} coarse cells",
+    domain = f"the run's {target_latitude.size} x {target_longitude.size} coarse cells"
+    raw = _as_read(coarse)
+    try:
+        source = source_grid(fields, raw, what=option_name("coarse"))
+    finally:
+        if raw is not None and raw is not coarse:
+            raw.close()
+    if any_window:
+        rows, columns = covered_cells(source, target_latitude, target_longitude, regrid)
+        window_latitude, window_longitude = target_latitude[rows], target_longitude[columns]
+        if 0 < window_latitude.size * window_longitude.size < target_latitude.size * target_longitude.size:
+            LOGGER.warning(
+                "%s covers %d x %d of %s (centres latitude %g .. %g, longitude %g .. %g): downscaling that window",
+                option_name("coarse"),
+                window_latitude.size,
+                window_longitude.size,
+                domain,
+                window_latitude[0],
+                window_latitude[-1],
+                window_longitude[0],
+                window_longitude[-1],
+            )
+            target_latitude, target_longitude = window_latitude, window_longitude
+    regridding = plan_regridding(
+        source, target_latitude, target_longitude, regrid, what=option_name("coarse"), domain=domain
     )
     return regridding.apply(fields), regridding

@@ -397,7 +397,13 @@ class DownscalingJob:
         )
         builder = run.builder()
         fields, regridding = onto_coarse_lattice(
-            fields, coarse, run.grid, section.coarsen_factor, aligned=bool(builder.static_variables), regrid=regrid
+            fields,
+            coarse,
+            run.grid,
+            section.coarsen_factor,
+            aligned=bool(builder.static_variables),
+            regrid=regrid,
+            any_window=bool(section.random_windows),
         )
         if adjusting:
             fields = _bias_adjusted(run, fields, bias_adjust, bias_reference, start, end)

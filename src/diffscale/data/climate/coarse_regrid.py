@@ -29,6 +29,7 @@ from diffscale.data.climate.conservative import (
     latitude_overlaps,
     longitude_overlaps,
     missing_extent,
+    placed_longitude_edges,
 )
 from diffscale.data.climate.grid import is_global_longitude
 from diffscale.data.climate.io import find_axis
@@ -40,6 +41,7 @@ __all__ = [
     "Regridding",
     "SourceGrid",
     "contains_points",
+    "covered_cells",
     "plan_regridding",
     "source_grid",
 ]
@@ -203,6 +205,37 @@ class Regridding:
         for axis in ("latitude", "longitude"):
             regridded[axis].attrs = dict(fields[axis].attrs)
         return regridded
+
+
+def covered_cells(
+    source: SourceGrid,
+    latitude: np.ndarray | Sequence[float],
+    longitude: np.ndarray | Sequence[float],
+    method: str = "conservative",
+) -> tuple[slice, slice]:
+    """(rows, columns): the widest window of the target cells centred at ``latitude`` x ``longitude`` (ascending)
+    that ``source`` covers as :func:`plan_regridding` requires (by its cells for ``conservative``, by its points for
+    ``bilinear``); empty slices where it covers none. A source once round the globe covers every column."""
+    windows = []
+    for axis, centres in (("latitude", latitude), ("longitude", longitude)):
+        centres = np.asarray(centres, dtype=np.float64)
+        if method == "conservative":
+            edges = axis_edges(centres, axis, "the target grid")  # type: ignore[arg-type]
+            low, high = edges[:-1], edges[1:]
+            covering = np.asarray(getattr(source, f"{axis}_edges"), dtype=np.float64)
+        else:
+            low = high = centres
+            covering = np.asarray(getattr(source, axis), dtype=np.float64)
+        if axis == "longitude":
+            if source.periodic:
+                windows.append(slice(0, centres.size))
+                continue
+            covering = placed_longitude_edges(covering, np.array([low[0], high[-1]]))
+        inside = np.flatnonzero(
+            (low >= covering.min() - COINCIDENCE_TOLERANCE_DEG) & (high <= covering.max() + COINCIDENCE_TOLERANCE_DEG)
+        )
+        windows.append(slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0))
+    return windows[0], windows[1]
 
 
 def _format_degrees(value: float) -> str:
