@@ -29,6 +29,11 @@ examples:
   diffscale downscale runs/era5_uk --input coarse.nc --members 32 --out ensemble.nc
   diffscale downscale runs/era5_uk --input coarse.grib --members 8 --steps 32 --s-churn 0 --seed 1 --out e.nc
   torchrun --nproc-per-node 4 -m diffscale downscale runs/era5_uk --input coarse.nc --members 64 --out e.zarr
+
+An interrupted run (killed, Ctrl-C, a full disk, an unreadable input) keeps the blocks it wrote in a hidden store
+beside the output (.NAME.partial); the same command with --resume continues from them and writes the ensemble an
+uninterrupted run would have written, bit for bit (same device and threads):
+  diffscale downscale runs/era5_uk --input 'coarse_*.nc' --members 32 --out decade.zarr --resume
 """
 
 ALIASES = {"coarse": "input", "recalibrate": "no_recalibration"}
@@ -95,7 +100,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the members as sampled, without the run's spread recalibration (diffscale recalibrate)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output file (and any resumable state an interrupted run left for it)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into --out from the blocks it wrote (refused when the run, input, seed or "
+        "settings differ); without a previous run, start from the beginning",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=run, aliases=ALIASES)
 
@@ -108,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from diffscale.runs.run import load_climate_run
     from diffscale.training.distributed import init_distributed, shutdown_distributed
 
-    check_ensemble_output(args.out, args.overwrite)
+    check_ensemble_output(args.out, args.overwrite, args.resume)
     context, device_name = init_distributed(args.device)
     try:
         climate = load_climate_run(args.run_dir, weights=args.weights, device=device_name)
@@ -138,7 +153,23 @@ def run(args: argparse.Namespace) -> int:
                 )
         if context.is_main:
             print(job.describe(context.world_size))
-        job.write(args.out, overwrite=args.overwrite, progress=not args.no_progress, distributed=context)
+            state = job.resumable_state(args.out) if args.resume else None
+            if state is not None:
+                print(f"resuming: {state.describe()}")
+        try:
+            job.write(
+                args.out,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                progress=not args.no_progress,
+                distributed=context,
+            )
+        except KeyboardInterrupt:
+            state = job.resumable_state(args.out) if context.is_main else None
+            if state is not None:
+                sys.stderr.write(f"diffscale: interrupted; {state.describe()}: rerun with --resume to continue\n")
+                return 130
+            raise
         if context.enabled:
             shutdown_distributed(synchronise=True)
     finally:
