@@ -31,6 +31,7 @@ renamed) and removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -55,12 +56,14 @@ __all__ = [
     "ResumableState",
     "claim_state",
     "complete_state",
+    "completed_leftovers",
     "create_state",
     "discard_state",
     "fingerprint_differences",
     "read_state",
     "record_done",
     "state_path",
+    "tidy_leftovers",
 ]
 
 STATE_NAME = "diffscale-resume.json"
@@ -224,14 +227,52 @@ def complete_state(state: ResumableState, layout: Mapping[str, Any], *, overwrit
 
     from diffscale.downscaling.writer import EnsembleWriter
 
-    with EnsembleWriter(out, overwrite=overwrite, **layout) as writer:
-        for name in writer.variables:
-            array = zarr.open_array(state.store / name, mode="r", zarr_format=ZARR_FORMAT)
-            for time in range(writer.times.size):
-                block = np.asarray(array[:, time], dtype=np.float32)
-                writer.write(name, range(writer.num_members), time, block)
+    try:
+        with EnsembleWriter(out, overwrite=overwrite, **layout) as writer:
+            for name in writer.variables:
+                array = zarr.open_array(state.store / name, mode="r", zarr_format=ZARR_FORMAT)
+                for time in range(writer.times.size):
+                    block = np.asarray(array[:, time], dtype=np.float32)
+                    writer.write(name, range(writer.num_members), time, block)
+    except RuntimeError as error:  # netCDF-C reports a full disk as "NetCDF: HDF error"
+        free, needed = shutil.disk_usage(out.parent).free, _size(state.store)
+        if free < needed:
+            raise OSError(
+                errno.ENOSPC, f"No space left on device ({free} bytes free, about {needed} needed; {error})", str(out)
+            ) from error
+        raise
     shutil.rmtree(state.store)
     return out
+
+
+def completed_leftovers(out: str | os.PathLike[str]) -> bool:
+    """Whether ``out`` exists because an interrupted run completed it and was stopped before it could tidy up: a
+    Zarr output still holding the store's bookkeeping, or a netCDF output beside its complete store."""
+    out = Path(out)
+    if not out.exists():
+        return False
+    if out.is_dir() and (out / STATE_NAME).is_file():
+        return True
+    try:
+        state = read_state(out)
+    except ConfigError:
+        return False
+    return state is not None and state.complete
+
+
+def tidy_leftovers(out: str | os.PathLike[str]) -> None:
+    """Finish what :func:`completed_leftovers` found: remove the bookkeeping from the output, or its store."""
+    out = Path(out)
+    if out.is_dir() and (out / STATE_NAME).is_file():
+        _strip_bookkeeping(out)
+    state = read_state(out)
+    if state is not None and state.complete:
+        discard_state(out)
+
+
+def _size(folder: Path) -> int:
+    """Bytes of the files under ``folder``."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def discard_state(out: str | os.PathLike[str]) -> None:

@@ -65,11 +65,13 @@ from diffscale.downscaling.resumable import (
     ResumableState,
     claim_state,
     complete_state,
+    completed_leftovers,
     create_state,
     discard_state,
     fingerprint_differences,
     read_state,
     record_done,
+    tidy_leftovers,
 )
 from diffscale.files import check_output, remove_orphaned_temporaries
 from diffscale.runs.unreadable_input import expand_input_paths, locate_unreadable
@@ -149,6 +151,8 @@ def check_ensemble_output(out: str | os.PathLike, overwrite: bool, resume: bool 
     if path.suffix not in ENSEMBLE_SUFFIXES:
         raise ConfigError(f"{name} = '{path}': the ensemble is written as netCDF (.nc) or a Zarr store (.zarr)")
     check_output(path, name, directory=path.suffix == ".zarr")
+    if resume and not overwrite and completed_leftovers(path):
+        return path  # completed by the interrupted run: the resume only tidies up
     if path.exists() and not overwrite:
         raise ConfigError(f"{name} = '{path}': exists; pass {option_setting('overwrite', True)} to replace it")
     if not resume and not overwrite:
@@ -549,7 +553,11 @@ class DownscalingJob:
         return {
             "weights_sha256": attributes["checkpoint_sha256"],
             "model": f"{attributes['model']} ({attributes['data_target']})",
-            "input": attributes["coarse_input"],
+            "input": (
+                ", ".join(str(path.resolve()) for path in expand_input_paths(self.input_paths))
+                if self.input_paths
+                else attributes["coarse_input"]
+            ),
             "input_times": (
                 f"{times.size} times {np.datetime_as_string(times[0], unit='m')} .. "
                 f"{np.datetime_as_string(times[-1], unit='m')}, sha256 "
@@ -572,14 +580,40 @@ class DownscalingJob:
     def _input_digest(self) -> str:
         """SHA-256 (16 hex digits) of the conditioning c at the first and last times (float32 bytes)."""
         last = len(self.times) - 1
-        if isinstance(self.conditioning, LazyConditioning):
-            rows = [self.conditioning.conditioning_rows(index, index + 1)[0] for index in (0, last)]
-        else:
-            rows = [self.conditioning.cond_fields[index : index + 1] for index in (0, last)]
+        try:
+            if isinstance(self.conditioning, LazyConditioning):
+                rows = [self.conditioning.conditioning_rows(index, index + 1)[0] for index in (0, last)]
+            else:
+                rows = [self.conditioning.cond_fields[index : index + 1] for index in (0, last)]
+        except (ConfigError, MemoryError):
+            raise
+        except Exception as error:
+            raise self.reading_failure([0, last], error) from error
         digest = hashlib.sha256()
         for row in rows:
             digest.update(row.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+    def reading_failure(self, indices: Sequence[int], error: Exception) -> ConfigError:
+        """One line for a coarse input that could not be read at the time indices ``indices`` after the checks (a
+        file damaged since): the file (for a Zarr store, the chunk file) and the time, found by reading the input's
+        files again at those times and the others read with them (a lazy input reads blocks of m times)."""
+        from diffscale.data.climate.series import format_time
+
+        times = self.times
+        block = getattr(self.conditioning, "batch_size", 1)
+        candidates = sorted({t for i in indices for t in range(i - i % block, min(i - i % block + block, len(times)))})
+        paths = expand_input_paths(self.input_paths)
+        found = locate_unreadable(paths, [times[i] for i in candidates])
+        if found is None and paths:  # read with others (a dask chunk spans many times): look at every time
+            found = locate_unreadable(paths, [time for i, time in enumerate(times) if i not in set(candidates)])
+        if found is None:
+            return ConfigError(
+                f"{option_name('coarse')}: reading times {format_time(times[candidates[0]])} .. "
+                f"{format_time(times[candidates[-1]])} failed ({type(error).__name__}: {error})"
+            )
+        where, time, message = found
+        return ConfigError(f"{option_name('coarse')}: '{where}' cannot be read at time {format_time(time)} ({message})")
 
     def resumable_state(self, out: str | os.PathLike) -> ResumableState | None:
         """What an interrupted run left for ``out`` (None: nothing), e.g. to say how far it got."""
@@ -612,6 +646,10 @@ class DownscalingJob:
         # so every member is computed in the same batch whatever the number of processes.
         groups = self._groups()
         layout = self.layout()
+        if _agree(context, context.is_main and resume and not overwrite and completed_leftovers(path)):
+            if context.is_main:
+                tidy_leftovers(path)
+            return path
         state = _open_state_together(path, context, lambda: self._open_state(path, len(groups), overwrite, resume))
         known = set(state.done)
         remaining = [index for index in range(len(groups)) if index not in state.done]
@@ -789,20 +827,8 @@ class _ReadingErrors:
             raise self._diagnosis(indices, error) from error
 
     def _diagnosis(self, indices: Any, error: Exception) -> ConfigError:
-        from diffscale.data.climate.series import format_time
-
-        times = self.job.times
         asked = sorted({int(i) for i in torch.as_tensor(indices).reshape(-1).tolist()})
-        block = getattr(self.job.conditioning, "batch_size", 1)  # a lazy input reads m times at once
-        candidates = sorted({t for i in asked for t in range(i - i % block, min(i - i % block + block, len(times)))})
-        found = locate_unreadable(expand_input_paths(self.job.input_paths), [times[i] for i in candidates])
-        if found is None:
-            return ConfigError(
-                f"{option_name('coarse')}: reading times {format_time(times[candidates[0]])} .. "
-                f"{format_time(times[candidates[-1]])} failed ({type(error).__name__}: {error})"
-            )
-        where, time, message = found
-        return ConfigError(f"{option_name('coarse')}: '{where}' cannot be read at time {format_time(time)} ({message})")
+        return self.job.reading_failure(asked, error)
 
 
 def _option_difference(difference: str) -> str:
@@ -810,6 +836,17 @@ def _option_difference(difference: str) -> str:
     key, _, rest = difference.partition(":")
     options = {"seed", "members", "member_batch", "batch_size", "patch", "recalibrate", "sort_ordered_pairs"}
     return f"{option_name(key) if key in options else key.replace('_', ' ')}:{rest}"
+
+
+def _agree(context: DistributedContext, decision: bool) -> bool:
+    """The main process's ``decision``, on every process."""
+    if not context.enabled:
+        return decision
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if decision else 0])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _open_state_together(
