@@ -10,8 +10,10 @@ import logging
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import pytest
 import torch
 import xarray as xr
 
+import diffscale
 from diffscale.data.climate.series import format_time
 from diffscale.downscaling.resumable import read_state, state_path
 from diffscale.evaluation import single_thread
@@ -335,3 +338,23 @@ def test_a_full_disk_ends_in_one_line_with_a_resumable_state_that_completes_with
             assert sorted(path.name for path in disk.iterdir()) == [out.name]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not available")
+def test_two_processes_under_torchrun_resume_a_killed_single_process_run(setup: dict[str, Any], tmp_path: Path) -> None:
+    """The progress records are per rank and read as a union: two ranks share the groups left by one process."""
+    out = tmp_path / "e.nc"
+    done = _interrupted_state(setup, setup["coarse_nc"], out, 5)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "diffscale"]
+    argv += _argv(setup, setup["coarse_nc"], out, "--resume")
+    source = str(Path(diffscale.__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming: {done} of {GROUPS} blocks done" in result.stdout and result.stdout.count("wrote ") == 1
+    assert_same_ensemble(out, setup["reference"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["child.log", "e.nc"]
