@@ -3,7 +3,9 @@
 The arguments go to :class:`diffscale.runs.downscaling.DownscalingJob` (what ``run.downscale`` does in Python):
 everything is checked before the first block is sampled (run, input variables, NaNs, grid spacing against the
 training grid, output path); bad input ends the command with one line (exit 2) and no output file. Under
-``torchrun`` the blocks are shared between processes. This module parses the arguments and prints.
+``torchrun`` the blocks are shared between processes. An interrupted run keeps the blocks it wrote and ``--resume``
+continues it (a damaged input or a full disk ends with one line saying so). This module parses the arguments and
+prints.
 """
 
 from __future__ import annotations

@@ -12,13 +12,16 @@ is sampled and written as it comes (:func:`~diffscale.downscaling.generate_ensem
 read block by block (:class:`~diffscale.data.climate.blocks.LazyConditioning`), so memory stays bounded when the
 ensemble goes to a file, however long the input. Each member draws from its own generator seeded by (seed,
 timestamp, member): the same seed gives the same member for a date whatever the other times of the input, the batch
-sizes, the number of processes and the device (to rounding). Under ``torchrun`` the blocks are shared round-robin
-between ranks; for netCDF each writes a part file and rank 0 merges them, a Zarr store (one chunk per member and
-time) is written by every rank directly.
+sizes, the number of processes and the device (to rounding). An ensemble written to a file is built in a hidden
+resumable Zarr store beside it (:mod:`diffscale.downscaling.resumable`: one chunk per member and time, and a record
+of the groups of blocks already durable) and completed into the output at the end; under ``torchrun`` the groups
+are shared round-robin between ranks, which all write into that store. An interrupted run keeps it, and
+``resume=True`` continues it into the ensemble an uninterrupted run writes, bitwise.
 
 :meth:`DownscalingJob.prepare` checks everything that can be checked before the first block is sampled (input
 variables, NaNs, grid spacing against the training grid, sampler settings, sizes); bad input raises
-:class:`~diffscale.validation.ConfigError` with one line, and no output is left behind by a failure.
+:class:`~diffscale.validation.ConfigError` with one line. The output is complete, or resumable (a failure after
+some blocks were written: the message says how to resume), or absent.
 """
 
 from __future__ import annotations
