@@ -122,6 +122,7 @@ def _downscale_in_child(argv: list[str], log: Path) -> None:
     descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
+    sys.stdout = sys.stderr = open(descriptor, "w", buffering=1)  # noqa: SIM115 - the child's streams until os._exit
     import dask
 
     dask.config.set(scheduler="synchronous")  # dask's shared thread pool does not survive a fork
@@ -187,6 +188,30 @@ def _interrupted_state(setup: dict[str, Any], coarse: Path, out: Path, groups: i
     done = _done(out)
     assert groups <= done < GROUPS and not out.exists()
     return done
+
+
+def test_ctrl_c_keeps_the_blocks_done_and_says_how_to_resume(setup: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "e.zarr"
+    log = tmp_path / "child.log"
+    process = start(_argv(setup, setup["coarse_zarr"], out), log)
+    deadline = time.monotonic() + 60
+    while _done(out) < 2 and process.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert process.pid is not None
+    os.kill(process.pid, signal.SIGINT)
+    process.join(timeout=60)
+    assert process.exitcode == 130, log.read_text()[-2000:]
+    lines = error_lines(log.read_text())
+    done = _done(out)
+    assert 2 <= done < GROUPS and not out.exists()
+    assert lines[-1] == (
+        f"diffscale: interrupted; {done} of {GROUPS} blocks done, in '{state_path(out)}': rerun with --resume to "
+        "continue"
+    ), lines
+    assert "Traceback" not in log.read_text()
+    with single_thread():
+        assert run_cli(_argv(setup, setup["coarse_zarr"], out, "--resume")) == 0
+    assert_same_ensemble(out, setup["reference_zarr"])
 
 
 def test_a_resume_that_differs_is_refused_in_one_line_and_a_plain_rerun_names_the_state(

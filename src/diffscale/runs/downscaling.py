@@ -160,6 +160,11 @@ def check_ensemble_output(out: str | os.PathLike, overwrite: bool, resume: bool 
         raise ConfigError(f"{name} = '{path}': exists; pass {option_setting('overwrite', True)} to replace it")
     if not resume and not overwrite:
         state = read_state(path)
+        if state is not None and state.live_owner() is not None:
+            raise ConfigError(
+                f"{name} = '{path}': process {state.live_owner()} is writing it now ({state.describe()}); wait for it "
+                "or write elsewhere"
+            )
         if state is not None:
             raise ConfigError(
                 f"{name} = '{path}': an interrupted run left a resumable state ({state.describe()}); pass "
