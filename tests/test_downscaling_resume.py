@@ -329,12 +329,13 @@ def _mount_small_disk(folder: Path, size_kib: int) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+@pytest.mark.parametrize(("suffix", "size_kib"), [(".zarr", 160), (".nc", 160), (".nc", 12)])
 def test_a_full_disk_ends_in_one_line_with_a_resumable_state_that_completes_with_room(
-    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str, size_kib: int
 ) -> None:
+    """160 KiB: full after some blocks (a resumable state); 12 KiB: full before the store exists (nothing)."""
     disk = tmp_path / "disk"
-    kind = _mount_small_disk(disk, 160)
+    kind = _mount_small_disk(disk, size_kib)
     try:
         out = disk / f"e{suffix}"
         argv = _argv(setup, setup["coarse_zarr"], out)
@@ -347,6 +348,7 @@ def test_a_full_disk_ends_in_one_line_with_a_resumable_state_that_completes_with
         assert "No space left on device" in lines[0] or "no space" in lines[0].lower(), lines
         state = read_state(out)
         assert not out.exists()
+        assert (state is None) == (size_kib < 16), lines
         if state is None:  # nothing kept: nothing at all
             assert "no output was written" in lines[0] and not any(disk.iterdir()), lines
         else:

@@ -154,10 +154,7 @@ def run(args: argparse.Namespace) -> int:
                     caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
                 )
         if context.is_main:
-            print(job.describe(context.world_size))
-            state = job.resumable_state(args.out) if args.resume else None
-            if state is not None:
-                print(f"resuming: {state.describe()}")
+            print(job.describe(context.world_size), flush=True)
         try:
             job.write(
                 args.out,
@@ -165,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 progress=not args.no_progress,
                 distributed=context,
+                report=lambda line: print(line, flush=True),
             )
         except KeyboardInterrupt:
             state = job.resumable_state(args.out) if context.is_main else None

@@ -635,6 +635,7 @@ class DownscalingJob:
         resume: bool = False,
         progress: bool = False,
         distributed: DistributedContext | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> Path:
         """Sample the ensemble into ``out`` (netCDF or Zarr) and return its path.
 
@@ -646,6 +647,7 @@ class DownscalingJob:
         run, input, seed or settings differ from the interrupted run's (:meth:`fingerprint`); without ``resume``
         an existing state is refused unless ``overwrite`` (which starts again). ``resume`` with no state starts
         from the beginning. Temporary files of processes that no longer run are removed first (one log line).
+        ``report`` receives one line when an interrupted run is resumed (``resuming: N of G blocks done, in ...``).
         """
         context = distributed if distributed is not None else DistributedContext()
         path = check_ensemble_output(out, overwrite, resume) if context.is_main else Path(out)
@@ -658,7 +660,12 @@ class DownscalingJob:
             if context.is_main:
                 tidy_leftovers(path)
             return path
-        state = _open_state_together(path, context, lambda: self._open_state(path, len(groups), overwrite, resume))
+        try:
+            state = _open_state_together(
+                path, context, lambda: self._open_state(path, len(groups), overwrite, resume, report)
+            )
+        except OSError as error:  # e.g. no room for the store: one line, and no empty store left
+            raise (_interrupted(path, error) if context.is_main else error) from None
         known = set(state.done)
         remaining = [index for index in range(len(groups)) if index not in state.done]
         mine = remaining[context.rank :: context.world_size]
@@ -678,7 +685,9 @@ class DownscalingJob:
         _finish_together(path, layout, context, failure, overwrite)  # raises on every rank if any rank failed
         return path
 
-    def _open_state(self, path: Path, groups: int, overwrite: bool, resume: bool) -> ResumableState:
+    def _open_state(
+        self, path: Path, groups: int, overwrite: bool, resume: bool, report: Callable[[str], None] | None
+    ) -> ResumableState:
         """(The main process.) Remove what dead processes left, then check and open the state to write into: the
         interrupted run's when resuming (refused when it differs), else a new one."""
         removed = remove_orphaned_temporaries(path.parent)
@@ -700,6 +709,8 @@ class DownscalingJob:
                     f"{option_setting('resume', True)}, with {option_setting('overwrite', True)}, to start again"
                 )
             claim_state(state)
+            if report is not None:
+                report(f"resuming: {state.describe()}")
             return state
         if state is not None:  # overwrite: start again (check_ensemble_output refused it otherwise)
             if state.live_owner() is not None:
