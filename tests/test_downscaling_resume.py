@@ -45,9 +45,9 @@ from tests.test_climate_runs import (
 pytestmark = pytest.mark.slow
 COARSE_TIMES = TIMES[-24:]
 MEMBERS = 2
-OPTIONS: dict[str, Any] = {"members": MEMBERS, "member_batch": 1, "batch_size": 1, "steps": 2, "seed": 3}
-GROUPS = COARSE_TIMES.size * MEMBERS  # one block of one member per network call: many small groups
-FLAGS = ["--members", "2", "--member-batch", "1", "--batch-size", "1", "--steps", "2", "--seed", "3"]
+OPTIONS: dict[str, Any] = {"members": MEMBERS, "member_batch": 1, "batch_size": 2, "steps": 2, "seed": 3}
+BLOCKS = COARSE_TIMES.size * MEMBERS  # blocks of one member, two per network call: many small groups
+FLAGS = ["--members", "2", "--member-batch", "1", "--batch-size", "2", "--steps", "2", "--seed", "3"]
 FLAGS += ["--threads", "1", "--device", "cpu", "--no-progress"]
 
 
@@ -137,7 +137,7 @@ def start(argv: list[str], log: Path) -> multiprocessing.process.BaseProcess:
 
 
 def kill_at(process: multiprocessing.process.BaseProcess, out: Path, done: int | None, delay: float) -> None:
-    """SIGKILL ``process`` ``delay`` seconds after its output's progress records hold ``done`` groups (None: after
+    """SIGKILL ``process`` ``delay`` seconds after its output's progress records hold ``done`` blocks (None: after
     ``delay`` seconds from now)."""
     deadline = time.monotonic() + 60
     while done is not None and _done(out) < done and process.is_alive() and time.monotonic() < deadline:
@@ -163,7 +163,7 @@ def test_sigkill_at_ten_random_points_then_resume_gives_the_uninterrupted_ensemb
     log = tmp_path / "child.log"
     # increasing progress targets, each followed by a random delay (mid-group, mid-record, mid-completion...), and
     # now and then a kill on a timer alone (during start-up: loading, checking, creating the store)
-    targets = sorted(rng.sample(range(1, GROUPS - 4), 10))
+    targets = sorted(rng.sample(range(1, BLOCKS - 4), 10))
     seen = []
     for target in targets:
         process = start(argv, log)
@@ -180,13 +180,13 @@ def test_sigkill_at_ten_random_points_then_resume_gives_the_uninterrupted_ensemb
     assert sorted(path.name for path in tmp_path.iterdir()) == ["child.log", "killed.nc"]  # no store, no temporary
 
 
-def _interrupted_state(setup: dict[str, Any], coarse: Path, out: Path, groups: int) -> int:
-    """Kill a downscaling of ``coarse`` into ``out`` once ``groups`` groups are durable; the groups done."""
+def _interrupted_state(setup: dict[str, Any], coarse: Path, out: Path, blocks: int) -> int:
+    """Kill a downscaling of ``coarse`` into ``out`` once ``blocks`` blocks are durable; the blocks done."""
     process = start(_argv(setup, coarse, out), out.parent / "child.log")
-    kill_at(process, out, groups, 0.0)
+    kill_at(process, out, blocks, 0.0)
     assert process.exitcode == -signal.SIGKILL
     done = _done(out)
-    assert groups <= done < GROUPS and not out.exists()
+    assert blocks <= done < BLOCKS and done % 2 == 0 and not out.exists()  # whole groups of two blocks
     return done
 
 
@@ -203,9 +203,9 @@ def test_ctrl_c_keeps_the_blocks_done_and_says_how_to_resume(setup: dict[str, An
     assert process.exitcode == 130, log.read_text()[-2000:]
     lines = error_lines(log.read_text())
     done = _done(out)
-    assert 2 <= done < GROUPS and not out.exists()
+    assert 2 <= done < BLOCKS and not out.exists()
     assert lines[-1] == (
-        f"diffscale: interrupted; {done} of {GROUPS} blocks done, in '{state_path(out)}': rerun with --resume to "
+        f"diffscale: interrupted; {done} of {BLOCKS} blocks done, in '{state_path(out)}': rerun with --resume to "
         "continue"
     ), lines
     assert "Traceback" not in log.read_text()
@@ -225,7 +225,7 @@ def test_a_resume_that_differs_is_refused_in_one_line_and_a_plain_rerun_names_th
         "--seed": [*FLAGS, "--seed", "4"],
         "--members": [*FLAGS, "--members", "3"],
         "sampler": [*FLAGS, "--steps", "3"],
-        "--batch-size": [*FLAGS, "--batch-size", "2"],
+        "--batch-size": [*FLAGS, "--batch-size", "4"],
     }
     for what, flags in changed.items():
         capsys.readouterr()
@@ -241,7 +241,7 @@ def test_a_resume_that_differs_is_refused_in_one_line_and_a_plain_rerun_names_th
     # without --resume: the state is named with both ways out, and nothing is touched
     assert run_cli([*argv, *FLAGS]) == 2
     (line,) = error_lines(capsys.readouterr().err)
-    assert "resumable state" in line and f"{done} of {GROUPS} blocks done" in line, line
+    assert "resumable state" in line and f"{done} of {BLOCKS} blocks done" in line, line
     assert "--resume to continue it" in line and "--overwrite to start again" in line
     assert _done(out) == done
     # temporaries: a dead process's are removed with one log line, a live one's kept
@@ -258,7 +258,7 @@ def test_a_resume_that_differs_is_refused_in_one_line_and_a_plain_rerun_names_th
     with caplog.at_level(logging.WARNING, logger="diffscale.runs.downscaling"):
         assert run_cli([*argv, *FLAGS, "--resume"]) == 0
     printed = capsys.readouterr().out
-    assert f"resuming: {done} of {GROUPS} blocks done" in printed, printed
+    assert f"resuming: {done} of {BLOCKS} blocks done" in printed, printed
     (record,) = [r for r in caplog.records if "temporary" in r.getMessage()]
     assert "removed 3 temporary file(s) of processes that no longer run" in record.getMessage()
     assert all(str(path) in record.getMessage() for path in dead) and str(live) not in record.getMessage()
@@ -300,7 +300,7 @@ def test_a_damaged_input_chunk_is_named_with_its_time_and_the_run_resumes_once_r
     assert "\n" not in message
     assert f"'{chunk}' cannot be read at time {format_time(COARSE_TIMES[damaged_time])}" in message, message
     state = read_state(out)
-    assert state is not None and 0 < len(state.done) < GROUPS and not out.exists()
+    assert state is not None and 0 < len(state.done) < BLOCKS and not out.exists()
     assert f"{state.describe()}: rerun with resume=True to continue" in message, message
     chunk.write_bytes(sound)
     with single_thread():
@@ -382,6 +382,6 @@ def test_two_processes_under_torchrun_resume_a_killed_single_process_run(setup: 
     }
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming: {done} of {GROUPS} blocks done" in result.stdout and result.stdout.count("wrote ") == 1
+    assert f"resuming: {done} of {BLOCKS} blocks done" in result.stdout and result.stdout.count("wrote ") == 1
     assert_same_ensemble(out, setup["reference"])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["child.log", "e.nc"]

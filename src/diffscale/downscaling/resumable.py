@@ -6,24 +6,25 @@ layout of :class:`~diffscale.downscaling.ZarrEnsembleWriter`), which also holds 
 
 ``diffscale-resume.json``
     the *fingerprint* of the run that owns the store (weights hash, input, seed, members, sampler, batch layout,
-    variables, output format...) and the number G of sampling groups in its plan. Written before the store takes
+    variables, output format...) and the number B of (time, member-batch) blocks in its plan
+    (:func:`~diffscale.downscaling.work_blocks`). Written before the store takes
     its name: the store is created under a ``.NAME.partial.PID.HEX.tmp`` name and renamed, so a store named
     ``.NAME.partial`` always has its fingerprint.
 ``diffscale-done-RANK-of-WORLD.json``
-    the indices g in [0, G) of the groups whose slabs are durable (fsynced), one file per rank, replaced atomically
-    after each group. The groups done are the union over these files: a resume under another number of processes
-    reads them all.
+    the indices b in [0, B) of the blocks whose slabs are durable (fsynced), one file per rank, replaced atomically
+    after each sampling group (the blocks of one network call). The blocks done are the union over these files: a
+    resume under another number of processes reads them all.
 ``diffscale-owner.json``
     the process (PID and host) that last opened the store for writing: a second process finding it alive refuses
     to write there.
 
-A group is one network call's worth of (time, member-batch) blocks (:func:`~diffscale.downscaling.sampling_groups`,
-formed from the whole plan), and every member draws its noise from its own generator seeded by (seed, timestamp,
-member) (:func:`~diffscale.downscaling.member_seed`), so skipping the groups already done changes no other member:
+A group is one network call's worth of blocks (:func:`~diffscale.downscaling.sampling_groups`, formed from the whole
+plan, so a group is done or not as a whole), and every member draws its noise from its own generator seeded by
+(seed, timestamp, member) (:func:`~diffscale.downscaling.member_seed`), so skipping the groups done changes no member:
 a resumed ensemble is bitwise the one an uninterrupted run writes (same device and threads). A killed process
 leaves at worst a group half written and not recorded; it is sampled again.
 
-When every group is done the store is completed (:func:`complete_state`): moved into place as the Zarr output, or
+When every block is done the store is completed (:func:`complete_state`): moved into place as the Zarr output, or
 copied slab by slab into the netCDF output (:class:`~diffscale.downscaling.EnsembleWriter`, a temporary file
 renamed) and removed.
 """
@@ -85,9 +86,9 @@ class ResumableState:
     store: Path
     fingerprint: dict[str, Any]
     total: int
-    """G, the sampling groups of the whole plan."""
+    """B, the blocks of the whole plan."""
     done: frozenset[int]
-    """The groups whose slabs are durable."""
+    """The blocks whose slabs are durable."""
     owner: int | None = None
     """PID of the process that last opened the store (on ``host``)."""
     host: str | None = None
@@ -128,14 +129,14 @@ def read_state(out: str | os.PathLike[str]) -> ResumableState | None:
     recorded = _read_json(store / STATE_NAME, "the resumable state")
     if not isinstance(recorded, dict) or recorded.get("format") != STATE_FORMAT:
         raise ConfigError(f"'{store / STATE_NAME}': not a resumable state of this format; pass --overwrite")
-    total = int(recorded["groups"])
+    total = int(recorded["blocks"])
     done: set[int] = set()
     for path in sorted(store.iterdir()):
         if DONE_FILE.match(path.name):
-            groups = _read_json(path, "the progress record").get("groups", [])
-            if not all(isinstance(g, int) and 0 <= g < total for g in groups):
-                raise ConfigError(f"'{path}': groups outside 0 .. {total - 1}; pass --overwrite to start again")
-            done.update(groups)
+            blocks = _read_json(path, "the progress record").get("blocks", [])
+            if not all(isinstance(b, int) and 0 <= b < total for b in blocks):
+                raise ConfigError(f"'{path}': blocks outside 0 .. {total - 1}; pass --overwrite to start again")
+            done.update(blocks)
     owner, host = None, None
     if (store / OWNER_NAME).is_file():
         with contextlib.suppress(ConfigError, AttributeError, TypeError, ValueError):
@@ -159,7 +160,7 @@ def create_state(
     staging = store.with_name(f"{store.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         ZarrEnsembleWriter(out, store=staging, create=True, overwrite=True, **layout).close()
-        state = {"format": STATE_FORMAT, "groups": int(total), "fingerprint": dict(fingerprint)}
+        state = {"format": STATE_FORMAT, "blocks": int(total), "fingerprint": dict(fingerprint)}
         atomic_write_bytes(staging / STATE_NAME, _json_bytes(state))
         os.replace(staging, store)
         fsync_directory(store.parent)
@@ -180,10 +181,10 @@ def claim_state(state: ResumableState) -> None:
     atomic_write_bytes(state.store / OWNER_NAME, _json_bytes({"pid": os.getpid(), "host": socket.gethostname()}))
 
 
-def record_done(store: Path, rank: int, world_size: int, groups: Iterable[int]) -> None:
-    """Replace this rank's progress record by ``groups`` (all the groups it knows to be durable), atomically."""
+def record_done(store: Path, rank: int, world_size: int, blocks: Iterable[int]) -> None:
+    """Replace this rank's progress record by ``blocks`` (all the blocks it knows to be durable), atomically."""
     name = f"diffscale-done-{rank:05d}-of-{world_size:05d}.json"
-    atomic_write_bytes(store / name, _json_bytes({"groups": sorted(int(g) for g in groups)}), sync_directory=False)
+    atomic_write_bytes(store / name, _json_bytes({"blocks": sorted(int(b) for b in blocks)}), sync_directory=False)
 
 
 def fingerprint_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -212,7 +213,7 @@ def complete_state(state: ResumableState, layout: Mapping[str, Any], *, overwrit
     (members, H, W) slab; a temporary file renamed into place) and the store removed."""
     if not state.complete:
         missing = sorted(set(range(state.total)) - state.done)
-        raise AssertionError(f"'{state.store}': {len(missing)} of {state.total} groups not written, first {missing[0]}")
+        raise AssertionError(f"'{state.store}': {len(missing)} of {state.total} blocks not written, first {missing[0]}")
     out = state.out
     if out.suffix == ".zarr":
         if out.exists() or out.is_symlink():

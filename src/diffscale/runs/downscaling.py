@@ -642,7 +642,7 @@ class DownscalingJob:
         The ensemble is built in a hidden resumable store beside ``out`` (:mod:`diffscale.downscaling.resumable`)
         and completed into ``out`` at the end, so ``out`` is complete or absent. If the run is interrupted (killed,
         Ctrl-C, a full disk, an unreadable input) after some blocks were written, the store stays: ``resume=True``
-        continues it, sampling only the groups not yet durable, and gives the ensemble bitwise equal to an
+        continues it, sampling only the blocks not yet durable, and gives the ensemble bitwise equal to an
         uninterrupted run's (same device and threads). A resume is refused with one line (ConfigError) when the
         run, input, seed or settings differ from the interrupted run's (:meth:`fingerprint`); without ``resume``
         an existing state is refused unless ``overwrite`` (which starts again). ``resume`` with no state starts
@@ -654,7 +654,12 @@ class DownscalingJob:
         path.parent.mkdir(parents=True, exist_ok=True)  # the one rule of every command: missing folders are made
         # Groups of blocks sampled in one call are formed from the whole plan, then shared between processes,
         # so every member is computed in the same batch whatever the number of processes.
-        groups = self._groups()
+        blocks = work_blocks(len(self.times), self.members, self.member_batch)
+        groups = sampling_groups(blocks, self.batch_size)
+        spans, first = [], 0  # the indices (into ``blocks``) of each group's blocks
+        for group in groups:
+            spans.append(range(first, first + len(group)))
+            first += len(group)
         layout = self.layout()
         if _agree(context, context.is_main and resume and not overwrite and completed_leftovers(path)):
             if context.is_main:
@@ -662,12 +667,12 @@ class DownscalingJob:
             return path
         try:
             state = _open_state_together(
-                path, context, lambda: self._open_state(path, len(groups), overwrite, resume, report)
+                path, context, lambda: self._open_state(path, len(blocks), overwrite, resume, report)
             )
         except OSError as error:  # e.g. no room for the store: one line, and no empty store left
             raise (_interrupted(path, error) if context.is_main else error) from None
         known = set(state.done)
-        remaining = [index for index in range(len(groups)) if index not in state.done]
+        remaining = [index for index, span in enumerate(spans) if not state.done.issuperset(span)]
         mine = remaining[context.rank :: context.world_size]
         failure: BaseException | None = None
         try:
@@ -676,7 +681,7 @@ class DownscalingJob:
 
                 def group_done(position: int) -> None:
                     writer.sync()  # the slabs are durable before the record counts them
-                    known.add(mine[position])
+                    known.update(spans[mine[position]])
                     record_done(state.store, context.rank, context.world_size, known)
 
                 self._generate(writer, [groups[index] for index in mine], progress and context.is_main, group_done)
@@ -686,7 +691,7 @@ class DownscalingJob:
         return path
 
     def _open_state(
-        self, path: Path, groups: int, overwrite: bool, resume: bool, report: Callable[[str], None] | None
+        self, path: Path, blocks: int, overwrite: bool, resume: bool, report: Callable[[str], None] | None
     ) -> ResumableState:
         """(The main process.) Remove what dead processes left, then check and open the state to write into: the
         interrupted run's when resuming (refused when it differs), else a new one."""
@@ -700,8 +705,8 @@ class DownscalingJob:
         fingerprint = self.fingerprint(path)
         if state is not None and resume:
             differences = fingerprint_differences(state.fingerprint, fingerprint)
-            if state.total != groups:
-                differences.append(f"blocks: was {state.total}, now {groups}")
+            if state.total != blocks:
+                differences.append(f"blocks: was {state.total}, now {blocks}")
             if differences:
                 shown = "; ".join(_option_difference(item) for item in differences)
                 raise ConfigError(
@@ -716,7 +721,7 @@ class DownscalingJob:
             if state.live_owner() is not None:
                 claim_state(state)  # refused: another process writes it now
             discard_state(path)
-        state = create_state(path, self.layout(), fingerprint, groups)
+        state = create_state(path, self.layout(), fingerprint, blocks)
         claim_state(state)
         return state
 
