@@ -272,6 +272,16 @@ def test_a_resume_that_differs_is_refused_in_one_line_and_a_plain_rerun_names_th
                     str(tmp_path / "again.zarr"), *FLAGS, "--overwrite"]) == 0  # fmt: skip
     assert_same_ensemble(tmp_path / "again.zarr", setup["reference_zarr"])
     assert not state_path(tmp_path / "again.zarr").exists()
+    # a store without its bookkeeping is named, and replaced with --overwrite
+    stray = tmp_path / "stray.zarr"
+    (state_path(stray) / "t2m").mkdir(parents=True)
+    stray_argv = ["downscale", str(setup["run_dir"]), "--input", str(setup["coarse_zarr"]), "--out", str(stray)]
+    capsys.readouterr()
+    assert run_cli([*stray_argv, *FLAGS, "--resume"]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert f"'{state_path(stray)}': a store without its diffscale-resume.json" in line and "--overwrite" in line
+    assert run_cli([*stray_argv, *FLAGS, "--overwrite"]) == 0
+    assert_same_ensemble(stray, setup["reference_zarr"])
 
 
 def test_a_damaged_input_chunk_is_named_with_its_time_and_the_run_resumes_once_repaired(

@@ -696,7 +696,13 @@ class DownscalingJob:
         """(The main process.) Remove what dead processes left, then check and open the state to write into: the
         interrupted run's when resuming (refused when it differs), else a new one."""
         removed = remove_orphaned_temporaries(path.parent)
-        state = read_state(path)
+        try:
+            state = read_state(path)
+        except ConfigError:
+            if not overwrite:
+                raise
+            discard_state(path)  # damaged bookkeeping (or a store of an older version): replaced
+            state = None
         if state is not None:
             removed += remove_orphaned_temporaries(state.store)
         if removed:
