@@ -4,11 +4,19 @@ applies to its output paths before any work."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from diffscale.files import atomic_write_bytes, check_output, file_system_of, write_together
+from diffscale.files import (
+    atomic_write_bytes,
+    check_output,
+    file_system_of,
+    process_alive,
+    remove_orphaned_temporaries,
+    write_together,
+)
 from diffscale.validation import ConfigError
 
 
@@ -99,3 +107,26 @@ def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
     atomic_write_bytes(target, b"old")
     atomic_write_bytes(target, b"new contents")
     assert target.read_bytes() == b"new contents" and [path.name for path in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_temporaries_of_dead_processes_are_removed_and_those_of_live_ones_kept(tmp_path: Path) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # reaped: its PID names no process now
+    assert not process_alive(finished.pid) and process_alive(os.getpid()) and process_alive(1)
+    dead_file = tmp_path / f".e.nc.{finished.pid}.0123abcd.tmp"  # an ensemble writer's (8 hex digits)
+    dead_file.write_bytes(b"partial")
+    dead_store = tmp_path / f".e.zarr.partial.{finished.pid}.89abcdef.tmp"  # a store being created
+    (dead_store / "t2m").mkdir(parents=True)
+    (dead_store / "t2m" / "0.0.0.0").write_bytes(b"chunk")
+    dead_atomic = tmp_path / f".config.yaml.{finished.pid}.0123456789ab.tmp"  # atomic_write_bytes' (12)
+    dead_atomic.write_bytes(b"half")
+    live = tmp_path / f".other.nc.{os.getpid()}.0123abcd.tmp"
+    live.write_bytes(b"being written")
+    init = tmp_path / ".init.nc.1.0123abcd.tmp"  # PID 1 always runs
+    init.write_bytes(b"x")
+    kept = [tmp_path / "e.nc", tmp_path / ".e.nc.partial", tmp_path / f".e.nc.{finished.pid}.tmp", tmp_path / "x.tmp"]
+    for path in kept:
+        path.write_bytes(b"not a temporary of ours")
+    assert remove_orphaned_temporaries(tmp_path) == sorted([dead_file, dead_store, dead_atomic])
+    assert sorted(tmp_path.iterdir()) == sorted([live, init, *kept])
+    assert remove_orphaned_temporaries(tmp_path / "missing") == []

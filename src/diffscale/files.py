@@ -17,16 +17,22 @@ __all__ = [
     "DATASET_SUFFIXES",
     "PSEUDO_FILE_SYSTEMS",
     "TEMPORARY_FILE",
+    "TEMPORARY_OUTPUT",
     "atomic_write_bytes",
     "check_output",
     "file_system_of",
     "fsync_directory",
+    "process_alive",
+    "remove_orphaned_temporaries",
     "write_dataset",
     "write_together",
 ]
 
 TEMPORARY_FILE = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]{12}\.tmp$")
 """A temporary file of :func:`atomic_write_bytes` (``.<name>.<pid>.<random>.tmp``)."""
+TEMPORARY_OUTPUT = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]{8,32}\.tmp$")
+"""Any temporary file or folder the project writes beside its target: ``.<name>.<pid>.<random hex>.tmp`` (those of
+:func:`atomic_write_bytes` and of the ensemble writers)."""
 
 PSEUDO_FILE_SYSTEMS = frozenset(
     {
@@ -252,3 +258,48 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+# -- temporaries of processes that are gone -------------------------------------------------------------------
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 probes it without touching it)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    except OSError:
+        return True  # cannot tell (e.g. no signals on this platform): leave its files alone
+    return True
+
+
+def remove_orphaned_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files and folders in ``directory`` (:data:`TEMPORARY_OUTPUT` names) whose writing
+    process, the PID in the name, no longer runs on this host (it was killed before it could rename or remove
+    them); those of live processes are left alone. Returns what was removed."""
+    import shutil
+
+    folder = Path(directory)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = TEMPORARY_OUTPUT.match(path.name)
+        if match is None or process_alive(int(match.group(2))):
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+        removed.append(path)
+    return sorted(removed)

@@ -3,8 +3,9 @@
 The arguments go to :class:`diffscale.runs.downscaling.DownscalingJob` (what ``run.downscale`` does in Python):
 a coarse input on another grid is regridded onto the run's coarse cells (``--regrid``); everything is checked
 before the first block is sampled (run, input variables, NaNs, the grid or its coverage of the run's cells, output
-path); bad input ends the command with one line (exit 2) and no output file. Under
-``torchrun`` the blocks are shared between processes. This module parses the arguments and prints.
+path); bad input ends the command with one line (exit 2) and no output file. Under ``torchrun`` the blocks are
+shared between processes. An interrupted run keeps the blocks it wrote and ``--resume`` continues it (a damaged
+input or a full disk ends with one line saying so). This module parses the arguments and prints.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ examples:
   diffscale downscale runs/era5_uk --input coarse.grib --members 8 --steps 32 --s-churn 0 --seed 1 --out e.nc
   torchrun --nproc-per-node 4 -m diffscale downscale runs/era5_uk --input coarse.nc --members 64 --out e.zarr
   diffscale downscale runs/era5_uk --input gcm_tas_1.25x0.9375.nc --regrid conservative --out ensemble.nc
+
+An interrupted run (killed, Ctrl-C, a full disk, an unreadable input) keeps the blocks it wrote in a hidden store
+beside the output (.NAME.partial); the same command with --resume continues from them and writes the ensemble an
+uninterrupted run would have written, bit for bit (same device and threads):
+  diffscale downscale runs/era5_uk --input 'coarse_*.nc' --members 32 --out decade.zarr --resume
 """
 
 ALIASES = {
@@ -128,7 +134,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar=("START", "END"),
         help="the input's reference period for --bias-adjust (inclusive, within the input)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output file (and any resumable state an interrupted run left for it)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into --out from the blocks it wrote (refused when the run, input, seed or "
+        "settings differ); without a previous run, start from the beginning",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=run, aliases=ALIASES)
 
@@ -141,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     from diffscale.runs.run import load_climate_run
     from diffscale.training.distributed import init_distributed, shutdown_distributed
 
-    check_ensemble_output(args.out, args.overwrite)
+    check_ensemble_output(args.out, args.overwrite, args.resume)
     context, device_name = init_distributed(args.device)
     try:
         climate = load_climate_run(args.run_dir, weights=args.weights, device=device_name)
@@ -173,8 +189,22 @@ def run(args: argparse.Namespace) -> int:
                     caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
                 )
         if context.is_main:
-            print(job.describe(context.world_size))
-        job.write(args.out, overwrite=args.overwrite, progress=not args.no_progress, distributed=context)
+            print(job.describe(context.world_size), flush=True)
+        try:
+            job.write(
+                args.out,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                progress=not args.no_progress,
+                distributed=context,
+                report=lambda line: print(line, flush=True),
+            )
+        except KeyboardInterrupt:
+            state = job.resumable_state(args.out) if context.is_main else None
+            if state is not None:
+                sys.stderr.write(f"diffscale: interrupted; {state.describe()}: rerun with --resume to continue\n")
+                return 130
+            raise
         if context.enabled:
             shutdown_distributed(synchronise=True)
     finally:

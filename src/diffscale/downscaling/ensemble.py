@@ -59,6 +59,7 @@ def generate_ensemble(
     extra_cond: dict[str, Any] | None = None,
     threads: Threads | None = None,
     block_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_group: Callable[[int], None] | None = None,
 ) -> None:
     """Sample every block and write it.
 
@@ -90,6 +91,8 @@ def generate_ensemble(
             re-chooses between groups from the load of other processes); None leaves them as they are.
         block_transform: applied to each block's physical values (members, C, H, W) before they are written (e.g.
             a spread recalibration, which needs blocks of all the members of a time).
+        on_group: called with a group's position in ``groups`` once all its blocks are written (e.g. to make them
+            durable and record the group as done, for a resume).
     """
     if denoiser is not None and (formulation is None or settings is None):
         raise ValueError("a denoiser needs its formulation and sampler settings")
@@ -109,7 +112,7 @@ def generate_ensemble(
     total = sum(block.size for group in groups for block in group)
     policy = thread_policy(threads) if threads is not None else contextlib.nullcontext()
     with policy as governor, tqdm(total=total, desc="downscaling", unit="member-time", disable=not progress) as bar:
-        for group in groups:
+        for position, group in enumerate(groups):
             if governor is not None:
                 governor.tick()
             indices = torch.tensor([block.time_index for block in group for _ in block.members])
@@ -136,6 +139,8 @@ def generate_ensemble(
                 for channel, name in enumerate(variables):
                     writer.write(name, block.members, block.time_index, values[:, channel])
                 bar.update(block.size)
+            if on_group is not None:
+                on_group(position)
 
 
 def sampling_groups(blocks: Sequence[Block], batch_size: int) -> list[list[Block]]:

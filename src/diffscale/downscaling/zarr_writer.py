@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,27 @@ import numpy as np
 import xarray as xr
 
 from diffscale.downscaling.writer import FILL_VALUE, EnsembleWriter, check_rank_pair
+from diffscale.files import fsync_directory
 from diffscale.validation import ConfigError
 
 __all__ = ["ZarrEnsembleWriter", "discard_shared", "publish_shared", "shared_temporary_path"]
 
 ZARR_FORMAT = 2
+SYNC_THREADS = 16
+"""Chunk files fsynced at once by :meth:`ZarrEnsembleWriter.sync`."""
+
+
+def _fsync_file(path: Path) -> Path | None:
+    """fsync ``path``; None when it does not exist (a chunk equal to the fill value everywhere is not stored)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return path
 
 
 def shared_temporary_path(path: str | os.PathLike[str]) -> Path:
@@ -66,35 +83,68 @@ class ZarrEnsembleWriter(EnsembleWriter):
     """:class:`~diffscale.downscaling.EnsembleWriter`'s interface and checks, writing a Zarr store (``.zarr``).
 
     Args:
-        path: the output store (a directory ending in ``.zarr``).
+        path: the output store (a directory ending in ``.zarr``); with ``store``, the output the store is for (any
+            name: a netCDF file made from it, too).
         shared: ``(rank, world_size)`` when several processes write the one store (module docstring); rank 0
             creates it, the other ranks open it. A shared writer does not check on :meth:`close` that every slab
             was written (each rank holds only its own); the caller's plan covers them.
+        store: write into this store directory (created now when ``create``, else opened: it must exist) and
+            leave it there on close or abort: the caller completes it, resumes it or removes it
+            (:mod:`~diffscale.downscaling.resumable`). No slab check on close.
+        create: with ``store``, create it (False: open the existing one).
         **layout: ``latitude``, ``longitude``, ``times``, ``num_members``, ``variables``, ``global_attributes``,
             ``time_encoding``, ``complevel`` (zstd level, 1-9) and ``overwrite``, as for the netCDF writer (the
             times keep their calendar and encoding).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, shared: tuple[int, int] | None = None, **layout: Any) -> None:
-        if Path(path).suffix != ".zarr":
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        shared: tuple[int, int] | None = None,
+        store: str | os.PathLike[str] | None = None,
+        create: bool = True,
+        **layout: Any,
+    ) -> None:
+        if store is None and Path(path).suffix != ".zarr":
             raise ConfigError(f"output {path}: a Zarr store's name must end in .zarr")
         if "part" in layout:
             raise ConfigError("a Zarr store is written by all ranks directly: use shared=(rank, world_size)")
+        if store is not None and shared is not None:
+            raise ConfigError("give either shared=(rank, world_size) or store=DIRECTORY, not both")
         self.shared = check_rank_pair("shared", shared)
+        self.store = Path(store) if store is not None else None
+        self._create_store = create
         self._arrays: dict[str, Any] = {}
+        self._unsynced: set[tuple[str, int, int]] = set()
         super().__init__(path, **layout)
 
     @property
     def _creates(self) -> bool:
+        if self.store is not None:
+            return self._create_store
         return self.shared is None or self.shared[0] == 0
 
+    @property
+    def _keeps_store(self) -> bool:
+        """Whether the store outlives this writer (shared, or a store the caller named): close and abort then only
+        stop writing."""
+        return self.shared is not None or self.store is not None
+
+    def _check_target(self, overwrite: bool) -> None:
+        if self.store is None:  # the caller of a named store decides what happens to ``path``
+            super()._check_target(overwrite)
+
     def _temporary_path(self) -> Path:
+        if self.store is not None:
+            return self.store
         return shared_temporary_path(self.path) if self.shared is not None else super()._temporary_path()
 
     def _create(self, complevel: int) -> None:
         if not self._creates:
             if not (self._temporary / ".zmetadata").is_file():
-                raise ConfigError(f"output {self.path}: the shared store {self._temporary} was not created by rank 0")
+                maker = "by rank 0" if self.shared is not None else "(no .zmetadata)"
+                raise ConfigError(f"output {self.path}: the store {self._temporary} was not created {maker}")
             self._dataset = self._temporary
             return
         if self.shared is not None:
@@ -136,11 +186,29 @@ class ZarrEnsembleWriter(EnsembleWriter):
         if variable not in self._arrays:
             self._arrays[variable] = zarr.open_array(self._temporary / variable, mode="r+", zarr_format=ZARR_FORMAT)
         self._arrays[variable][members, times] = block
+        self._unsynced.update(
+            (variable, member, time)
+            for member in range(members.start, members.stop)
+            for time in range(times.start, times.stop)
+        )
+
+    def sync(self) -> None:
+        """Make the slabs written since the last call durable: fsync their chunk files (one per (member, time) slab,
+        ``VARIABLE/MEMBER.TIME.0.0``) and their folders. What a progress record may then count as done. The files
+        are synced by up to :data:`SYNC_THREADS` threads at once (the journal then commits them together: 64 small
+        chunks took 10-50 ms so against 0.3 s one after another on ext4)."""
+        chunks = [self._temporary / variable / f"{member}.{time}.0.0" for variable, member, time in self._unsynced]
+        if chunks:
+            with ThreadPoolExecutor(max_workers=min(SYNC_THREADS, len(chunks))) as pool:
+                synced = [chunk for chunk in pool.map(_fsync_file, chunks) if chunk is not None]
+            for folder in sorted({chunk.parent for chunk in synced}):
+                fsync_directory(folder)
+        self._unsynced.clear()
 
     def close(self) -> Path:
-        """Single process: check that every slab was written and rename the store into place (its path). Shared:
-        only stop writing (returns the shared store's path; rank 0 publishes it once every rank is done)."""
-        if self.shared is None:
+        """Single process: check that every slab was written and rename the store into place (its path). Shared or
+        a named store: only stop writing (returns the store's path; the caller completes it)."""
+        if not self._keeps_store:
             return super().close()
         self._require_open()
         self._dataset = None
@@ -155,6 +223,6 @@ class ZarrEnsembleWriter(EnsembleWriter):
     def _discard(self) -> None:
         self._dataset = None
         self._arrays.clear()
-        if self.shared is None:  # a shared store is removed by rank 0 once every rank has stopped
+        if not self._keeps_store:  # a shared or named store is the caller's to remove (or to resume)
             with contextlib.suppress(FileNotFoundError):
                 _remove(self._temporary)

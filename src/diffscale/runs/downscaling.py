@@ -12,24 +12,28 @@ is sampled and written as it comes (:func:`~diffscale.downscaling.generate_ensem
 read block by block (:class:`~diffscale.data.climate.blocks.LazyConditioning`), so memory stays bounded when the
 ensemble goes to a file, however long the input. Each member draws from its own generator seeded by (seed,
 timestamp, member): the same seed gives the same member for a date whatever the other times of the input, the batch
-sizes, the number of processes and the device (to rounding). Under ``torchrun`` the blocks are shared round-robin
-between ranks; for netCDF each writes a part file and rank 0 merges them, a Zarr store (one chunk per member and
-time) is written by every rank directly.
+sizes, the number of processes and the device (to rounding). An ensemble written to a file is built in a hidden
+resumable Zarr store beside it (:mod:`diffscale.downscaling.resumable`: one chunk per member and time, and a record
+of the groups of blocks already durable) and completed into the output at the end; under ``torchrun`` the groups
+are shared round-robin between ranks, which all write into that store. An interrupted run keeps it, and
+``resume=True`` continues it into the ensemble an uninterrupted run writes, bitwise.
 
 A coarse input on another rectilinear grid is first regridded onto the run's coarse cells (first-order
 conservative by default: :mod:`~diffscale.runs.coarse_grid`); one on the run's coarse lattice is used as it is.
 :meth:`DownscalingJob.prepare` checks everything that can be checked before the first block is sampled (input
-variables, NaNs, the grid against the training grid or its coverage of the run's cells, sampler settings, sizes);
-bad input raises
-:class:`~diffscale.validation.ConfigError` with one line, and no output is left behind by a failure.
+variables, NaNs, the grid against the training grid or its coverage of the run's cells, sampler settings,
+sizes); bad input raises :class:`~diffscale.validation.ConfigError` with one line. The output is complete, or
+resumable (a failure after some blocks were written: the message says how to resume), or absent.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,8 +69,21 @@ from diffscale.downscaling import (
 )
 from diffscale.downscaling.ensemble import ToPhysical
 from diffscale.downscaling.recalibration import inflate_channels
-from diffscale.files import check_output
+from diffscale.downscaling.resumable import (
+    ResumableState,
+    claim_state,
+    complete_state,
+    completed_leftovers,
+    create_state,
+    discard_state,
+    fingerprint_differences,
+    read_state,
+    record_done,
+    tidy_leftovers,
+)
+from diffscale.files import check_output, remove_orphaned_temporaries
 from diffscale.runs.coarse_grid import check_regrid, onto_coarse_lattice
+from diffscale.runs.unreadable_input import expand_input_paths, locate_unreadable
 from diffscale.sampling import SamplerSettings, number_of_evaluations
 from diffscale.threads import Threads, check_threads
 from diffscale.training.distributed import DistributedContext
@@ -96,6 +113,7 @@ BATCH_POINTS = 2**20
 """Grid points per network call at most when the batch size is left to its default: 64 fields of a regional grid
 (up to 128 x 128), fewer of a large one (16 of the global 1 deg grid), so that memory stays at a few GB."""
 ENSEMBLE_SUFFIXES = (".nc", ".zarr")
+logger = logging.getLogger(__name__)
 MEMORY_FRACTION = 0.5
 """An in-memory ensemble may take at most this fraction of the memory available when it is asked for."""
 
@@ -140,16 +158,31 @@ def coarse_fields(
     return fields, source
 
 
-def check_ensemble_output(out: str | os.PathLike, overwrite: bool) -> Path:
+def check_ensemble_output(out: str | os.PathLike, overwrite: bool, resume: bool = False) -> Path:
     """``out`` if an ensemble can be written there (``.nc`` or ``.zarr``; missing folders are created; it does not
-    exist unless ``overwrite``); ConfigError otherwise."""
+    exist unless ``overwrite``; an interrupted run's resumable state for it is continued only with ``resume`` and
+    replaced only with ``overwrite``); ConfigError otherwise."""
     path = Path(out)
     name = option_name("out")
     if path.suffix not in ENSEMBLE_SUFFIXES:
         raise ConfigError(f"{name} = '{path}': the ensemble is written as netCDF (.nc) or a Zarr store (.zarr)")
     check_output(path, name, directory=path.suffix == ".zarr")
+    if resume and not overwrite and completed_leftovers(path):
+        return path  # completed by the interrupted run: the resume only tidies up
     if path.exists() and not overwrite:
         raise ConfigError(f"{name} = '{path}': exists; pass {option_setting('overwrite', True)} to replace it")
+    if not resume and not overwrite:
+        state = read_state(path)
+        if state is not None and state.live_owner() is not None:
+            raise ConfigError(
+                f"{name} = '{path}': process {state.live_owner()} is writing it now ({state.describe()}); wait for it "
+                "or write elsewhere"
+            )
+        if state is not None:
+            raise ConfigError(
+                f"{name} = '{path}': an interrupted run left a resumable state ({state.describe()}); pass "
+                f"{option_setting('resume', True)} to continue it or {option_setting('overwrite', True)} to start again"
+            )
     return path
 
 
@@ -284,6 +317,9 @@ class DownscalingJob:
     time_encoding: TimeEncoding | None = None
     """The units and calendar of the coarse input's time axis, which the ensemble keeps; None for an input that
     carries none (a Dataset built in memory): then hours since 1970-01-01 in the times' own calendar."""
+    input_paths: tuple[str, ...] = ()
+    """The coarse input's files as given (globs allowed; empty for an in-memory Dataset): where a reading error
+    is traced to its file."""
 
     @classmethod
     def prepare(
@@ -488,6 +524,7 @@ class DownscalingJob:
             extrapolation=extrapolation,
             spread_inflation=inflation,
             time_encoding=time_encoding(fields["time"]) if "time" in fields.coords else None,
+            input_paths=_input_paths(coarse),
         )
 
     # -- what it will do --------------------------------------------------------------------------------------------
@@ -543,17 +580,23 @@ class DownscalingJob:
         out: str | os.PathLike | None = None,
         *,
         overwrite: bool = False,
+        resume: bool = False,
         progress: bool = False,
         distributed: DistributedContext | None = None,
     ) -> xr.Dataset:
         """Sample the ensemble: into memory (``out`` None; the Dataset that ``xarray.open_dataset`` reads back from
         the netCDF file), or into ``out`` (netCDF ``.nc`` or Zarr ``.zarr``), then opened lazily (dask-backed).
-        ``distributed``: this process's place under torchrun (the blocks are shared; ``out`` required)."""
+        ``resume``: continue an interrupted run into ``out`` (:meth:`write`). ``distributed``: this process's place
+        under torchrun (the blocks are shared; ``out`` required)."""
         if out is None:
             if distributed is not None and distributed.enabled:
                 raise ConfigError(f"downscaling under torchrun writes a file: give {option_name('out')}")
+            if resume:
+                raise ConfigError(
+                    f"{option_name('resume')}: only an ensemble written to a file ({option_name('out')}) resumes"
+                )
             return self._in_memory(progress)
-        path = self.write(out, overwrite=overwrite, progress=progress, distributed=distributed)
+        path = self.write(out, overwrite=overwrite, resume=resume, progress=progress, distributed=distributed)
         if path.suffix == ".zarr":
             return xr.open_zarr(path)
         return xr.open_dataset(path, chunks={})
@@ -570,44 +613,209 @@ class DownscalingJob:
         assert writer.dataset is not None
         return writer.dataset
 
+    # -- resumable writing ------------------------------------------------------------------------------------------
+    def fingerprint(self, out: str | os.PathLike) -> dict[str, Any]:
+        """What an interrupted run into ``out`` must share with this job for :meth:`write` to resume it: the weights
+        (their SHA-256), the input (its description, times, grid and a SHA-256 of its conditioning at the first and
+        last times), the seed, the members, the sampler, the batch layout (member batch, batch size, patches), the
+        variables, the post-processing and the output format. JSON values."""
+        attributes = self.attributes
+        times = np.asarray(self.times)
+        height, width = self.grid_shape
+        grid = hashlib.sha256(
+            np.ascontiguousarray(self.conditioning.latitude, dtype=np.float64).tobytes()
+            + np.ascontiguousarray(self.conditioning.longitude, dtype=np.float64).tobytes()
+        ).hexdigest()
+        return {
+            "weights_sha256": attributes["checkpoint_sha256"],
+            "model": f"{attributes['model']} ({attributes['data_target']})",
+            "input": (
+                ", ".join(str(path.resolve()) for path in expand_input_paths(self.input_paths))
+                if self.input_paths
+                else attributes["coarse_input"]
+            ),
+            "input_times": (
+                f"{times.size} times {np.datetime_as_string(times[0], unit='m')} .. "
+                f"{np.datetime_as_string(times[-1], unit='m')}, sha256 "
+                f"{hashlib.sha256(times.astype('datetime64[ns]').astype(np.int64).tobytes()).hexdigest()[:16]}"
+            ),
+            "input_values": self._input_digest(),
+            "grid": f"{height} x {width}, sha256 {grid[:16]}",
+            "variables": list(self.variables),
+            "seed": self.seed,
+            "members": self.members,
+            "member_batch": self.member_batch,
+            "batch_size": self.batch_size,
+            "sampler": attributes.get("sampler"),
+            "patch": attributes.get("patch"),
+            "recalibrate": self.spread_inflation,
+            "sort_ordered_pairs": attributes.get("ordered_pairs"),
+            "output_format": Path(out).suffix,
+        }
+
+    def _input_digest(self) -> str:
+        """SHA-256 (16 hex digits) of the conditioning c at the first and last times (float32 bytes)."""
+        last = len(self.times) - 1
+        try:
+            if isinstance(self.conditioning, LazyConditioning):
+                rows = [self.conditioning.conditioning_rows(index, index + 1)[0] for index in (0, last)]
+            else:
+                rows = [self.conditioning.cond_fields[index : index + 1] for index in (0, last)]
+        except (ConfigError, MemoryError):
+            raise
+        except Exception as error:
+            raise self.reading_failure([0, last], error) from error
+        digest = hashlib.sha256()
+        for row in rows:
+            digest.update(row.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def reading_failure(self, indices: Sequence[int], error: Exception) -> ConfigError:
+        """One line for a coarse input that could not be read at the time indices ``indices`` after the checks (a
+        file damaged since): the file (for a Zarr store, the chunk file) and the time, found by reading the input's
+        files again at those times and the others read with them (a lazy input reads blocks of m times)."""
+        from diffscale.data.climate.series import format_time
+
+        times = self.times
+        block = getattr(self.conditioning, "batch_size", 1)
+        candidates = sorted({t for i in indices for t in range(i - i % block, min(i - i % block + block, len(times)))})
+        paths = expand_input_paths(self.input_paths)
+        found = locate_unreadable(paths, [times[i] for i in candidates])
+        if found is None and paths:  # read with others (a dask chunk spans many times): look at every time
+            found = locate_unreadable(paths, [time for i, time in enumerate(times) if i not in set(candidates)])
+        if found is None:
+            return ConfigError(
+                f"{option_name('coarse')}: reading times {format_time(times[candidates[0]])} .. "
+                f"{format_time(times[candidates[-1]])} failed ({type(error).__name__}: {error})"
+            )
+        where, time, message = found
+        return ConfigError(f"{option_name('coarse')}: '{where}' cannot be read at time {format_time(time)} ({message})")
+
+    def resumable_state(self, out: str | os.PathLike) -> ResumableState | None:
+        """What an interrupted run left for ``out`` (None: nothing), e.g. to say how far it got."""
+        return read_state(out)
+
     def write(
         self,
         out: str | os.PathLike,
         *,
         overwrite: bool = False,
+        resume: bool = False,
         progress: bool = False,
         distributed: DistributedContext | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> Path:
-        """Sample the ensemble into ``out`` (netCDF or Zarr; complete or absent) and return its path."""
+        """Sample the ensemble into ``out`` (netCDF or Zarr) and return its path.
+
+        The ensemble is built in a hidden resumable store beside ``out`` (:mod:`diffscale.downscaling.resumable`)
+        and completed into ``out`` at the end, so ``out`` is complete or absent. If the run is interrupted (killed,
+        Ctrl-C, a full disk, an unreadable input) after some blocks were written, the store stays: ``resume=True``
+        continues it, sampling only the blocks not yet durable, and gives the ensemble bitwise equal to an
+        uninterrupted run's (same device and threads). A resume is refused with one line (ConfigError) when the
+        run, input, seed or settings differ from the interrupted run's (:meth:`fingerprint`); without ``resume``
+        an existing state is refused unless ``overwrite`` (which starts again). ``resume`` with no state starts
+        from the beginning. Temporary files of processes that no longer run are removed first (one log line).
+        ``report`` receives one line when an interrupted run is resumed (``resuming: N of G blocks done, in ...``).
+        """
         context = distributed if distributed is not None else DistributedContext()
-        path = check_ensemble_output(out, overwrite) if context.is_main else Path(out)
+        path = check_ensemble_output(out, overwrite, resume) if context.is_main else Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)  # the one rule of every command: missing folders are made
         # Groups of blocks sampled in one call are formed from the whole plan, then shared between processes,
         # so every member is computed in the same batch whatever the number of processes.
-        mine = self._groups()[context.rank :: context.world_size]
+        blocks = work_blocks(len(self.times), self.members, self.member_batch)
+        groups = sampling_groups(blocks, self.batch_size)
+        spans, first = [], 0  # the indices (into ``blocks``) of each group's blocks
+        for group in groups:
+            spans.append(range(first, first + len(group)))
+            first += len(group)
+        layout = self.layout()
+        if _agree(context, context.is_main and resume and not overwrite and completed_leftovers(path)):
+            if context.is_main:
+                tidy_leftovers(path)
+            return path
+        try:
+            state = _open_state_together(
+                path, context, lambda: self._open_state(path, len(blocks), overwrite, resume, report)
+            )
+        except OSError as error:  # e.g. no room for the store: one line, and no empty store left
+            raise (_interrupted(path, error) if context.is_main else error) from None
+        known = set(state.done)
+        remaining = [index for index, span in enumerate(spans) if not state.done.issuperset(span)]
+        mine = remaining[context.rank :: context.world_size]
         failure: BaseException | None = None
         try:
-            with _open_writer(path, self.layout(), context, overwrite) as writer:
-                self._generate(writer, mine, progress and context.is_main)
-        except BaseException as error:  # the writer removed its temporary output; the other ranks must hear of it
-            if not context.enabled:
-                raise
+            writer = ZarrEnsembleWriter(path, store=state.store, create=False, overwrite=True, **layout)
+            with writer:
+
+                def group_done(position: int) -> None:
+                    writer.sync()  # the slabs are durable before the record counts them
+                    known.update(spans[mine[position]])
+                    record_done(state.store, context.rank, context.world_size, known)
+
+                self._generate(writer, [groups[index] for index in mine], progress and context.is_main, group_done)
+        except BaseException as error:  # the store stays for a resume; the other ranks must hear of it
             failure = error
-        if context.enabled:
-            _finish_together(path, context, failure, overwrite)  # raises on every rank if any rank failed
+        _finish_together(path, layout, context, failure, overwrite)  # raises on every rank if any rank failed
         return path
+
+    def _open_state(
+        self, path: Path, blocks: int, overwrite: bool, resume: bool, report: Callable[[str], None] | None
+    ) -> ResumableState:
+        """(The main process.) Remove what dead processes left, then check and open the state to write into: the
+        interrupted run's when resuming (refused when it differs), else a new one."""
+        removed = remove_orphaned_temporaries(path.parent)
+        try:
+            state = read_state(path)
+        except ConfigError:
+            if not overwrite:
+                raise
+            discard_state(path)  # damaged bookkeeping (or a store of an older version): replaced
+            state = None
+        if state is not None:
+            removed += remove_orphaned_temporaries(state.store)
+        if removed:
+            names = ", ".join(str(item) for item in removed)
+            logger.warning("removed %d temporary file(s) of processes that no longer run: %s", len(removed), names)
+        fingerprint = self.fingerprint(path)
+        if state is not None and resume:
+            differences = fingerprint_differences(state.fingerprint, fingerprint)
+            if state.total != blocks:
+                differences.append(f"blocks: was {state.total}, now {blocks}")
+            if differences:
+                shown = "; ".join(_option_difference(item) for item in differences)
+                raise ConfigError(
+                    f"{option_name('resume')}: the interrupted run in '{state.store}' differs: {shown}; rerun without "
+                    f"{option_setting('resume', True)}, with {option_setting('overwrite', True)}, to start again"
+                )
+            claim_state(state)
+            if report is not None:
+                report(f"resuming: {state.describe()}")
+            return state
+        if state is not None:  # overwrite: start again (check_ensemble_output refused it otherwise)
+            if state.live_owner() is not None:
+                claim_state(state)  # refused: another process writes it now
+            discard_state(path)
+        state = create_state(path, self.layout(), fingerprint, blocks)
+        claim_state(state)
+        return state
 
     def _groups(self) -> list[list[Any]]:
         blocks = work_blocks(len(self.times), self.members, self.member_batch)
         return sampling_groups(blocks, self.batch_size)
 
-    def _generate(self, writer: EnsembleWriter, groups: list[list[Any]], progress: bool) -> None:
+    def _generate(
+        self,
+        writer: EnsembleWriter,
+        groups: list[list[Any]],
+        progress: bool,
+        on_group: Callable[[int], None] | None = None,
+    ) -> None:
         run = self.climate
         generate_ensemble(
             None if run.deterministic else run.model,
             None if run.deterministic else run.model.formulation,
-            self.conditioning.cond_fields,
-            self.base,
+            _ReadingErrors(self.conditioning.cond_fields, self),
+            _ReadingErrors(self.base, self),
             [],
             writer,
             run.section.variables,
@@ -621,6 +829,7 @@ class DownscalingJob:
             progress=progress,
             threads=self.threads,
             block_transform=self._inflate if self.spread_inflation is not None else None,
+            on_group=on_group,
         )
 
     def _inflate(self, members: torch.Tensor) -> torch.Tensor:
@@ -701,76 +910,143 @@ def _version() -> str:
     return diffscale.__version__
 
 
-def _open_writer(out: Path, layout: dict[str, Any], context: DistributedContext, overwrite: bool) -> EnsembleWriter:
-    """The writer of this process: a netCDF file (under torchrun, this rank's part file for the merge) or a Zarr
-    store (under torchrun, the one store every rank writes into: rank 0 creates it, then the others open it)."""
+def _input_paths(coarse: CoarseInput) -> tuple[str, ...]:
+    if isinstance(coarse, xr.Dataset | xr.DataArray):
+        return ()
+    paths = [coarse] if isinstance(coarse, str | os.PathLike) else list(coarse)
+    return tuple(str(path) for path in paths)
+
+
+class _ReadingErrors:
+    """Rows of c or b (:class:`LazyRows` or a tensor) whose reading failures (a damaged input file met after the
+    checks) become one ConfigError naming the file and the time."""
+
+    def __init__(self, rows: Any, job: DownscalingJob) -> None:
+        self.rows = rows
+        self.job = job
+        self.shape = rows.shape
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, indices: Any) -> torch.Tensor:
+        try:
+            return self.rows[indices]
+        except (ConfigError, MemoryError):
+            raise
+        except Exception as error:
+            raise self._diagnosis(indices, error) from error
+
+    def _diagnosis(self, indices: Any, error: Exception) -> ConfigError:
+        asked = sorted({int(i) for i in torch.as_tensor(indices).reshape(-1).tolist()})
+        return self.job.reading_failure(asked, error)
+
+
+def _option_difference(difference: str) -> str:
+    """A fingerprint difference with its key as the user spells the option (``--seed: was 1, now 2``)."""
+    key, _, rest = difference.partition(":")
+    options = {"seed", "members", "member_batch", "batch_size", "patch", "recalibrate", "sort_ordered_pairs"}
+    return f"{option_name(key) if key in options else key.replace('_', ' ')}:{rest}"
+
+
+def _agree(context: DistributedContext, decision: bool) -> bool:
+    """The main process's ``decision``, on every process."""
+    if not context.enabled:
+        return decision
     import torch.distributed as dist
 
-    from diffscale.downscaling import part_path
+    flag = torch.tensor([1 if decision else 0])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
-    if out.suffix != ".zarr":
-        if not context.enabled:
-            return EnsembleWriter(out, overwrite=overwrite, **layout)
-        part = (context.rank, context.world_size)
-        # a part file left by a failed run is ours to replace
-        return EnsembleWriter(part_path(out, *part), overwrite=True, part=part, **layout)
+
+def _open_state_together(
+    out: Path, context: DistributedContext, open_state: Callable[[], ResumableState]
+) -> ResumableState:
+    """The state every process writes into: the main process checks and opens (or creates) it, then the others
+    read it; a refusal on the main process is raised there and named on the others."""
     if not context.enabled:
-        return ZarrEnsembleWriter(out, overwrite=overwrite, **layout)
-    shared = (context.rank, context.world_size)
-    writer, failure = None, None
+        return open_state()
+    import torch.distributed as dist
+
+    state, failure = None, None
     if context.is_main:
         try:
-            writer = ZarrEnsembleWriter(out, shared=shared, overwrite=overwrite, **layout)
+            state = open_state()
         except BaseException as error:
             failure = error
-    created = torch.tensor([0 if failure is not None else 1])
-    dist.broadcast(created, src=0)
+    opened = torch.tensor([0 if failure is not None else 1])
+    dist.broadcast(opened, src=0)
     if failure is not None:
         raise failure
-    if not created.item():
-        raise ConfigError(f"{option_name('out')} = '{out}': rank 0 could not create the store (its message is above)")
-    return writer if writer is not None else ZarrEnsembleWriter(out, shared=shared, overwrite=overwrite, **layout)
+    if not opened.item():
+        raise ConfigError(f"{option_name('out')} = '{out}': rank 0 could not open the output (its message is above)")
+    if state is None:
+        state = read_state(out)
+        if state is None:
+            raise ConfigError(f"{option_name('out')} = '{out}': the resumable store made by rank 0 is not visible here")
+    return state
 
 
-def _finish_together(out: Path, context: DistributedContext, failure: BaseException | None, overwrite: bool) -> None:
-    """All ranks agree whether every rank wrote its share; rank 0 then completes ``out`` (merges the netCDF parts,
-    or moves the shared Zarr store into place). On any failure the partial output is removed (nothing is left
-    behind) and the failure is raised on every rank."""
-    import torch.distributed as dist
+def _interrupted(out: Path, failure: BaseException) -> BaseException:
+    """After ``failure`` on some process: the state is removed when no block is durable (nothing is left behind),
+    kept otherwise. Returns the exception to raise: a ConfigError (one line: what failed, what was kept, how to
+    resume) for bad input and a failing disk, ``failure`` itself otherwise (with a note when the state was kept)."""
+    state = read_state(out) if failure is not None else None
+    if state is not None and not state.done:
+        discard_state(out)
+        state = None
+    kept = (
+        f"{state.describe()}: rerun with {option_setting('resume', True)} to continue"
+        if state is not None
+        else "no output was written"
+    )
+    if isinstance(failure, ConfigError):
+        return ConfigError(f"{failure}; {kept}")
+    if isinstance(failure, OSError):
+        what = failure.strerror or str(failure)
+        where = f" ({failure.filename})" if failure.filename else ""
+        return ConfigError(f"{option_name('out')} = '{out}': writing failed: {what}{where}; {kept}")
+    if state is not None and not isinstance(failure, KeyboardInterrupt):
+        failure.add_note(kept)
+    return failure
 
-    from diffscale.downscaling import discard_shared, merge_parts, part_path, publish_shared
 
-    zarr_out = out.suffix == ".zarr"
-    parts = [] if zarr_out else [part_path(out, rank, context.world_size) for rank in range(context.world_size)]
+def _finish_together(
+    out: Path, layout: dict[str, Any], context: DistributedContext, failure: BaseException | None, overwrite: bool
+) -> None:
+    """All processes agree whether every one wrote its share; the main process then completes ``out`` from the
+    store (:func:`~diffscale.downscaling.resumable.complete_state`). On a failure anywhere the store is kept for a
+    resume (or removed when no block is durable) and every process raises."""
+    if context.enabled:
+        import torch.distributed as dist
 
-    def clean(everything: bool) -> None:
-        """Remove this rank's partial output (or, on rank 0 after its own failure, all of it)."""
-        if zarr_out:
-            if everything or context.is_main:  # the shared store belongs to rank 0
-                discard_shared(out)
-            return
-        for part in parts if everything else [parts[context.rank]]:
-            part.unlink(missing_ok=True)
-
-    succeeded = torch.tensor([0 if failure is not None else 1])
-    dist.all_reduce(succeeded, op=dist.ReduceOp.MIN)
-    if not succeeded.item():
-        clean(everything=False)
+        succeeded = torch.tensor([0 if failure is not None else 1])
+        dist.all_reduce(succeeded, op=dist.ReduceOp.MIN)
+        everyone = bool(succeeded.item())
+    else:
+        everyone = failure is None
+    if not everyone:
+        if context.is_main:
+            failure = _interrupted(out, failure or ConfigError("another downscaling process failed"))
         if failure is not None:
             raise failure
-        raise ConfigError("another downscaling process failed (its message is above); no output was written")
+        raise ConfigError("another downscaling process failed (its message is above)")
     completed = torch.tensor([1])
+    error: BaseException | None = None
     if context.is_main:
         try:
-            if zarr_out:
-                publish_shared(out)
-            else:
-                merge_parts(parts, out, overwrite=overwrite)
-        except BaseException:
-            clean(everything=True)
+            state = read_state(out)
+            assert state is not None, f"the resumable store of {out} vanished"
+            complete_state(state, layout, overwrite=overwrite)
+        except BaseException as caught:  # the complete store stays: a resume completes it
+            error = _interrupted(out, caught)
             completed[0] = 0
-            dist.broadcast(completed, src=0)
-            raise
-    dist.broadcast(completed, src=0)
+    if context.enabled:
+        import torch.distributed as dist
+
+        dist.broadcast(completed, src=0)
+    if error is not None:
+        raise error
     if not completed.item():
-        raise ConfigError("completing the output failed (rank 0's message is above); no output was written")
+        raise ConfigError("completing the output failed (rank 0's message is above)")

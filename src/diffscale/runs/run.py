@@ -333,6 +333,7 @@ class ClimateRun(Run):
         *,
         out: str | Path | None = None,
         overwrite: bool = False,
+        resume: bool = False,
         progress: bool = False,
         **options: Any,
     ) -> xr.Dataset:
@@ -347,7 +348,10 @@ class ClimateRun(Run):
                 lazily (dask-backed): use it for inputs whose ensemble does not fit in memory. Without ``out`` the
                 ensemble is built in memory (refused, before any work, when it would take more than half the
                 available memory).
-            overwrite: replace an existing ``out``.
+            overwrite: replace an existing ``out`` (and any resumable state an interrupted run left for it).
+            resume: continue an interrupted run into ``out`` from the blocks it wrote, bitwise as if it had not been
+                interrupted (refused with one line when the run, input, seed or settings differ); without it, such a
+                state is refused unless ``overwrite``. See :meth:`~diffscale.runs.downscaling.DownscalingJob.write`.
             progress: show a progress bar.
             **options: sampler settings (``steps``, ``sampler``, ``s_churn``, ``s_min``, ``s_max``, ``s_noise``,
                 ``schedule`` or ``settings``), ``seed``, ``start``/``end`` (times to keep, inclusive: ISO text
@@ -362,7 +366,7 @@ class ClimateRun(Run):
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)
-        return job.run(out=out, overwrite=overwrite, progress=progress)
+        return job.run(out=out, overwrite=overwrite, resume=resume, progress=progress)
 
 
 def _weights_sha256(checkpoint: Checkpoint, part: str, state: dict[str, torch.Tensor]) -> str:
