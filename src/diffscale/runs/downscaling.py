@@ -44,7 +44,14 @@ import xarray as xr
 
 from diffscale.data.climate import Conditioning, open_fields
 from diffscale.data.climate.blocks import LazyConditioning, LazyRows
-from diffscale.data.climate.calendars import TimeEncoding, is_time_bound, time_encoding
+from diffscale.data.climate.calendars import (
+    TimeEncoding,
+    calendar_of,
+    date_keys,
+    is_time_bound,
+    time_encoding,
+    time_text,
+)
 from diffscale.data.climate.cf import cf_attributes
 from diffscale.data.climate.coarse_regrid import Regridding
 from diffscale.data.climate.extrapolation import (
@@ -635,9 +642,8 @@ class DownscalingJob:
                 else attributes["coarse_input"]
             ),
             "input_times": (
-                f"{times.size} times {np.datetime_as_string(times[0], unit='m')} .. "
-                f"{np.datetime_as_string(times[-1], unit='m')}, sha256 "
-                f"{hashlib.sha256(times.astype('datetime64[ns]').astype(np.int64).tobytes()).hexdigest()[:16]}"
+                f"{times.size} times {time_text(times[0])} .. {time_text(times[-1])} ({calendar_of(times)}), sha256 "
+                f"{hashlib.sha256(' '.join(map(str, date_keys(times))).encode()).hexdigest()[:16]}"
             ),
             "input_values": self._input_digest(),
             "grid": f"{height} x {width}, sha256 {grid[:16]}",
