@@ -100,10 +100,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run, aliases=ALIASES)
 
 
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Ours (extrapolation, values outside the plausible range) as one line each; any other as Python shows it."""
+    from diffscale.data.climate.extrapolation import ExtrapolationWarning
+    from diffscale.data.climate.plausibility import OutputRangeWarning
+
+    for caught_warning in caught:
+        if issubclass(caught_warning.category, ExtrapolationWarning | OutputRangeWarning):
+            print(f"warning: {caught_warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(
+                caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     """Handler of ``diffscale downscale``."""
     from diffscale.cli.arguments import sampler_overrides
     from diffscale.data.climate.extrapolation import ExtrapolationWarning
+    from diffscale.data.climate.plausibility import OutputRangeWarning
     from diffscale.runs.downscaling import check_ensemble_output
     from diffscale.runs.run import load_climate_run
     from diffscale.training.distributed import init_distributed, shutdown_distributed
@@ -129,16 +144,13 @@ def run(args: argparse.Namespace) -> int:
                 sort_ordered_pairs=args.sort_ordered_pairs,
                 recalibrate=not args.no_recalibration,
             )
-        for caught_warning in caught:  # ours as one line; any other as Python shows it
-            if issubclass(caught_warning.category, ExtrapolationWarning):
-                print(f"warning: {caught_warning.message}", file=sys.stderr)
-            else:
-                warnings.showwarning(
-                    caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
-                )
+        _print_warnings(caught)
         if context.is_main:
             print(job.describe(context.world_size))
-        job.write(args.out, overwrite=args.overwrite, progress=not args.no_progress, distributed=context)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OutputRangeWarning)
+            job.write(args.out, overwrite=args.overwrite, progress=not args.no_progress, distributed=context)
+        _print_warnings(caught)
         if context.enabled:
             shutdown_distributed(synchronise=True)
     finally:

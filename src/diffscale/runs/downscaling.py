@@ -45,6 +45,7 @@ from diffscale.data.climate.extrapolation import (
 )
 from diffscale.data.climate.grid import fine_coordinates, grid_spacing, is_global_longitude
 from diffscale.data.climate.io import select_fields
+from diffscale.data.climate.plausibility import RANGE_ATTRIBUTE, output_range, warn_outside
 from diffscale.data.climate.relations import ORDERED_PAIRS, ordered_pairs
 from diffscale.data.climate.relations import sort_ordered_pairs as sort_pairs
 from diffscale.data.climate.series import DASK_CHUNK_BYTES
@@ -374,6 +375,10 @@ class DownscalingJob:
             )
             for name in section.variables
         }
+        for name, attributes in variables.items():  # the writer counts the member values outside this range
+            bounds = output_range(name, attributes)
+            if bounds is not None:
+                attributes[RANGE_ATTRIBUTE] = list(bounds)
         attributes: dict[str, Any] = {
             "title": "diffscale downscaled ensemble",
             "source": f"diffscale {_version()}",
@@ -499,6 +504,7 @@ class DownscalingJob:
         with MemoryEnsembleWriter(**self.layout()) as writer:
             self._generate(writer, self._groups(), progress)
         assert writer.dataset is not None
+        warn_outside(writer.dataset)
         return writer.dataset
 
     def write(
@@ -517,6 +523,7 @@ class DownscalingJob:
         # so every member is computed in the same batch whatever the number of processes.
         mine = self._groups()[context.rank :: context.world_size]
         failure: BaseException | None = None
+        writer: EnsembleWriter | None = None
         try:
             with _open_writer(path, self.layout(), context, overwrite) as writer:
                 self._generate(writer, mine, progress and context.is_main)
@@ -525,7 +532,11 @@ class DownscalingJob:
                 raise
             failure = error
         if context.enabled:
-            _finish_together(path, context, failure, overwrite)  # raises on every rank if any rank failed
+            _finish_together(path, context, failure, overwrite, writer)  # raises on every rank if any rank failed
+        if context.is_main:
+            opened = xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path, chunks={})
+            with opened:
+                warn_outside(opened)
         return path
 
     def _groups(self) -> list[list[Any]]:
@@ -650,13 +661,21 @@ def _open_writer(out: Path, layout: dict[str, Any], context: DistributedContext,
     return writer if writer is not None else ZarrEnsembleWriter(out, shared=shared, overwrite=overwrite, **layout)
 
 
-def _finish_together(out: Path, context: DistributedContext, failure: BaseException | None, overwrite: bool) -> None:
+def _finish_together(
+    out: Path,
+    context: DistributedContext,
+    failure: BaseException | None,
+    overwrite: bool,
+    writer: EnsembleWriter | None = None,
+) -> None:
     """All ranks agree whether every rank wrote its share; rank 0 then completes ``out`` (merges the netCDF parts,
-    or moves the shared Zarr store into place). On any failure the partial output is removed (nothing is left
-    behind) and the failure is raised on every rank."""
+    which recounts the values outside the plausible ranges, or moves the shared Zarr store into place, after
+    summing every rank's counts of them from ``writer`` into its attributes). On any failure the partial output is
+    removed (nothing is left behind) and the failure is raised on every rank."""
     import torch.distributed as dist
 
     from diffscale.downscaling import discard_shared, merge_parts, part_path, publish_shared
+    from diffscale.downscaling.zarr_writer import shared_temporary_path, store_variable_attributes
 
     zarr_out = out.suffix == ".zarr"
     parts = [] if zarr_out else [part_path(out, rank, context.world_size) for rank in range(context.world_size)]
@@ -677,10 +696,18 @@ def _finish_together(out: Path, context: DistributedContext, failure: BaseExcept
         if failure is not None:
             raise failure
         raise ConfigError("another downscaling process failed (its message is above); no output was written")
+    totals: dict[str, int] = {}
+    if zarr_out and writer is not None:
+        for name, counts in sorted(writer.outside_slab_counts().items()):
+            summed = torch.from_numpy(counts)
+            dist.all_reduce(summed, op=dist.ReduceOp.SUM)  # each slab was written by one rank
+            totals[name] = int(summed.sum())
     completed = torch.tensor([1])
     if context.is_main:
         try:
             if zarr_out:
+                if writer is not None and totals:
+                    store_variable_attributes(shared_temporary_path(out), writer.outside_attributes(totals))
                 publish_shared(out)
             else:
                 merge_parts(parts, out, overwrite=overwrite)

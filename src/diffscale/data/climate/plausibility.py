@@ -51,10 +51,12 @@ __all__ = [
     "check_plausible",
     "count_outside",
     "output_range",
+    "outside_lines",
     "outside_report",
     "physical_range",
     "range_in_units",
     "time_extremes",
+    "warn_outside",
 ]
 
 logger = logging.getLogger(__name__)
@@ -314,3 +316,25 @@ def outside_report(variable: str, count: int, total: int, bounds: tuple[float, f
         f"{_format_value(bounds[0])} to {_format_value(bounds[1])}{units_text}; they are written as sampled "
         f"(the count is the variable's attribute {OUTSIDE_COUNT_ATTRIBUTE})"
     )
+
+
+def outside_lines(dataset: xr.Dataset) -> list[str]:
+    """One line (:func:`outside_report`) per variable of an ensemble whose values outside its plausible range
+    were counted (attribute :data:`OUTSIDE_COUNT_ATTRIBUTE`) and are not 0."""
+    lines = []
+    for name, variable in dataset.data_vars.items():
+        count = variable.attrs.get(OUTSIDE_COUNT_ATTRIBUTE)
+        bounds = variable.attrs.get(RANGE_ATTRIBUTE)
+        if count is None or bounds is None or int(count) == 0:
+            continue
+        low, high = (float(value) for value in np.asarray(bounds).ravel()[:2])
+        lines.append(
+            outside_report(str(name), int(count), int(variable.size), (low, high), variable.attrs.get("units", ""))
+        )
+    return lines
+
+
+def warn_outside(dataset: xr.Dataset) -> None:
+    """An :class:`OutputRangeWarning` per line of :func:`outside_lines`."""
+    for line in outside_lines(dataset):
+        warnings.warn(line, OutputRangeWarning, stacklevel=3)
