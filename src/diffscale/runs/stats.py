@@ -57,8 +57,12 @@ def input_range_of(saved: dict[str, Any] | None) -> InputRange | None:
 
 def stats_content(dataset: ClimateDataset) -> dict[str, Any]:
     """What ``data_stats.json`` holds for ``dataset``: the transform statistics, the training grid (its spacing
-    and extent, which downscaling checks a coarse input against) and the training inputs' range
-    (:func:`training_input_range`, which reads the training inputs once)."""
+    and extent, which downscaling checks a coarse input against), the training inputs' range
+    (:func:`training_input_range`, which reads the training inputs once) and the mean power spectrum of the
+    training fine fields (:func:`~diffscale.runs.climatology.fine_spectrum`, on up to 64 evenly spaced times),
+    which a downscaled ensemble is compared with when there is no fine truth."""
+    from diffscale.runs.climatology import SPECTRUM_KEY, fine_spectrum
+
     grid = {
         "latitude_spacing": grid_spacing(dataset.latitude, "latitude"),
         "longitude_spacing": grid_spacing(dataset.longitude, "longitude"),
@@ -69,7 +73,12 @@ def stats_content(dataset: ClimateDataset) -> dict[str, Any]:
     }
     grid["trimmed"] = dataset.grid_trim.to_dict()
     grid["static_regridding"] = dataset.static_regridding
-    return {"transforms": dataset.stats, "grid": grid, INPUT_RANGE_KEY: training_input_range(dataset).to_dict()}
+    return {
+        "transforms": dataset.stats,
+        "grid": grid,
+        INPUT_RANGE_KEY: training_input_range(dataset).to_dict(),
+        SPECTRUM_KEY: fine_spectrum(dataset.series),
+    }
 
 
 def save_stats(run_dir: Path, dataset: ClimateDataset | dict[str, Any]) -> None:
