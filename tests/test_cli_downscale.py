@@ -401,6 +401,12 @@ def _missing_variable(setup: dict[str, Any], directory: Path) -> list[str]:
     return [str(setup["diffusion"]), "--input", str(directory / "msl.nc")]
 
 
+def _celsius_labelled_kelvin(setup: dict[str, Any], directory: Path) -> list[str]:
+    # 2 m temperature in degC with the units attribute K (write_coarse labels it K): refused before any work
+    write_coarse(directory / "celsius.nc", setup["coarse"] - 273.15, COARSE_LATITUDE, COARSE_LONGITUDE, COARSE_TIMES)
+    return [str(setup["diffusion"]), "--input", str(directory / "celsius.nc")]
+
+
 def _mixture_run(setup: dict[str, Any], directory: Path) -> list[str]:
     run_dir = setup["root"] / "mixture"
     if not run_dir.exists():
@@ -424,6 +430,11 @@ BAD_INPUTS: dict[str, tuple[Any, list[str], str]] = {
     "spacing": (_wrong_spacing, [], "coarse input latitude spacing 0.5 deg is not the coarsening factor 4"),
     "shifted": (_shifted_grid, [], "coarse input latitude: its fine cells fall 0.125 deg off the training grid"),
     "variable": (_missing_variable, [], "variable 't2m' not in"),
+    "celsius labelled kelvin": (
+        _celsius_labelled_kelvin,
+        [],
+        "K at time 2020-01-05T15:00, outside the plausible range of air temperature, 170 to 340 K",
+    ),
     "members": (
         lambda s, d: [str(s["regression"]), "--input", str(s["coarse_path"])],
         ["--members", "3"],
