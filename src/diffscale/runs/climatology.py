@@ -71,6 +71,8 @@ def run_fine_spectrum(run_dir: str | os.PathLike) -> tuple[dict[str, Any] | None
     if saved is None:
         return None, f"{run_dir} has no training statistics"
     if saved.get(SPECTRUM_KEY) is not None:
+        if "unavailable" in saved[SPECTRUM_KEY]:
+            return None, f"{run_dir}: {saved[SPECTRUM_KEY]['unavailable']}"
         return saved[SPECTRUM_KEY], f"saved with the run {run_dir}"
     try:
         checkpoint = load_checkpoint(run_dir, parts=())
@@ -78,6 +80,6 @@ def run_fine_spectrum(run_dir: str | os.PathLike) -> tuple[dict[str, Any] | None
         series = open_fine_series(section, "train")[0]
         series.convert_to({name: saved["transforms"].get(name, {}).get("units") for name in series.variables})
         spectrum = fine_spectrum(series)
-    except (ConfigError, CheckpointError, OSError) as error:
+    except (ConfigError, CheckpointError, OSError, ValueError) as error:
         return None, f"the training data of {run_dir} cannot be read ({error})"
     return spectrum, f"computed from the training data of {run_dir}"

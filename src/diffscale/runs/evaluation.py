@@ -13,7 +13,9 @@ bad input raises :class:`~diffscale.validation.ConfigError` (one line naming the
 
 The truth and the coarse input are put in the ensemble's units through their ``units`` attributes where the
 conversion is unambiguous (K and degC, m and mm, Pa and hPa: :func:`~diffscale.data.climate.units.convert_units`)
-and refused otherwise.
+and refused otherwise; a value outside the variable's physical range is refused too
+(:mod:`~diffscale.data.climate.plausibility`: 2 m temperature in degC labelled K). Without a truth,
+:func:`evaluate` runs the checks that need none (:mod:`diffscale.runs.truth_free`).
 
 Scores, area-weighted by cos(latitude) (:func:`diffscale.evaluation.climate_report.evaluate_variable`): RMSE, MAE
 and bias of the ensemble mean; fair CRPS; spread and spread-skill ratio sqrt((M+1)/M) spread / RMSE; rank
@@ -293,7 +295,8 @@ def load_inputs(
     """Read, check and align the ensemble, the truth and the coarse input; build the bilinear baseline.
 
     Raises ConfigError on a missing file or variable, grids that do not match, NaNs, units that do not convert to
-    the ensemble's, no common time or a grid that is not divisible by the coarsening factor.
+    the ensemble's, a truth or coarse value outside the variable's physical range, no common time or a grid that is
+    not divisible by the coarsening factor.
     """
     for source, what in ((ensemble, "ensemble"), (truth, "truth"), (coarse, "coarse")):
         _check_exists(source, what)
