@@ -253,3 +253,22 @@ def test_negative_precipitation_members_are_counted_printed_and_recorded(
     ]
     scores = diffscale.evaluate(out)
     assert int(scores["outside_range_count"].item()) == negative
+
+
+def test_a_run_whose_grid_had_no_spectrum_says_why_and_run_with_truth_is_refused(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(setup["run"], run)
+    stats = json.loads((run / STATS_NAME).read_text())
+    stats[SPECTRUM_KEY] = {"unavailable": "no power spectrum on the training grid (latitude is not evenly spaced)"}
+    (run / STATS_NAME).write_text(json.dumps(stats))
+    capsys.readouterr()
+    assert run_cli(["evaluate", str(setup["ensemble"]), "--run", str(run), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert f"training spectrum: {run}: no power spectrum on the training grid (latitude is not evenly spaced)" in out
+    assert "spectrum against the training period: not available" in out
+    assert not (tmp_path / "r" / "t2m_spectrum_ratio.png").exists()
+    argv = ["evaluate", str(setup["ensemble"]), "--truth", str(setup["coarse_path"]), "--run", str(run)]
+    assert run_cli([*argv, "--out", str(tmp_path / "r2")]) == 2
+    assert "--run is for an evaluation without --truth" in capsys.readouterr().err
