@@ -26,6 +26,7 @@ Every input is checked before anything is computed (ConfigError, one line); :fun
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -115,7 +116,7 @@ def _recorded_coarse(dataset: xr.Dataset, where: str) -> list[str]:
         what = "records no coarse input file" if not recorded else "was downscaled from an in-memory Dataset"
         raise ConfigError(f"ensemble {where} {what}: {way_out}")
     paths = [part.strip() for part in recorded.split(", ") if part.strip()]
-    missing = [path for path in paths if not Path(path).exists()]
+    missing = [path for path in paths if not glob.has_magic(path) and not Path(path).exists()]
     if missing:
         raise ConfigError(f"ensemble {where}: its coarse input {missing[0]} does not exist (any more): {way_out}")
     return paths
