@@ -220,6 +220,7 @@ def complete_state(state: ResumableState, layout: Mapping[str, Any], *, overwrit
             if not overwrite:
                 raise ConfigError(f"output {out}: exists (pass --overwrite to replace it)")
             shutil.rmtree(out) if out.is_dir() and not out.is_symlink() else out.unlink()
+        record_outside_ranges(state.store)
         os.replace(state.store, out)
         fsync_directory(out.parent)
         _strip_bookkeeping(out)
@@ -244,6 +245,39 @@ def complete_state(state: ResumableState, layout: Mapping[str, Any], *, overwrit
         raise
     shutil.rmtree(state.store)
     return out
+
+
+def record_outside_ranges(store: Path) -> None:
+    """Count, in the complete store, the member values outside each variable's ``plausible_range`` attribute and
+    record the count and its share of the variable's values as attributes (as the netCDF writer does while it
+    writes): read time slab by time slab, so that blocks written by earlier, interrupted runs or by other ranks are
+    counted too."""
+    import zarr
+
+    from diffscale.data.climate.plausibility import (
+        OUTSIDE_COUNT_ATTRIBUTE,
+        OUTSIDE_FRACTION_ATTRIBUTE,
+        RANGE_ATTRIBUTE,
+    )
+    from diffscale.downscaling.zarr_writer import store_variable_attributes
+
+    group = zarr.open_group(str(store), mode="r", zarr_format=ZARR_FORMAT)
+    counts: dict[str, dict[str, Any]] = {}
+    for name, array in group.arrays():
+        bounds = array.attrs.get(RANGE_ATTRIBUTE)
+        if bounds is None or array.ndim != 4:
+            continue
+        low, high = (float(value) for value in bounds)
+        outside = sum(
+            int(np.count_nonzero((slab < low) | (slab > high)))
+            for slab in (np.asarray(array[:, time]) for time in range(array.shape[1]))
+        )
+        counts[name] = {
+            OUTSIDE_COUNT_ATTRIBUTE: np.int64(outside),
+            OUTSIDE_FRACTION_ATTRIBUTE: np.float64(outside / max(array.size, 1)),
+        }
+    if counts:
+        store_variable_attributes(store, counts)
 
 
 def completed_leftovers(out: str | os.PathLike[str]) -> bool:
