@@ -20,7 +20,7 @@ each command watched the same way. The stores are deleted at the end unless ``--
     python benchmarks/memory_scaling.py                          # 60 vs 6,000 times (25 GB on disk at most)
     python benchmarks/memory_scaling.py --short 20 --long 200    # a quick check of the pipeline
     python benchmarks/memory_scaling.py --height 181 --width 360 # a coarser grid (same count of chunks)
-    python benchmarks/memory_scaling.py --downscale              # also downscale and evaluate 256 vs 2,560 times
+    python benchmarks/memory_scaling.py --long 0 --downscale     # train on 60 times; downscale, evaluate 96 vs 768
 """
 
 from __future__ import annotations
@@ -188,8 +188,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the stores and runs")
     parser.add_argument("--reuse", action="store_true", help="reuse stores already in --dir")
     parser.add_argument("--downscale", action="store_true", help="also downscale and evaluate a long coarse input")
-    parser.add_argument("--downscale-times", type=int, nargs=2, default=[256, 2560], metavar=("SHORT", "LONG"))
-    parser.add_argument("--region-size", type=int, nargs=2, default=[64, 128], metavar=("H", "W"))
+    parser.add_argument("--downscale-times", type=int, nargs=2, default=[96, 768], metavar=("SHORT", "LONG"))
+    parser.add_argument("--region-size", type=int, nargs=2, default=[32, 64], metavar=("H", "W"))
     return parser.parse_args(argv)
 
 
