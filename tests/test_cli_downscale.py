@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -710,6 +711,8 @@ def test_training_a_climate_run_prints_its_grid(setup: dict[str, Any], tmp_path:
         assert run_cli(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "data climate (1 x 16 x 24)" in printed and "x 0 x 0" not in printed, printed
+    # the statistics pass's rate
+    assert re.search(r"^statistics of \d+ times \([\d,]+ MB\) in [\d.]+ s: [\d.,]+ times/s, [\d,]+ MB/s", printed, re.M)
 
 
 def test_coarsen_makes_the_coarse_input_as_training_did(setup: dict[str, Any], tmp_path: Path) -> None:

@@ -108,13 +108,16 @@ def test_a_failed_read_and_non_finite_values_name_the_file_and_the_time(tmp_path
     assert message.startswith(f"cannot read 't2m' from {damaged} at 2021-06-01T06:00: ") and "\n" not in message
 
 
-def test_lazy_parts_select_the_same_times_as_dask_chunks(tmp_path: Path) -> None:
-    write(tmp_path / "a.nc", TIMES[:6])
-    write(tmp_path / "b.nc", TIMES[6:])
+def test_read_times_reads_a_block_of_one_file_consecutive_or_not(tmp_path: Path) -> None:
+    write(tmp_path / "a.nc", TIMES[:6], units="K")
+    write(tmp_path / "b.nc", TIMES[6:], units="degC")
     series = FieldSeries(tmp_path / "*.nc", ["t2m"], period=(TIMES[1], TIMES[10]))
-    parts = series.lazy_parts(np.array([0, 4, 5, 9]), chunk_bytes=LATITUDE.size * LONGITUDE.size * 4 * 2)
-    assert [indices.tolist() for _, _, indices in parts] == [[0, 4], [5, 9]]
-    for _, ds, indices in parts:
-        assert ds["t2m"].chunks is not None and max(ds["t2m"].chunks[0]) <= 2
-        np.testing.assert_array_equal(ds["time"].values, series.times[indices])
-        np.testing.assert_array_equal(ds["t2m"].values[:, ::-1], values(series.times[indices]))
+    for indices in ([0, 1, 2], [0, 2, 4], [5, 8]):  # consecutive (a slice), with gaps (an index array), file b
+        (read,) = series.read_times(np.array(indices))
+        np.testing.assert_array_equal(read, values(series.times[indices])[:, ::-1])
+    series.convert_to({"t2m": "K"})
+    np.testing.assert_allclose(series.read_times(np.array([5]))[0], values(TIMES[6:7])[:, ::-1] + 273.15, rtol=1e-6)
+    with pytest.raises(ValueError, match="in 2 files"):
+        series.read_times(np.array([3, 6]))
+    copy = pickle.loads(pickle.dumps(series))  # the lock that guards the open files is a new one
+    np.testing.assert_array_equal(copy.read_times(np.array([0]))[0], series.read_times(np.array([0]))[0])

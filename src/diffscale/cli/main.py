@@ -82,6 +82,8 @@ def _train(args: argparse.Namespace) -> int:
             flush=True,
         )
         say(plan.summary, flush=True)
+        if plan.statistics_rate is not None:
+            say(plan.statistics_rate, flush=True)
         if plan.checkpoint is not None:
             changed = f"; changed since: {', '.join(plan.changes)}" if plan.changes else ""
             say(f"resuming from step {plan.checkpoint.step} ({plan.checkpoint.directory}){changed}", flush=True)

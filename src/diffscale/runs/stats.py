@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from diffscale.data.climate import ClimateDataset
-from diffscale.data.climate.extrapolation import InputRange, fit_input_range
+from diffscale.data.climate.extrapolation import RANGE_CHUNK_BYTES, InputRange, fit_input_range
 from diffscale.data.climate.grid import grid_spacing
 from diffscale.data.climate.statistics import stats_time_indices
 from diffscale.files import atomic_write_bytes
@@ -38,6 +38,7 @@ def training_input_range(dataset: ClimateDataset) -> InputRange:
     chunks of times: memory stays bounded by one chunk), over the times the statistics are fitted on (every
     training time, or the ``data.stats_times`` evenly spaced ones of a long record)."""
     chosen = stats_time_indices(len(dataset), dataset.section.stats_times)
+    height, width = dataset.blocks_shape
     return fit_input_range(
         lambda indices: dataset.full_conditioning(chosen[indices].tolist()),
         int(chosen.size),
@@ -45,6 +46,7 @@ def training_input_range(dataset: ClimateDataset) -> InputRange:
         dataset.section.coarsen_factor,
         dataset.latitude,
         dataset.longitude,
+        chunk=max(1, RANGE_CHUNK_BYTES // (4 * dataset.cond_channels * height * width)),
     )
 
 

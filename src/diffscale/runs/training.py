@@ -128,6 +128,14 @@ class TrainingPlan:
     for ``statistics``, and a resumed run that has one)."""
 
     @property
+    def statistics_rate(self) -> str | None:
+        """A climate run's statistics pass in one line (times, MB, seconds, times/s and MB/s:
+        :meth:`~diffscale.data.climate.statistics.StatisticsPass.describe`); None where no pass ran (other data,
+        statistics reused from the run)."""
+        done = getattr(self.data, "statistics_pass", None)
+        return None if done is None else done.describe()
+
+    @property
     def mixture(self) -> DataDistribution:
         """The data distribution (name kept from when every run modelled a mixture)."""
         return self.data

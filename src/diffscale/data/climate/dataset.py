@@ -47,7 +47,7 @@ from diffscale.data.climate.splits import (
     coarse_files,
     open_fine_series,
 )
-from diffscale.data.climate.statistics import fit_climate_stats
+from diffscale.data.climate.statistics import StatisticsPass, fit_climate_stats
 from diffscale.data.climate.transforms import Transforms
 from diffscale.loss import ROW_WEIGHTS
 from diffscale.validation import ConfigError
@@ -162,9 +162,13 @@ class ClimateDataset:
         self.section = section
         self.split = split
         self.series, self.grid_trim = open_fine_series(section, split)
+        self.statistics_pass: StatisticsPass | None = None
+        """The streaming statistics pass that fitted the statistics (its rate), when this dataset fitted them."""
         if stats is None:
             train_series = self.series if split == "train" else open_fine_series(section, "train")[0]
-            stats = fit_climate_stats(section, series=train_series)
+            passes: list[StatisticsPass] = []
+            stats = fit_climate_stats(section, series=train_series, report=passes)
+            self.statistics_pass = passes[0] if passes else None
         self.transforms = Transforms(stats)
         expected = {name: self.transforms.stats.get(name, {}).get("units") for name in section.variables}
         self.series.convert_to(expected, source=", ".join(section.paths))

@@ -39,6 +39,7 @@ from diffscale.validation import ConfigError
 
 __all__ = [
     "EXTRAPOLATION_SUFFIXES",
+    "RANGE_CHUNK_BYTES",
     "WARN_OUTSIDE_FRACTION",
     "ExtrapolationWarning",
     "InputRange",
@@ -59,6 +60,8 @@ WARN_OUTSIDE_FRACTION = 0.25
 TOLERANCE = 1e-4
 """Values within this distance (training standard deviations) of the range count as inside it: the same field
 written to a file and read back in float32 must not be flagged."""
+RANGE_CHUNK_BYTES = 16 * 2**20
+"""Conditioning values (float32, the C coarse channels) read at once by :func:`fit_input_range`, about."""
 EXTRAPOLATION_SUFFIXES = ("_outside_training_range", "_training_range_excess")
 """Names of the per-time variables of an ensemble: ``<variable><suffix>``."""
 
@@ -189,13 +192,17 @@ def fit_input_range(
     factor: int,
     latitude: np.ndarray,
     longitude: np.ndarray,
-    chunk: int = 64,
+    chunk: int | None = None,
 ) -> InputRange:
     """The per-cell range of the first C channels (the upsampled coarse variables) of ``count`` training times,
-    read ``chunk`` times at a time by ``read`` (memory bounded by one chunk whatever the record's length)."""
+    read ``chunk`` times at a time by ``read`` (default: the times whose C channels take about
+    :data:`RANGE_CHUNK_BYTES` in float32, at least one), so that memory is bounded by one chunk whatever the
+    record's length; only the running minimum and maximum (C, H / f, W / f) are kept between chunks."""
     if count < 1:
         raise ValueError("fit_input_range: no training times")
     channels = len(variables)
+    if chunk is None:
+        chunk = max(1, RANGE_CHUNK_BYTES // (4 * channels * np.size(latitude) * np.size(longitude)))
     minimum = maximum = None
     for start in range(0, count, chunk):
         cond = read(list(range(start, min(start + chunk, count))))

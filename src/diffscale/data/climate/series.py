@@ -5,8 +5,8 @@ keeps the *time index*: for each of the T selected times, its timestamp, the fil
 position there (20 bytes per time). Nothing else proportional to T is held. A read of one time (and of a window
 of rows and columns) opens the file lazily in the reading process (netCDF/HDF5 handles are not fork-safe: a
 worker process opens its own) and reads only that hyperslab, through xarray's lazily indexed arrays (no dask,
-no cache). :meth:`FieldSeries.lazy_parts` gives the same selection as dask arrays, for streaming reductions
-(statistics) chunk by chunk.
+no cache). :meth:`FieldSeries.read_times` reads a block of times of one file at once, for streaming reductions
+(statistics) block by block.
 
 The files must share one grid and hold the variables; a time may appear in one file only, and each file's times
 must increase. Violations are one-line :class:`~diffscale.validation.ConfigError` s naming the file (and time);
@@ -16,6 +16,7 @@ so is a read that fails (a truncated file, a damaged chunk) or a value that is n
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from diffscale.data.climate.calendars import calendar_of, check_times, is_cftime, same_calendar, time_text, within
-from diffscale.data.climate.io import expand_paths, open_dataset, select_fields, time_chunks
+from diffscale.data.climate.io import expand_paths, open_dataset, select_fields
 from diffscale.data.climate.units import units_conversion
 from diffscale.validation import ConfigError
 
@@ -35,7 +36,8 @@ __all__ = ["DASK_CHUNK_BYTES", "FieldSeries", "GridWindow", "check_field_dims", 
 OPEN_FILES = 32
 """Files a process keeps open at once (least recently read closed first)."""
 DASK_CHUNK_BYTES = 64 * 2**20
-"""Target size of one dask chunk in :meth:`FieldSeries.lazy_parts` (a whole number of the file's own chunks)."""
+"""Target size of one dask chunk along time when a long file is opened with dask (a whole number of the file's own
+chunks)."""
 
 
 def format_time(value: Any) -> str:
@@ -165,8 +167,10 @@ class FieldSeries:
         self.file_grid: tuple[np.ndarray, np.ndarray] = (first["latitude"].values, first["longitude"].values)
         self.first_attrs: dict[str, dict[str, Any]] = {name: dict(first[name].attrs) for name in self.variables}
         self._conversions: list[dict[str, tuple[float, float] | None]] = [{} for _ in files]
+        self._target_units: dict[str, str | None] = {}
         self._open: OrderedDict[int, xr.Dataset] = OrderedDict()
         self._pid = os.getpid()
+        self._lock = threading.Lock()  # guards the open files when threads read (:meth:`read_times`)
 
     # -- description -------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -200,6 +204,12 @@ class FieldSeries:
                 except ConfigError as error:
                     raise ConfigError(f"{source or file.path}: {error}") from None
             self._conversions[number] = conversions
+        self._target_units = dict(expected)
+
+    def read_units(self, index: int) -> dict[str, str | None]:
+        """The units of the values read at time ``index``: those :meth:`convert_to` asked for, else its file's."""
+        file = self.files[int(self.file_number[index])]
+        return {name: self._target_units.get(name) or file.units[name] for name in self.variables}
 
     def _convert(self, values: np.ndarray, number: int, name: str) -> np.ndarray:
         """x_expected = a x + b in float64, then back to the field's floating dtype (as
@@ -263,38 +273,47 @@ class FieldSeries:
             out.append(values)
         return out
 
-    def lazy_parts(
-        self, indices: np.ndarray | None = None, chunk_bytes: int = DASK_CHUNK_BYTES
-    ) -> list[tuple[str, xr.Dataset, np.ndarray]]:
-        """The selected times (or the subset ``indices`` of them) as dask-backed Datasets, one per file (in the
-        units of :meth:`convert_to`), with the series indices of their times: for reductions chunk by chunk.
+    def read_times(self, indices: np.ndarray) -> list[np.ndarray]:
+        """The variables at the times ``indices`` (increasing, all in one file) on the series' grid, each (n, rows,
+        columns) in the file's decoded dtype and the units of :meth:`convert_to`, read in one request per
+        variable (a slice when the times are consecutive in the file); values are not checked here (a
+        streaming reduction checks them itself).
 
-        Each dask chunk holds about ``chunk_bytes`` (a whole number of the file's own time chunks).
+        Raises:
+            ValueError: the times are in more than one file.
+            ConfigError: the read failed (naming the file, the variable and the first time, with the reason).
         """
-        wanted = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
-        parts = []
-        for number, file in enumerate(self.files):
-            mine = wanted[self.file_number[wanted] == number]
-            if mine.size == 0:
-                continue
-            ds = open_dataset(file.path, chunks=time_chunks(file.path, self.variables, chunk_bytes))
-            ds = self.window.apply(select_fields(ds, self.variables, source=file.path))
-            ds = ds.isel(time=self.position[mine])
-            converted = {}
-            for name in self.variables:
-                conversion = self._conversions[number].get(name)
-                if conversion is not None:
-                    variable = ds[name]
-                    dtype = variable.dtype if variable.dtype.kind == "f" else np.dtype(np.float64)
-                    converted[name] = (variable.astype(np.float64) * conversion[0] + conversion[1]).astype(dtype)
-            parts.append((file.path, ds.assign(converted) if converted else ds, mine))
-        return parts
+        indices = np.asarray(indices, dtype=np.int64)
+        numbers = np.unique(self.file_number[indices])
+        if numbers.size != 1:
+            raise ValueError(f"read_times: the times are in {numbers.size} files; give the times of one file")
+        number = int(numbers[0])
+        positions = self.position[indices]
+        consecutive = positions.size > 0 and np.all(np.diff(positions) == 1)
+        where: Any = slice(int(positions[0]), int(positions[-1]) + 1) if consecutive else positions
+        with self._lock:
+            ds = self._dataset(number)
+        out = []
+        for name in self.variables:
+            try:
+                values = np.asarray(ds[name].variable[where].values)
+            except Exception as error:  # the readers raise many types; the user needs the file, time and reason
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                where_read = self.describe_time(int(indices[0]))
+                raise ConfigError(f"cannot read {name!r} from {where_read}: {reason}") from None
+            out.append(self._convert(values, number, name))
+        return out
 
     # -- pickling (worker processes) ----------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()  # open handles stay in the process that opened them
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         """Close the files this process has open."""

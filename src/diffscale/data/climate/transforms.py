@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -37,7 +38,7 @@ import torch
 
 from diffscale.validation import ConfigError
 
-__all__ = ["TRANSFORMS", "TransformName", "Transforms", "fit_stats", "lazy_moments", "stats_entry", "transform_spec"]
+__all__ = ["TRANSFORMS", "Moments", "TransformName", "Transforms", "fit_stats", "stats_entry", "transform_spec"]
 
 TransformName = Literal["standardize", "log1p", "sqrt"]
 TRANSFORMS: tuple[str, ...] = ("standardize", "log1p", "sqrt")
@@ -123,19 +124,45 @@ def _g_numpy(x: Any, transform: str, scale: float = 1.0) -> Any:
     return x
 
 
-def lazy_moments(values: Any, transform: Any = "standardize") -> tuple[Any, Any]:
-    """(mean, variance) of g(x) over every element of a dask array ``values``, as lazy dask scalars in float64;
-    ``transform`` as :func:`transform_spec` reads it (a name, or a name and a scale c).
+@dataclass(frozen=True)
+class Moments:
+    """Count n, mean m and sum of squared deviations from the mean M2 = sum_i (y_i - m)^2 of some values, in
+    float64 (variance M2 / n); zero values: n = 0."""
 
-    Both are dask reductions chunk by chunk: each chunk's count n_i, mean m_i and sum of squared deviations from
-    its own mean M2_i are merged in a tree, M2 = sum_i M2_i + sum_i n_i (m_i - m)^2 (the parallel form of the
-    two-pass variance; Chan, Golub & LeVeque 1983), so nothing but a few chunks is in memory at once and the
-    result equals the in-memory two-pass statistics to rounding. Compute them together with other reductions of the
-    same array (``dask.compute``) to read each chunk once.
-    """
-    name, scale = transform_spec(transform)
-    y = _g_numpy(values.astype(np.float64), name, scale)
-    return y.mean(dtype=np.float64), y.var(dtype=np.float64, ddof=0)
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    @classmethod
+    def of(cls, values: Any, transform: Any = "standardize") -> Moments:
+        """The moments of g(x) over every element of a numpy array ``values`` (two passes over the block in
+        float64); ``transform`` as :func:`transform_spec` reads it (a name, or a name and a scale c)."""
+        name, scale = transform_spec(transform)
+        y = _g_numpy(np.asarray(values).astype(np.float64), name, scale)
+        if y.size == 0:
+            return cls()
+        mean = float(y.mean())
+        y -= mean
+        return cls(int(y.size), mean, float(np.dot(y.ravel(), y.ravel())))
+
+    @property
+    def variance(self) -> float:
+        """M2 / n (population variance; nan for no values)."""
+        return self.m2 / self.count if self.count else math.nan
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both sets of values (Chan, Golub & LeVeque 1983): with delta = m_b - m_a and
+        n = n_a + n_b, m = m_a + delta n_b / n and M2 = M2_a + M2_b + delta^2 n_a n_b / n; exact in exact
+        arithmetic, and as accurate as the two-pass formula in floating point."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / count)
+        return Moments(count, mean, m2)
 
 
 def stats_entry(variable: str, transform: Any, mean: float, variance: float, count: int) -> dict[str, Any]:
