@@ -83,6 +83,7 @@ def scores_row(hours: float, scores: xr.Dataset, seconds: float, fields: int) ->
 
 
 def print_table(rows: list[dict[str, float]], members: int, days: int) -> None:
+    rows = sorted(rows, key=lambda row: row["L"])
     truth = rows[0]
     print(
         f"\nERA5 t2m UK test week from {TEST_WEEK[0]}, {days} days, {members} members; truth: residual "
