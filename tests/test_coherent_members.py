@@ -160,6 +160,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         root = tmp_path_factory.mktemp("coherent")
         write_inputs(root)
         run_dir = train_run(root, "diffusion", climate_config(root, "diffusion", "residual", 3))
+        regression = train_run(root, "regression", climate_config(root, "regression", "residual", 2))
     truth = fine_field(np.random.default_rng(1), LATITUDE, LONGITUDE, HOURLY)
     t, h, w = truth.shape
     coarse = truth.reshape(t, h // FACTOR, FACTOR, w // FACTOR, FACTOR).mean(axis=(2, 4))
@@ -167,7 +168,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         root / "coarse.nc", coarse, LATITUDE.reshape(-1, FACTOR).mean(1), LONGITUDE.reshape(-1, FACTOR).mean(1), HOURLY
     )
     write_coarse(root / "truth.nc", truth, LATITUDE, LONGITUDE, HOURLY)
-    return {"root": root, "run": run_dir, "coarse": root / "coarse.nc", "truth": root / "truth.nc"}
+    return {
+        "root": root,
+        "run": run_dir,
+        "regression": regression,
+        "coarse": root / "coarse.nc",
+        "truth": root / "truth.nc",
+    }
 
 
 def _downscale(setup: dict[str, Any], **options: Any) -> np.ndarray:
@@ -213,6 +220,12 @@ def test_the_option_on_the_command_line_is_recorded_and_checked(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--time-correlation = -2.0: must be a number of hours >= 0" in lines[0], lines
     assert not (tmp_path / "bad.nc").exists()
+    regression = ["downscale", str(setup["regression"]), "--input", str(setup["coarse"]), "--no-progress"]
+    regression += ["--device", "cpu", "--out", str(tmp_path / "r.nc"), "--time-correlation", "6"]
+    assert run_cli(regression) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--time-correlation = 6: " in lines[0] and "regression run" in lines[0], lines
+    assert not (tmp_path / "r.nc").exists()
 
 
 @ON_THE_RUN

@@ -363,6 +363,11 @@ class DownscalingJob:
         members = members if members is not None else (1 if run.deterministic else DEFAULT_MEMBERS)
         seed = _check_count("seed", seed, 0)
         time_correlation = check_time_correlation(time_correlation, option_name("time_correlation"))
+        if run.deterministic and time_correlation > 0:
+            raise ConfigError(
+                f"{option_name('time_correlation')} = {time_correlation:g}: '{run.run_dir}' is a regression run "
+                "(deterministic, no noise to correlate); leave it out"
+            )
         threads = check_threads(threads, option_name("threads"))
         member_batch = _check_count("member_batch", member_batch, 1)
         if not isinstance(recalibrate, bool):
@@ -455,7 +460,7 @@ class DownscalingJob:
             "model": "regression" if run.deterministic else run.config.diffusion.type,
             "data_target": section.target,
         }
-        if time_correlation > 0 and not run.deterministic:
+        if time_correlation > 0:
             attributes["time_correlation_hours"] = time_correlation
             attributes["member_noise"] = (
                 f"coherent in time: cos/sin blend of seeded noises at anchors every {time_correlation:g} h from "
