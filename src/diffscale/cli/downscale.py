@@ -31,7 +31,7 @@ A regression run (training.objective: regression) is deterministic: it writes on
 examples:
   diffscale downscale runs/era5_uk --input coarse.nc --members 32 --out ensemble.nc
   diffscale downscale runs/era5_uk --input coarse.grib --members 8 --steps 32 --s-churn 0 --seed 1 --out e.nc
-  diffscale downscale runs/era5_uk --input coarse.nc --members 16 --time-correlation 6 --out coherent.nc
+  diffscale downscale runs/era5_uk --input coarse.nc --members 16 --time-correlation 3 --out coherent.nc
   torchrun --nproc-per-node 4 -m diffscale downscale runs/era5_uk --input coarse.nc --members 64 --out e.zarr
   diffscale downscale runs/era5_uk --input gcm_tas_1.25x0.9375.nc --regrid conservative --out ensemble.nc
 """
@@ -101,7 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0.0,
         metavar="HOURS",
         help="make every member a time series: its noise is blended between seeded noises at calendar anchors every "
-        "HOURS hours (e.g. 6 for hourly data, 48 for daily); 0 (default): every time sampled independently",
+        "HOURS hours (e.g. 3 for hourly temperature, 48 for daily data); 0 (default): every time sampled independently",
     )
     add_threads_option(parser)
     parser.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when available), cpu, cuda or cuda:N")
