@@ -276,7 +276,7 @@ def test_generator_arguments_are_checked() -> None:
     one = torch.Generator().manual_seed(0)
     cases = [
         ([one, one], "2 generators for a batch of 3 samples"),
-        ([one, one, 7], r"generator\[2\]: expected a torch.Generator, got int"),
+        ([one, one, 7], r"generator\[2\]: expected a torch.Generator or a BlendedGenerator, got int"),
         ("seed", "expected a torch.Generator or a sequence of them, got str"),
         (5, "expected a torch.Generator or a sequence of them, got int"),
     ]

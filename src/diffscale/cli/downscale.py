@@ -14,7 +14,7 @@ import argparse
 import sys
 import warnings
 
-from diffscale.cli.arguments import HelpFormatter, add_sampler_options, add_threads_option, count
+from diffscale.cli.arguments import HelpFormatter, add_sampler_options, add_threads_option, count, number
 
 __all__ = ["add_parser", "run"]
 
@@ -32,6 +32,7 @@ A regression run (training.objective: regression) is deterministic: it writes on
 examples:
   diffscale downscale runs/era5_uk --input coarse.nc --members 32 --out ensemble.nc
   diffscale downscale runs/era5_uk --input coarse.grib --members 8 --steps 32 --s-churn 0 --seed 1 --out e.nc
+  diffscale downscale runs/era5_uk --input coarse.nc --members 16 --time-correlation 3 --out coherent.nc
   torchrun --nproc-per-node 4 -m diffscale downscale runs/era5_uk --input coarse.nc --members 64 --out e.zarr
   diffscale downscale runs/era5_uk --input gcm_tas_1.25x0.9375.nc --regrid conservative --out ensemble.nc
 
@@ -100,6 +101,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap", type=count(0), metavar="N", help="window overlap in grid points (default H/4)")
     add_sampler_options(parser)
     parser.add_argument("--seed", type=count(0), default=0, metavar="S", help="seed of the ensemble")
+    parser.add_argument(
+        "--time-correlation",
+        type=number,
+        default=0.0,
+        metavar="HOURS",
+        help="make every member a time series: its noise is blended between seeded noises at calendar anchors every "
+        "HOURS hours (e.g. 3 for hourly temperature, 48 for daily data); 0 (default): every time sampled independently",
+    )
     add_threads_option(parser)
     parser.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument(
@@ -195,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
                 regrid=args.regrid,
                 bias_adjust=args.bias_adjust,
                 bias_reference=args.bias_reference,
+                time_correlation=args.time_correlation,
             )
         _print_warnings(caught)
         if context.is_main:

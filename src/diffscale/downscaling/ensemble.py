@@ -5,8 +5,11 @@ Given the conditioning c (T, K, H, W) and base b (T, C, H, W) of a coarse input 
 :class:`~diffscale.data.climate.ConditioningBuilder`), member k at time t draws its initial noise and any churn or
 SDE noise from its own CPU generator, seeded by (seed, the timestamp of t, k) only
 (:func:`~diffscale.downscaling.member_generators`), so a member does not depend on the other times of the input,
-on the member batch, on how blocks are grouped or shared between processes, or on the device. Consecutive blocks
-are sampled together, up to ``batch_size`` samples per call; memory stays bounded by that batch.
+on the member batch, on how blocks are grouped or shared between processes, or on the device. With
+``time_correlation`` L > 0 hours a member's noise is instead blended from its seeded noises at calendar anchors
+every L hours (:mod:`~diffscale.downscaling.coherence`): the same independence of the input's other times and of
+the batching, and a member that is a time series. Consecutive blocks are sampled together, up to ``batch_size``
+samples per call; memory stays bounded by that batch.
 
 For domains larger than the network's training patches, pass a :class:`~diffscale.downscaling.PatchPlan`: the
 denoiser is then applied window by window at every solver step and blended (:class:`PatchedDenoiser`), which
@@ -25,6 +28,7 @@ from tqdm.auto import tqdm
 from diffscale.denoiser import Denoiser
 from diffscale.devices import standard_normal
 from diffscale.downscaling.blending import PatchedDenoiser, PatchPlan
+from diffscale.downscaling.coherence import anchor_positions, check_time_correlation, coherent_generators
 from diffscale.downscaling.plan import Block, member_generators, time_key
 from diffscale.downscaling.writer import EnsembleWriter
 from diffscale.formulations.base import Formulation
@@ -60,6 +64,7 @@ def generate_ensemble(
     threads: Threads | None = None,
     block_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_group: Callable[[int], None] | None = None,
+    time_correlation: float = 0.0,
 ) -> None:
     """Sample every block and write it.
 
@@ -93,6 +98,9 @@ def generate_ensemble(
             a spread recalibration, which needs blocks of all the members of a time).
         on_group: called with a group's position in ``groups`` once all its blocks are written (e.g. to make them
             durable and record the group as done, for a resume).
+        time_correlation: L in hours; 0 (the default) draws every (time, member) independently, L > 0 blends each
+            member's initial and churn noise from its noises at anchors every L hours of the times' calendar
+            (:mod:`~diffscale.downscaling.coherence`; needs ``times``).
     """
     if denoiser is not None and (formulation is None or settings is None):
         raise ValueError("a denoiser needs its formulation and sampler settings")
@@ -107,6 +115,12 @@ def generate_ensemble(
     if times is not None and len(times) != base.shape[0]:
         raise ValueError(f"times has {len(times)} entries for {base.shape[0]} times")
     keys = [time_key(value) for value in times] if times is not None else [str(index) for index in range(len(base))]
+    time_correlation = check_time_correlation(time_correlation)
+    positions = None
+    if time_correlation > 0 and model is not None:
+        if times is None:
+            raise ValueError("time_correlation needs the timestamps of the times (times=...)")
+        positions = anchor_positions(times, time_correlation)
     if groups is None:
         groups = sampling_groups(blocks, batch_size)
     total = sum(block.size for group in groups for block in group)
@@ -121,7 +135,15 @@ def generate_ensemble(
                 normalised = group_base
             else:
                 # Every member draws all its noise from its own generator: grouping changes no member.
-                generators = [g for block in group for g in member_generators(seed, keys[block.time_index], block)]
+                generators = [
+                    g
+                    for block in group
+                    for g in (
+                        member_generators(seed, keys[block.time_index], block)
+                        if positions is None
+                        else coherent_generators(seed, positions, block.time_index, block)
+                    )
+                ]
                 noise = standard_normal(group_base.shape, generators, dtype=group_base.dtype, device=device)
                 cond = {"cond_fields": cond_fields[indices].to(device), **(extra_cond or {})}
                 with torch.no_grad():

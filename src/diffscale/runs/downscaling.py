@@ -75,6 +75,7 @@ from diffscale.downscaling import (
     sampling_groups,
     work_blocks,
 )
+from diffscale.downscaling.coherence import check_time_correlation
 from diffscale.downscaling.ensemble import ToPhysical
 from diffscale.downscaling.recalibration import inflate_channels
 from diffscale.downscaling.resumable import (
@@ -322,6 +323,9 @@ class DownscalingJob:
     """Per variable, how far the coarse input lies outside the training range at each time (``outside_fraction``,
     ``excess``: :meth:`~diffscale.data.climate.extrapolation.InputRange.measure`); None for a run saved without its
     training range. Written into the ensemble as per-time variables."""
+    time_correlation: float = 0.0
+    """L in hours: 0 samples every (time, member) independently; L > 0 makes every member a time series, its noise
+    blended from seeded noises at calendar anchors every L hours (:mod:`~diffscale.downscaling.coherence`)."""
     time_encoding: TimeEncoding | None = None
     """The units and calendar of the coarse input's time axis, which the ensemble keeps; None for an input that
     carries none (a Dataset built in memory): then hours since 1970-01-01 in the times' own calendar."""
@@ -357,6 +361,7 @@ class DownscalingJob:
         regrid: str = "conservative",
         bias_adjust: str | None = None,
         bias_reference: Sequence[Any] | None = None,
+        time_correlation: float = 0.0,
     ) -> DownscalingJob:
         """Check the options and the coarse input and build its conditioning (the regression base of a CorrDiff or
         regression run too). See :meth:`ClimateRun.downscale` for the arguments.
@@ -375,6 +380,11 @@ class DownscalingJob:
         ``bias_adjust`` (``qm`` or ``qdm``) with ``bias_reference`` (START, END): the coarse input is first mapped
         onto the run's training coarse climatology (:func:`diffscale.runs.bias_adjustment.bias_adjust`, with the
         input's reference period START .. END); the ensemble's attributes record it.
+        ``time_correlation`` L (hours, default 0): with L > 0 each member's initial (and churn) noise at a time is
+        cos(pi u / 2) z_k + sin(pi u / 2) z_{k+1} of its seeded noises at the calendar anchors a_k <= t < a_{k+1}
+        every L hours (u = (t - a_k) / L; :mod:`~diffscale.downscaling.coherence`), so that a member is a
+        coherent time series; recorded as the attribute ``time_correlation_hours``. 0 is the independent sampling
+        of every (time, member).
 
         Raises:
             ConfigError: a bad option, a missing variable, NaNs (naming variable and time), a grid whose spacing is
@@ -396,6 +406,12 @@ class DownscalingJob:
             )
         members = members if members is not None else (1 if run.deterministic else DEFAULT_MEMBERS)
         seed = _check_count("seed", seed, 0)
+        time_correlation = check_time_correlation(time_correlation, option_name("time_correlation"))
+        if run.deterministic and time_correlation > 0:
+            raise ConfigError(
+                f"{option_name('time_correlation')} = {time_correlation:g}: '{run.run_dir}' is a regression run "
+                "(deterministic, no noise to correlate); leave it out"
+            )
         threads = check_threads(threads, option_name("threads"))
         member_batch = _check_count("member_batch", member_batch, 1)
         if not isinstance(recalibrate, bool):
@@ -498,6 +514,12 @@ class DownscalingJob:
             "model": "regression" if run.deterministic else run.config.diffusion.type,
             "data_target": section.target,
         }
+        if time_correlation > 0:
+            attributes["time_correlation_hours"] = time_correlation
+            attributes["member_noise"] = (
+                f"coherent in time: cos/sin blend of seeded noises at anchors every {time_correlation:g} h from "
+                "1970-01-01 of the calendar"
+            )
         if regridding is not None:
             attributes.update(_regridding_attributes(regridding, source))
         attributes.update({key: value for key, value in fields.attrs.items() if key.startswith("bias_")})
@@ -535,6 +557,7 @@ class DownscalingJob:
             threads=threads,
             extrapolation=extrapolation,
             spread_inflation=inflation,
+            time_correlation=time_correlation,
             time_encoding=time_encoding(fields["time"]) if "time" in fields.coords else None,
             input_paths=_input_paths(coarse),
         )
@@ -655,6 +678,7 @@ class DownscalingJob:
             "grid": f"{height} x {width}, sha256 {grid[:16]}",
             "variables": list(self.variables),
             "seed": self.seed,
+            "time_correlation_hours": self.time_correlation,
             "members": self.members,
             "member_batch": self.member_batch,
             "batch_size": self.batch_size,
@@ -847,6 +871,7 @@ class DownscalingJob:
             threads=self.threads,
             block_transform=self._inflate if self.spread_inflation is not None else None,
             on_group=on_group,
+            time_correlation=self.time_correlation,
         )
 
     def _inflate(self, members: torch.Tensor) -> torch.Tensor:

@@ -362,7 +362,9 @@ class ClimateRun(Run):
                 True), ``regrid`` (a coarse input off the run's coarse lattice is regridded onto its coarse cells:
                 ``conservative``, the default, or ``bilinear``; ``none`` refuses it), ``bias_adjust`` (``qm`` or
                 ``qdm``) with ``bias_reference`` (START, END) (map the input, on the run's coarse lattice, onto the
-                run's training coarse climatology first: :func:`diffscale.runs.bias_adjust`): see
+                run's training coarse climatology first: :func:`diffscale.runs.bias_adjust`), ``time_correlation``
+                (hours: each member a time series, its noise blended between calendar anchors every that many
+                hours; 0, the default, samples every time independently): see
                 :class:`~diffscale.runs.downscaling.DownscalingJob`.
         """
         job = self.prepare_downscaling(coarse, members=members, **options)
