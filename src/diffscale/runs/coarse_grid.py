@@ -3,12 +3,14 @@ coarse cells (the blocks of ``factor`` x ``factor`` cells of the training grid).
 
 The run's coarse lattice is the grid of block centres of its training grid: spacing D = f d (f the coarsening
 factor, d the training spacing) along each axis; for a run with static fields (matched by coordinates) also its
-origin, the first block centre c_0, so that its points are c_0 + k D. An input whose points are such points within
-:data:`~diffscale.data.climate.regrid.COINCIDENCE_TOLERANCE_DEG` (evenly spaced by D; on c_0 + k D when aligned) is
-on the lattice and is used as it is, over its own extent: the ensemble is bitwise the one of an input that was never
-regridded. Any other rectilinear input is regridded (:mod:`~diffscale.data.climate.coarse_regrid`: first-order
-conservative by default, or bilinear) onto the run's coarse cells over its training domain, which it must cover;
-``regrid="none"`` refuses it instead, as :func:`~diffscale.runs.downscaling.check_coarse_grid` says why.
+origin up to whole training cells d, the block centres of some window of the training grid: c_0 + j d + k D. An
+input whose points are such points within :data:`~diffscale.data.climate.regrid.COINCIDENCE_TOLERANCE_DEG` (evenly
+spaced by D; on c_0 + j d + k D when aligned) is on the lattice and is used as it is, over its own extent: the
+ensemble is bitwise the one of an input that was never regridded. Any other rectilinear input is regridded
+(:mod:`~diffscale.data.climate.coarse_regrid`: first-order conservative by default, or bilinear) onto the run's
+coarse cells over its training domain, which it must cover (a run trained on windows anywhere takes the window of
+them that the input covers); ``regrid="none"`` refuses it instead, as
+:func:`~diffscale.runs.downscaling.check_coarse_grid` says why.
 """
 
 from __future__ import annotations
@@ -86,11 +88,18 @@ def _evenly_spaced(values: np.ndarray, spacing: float) -> bool:
 
 
 def on_coarse_lattice(
-    latitude: np.ndarray, longitude: np.ndarray, grid: dict[str, Any], factor: int, *, aligned: bool
+    latitude: np.ndarray,
+    longitude: np.ndarray,
+    grid: dict[str, Any],
+    factor: int,
+    *,
+    aligned: bool,
 ) -> bool:
     """Whether the harmonised input coordinates lie on the run's coarse lattice (module docstring): evenly spaced
     by f times the training spacing, and with ``aligned`` (static fields) on the lattice's origin too, each within
-    :data:`~diffscale.data.climate.regrid.COINCIDENCE_TOLERANCE_DEG` (longitudes modulo 360)."""
+    :data:`~diffscale.data.climate.regrid.COINCIDENCE_TOLERANCE_DEG` (longitudes modulo 360). The origin may move
+    by whole training cells: the blocks of any window of the training grid are a lattice of the run (one a run
+    trained on windows anywhere has seen; its static fields are matched on the training grid's points)."""
     origins = coarse_lattice(grid, factor) if aligned else None
     for index, (axis, values) in enumerate((("latitude", latitude), ("longitude", longitude))):
         values = np.asarray(values, dtype=np.float64)
@@ -99,10 +108,11 @@ def on_coarse_lattice(
             return False
         if origins is None:
             continue
+        step = _fine_spacing(grid, axis)
         offset = values[0] - origins[index][0]
         if axis == "longitude":
             offset = (offset + 180.0) % 360.0 - 180.0
-        if abs(offset - spacing * round(offset / spacing)) > COINCIDENCE_TOLERANCE_DEG:
+        if abs(offset - step * round(offset / step)) > COINCIDENCE_TOLERANCE_DEG:
             return False
     return True
 
