@@ -171,11 +171,13 @@ def test_sigkill_at_ten_random_points_then_resume_gives_the_uninterrupted_ensemb
         kill_at(process, out, None if on_timer else target, rng.uniform(0.0, 0.4 if on_timer else 0.03))
         assert process.exitcode == -signal.SIGKILL, f"(seed {seed}) exit {process.exitcode}: {log.read_text()[-2000:]}"
         seen.append(_done(out))
-    assert not out.exists(), f"(seed {seed}) completed before the last kill"
+        if out.exists():  # on a busy machine a late kill can land after the output was put in place: it is done
+            break
     assert max(seen) > 0, f"(seed {seed}) no kill came after a block was written: {seen}"
-    process = start(argv, log)
-    process.join(timeout=120)
-    assert process.exitcode == 0, f"(seed {seed}) {log.read_text()[-3000:]}"
+    if not out.exists():
+        process = start(argv, log)
+        process.join(timeout=120)
+        assert process.exitcode == 0, f"(seed {seed}) {log.read_text()[-3000:]}"
     assert_same_ensemble(out, setup["reference"])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["child.log", "killed.nc"]  # no store, no temporary
 
