@@ -84,6 +84,7 @@ __all__ = [
     "evaluate",
     "evaluate_inputs",
     "load_inputs",
+    "open_ensemble",
     "scores_dataset",
     "write_report",
 ]
@@ -298,6 +299,20 @@ def _units(dataset: xr.Dataset, name: str) -> str:
     return str(dataset[name].attrs.get("units", ""))
 
 
+def open_ensemble(ensemble: EnsembleSource, variables: Sequence[str] | None) -> tuple[str, xr.Dataset, list[str]]:
+    """(its description, the ensemble as a Dataset with latitude ascending, the variables to score); ConfigError
+    when a variable or a time, latitude or longitude coordinate is missing."""
+    where = _describe(ensemble)
+    dataset = _ensemble_dataset(ensemble)
+    names = _ensemble_variables(dataset, variables, where)
+    for coordinate in ("time", "latitude", "longitude"):
+        if coordinate not in dataset.coords:
+            raise ConfigError(f"ensemble {where} has no {coordinate!r} coordinate")
+    if dataset.sizes["latitude"] > 1 and float(dataset.latitude[0]) > float(dataset.latitude[-1]):
+        dataset = dataset.sortby("latitude")
+    return where, dataset, names
+
+
 def load_inputs(
     ensemble: EnsembleSource,
     truth: FieldsSource,
@@ -320,14 +335,7 @@ def load_inputs(
     regrid = check_regrid(regrid)
     for source, what in ((ensemble, "ensemble"), (truth, "truth"), (coarse, "coarse")):
         _check_exists(source, what)
-    ensemble_where = _describe(ensemble)
-    ensemble_ds = _ensemble_dataset(ensemble)
-    names = _ensemble_variables(ensemble_ds, variables, ensemble_where)
-    for coordinate in ("time", "latitude", "longitude"):
-        if coordinate not in ensemble_ds.coords:
-            raise ConfigError(f"ensemble {ensemble_where} has no {coordinate!r} coordinate")
-    if ensemble_ds.sizes["latitude"] > 1 and float(ensemble_ds.latitude[0]) > float(ensemble_ds.latitude[-1]):
-        ensemble_ds = ensemble_ds.sortby("latitude")
+    ensemble_where, ensemble_ds, names = open_ensemble(ensemble, variables)
     latitude = np.asarray(ensemble_ds.latitude, dtype=np.float64)
     longitude = np.asarray(ensemble_ds.longitude, dtype=np.float64)
     ensemble_times = _times(ensemble_ds.time.values)

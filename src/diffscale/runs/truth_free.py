@@ -50,15 +50,13 @@ from diffscale.runs.evaluation import (
     FieldsSource,
     _absolute,
     _check_exists,
-    _describe,
-    _ensemble_dataset,
-    _ensemble_variables,
     _factor,
     _finite,
     _times,
     _units,
     check_report_directory,
     coarse_on_blocks,
+    open_ensemble,
 )
 from diffscale.validation import ConfigError, option_name
 
@@ -138,14 +136,7 @@ def load_truth_free_inputs(
     """
     _check_exists(ensemble, "ensemble")
     _check_exists(coarse, "coarse")
-    where = _describe(ensemble)
-    dataset = _ensemble_dataset(ensemble)
-    names = _ensemble_variables(dataset, variables, where)
-    for coordinate in ("time", "latitude", "longitude"):
-        if coordinate not in dataset.coords:
-            raise ConfigError(f"ensemble {where} has no {coordinate!r} coordinate")
-    if dataset.sizes["latitude"] > 1 and float(dataset.latitude[0]) > float(dataset.latitude[-1]):
-        dataset = dataset.sortby("latitude")
+    where, dataset, names = open_ensemble(ensemble, variables)
     latitude = np.asarray(dataset.latitude, dtype=np.float64)
     longitude = np.asarray(dataset.longitude, dtype=np.float64)
     times = _times(dataset.time.values)
