@@ -149,10 +149,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run, aliases=ALIASES)
 
 
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Ours (extrapolation, values outside the plausible range) as one line each; any other as Python shows it."""
+    from diffscale.data.climate.extrapolation import ExtrapolationWarning
+    from diffscale.data.climate.plausibility import OutputRangeWarning
+
+    for caught_warning in caught:
+        if issubclass(caught_warning.category, ExtrapolationWarning | OutputRangeWarning):
+            print(f"warning: {caught_warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(
+                caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     """Handler of ``diffscale downscale``."""
     from diffscale.cli.arguments import sampler_overrides
     from diffscale.data.climate.extrapolation import ExtrapolationWarning
+    from diffscale.data.climate.plausibility import OutputRangeWarning
     from diffscale.runs.downscaling import check_ensemble_output
     from diffscale.runs.run import load_climate_run
     from diffscale.training.distributed import init_distributed, shutdown_distributed
@@ -181,24 +196,21 @@ def run(args: argparse.Namespace) -> int:
                 bias_adjust=args.bias_adjust,
                 bias_reference=args.bias_reference,
             )
-        for caught_warning in caught:  # ours as one line; any other as Python shows it
-            if issubclass(caught_warning.category, ExtrapolationWarning):
-                print(f"warning: {caught_warning.message}", file=sys.stderr)
-            else:
-                warnings.showwarning(
-                    caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
-                )
+        _print_warnings(caught)
         if context.is_main:
             print(job.describe(context.world_size), flush=True)
         try:
-            job.write(
-                args.out,
-                overwrite=args.overwrite,
-                resume=args.resume,
-                progress=not args.no_progress,
-                distributed=context,
-                report=lambda line: print(line, flush=True),
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", OutputRangeWarning)
+                job.write(
+                    args.out,
+                    overwrite=args.overwrite,
+                    resume=args.resume,
+                    progress=not args.no_progress,
+                    distributed=context,
+                    report=lambda line: print(line, flush=True),
+                )
+            _print_warnings(caught)
         except KeyboardInterrupt:
             state = job.resumable_state(args.out) if context.is_main else None
             if state is not None:

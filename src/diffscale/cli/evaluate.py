@@ -47,9 +47,18 @@ The truth is selected at the ensemble's times (those it lacks are left out and c
 grid, or on any rectilinear grid that covers them: regridded onto them by --regrid, first-order conservative by
 default), else the truth coarsened by the ensemble's coarsening_factor attribute or --coarsening-factor.
 
+Without --truth (e.g. a climate model's output downscaled: no fine truth exists), the checks that need none:
+the coarse consistency (RMSE and bias of each member's area-weighted block means against the coarse input it was
+given: --coarse FILE, default the file the ensemble's coarse_input attribute names), the share of the area where
+the coarse input lay outside the training range (recorded in the ensemble), the member values outside the
+variable's physical range, and the members' power spectrum over the mean spectrum of the run's training fine
+fields (the run of --run DIR, default the ensemble's run_dir attribute; saved with the run, or computed from its
+training data), with a spectrum-ratio figure per variable.
+
 examples:
   diffscale evaluate ensemble.nc --truth era5_t2m.nc --out report/
   diffscale evaluate ensemble.nc --truth truth.grib --coarse coarse.nc --variable t2m
+  diffscale evaluate cmip_ensemble.nc --out report/              # no truth: consistency, range, spectrum
 """
 
 
@@ -64,13 +73,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("ensemble", metavar="ENSEMBLE", help="ensemble file (netCDF or zarr) written by downscaling")
     parser.add_argument(
         "--truth",
-        required=True,
         action="append",
+        default=None,
         metavar="FILE",
-        help="true fields: netCDF, GRIB or zarr (repeatable, glob patterns allowed; combined along time)",
+        help="true fields: netCDF, GRIB or zarr (repeatable, glob patterns allowed; combined along time); "
+        "without it, the checks that need no truth",
     )
     parser.add_argument(
-        "--coarse", metavar="FILE", default=None, help="coarse input fields (default: the truth, coarsened)"
+        "--coarse",
+        metavar="FILE",
+        default=None,
+        help="coarse input fields (default: the truth, coarsened; without a truth: the ensemble's coarse_input)",
+    )
+    parser.add_argument(
+        "--run",
+        metavar="DIR",
+        default=None,
+        help="without a truth: the run whose training spectrum the members are compared with "
+        "(default: the ensemble's run_dir attribute)",
     )
     parser.add_argument(
         "--regrid",
@@ -195,6 +215,73 @@ def _calibration_lines(ensemble: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _truth_free_lines(name: str, scores: dict[str, Any], members: int, times: int) -> list[str]:
+    """The truth-free checks of one variable, a line each."""
+    units = scores["units"]
+    unit = f" {units}" if units else ""
+    consistency = scores["coarse_consistency"]
+    per_member = "/".join(_format(value, 3) for value in consistency["rmse_per_member"])
+    lines = [
+        f"{name}: {members} members, {times} times, no truth",
+        f"coarse consistency (members' block means - coarse input): RMSE {_format(consistency['rmse'])}{unit}, "
+        f"bias {_format(consistency['bias'])}{unit}, largest |difference| "
+        f"{_format(consistency['max_abs_difference'])}{unit}; RMSE per member {per_member}",
+    ]
+    extrapolation = scores.get("extrapolation")
+    if extrapolation is None:
+        lines.append("extrapolation: the ensemble records no training-range share of its coarse input")
+    else:
+        lines.append(
+            f"extrapolation: the coarse input lay outside the training range over "
+            f"{_format(100 * extrapolation['mean_outside_fraction'], 3)} % of the area on average (at most "
+            f"{_format(100 * extrapolation['max_outside_fraction'], 3)} %; {extrapolation['times_over_threshold']} "
+            f"of {extrapolation['times']} times over {_format(100 * extrapolation['threshold'], 3)} %)"
+        )
+    physical = scores["physical_range"]
+    if physical["checked"]:
+        low, high = physical["range"]
+        lines.append(
+            f"physical range {_format(low)} to {_format(high)}{unit}: {physical['outside_count']} member values "
+            f"outside ({_format(100 * physical['outside_fraction'], 3)} %)"
+        )
+    else:
+        lines.append(f"physical range: not checked ({physical['reason']})")
+    spectrum = scores.get("spectrum_vs_training")
+    if spectrum is None:
+        lines.append("spectrum against the training period: not available (see the training spectrum line above)")
+    else:
+        lines.append(
+            f"spectrum of the members / training fine fields above the coarse Nyquist wavenumber: mean "
+            f"{_format(spectrum['mean_ratio'], 3)}, geometric mean {_format(spectrum['geometric_mean_ratio'], 3)} "
+            f"over {spectrum['shells']} shells (as energetic as training: 1; on {spectrum['grid']})"
+        )
+    return lines
+
+
+def _run_truth_free(args: argparse.Namespace, out: Path) -> int:
+    """``diffscale evaluate`` without ``--truth``: the truth-free checks (:mod:`diffscale.runs.truth_free`)."""
+    from diffscale.runs.truth_free import evaluate_without_truth, load_truth_free_inputs, write_truth_free_report
+    from diffscale.threads import thread_policy
+
+    inputs = load_truth_free_inputs(
+        Path(args.ensemble),
+        Path(args.coarse) if args.coarse is not None else None,
+        args.variable,
+        args.coarsening_factor,
+        args.run,
+        args.regrid,
+    )
+    print(inputs.describe(), flush=True)
+    with thread_policy(args.threads):
+        evaluation = evaluate_without_truth(inputs)
+        scores_path = write_truth_free_report(out, evaluation, figures=not args.no_figures)
+    for name, scores in evaluation.document["variables"].items():
+        for line in _truth_free_lines(name, scores, inputs.members, inputs.times.size):
+            print(line)
+    print(f"wrote {scores_path} and {len(evaluation.document['figures'])} figures to {out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``diffscale evaluate`` with parsed ``args``; bad input raises ConfigError before anything is written."""
     from diffscale.runs.evaluation import (
@@ -206,9 +293,14 @@ def run(args: argparse.Namespace) -> int:
     )
     from diffscale.runs.temporal import temporal_lines
     from diffscale.threads import thread_policy
+    from diffscale.validation import ConfigError
 
     check_seed(args.seed)
     out = check_report_directory(Path(args.out))
+    if args.truth is None:
+        return _run_truth_free(args, out)
+    if args.run is not None:
+        raise ConfigError("--run is for an evaluation without --truth; drop one of them")
     inputs = load_inputs(
         Path(args.ensemble),
         [Path(path) for path in args.truth],

@@ -41,6 +41,9 @@ class MemoryEnsembleWriter(EnsembleWriter):
         self._arrays = {name: np.zeros(shape, dtype=np.float32) for name in self.variables}
         self._dataset = self._arrays
 
+    def _store_attributes(self, attributes: Any) -> None:
+        """Nothing to do: :meth:`_finish` builds the Dataset from the variables' attributes."""
+
     def _store(self, variable: str, members: slice, times: slice, block: np.ndarray) -> None:
         self._arrays[variable][members, times] = block
 

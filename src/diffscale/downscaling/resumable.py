@@ -216,6 +216,7 @@ def complete_state(state: ResumableState, layout: Mapping[str, Any], *, overwrit
         raise AssertionError(f"'{state.store}': {len(missing)} of {state.total} blocks not written, first {missing[0]}")
     out = state.out
     if out.suffix == ".zarr":
+        _record_outside_counts(state.store, layout)
         if out.exists() or out.is_symlink():
             if not overwrite:
                 raise ConfigError(f"output {out}: exists (pass --overwrite to replace it)")
@@ -244,6 +245,38 @@ def complete_state(state: ResumableState, layout: Mapping[str, Any], *, overwrit
         raise
     shutil.rmtree(state.store)
     return out
+
+
+def _record_outside_counts(store: Path, layout: Mapping[str, Any]) -> None:
+    """Count, slab by slab, the member values of the complete ``store`` outside each variable's plausible range (its
+    ``plausible_range`` attribute in ``layout``) and record the count and its share as the variable's attributes,
+    as the writers record them (every block counted, those of an interrupted run too)."""
+    import zarr
+
+    from diffscale.data.climate.plausibility import (
+        OUTSIDE_COUNT_ATTRIBUTE,
+        OUTSIDE_FRACTION_ATTRIBUTE,
+        RANGE_ATTRIBUTE,
+    )
+    from diffscale.downscaling.writer import _plausible_range
+    from diffscale.downscaling.zarr_writer import store_variable_attributes
+
+    attributes: dict[str, dict[str, Any]] = {}
+    for name, variable in layout["variables"].items():
+        if RANGE_ATTRIBUTE not in variable:
+            continue
+        low, high = _plausible_range(name, variable[RANGE_ATTRIBUTE])
+        array = zarr.open_array(store / name, mode="r", zarr_format=ZARR_FORMAT)
+        count = 0
+        for time in range(array.shape[1]):
+            block = np.asarray(array[:, time], dtype=np.float32)
+            count += int(np.count_nonzero((block < low) | (block > high)))
+        attributes[name] = {
+            OUTSIDE_COUNT_ATTRIBUTE: np.int64(count),
+            OUTSIDE_FRACTION_ATTRIBUTE: np.float64(count / max(array.size, 1)),
+        }
+    if attributes:
+        store_variable_attributes(store, attributes)
 
 
 def completed_leftovers(out: str | os.PathLike[str]) -> bool:

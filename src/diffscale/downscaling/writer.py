@@ -40,6 +40,11 @@ import numpy as np
 import xarray as xr
 
 from diffscale.data.climate import calendars
+from diffscale.data.climate.plausibility import (
+    OUTSIDE_COUNT_ATTRIBUTE,
+    OUTSIDE_FRACTION_ATTRIBUTE,
+    RANGE_ATTRIBUTE,
+)
 from diffscale.validation import ConfigError
 
 __all__ = ["EnsembleWriter", "merge_parts", "part_path"]
@@ -192,6 +197,12 @@ class EnsembleWriter:
             values' own numeric dtype (every value round-trips bitwise).
             A complete file (``part=False``) must have every (variable, member, time) slab written before close.
 
+    A variable whose attributes hold ``plausible_range = [lo, hi]``
+    (:data:`~diffscale.data.climate.plausibility.RANGE_ATTRIBUTE`) has the values written outside it counted per
+    slab (a slab written again replaces its count); a complete output records the total and its share of the
+    variable's values as the attributes ``outside_plausible_range_count`` and ``outside_plausible_range_fraction``
+    (:attr:`outside_counts`), so that an implausible value is never written without saying so.
+
     Use as a context manager::
 
         with EnsembleWriter(path, latitude=lat, longitude=lon, times=times, num_members=M,
@@ -228,6 +239,14 @@ class EnsembleWriter:
         if not isinstance(complevel, int) or not 1 <= complevel <= 9:
             raise ConfigError(f"complevel = {complevel!r}: must be an integer in [1, 9]")
         self.variables = self._variables(variables)
+        self.plausible_ranges = {
+            name: _plausible_range(name, attributes[RANGE_ATTRIBUTE])
+            for name, attributes in self.variables.items()
+            if RANGE_ATTRIBUTE in attributes
+        }
+        self._outside = {
+            name: np.zeros((self.num_members, self.times.size), dtype=np.int64) for name in self.plausible_ranges
+        }
         self.time_variables = self._time_variables(time_variables or {})
         self.global_attributes = self._global_attributes(global_attributes or {})
         self.part = check_rank_pair("part", part)
@@ -476,6 +495,47 @@ class EnsembleWriter:
         times_slice = slice(time_range.start, time_range.stop)
         self._store(variable, members_slice, times_slice, block)
         self._written[variable][members_slice, times_slice] = True
+        if variable in self.plausible_ranges:
+            low, high = self.plausible_ranges[variable]
+            self._outside[variable][members_slice, times_slice] = np.count_nonzero(
+                (block < low) | (block > high), axis=(2, 3)
+            )
+
+    @property
+    def outside_counts(self) -> dict[str, int]:
+        """Per variable with a plausible range: how many of the values written so far lie outside it."""
+        return {name: int(counts.sum()) for name, counts in self._outside.items()}
+
+    def outside_slab_counts(self) -> dict[str, np.ndarray]:
+        """Per variable with a plausible range: the (members, times) counts of values outside it (copies)."""
+        return {name: counts.copy() for name, counts in self._outside.items()}
+
+    def outside_attributes(self, counts: Mapping[str, int] | None = None) -> dict[str, dict[str, AttributeValue]]:
+        """The attributes a complete output records per variable with a plausible range: the count of values
+        outside it and their share (of ``counts``, default :attr:`outside_counts`)."""
+        counts = self.outside_counts if counts is None else counts
+        size = self.num_members * self.times.size * self.latitude.size * self.longitude.size
+        return {
+            name: {
+                OUTSIDE_COUNT_ATTRIBUTE: np.int64(counts[name]),
+                OUTSIDE_FRACTION_ATTRIBUTE: np.float64(counts[name] / size),
+            }
+            for name in self.plausible_ranges
+        }
+
+    def _record_outside(self) -> None:
+        """Record :meth:`outside_attributes` in the variables' attributes (and the open output)."""
+        attributes = self.outside_attributes()
+        for name, extra in attributes.items():
+            self.variables[name].update(extra)
+        if attributes:
+            self._store_attributes(attributes)
+
+    def _store_attributes(self, attributes: Mapping[str, Mapping[str, AttributeValue]]) -> None:
+        """Add variable attributes to the open output."""
+        dataset = self._require_open()
+        for name, extra in attributes.items():
+            dataset[name].setncatts(dict(extra))
 
     def missing(self) -> Iterator[tuple[str, int, int]]:
         """The (variable, member, time index) slabs not written yet."""
@@ -498,6 +558,7 @@ class EnsembleWriter:
                         f"output {self.path}: {count} slab(s) not written, the first: variable {name}, "
                         f"member {member}, {self._time_label(time)}"
                     )
+                self._record_outside()
             self._finish()
         except BaseException:
             self.abort()
@@ -518,6 +579,14 @@ class EnsembleWriter:
             self.close()
         else:
             self.abort()
+
+
+def _plausible_range(name: str, value: Any) -> tuple[float, float]:
+    """(lo, hi) of a variable's ``plausible_range`` attribute; ConfigError unless two finite numbers lo <= hi."""
+    array = np.asarray(value, dtype=np.float64) if np.asarray(value).dtype.kind in "iuf" else np.array([])
+    if array.shape != (2,) or not np.all(np.isfinite(array)) or array[0] > array[1]:
+        raise ConfigError(f"variable {name}: attribute {RANGE_ATTRIBUTE} = {value!r} must be [low, high] numbers")
+    return float(array[0]), float(array[1])
 
 
 def _as_range(name: str, selection: slice | range, size: int) -> range:

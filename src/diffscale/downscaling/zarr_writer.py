@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,17 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from diffscale.downscaling.writer import FILL_VALUE, EnsembleWriter, check_rank_pair
+from diffscale.downscaling.writer import FILL_VALUE, EnsembleWriter, _json_value, check_rank_pair
 from diffscale.files import fsync_directory
 from diffscale.validation import ConfigError
 
-__all__ = ["ZarrEnsembleWriter", "discard_shared", "publish_shared", "shared_temporary_path"]
+__all__ = [
+    "ZarrEnsembleWriter",
+    "discard_shared",
+    "publish_shared",
+    "shared_temporary_path",
+    "store_variable_attributes",
+]
 
 ZARR_FORMAT = 2
 SYNC_THREADS = 16
@@ -77,6 +84,17 @@ def discard_shared(path: str | os.PathLike[str]) -> None:
     """Remove the shared store of ``path`` (after a failure on any rank); nothing is left behind."""
     with contextlib.suppress(FileNotFoundError):
         _remove(shared_temporary_path(path))
+
+
+def store_variable_attributes(path: str | os.PathLike[str], attributes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add ``attributes`` ({variable: {name: value}}) to the variables of the Zarr store ``path`` and consolidate
+    its metadata again (what ``xarray.open_zarr`` reads)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+", zarr_format=ZARR_FORMAT)
+    for name, extra in attributes.items():
+        group[name].attrs.update({key: _json_value(value) for key, value in extra.items()})
+    zarr.consolidate_metadata(str(path), zarr_format=ZARR_FORMAT)
 
 
 class ZarrEnsembleWriter(EnsembleWriter):
@@ -204,6 +222,10 @@ class ZarrEnsembleWriter(EnsembleWriter):
             for folder in sorted({chunk.parent for chunk in synced}):
                 fsync_directory(folder)
         self._unsynced.clear()
+
+    def _store_attributes(self, attributes: Mapping[str, Mapping[str, Any]]) -> None:
+        self._arrays.clear()
+        store_variable_attributes(self._temporary, attributes)
 
     def close(self) -> Path:
         """Single process: check that every slab was written and rename the store into place (its path). Shared or

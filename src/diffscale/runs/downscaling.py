@@ -62,6 +62,7 @@ from diffscale.data.climate.extrapolation import (
 )
 from diffscale.data.climate.grid import fine_coordinates, grid_spacing, is_global_longitude
 from diffscale.data.climate.io import select_fields
+from diffscale.data.climate.plausibility import RANGE_ATTRIBUTE, output_range, warn_outside
 from diffscale.data.climate.relations import ORDERED_PAIRS, ordered_pairs
 from diffscale.data.climate.relations import sort_ordered_pairs as sort_pairs
 from diffscale.data.climate.series import DASK_CHUNK_BYTES
@@ -479,6 +480,10 @@ class DownscalingJob:
             )
             for name in section.variables
         }
+        for name, attributes in variables.items():  # the writer counts the member values outside this range
+            bounds = output_range(name, attributes)
+            if bounds is not None:
+                attributes[RANGE_ATTRIBUTE] = list(bounds)
         attributes: dict[str, Any] = {
             "title": "diffscale downscaled ensemble",
             "source": f"diffscale {_version()}",
@@ -618,6 +623,7 @@ class DownscalingJob:
         with MemoryEnsembleWriter(**self.layout()) as writer:
             self._generate(writer, self._groups(), progress)
         assert writer.dataset is not None
+        warn_outside(writer.dataset)
         return writer.dataset
 
     # -- resumable writing ------------------------------------------------------------------------------------------
@@ -749,6 +755,7 @@ class DownscalingJob:
         remaining = [index for index, span in enumerate(spans) if not state.done.issuperset(span)]
         mine = remaining[context.rank :: context.world_size]
         failure: BaseException | None = None
+        writer: EnsembleWriter | None = None
         try:
             writer = ZarrEnsembleWriter(path, store=state.store, create=False, overwrite=True, **layout)
             with writer:
@@ -762,6 +769,10 @@ class DownscalingJob:
         except BaseException as error:  # the store stays for a resume; the other ranks must hear of it
             failure = error
         _finish_together(path, layout, context, failure, overwrite)  # raises on every rank if any rank failed
+        if context.is_main:  # the output records its values outside the plausible ranges (every block, resumed too)
+            opened = xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path, chunks={})
+            with opened:
+                warn_outside(opened)
         return path
 
     def _open_state(

@@ -13,7 +13,9 @@ bad input raises :class:`~diffscale.validation.ConfigError` (one line naming the
 
 The truth and the coarse input are put in the ensemble's units through their ``units`` attributes where the
 conversion is unambiguous (K and degC, m and mm, Pa and hPa: :func:`~diffscale.data.climate.units.convert_units`)
-and refused otherwise.
+and refused otherwise; a value outside the variable's physical range is refused too
+(:mod:`~diffscale.data.climate.plausibility`: 2 m temperature in degC labelled K). Without a truth,
+:func:`evaluate` runs the checks that need none (:mod:`diffscale.runs.truth_free`).
 
 Scores, area-weighted by cos(latitude) (:func:`diffscale.evaluation.climate_report.evaluate_variable`): RMSE, MAE
 and bias of the ensemble mean; fair CRPS; spread and spread-skill ratio sqrt((M+1)/M) spread / RMSE; rank
@@ -48,6 +50,7 @@ from diffscale.data.climate.calendars import check_times, comparable_calendars, 
 from diffscale.data.climate.coarse_regrid import contains_points
 from diffscale.data.climate.grid import block_centres, is_global_longitude, select_grid
 from diffscale.data.climate.io import canonical_variable, open_dataset, open_fields, select_fields
+from diffscale.data.climate.plausibility import check_extremes
 from diffscale.data.climate.relations import DERIVED_VARIABLES, derived_variables
 from diffscale.data.climate.units import convert_units
 from diffscale.evaluation.climate_report import (
@@ -77,6 +80,7 @@ __all__ = [
     "FieldsSource",
     "check_report_directory",
     "check_seed",
+    "coarse_on_blocks",
     "evaluate",
     "evaluate_inputs",
     "load_inputs",
@@ -309,8 +313,9 @@ def load_inputs(
     :mod:`~diffscale.data.climate.coarse_regrid`); ``none`` requires them.
 
     Raises ConfigError on a missing file or variable, grids that do not match, NaNs, units that do not convert to
-    the ensemble's, no common time, a grid that is not divisible by the coarsening factor, or a coarse input to be
-    regridded that does not cover the ensemble's coarse cells.
+    the ensemble's, a truth or coarse value outside the variable's physical range, no common time, a grid that is
+    not divisible by the coarsening factor, or a coarse input to be regridded that does not cover the ensemble's
+    coarse cells.
     """
     regrid = check_regrid(regrid)
     for source, what in ((ensemble, "ensemble"), (truth, "truth"), (coarse, "coarse")):
@@ -360,53 +365,15 @@ def load_inputs(
         truth_field = truth_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
         truth_field = truth_field.isel(time=truth_time_index)
         truth_values[name] = _finite(np.asarray(truth_field.values, dtype=np.float64), name, truth_where, times)
+        _plausible(truth_values[name], name, truth_field.attrs, times, truth_where)
 
     height, width = latitude.size, longitude.size
     coarse_values: dict[str, np.ndarray] = {}
     if coarse is not None:
-        coarse_ds = _fields_dataset(coarse, names, "coarse input")
-        coarse_where = f"coarse input {_describe(coarse)}"
-        if factor is None:  # the coarse file covers the ensemble's domain: the factor is the ratio of the sizes
-            h, w = coarse_ds.sizes["latitude"], coarse_ds.sizes["longitude"]
-            if not (h and w and height % h == 0 and width % w == 0 and height // h == width // w):
-                raise ConfigError(
-                    f"{coarse_where}: its {h} x {w} grid does not coarsen the ensemble's {height} x {width} grid "
-                    f"by one integer factor (pass {option_name('coarsening_factor')})"
-                )
-            factor = height // h
-        _check_divisible(height, width, factor, ensemble_where)
+        coarse_values, factor, regridded = coarse_on_blocks(
+            coarse, names, units, latitude, longitude, factor, times, ensemble_where, regrid
+        )
         coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
-        regridded = ""
-        points = coarse_ds["latitude"].values, coarse_ds["longitude"].values
-        if regrid != "none" and not contains_points(*points, coarse_latitude, coarse_longitude):
-            regridding = regrid_onto(
-                coarse_ds,
-                coarse,
-                coarse_latitude,
-                coarse_longitude,
-                regrid,
-                what=coarse_where,
-                domain=f"the ensemble's {coarse_latitude.size} x {coarse_longitude.size} coarse cells",
-            )
-            coarse_ds = regridding.apply(coarse_ds)
-            regridded = f", {regridding.describe()}"
-        coarse_ds = select_grid(coarse_ds, coarse_latitude, coarse_longitude, f"{coarse_where} (coarsened {factor}x)")
-        coarse_times = _times(coarse_ds.time.values)
-        comparable_calendars(times, coarse_times, coarse_where)
-        time_keys, coarse_keys = date_keys(times), date_keys(coarse_times)
-        missing = ~np.isin(time_keys, coarse_keys)
-        if missing.any():
-            raise ConfigError(
-                f"{coarse_where}: {int(missing.sum())} of the {times.size} evaluated times are missing "
-                f"(first {time_text(times[missing][0], 's')})"
-            )
-        coarse_position = {key: index for index, key in reversed(list(enumerate(coarse_keys.tolist())))}
-        coarse_time_index = np.array([coarse_position[key] for key in time_keys.tolist()])
-        coarse_ds = _in_units(coarse_ds, names, units, coarse_where)
-        for name in names:
-            coarse_field = coarse_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
-            coarse_field = coarse_field.isel(time=coarse_time_index)
-            coarse_values[name] = _finite(np.asarray(coarse_field.values, dtype=np.float64), name, coarse_where, times)
         baseline_source = f"bilinear upsampling of {_describe(coarse)}{regridded}"
     else:
         if factor is None:
@@ -449,6 +416,84 @@ def load_inputs(
         },
         derived=derived,
     )
+
+
+def coarse_on_blocks(
+    coarse: FieldsSource,
+    names: Sequence[str],
+    units: dict[str, str],
+    latitude: np.ndarray,
+    longitude: np.ndarray,
+    factor: int | None,
+    times: np.ndarray,
+    ensemble_where: str,
+    regrid: str = "conservative",
+) -> tuple[dict[str, np.ndarray], int, str]:
+    """The coarse input's fields ``names`` (T, h, w) at ``times`` on the grid of f x f blocks of the ensemble's
+    ``latitude`` x ``longitude`` (ascending), in the ensemble's ``units``, f (``factor``, or the ratio of the two
+    grids' sizes when None), and ", regridded ..." when the input was regridded onto the blocks ("" otherwise).
+
+    A coarse input whose points do not include the block centres is regridded onto them by ``regrid``
+    (``conservative`` or ``bilinear``: :mod:`~diffscale.data.climate.coarse_regrid`); ``none`` requires them.
+
+    Raises:
+        ConfigError: a missing variable or time, a grid that is not the ensemble's blocks (and is not regridded, or
+            does not cover them), units that do not convert, NaNs or values outside the variable's physical range.
+    """
+    height, width = latitude.size, longitude.size
+    coarse_ds = _fields_dataset(coarse, list(names), "coarse input")
+    coarse_where = f"coarse input {_describe(coarse)}"
+    if factor is None:  # the coarse file covers the ensemble's domain: the factor is the ratio of the sizes
+        h, w = coarse_ds.sizes["latitude"], coarse_ds.sizes["longitude"]
+        if not (h and w and height % h == 0 and width % w == 0 and height // h == width // w):
+            raise ConfigError(
+                f"{coarse_where}: its {h} x {w} grid does not coarsen the ensemble's {height} x {width} grid "
+                f"by one integer factor (pass {option_name('coarsening_factor')})"
+            )
+        factor = height // h
+    _check_divisible(height, width, factor, ensemble_where)
+    coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
+    regridded = ""
+    points = coarse_ds["latitude"].values, coarse_ds["longitude"].values
+    if regrid != "none" and not contains_points(*points, coarse_latitude, coarse_longitude):
+        regridding = regrid_onto(
+            coarse_ds,
+            coarse,
+            coarse_latitude,
+            coarse_longitude,
+            regrid,
+            what=coarse_where,
+            domain=f"the ensemble's {coarse_latitude.size} x {coarse_longitude.size} coarse cells",
+        )
+        coarse_ds = regridding.apply(coarse_ds)
+        regridded = f", {regridding.describe()}"
+    coarse_ds = select_grid(coarse_ds, coarse_latitude, coarse_longitude, f"{coarse_where} (coarsened {factor}x)")
+    coarse_times = _times(coarse_ds.time.values)
+    comparable_calendars(times, coarse_times, coarse_where)
+    time_keys, coarse_keys = date_keys(times), date_keys(coarse_times)
+    missing = ~np.isin(time_keys, coarse_keys)
+    if missing.any():
+        raise ConfigError(
+            f"{coarse_where}: {int(missing.sum())} of the {times.size} evaluated times are missing "
+            f"(first {time_text(times[missing][0], 's')})"
+        )
+    coarse_position = {key: index for index, key in reversed(list(enumerate(coarse_keys.tolist())))}
+    coarse_time_index = np.array([coarse_position[key] for key in time_keys.tolist()])
+    coarse_ds = _in_units(coarse_ds, list(names), units, coarse_where)
+    values: dict[str, np.ndarray] = {}
+    for name in names:
+        coarse_field = coarse_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
+        coarse_field = coarse_field.isel(time=coarse_time_index)
+        values[name] = _finite(np.asarray(coarse_field.values, dtype=np.float64), name, coarse_where, times)
+        _plausible(values[name], name, coarse_field.attrs, times, coarse_where)
+    return values, factor, regridded
+
+
+def _plausible(values: np.ndarray, name: str, attrs: dict[str, Any], times: np.ndarray, where: str) -> None:
+    """ConfigError when a time of ``values`` (..., T, H, W) holds a value outside the variable's physical range
+    (:func:`~diffscale.data.climate.plausibility.check_extremes`)."""
+    axes = (-2, -1) if values.ndim == 3 else (0, -2, -1)
+    check_extremes(name, attrs, times, values.min(axis=axes), values.max(axis=axes), where)
 
 
 def _in_units(dataset: xr.Dataset, names: list[str], units: dict[str, str], where: str) -> xr.Dataset:
@@ -544,7 +589,7 @@ def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0, temporal: bool = Tr
 
 def evaluate(
     ensemble: EnsembleSource,
-    truth: FieldsSource,
+    truth: FieldsSource | None = None,
     coarse: FieldsSource | None = None,
     *,
     variables: Sequence[str] | None = None,
@@ -552,14 +597,20 @@ def evaluate(
     seed: int = 0,
     regrid: str = "conservative",
     temporal: bool = True,
+    run: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     """The scores of ``ensemble`` against ``truth`` and of the bilinear baseline, as an ``xarray.Dataset``: the
-    numbers ``diffscale evaluate`` writes to scores.json (:func:`scores_dataset` has the layout).
+    numbers ``diffscale evaluate`` writes to scores.json (:func:`scores_dataset` has the layout). Without a truth,
+    the checks that need none (:mod:`diffscale.runs.truth_free`; layout:
+    :func:`~diffscale.runs.truth_free.truth_free_dataset`): coarse consistency, extrapolation share, physical
+    range and the spectrum against the run's training period.
 
     Args:
         ensemble: an ``xarray.Dataset`` with dims (member, time, latitude, longitude), or its file.
-        truth: the true fields (Dataset, file or files).
-        coarse: the coarse input the baseline upsamples (default: the truth's block mean).
+        truth: the true fields (Dataset, file or files); None: the truth-free checks.
+        coarse: the coarse input the baseline upsamples (default: the truth's block mean); without a truth, the
+            coarse input the ensemble was downscaled from (default: the file(s) its ``coarse_input`` attribute
+            names).
         variables: the variables to score (default: every ensemble variable; a derived one, ``ws10``, brings its
             sources u10 and v10).
         coarsening_factor: fine cells per coarse cell (default: the ensemble's attribute).
@@ -568,8 +619,17 @@ def evaluate(
             ``bilinear``), or refused (``none``).
         temporal: also score the members as time series (residual autocorrelation, daily aggregates, spells:
             :func:`diffscale.runs.temporal.temporal_dataset_variables` has the variables).
+        run: without a truth, the run whose training-period spectrum the members are compared with (default: the
+            ensemble's ``run_dir`` attribute).
     """
     check_seed(seed)
+    if truth is None:
+        from diffscale.runs.truth_free import evaluate_without_truth, load_truth_free_inputs
+
+        loaded = load_truth_free_inputs(ensemble, coarse, variables, coarsening_factor, run, regrid)
+        return evaluate_without_truth(loaded).dataset()
+    if run is not None:
+        raise ConfigError(f"{option_name('run')} is for an evaluation without a truth; drop it or the truth")
     inputs = load_inputs(ensemble, truth, coarse, variables, coarsening_factor, regrid)
     return evaluate_inputs(inputs, seed, temporal=temporal).dataset()
 

@@ -3,7 +3,8 @@ training period (:class:`~diffscale.data.climate.Transforms`), which validation,
 unchanged, and the training grid (spacing and extent, which a coarse input is checked against; the rows or columns
 dropped so that the coarsening factor divides it; how the static fields were brought onto it), and the per-cell
 range of the training inputs (:mod:`~diffscale.data.climate.extrapolation`), which downscaling measures a coarse
-input against."""
+input against, and the mean power spectrum of the training fine fields (:mod:`~diffscale.runs.climatology`), which
+an ensemble is compared with when there is no truth."""
 
 from __future__ import annotations
 
@@ -57,8 +58,12 @@ def input_range_of(saved: dict[str, Any] | None) -> InputRange | None:
 
 def stats_content(dataset: ClimateDataset) -> dict[str, Any]:
     """What ``data_stats.json`` holds for ``dataset``: the transform statistics, the training grid (its spacing
-    and extent, which downscaling checks a coarse input against) and the training inputs' range
-    (:func:`training_input_range`, which reads the training inputs once)."""
+    and extent, which downscaling checks a coarse input against), the training inputs' range
+    (:func:`training_input_range`, which reads the training inputs once) and the mean power spectrum of the
+    training fine fields (:func:`~diffscale.runs.climatology.fine_spectrum`, on up to 64 evenly spaced times),
+    which a downscaled ensemble is compared with when there is no fine truth."""
+    from diffscale.runs.climatology import SPECTRUM_KEY
+
     grid = {
         "latitude_spacing": grid_spacing(dataset.latitude, "latitude"),
         "longitude_spacing": grid_spacing(dataset.longitude, "longitude"),
@@ -69,7 +74,23 @@ def stats_content(dataset: ClimateDataset) -> dict[str, Any]:
     }
     grid["trimmed"] = dataset.grid_trim.to_dict()
     grid["static_regridding"] = dataset.static_regridding
-    return {"transforms": dataset.stats, "grid": grid, INPUT_RANGE_KEY: training_input_range(dataset).to_dict()}
+    return {
+        "transforms": dataset.stats,
+        "grid": grid,
+        INPUT_RANGE_KEY: training_input_range(dataset).to_dict(),
+        SPECTRUM_KEY: _fine_spectrum_or_why_not(dataset),
+    }
+
+
+def _fine_spectrum_or_why_not(dataset: ClimateDataset) -> dict[str, Any]:
+    """:func:`~diffscale.runs.climatology.fine_spectrum` of the training fields, or ``{"unavailable": why}`` for a
+    grid without one spacing (a radial spectrum needs a regular grid): training goes on without it."""
+    from diffscale.runs.climatology import fine_spectrum
+
+    try:
+        return fine_spectrum(dataset.series)
+    except ValueError as error:
+        return {"unavailable": f"no power spectrum on the training grid ({error})"}
 
 
 def save_stats(run_dir: Path, dataset: ClimateDataset | dict[str, Any]) -> None:

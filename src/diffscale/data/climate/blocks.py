@@ -11,6 +11,7 @@ per time, R on the same batches of m times), so the two are bitwise equal.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,13 +33,17 @@ KEPT_BLOCKS = 2
 """Blocks of m times a LazyConditioning keeps (consecutive sampling groups often share one)."""
 
 
-def check_finite_lazily(ds: xr.Dataset, variables: Sequence[str], source: str) -> None:
+def check_finite_lazily(ds: xr.Dataset, variables: Sequence[str], source: str, *, plausible: bool = True) -> None:
     """ConfigError naming the variable and the first time with a NaN or infinite value, found in one pass over
-    the (possibly dask-backed) fields: a flag per time is all that is kept."""
+    the (possibly dask-backed) fields: a flag per time is all that is kept. With ``plausible`` the same pass takes
+    each time's minimum and maximum, and a value outside the variable's physical range is refused too
+    (:func:`~diffscale.data.climate.plausibility.check_extremes`)."""
     import dask
     import dask.array as da
 
-    flags = []
+    from diffscale.data.climate.plausibility import check_extremes, time_extremes
+
+    flags, extremes = [], []
     for name in variables:
         data = ds[name].data
         axes = tuple(axis for axis, dim in enumerate(ds[name].dims) if dim != "time")
@@ -46,8 +51,11 @@ def check_finite_lazily(ds: xr.Dataset, variables: Sequence[str], source: str) -
             flags.append((~da.isfinite(data)).any(axis=axes))
         else:
             flags.append((~np.isfinite(np.asarray(data))).any(axis=axes))
-    with ThreadPoolExecutor(max_workers=2) as pool:  # a pool of our own (dask's shared one does not survive a fork)
-        computed = dask.compute(*flags, scheduler="threads", pool=pool)
+        extremes.append(time_extremes(data, ds[name].dims) if plausible else None)
+    with ThreadPoolExecutor(max_workers=2) as pool, warnings.catch_warnings():
+        # a pool of our own (dask's shared one does not survive a fork); an all-NaN time is reported as NaN above
+        warnings.simplefilter("ignore", RuntimeWarning)
+        computed, computed_extremes = dask.compute(flags, extremes, scheduler="threads", pool=pool)
     times = ds["time"].values
     for name, bad in zip(variables, computed, strict=True):
         bad = np.asarray(bad)
@@ -56,6 +64,9 @@ def check_finite_lazily(ds: xr.Dataset, variables: Sequence[str], source: str) -
                 f"{source}: variable {name!r} has NaN/inf values at time {format_time(times[int(np.argmax(bad))])} "
                 f"({int(bad.sum())} of {bad.size} times affected)"
             )
+    for name, pair in zip(variables, computed_extremes, strict=True):
+        if pair is not None:
+            check_extremes(name, ds[name].attrs, times, pair[0], pair[1], source)
 
 
 class LazyRows:

@@ -31,6 +31,7 @@ from diffscale.data.climate.grid import (
     upsample,
 )
 from diffscale.data.climate.io import harmonise, open_fields
+from diffscale.data.climate.plausibility import check_plausible
 from diffscale.data.climate.regrid import regrid_bilinear
 from diffscale.data.climate.series import check_field_dims
 from diffscale.data.climate.transforms import Transforms
@@ -360,11 +361,13 @@ class ConditioningBuilder:
 
         Raises:
             ConfigError: a variable is missing, has NaNs (naming it and the time), is in units that do not convert
-                to the recorded ones, or the statics do not cover the grid.
+                to the recorded ones, holds a value outside its physical range
+                (:mod:`~diffscale.data.climate.plausibility`), or the statics do not cover the grid.
         """
         coarse, layout = self.prepare(coarse)
         coarse = coarse.load()
         check_finite(coarse, self.variables, "coarse fields")
+        check_plausible(coarse, self.variables, "coarse fields")
         values = _fields_tensor(coarse, self.variables)
         cond_fields, upsampled = self.conditioning(layout, values, range(values.shape[0]))
         base = self.plain_base(upsampled)
@@ -383,8 +386,8 @@ class ConditioningBuilder:
     ) -> LazyConditioning:
         """c and b of ``coarse`` computed ``batch_size`` consecutive times at a time, when they are asked for
         (:class:`~diffscale.data.climate.blocks.LazyConditioning`): the coarse input is read block by block and
-        memory stays bounded whatever its length; the values are bitwise those of :meth:`build`. NaNs are looked
-        for now, in one streaming pass.
+        memory stays bounded whatever its length; the values are bitwise those of :meth:`build`. NaNs and values
+        outside the variables' physical ranges are looked for now, in one streaming pass.
 
         Raises:
             ConfigError: as :meth:`build`.

@@ -24,6 +24,7 @@ from diffscale.data.climate.grid import (
     trim_to_factor,
 )
 from diffscale.data.climate.io import expand_paths, open_dataset, open_fields, select_fields
+from diffscale.data.climate.plausibility import check_plausible
 from diffscale.data.climate.series import FieldSeries, GridWindow, check_field_dims, format_time
 from diffscale.validation import ConfigError
 
@@ -152,6 +153,7 @@ def load_fine_grid(section: ClimateData, split: str) -> tuple[xr.Dataset, GridTr
     log_grid_changes(whole, section, trim, f"data ({split} split)")
     fine = fine.load()
     check_finite(fine, section.variables, ", ".join(section.paths))
+    check_plausible(fine, section.variables, ", ".join(section.paths))
     return fine, trim
 
 

@@ -4,6 +4,7 @@ pass of dask reductions, optionally on evenly spaced times) and the statics' sta
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from diffscale.data.climate.conditioning import load_statics, statics_on_grid
+from diffscale.data.climate.plausibility import check_extremes, time_extremes
 from diffscale.data.climate.series import FieldSeries, format_time
 from diffscale.data.climate.splits import open_fine_series
 from diffscale.data.climate.transforms import fit_stats, lazy_moments, stats_entry, transform_spec
@@ -77,12 +79,13 @@ def streaming_variable_stats(
 
     Every file's selected times (or ``limit`` of them evenly spaced, :func:`stats_time_indices`) are read as dask
     chunks of a few tens of MB and reduced (:func:`~diffscale.data.climate.transforms.lazy_moments`) together
-    with a per-time check for non-finite values, so each chunk is read once and memory stays bounded whatever
-    the number of times.
+    with a per-time check for non-finite values and for values outside the variable's physical range
+    (:func:`~diffscale.data.climate.plausibility.check_extremes`), so each chunk is read once and memory stays
+    bounded whatever the number of times.
 
     Raises:
-        ConfigError: an unknown transform, or a non-finite value (naming the file, the variable and the first
-            time with one).
+        ConfigError: an unknown transform, a non-finite value or one outside the variable's physical range (naming
+            the file, the variable and the first time with one).
     """
     import dask
     import dask.array as da
@@ -91,15 +94,19 @@ def streaming_variable_stats(
     for name in series.variables:
         transform_spec(transforms.get(name, "standardize"), name)  # ConfigError for an unknown one
     parts = series.lazy_parts(stats_time_indices(len(series), limit))
-    moments, flags = [], []
+    moments, flags, extremes = [], [], []
     for name in series.variables:
         arrays = [ds[name].data for _, ds, _ in parts]
         joined = arrays[0] if len(arrays) == 1 else da.concatenate(arrays, axis=0)
         moments.append(lazy_moments(joined, transforms.get(name, "standardize")))
         flags.append([(~da.isfinite(array)).any(axis=tuple(range(1, array.ndim))) for array in arrays])
+        extremes.append([time_extremes(ds[name].data, ds[name].dims) for _, ds, _ in parts])
     # a pool of our own: dask's shared default pool does not survive a fork (its threads stay in the parent)
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        computed_moments, computed_flags = dask.compute(moments, flags, scheduler="threads", pool=pool)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: reported as non-finite below
+        computed_moments, computed_flags, computed_extremes = dask.compute(
+            moments, flags, extremes, scheduler="threads", pool=pool
+        )
     for name, per_file in zip(series.variables, computed_flags, strict=True):
         for (path, _, indices), bad in zip(parts, per_file, strict=True):
             if np.any(bad):
@@ -108,6 +115,9 @@ def streaming_variable_stats(
                     f"{path}: variable {name!r} has NaN/inf values at time {when} "
                     f"({int(np.sum(bad))} of {bad.size} times affected)"
                 )
+    for name, per_file in zip(series.variables, computed_extremes, strict=True):
+        for (path, ds, indices), (minima, maxima) in zip(parts, per_file, strict=True):
+            check_extremes(name, ds[name].attrs, series.times[indices], minima, maxima, path)
     count = sum(int(indices.size) for _, _, indices in parts)
     return {
         name: stats_entry(name, transforms.get(name, "standardize"), float(mean), float(variance), count)

@@ -1,0 +1,366 @@
+"""Evaluating a downscaled ensemble without a fine truth: what ``diffscale evaluate`` does without ``--truth``,
+e.g. for an ERA5-trained model applied to a climate model's output.
+
+>>> scores = diffscale.evaluate("ensemble.nc")                        # the coarse input and run its attributes name
+>>> scores = diffscale.evaluate(ensemble_ds, coarse=coarse_ds, run="runs/era5_uk")
+
+For every variable of the ensemble (dims member, time, latitude, longitude):
+
+* coarse consistency (:func:`~diffscale.evaluation.consistency.coarse_consistency`): bias and RMSE of each
+  member's area-weighted f x f block means against the coarse input it was given (0 for an ensemble that keeps the
+  coarse field; the coarse input is ``coarse``, else the file(s) recorded in the ensemble's ``coarse_input``
+  attribute), in the ensemble's units (converted through the units attributes, or refused);
+* the extrapolation share: the per-time share of the area where the coarse input lay outside the run's training
+  range (``<variable>_outside_training_range``, written by downscaling), its mean and maximum and the number of
+  times over the warning threshold;
+* the physical range (:mod:`~diffscale.data.climate.plausibility`): how many member values lie outside the
+  variable's plausible range (and the count the ensemble records);
+* the members' mean power spectrum over the run's training-period fine climatology
+  (:mod:`~diffscale.evaluation.consistency`, :mod:`~diffscale.runs.climatology`): per shell and its mean above the
+  coarse Nyquist wavenumber (1: the small scales are as energetic as in training). The run is ``run``, else the
+  ensemble's ``run_dir`` attribute; without a readable run the comparison is left out and the report says why.
+
+Every input is checked before anything is computed (ConfigError, one line); :func:`write_truth_free_report` writes
+``scores.json`` and a spectrum-ratio figure per variable.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from diffscale.data.climate.extrapolation import EXTRAPOLATION_SUFFIXES, WARN_OUTSIDE_FRACTION
+from diffscale.data.climate.plausibility import OUTSIDE_COUNT_ATTRIBUTE, count_outside, output_range
+from diffscale.evaluation.climate_report import write_scores_json
+from diffscale.evaluation.consistency import coarse_consistency, plot_spectrum_ratio, spectrum_against_climatology
+from diffscale.evaluation.spectra import coarse_nyquist_wavenumber, latlon_power_spectrum
+from diffscale.runs.climatology import run_fine_spectrum
+from diffscale.runs.coarse_grid import check_regrid
+from diffscale.runs.evaluation import (
+    ENSEMBLE_DIMS,
+    EnsembleSource,
+    FieldsSource,
+    _absolute,
+    _check_exists,
+    _describe,
+    _ensemble_dataset,
+    _ensemble_variables,
+    _factor,
+    _finite,
+    _units,
+    check_report_directory,
+    coarse_on_blocks,
+)
+from diffscale.validation import ConfigError, option_name
+
+__all__ = [
+    "TruthFreeEvaluation",
+    "TruthFreeInputs",
+    "evaluate_without_truth",
+    "load_truth_free_inputs",
+    "truth_free_dataset",
+    "write_truth_free_report",
+]
+
+IN_MEMORY_SOURCE = "an in-memory xarray.Dataset"
+
+
+@dataclass
+class TruthFreeInputs:
+    """The checked ensemble ``ensemble[v]`` (M, T, H, W) on an ascending grid, the coarse input ``coarse[v]``
+    (T, H/f, W/f) at its times, the extrapolation share per time (when the ensemble has it), the variables'
+    attributes and the run's climatological spectrum (None, with ``spectrum_source`` saying why)."""
+
+    variables: list[str]
+    units: dict[str, str]
+    attributes: dict[str, dict[str, Any]]
+    ensemble: dict[str, np.ndarray]
+    coarse: dict[str, np.ndarray]
+    latitude: np.ndarray
+    longitude: np.ndarray
+    times: np.ndarray
+    factor: int
+    sources: dict[str, Any]
+    extrapolation: dict[str, np.ndarray] = field(default_factory=dict)
+    climatology: dict[str, Any] | None = None
+    spectrum_source: str = ""
+
+    @property
+    def members(self) -> int:
+        """M, the ensemble size."""
+        return next(iter(self.ensemble.values())).shape[0]
+
+    def describe(self) -> str:
+        """One line: members, times, grid, where the coarse input and the climatology come from."""
+        return (
+            f"checking {self.members} members at {self.times.size} times on a {self.latitude.size} x "
+            f"{self.longitude.size} grid without a truth; coarse input: {self.sources['coarse']}; training "
+            f"spectrum: {self.spectrum_source}"
+        )
+
+
+def _recorded_coarse(dataset: xr.Dataset, where: str) -> list[str]:
+    """The coarse input files an ensemble's ``coarse_input`` attribute names; ConfigError when it names none that
+    can be read (then ``coarse`` must be given)."""
+    recorded = str(dataset.attrs.get("coarse_input", "")).strip()
+    way_out = f"pass the coarse input it was downscaled from ({option_name('coarse')})"
+    if not recorded or recorded == IN_MEMORY_SOURCE:
+        what = "records no coarse input file" if not recorded else "was downscaled from an in-memory Dataset"
+        raise ConfigError(f"ensemble {where} {what}: {way_out}")
+    paths = [part.strip() for part in recorded.split(", ") if part.strip()]
+    missing = [path for path in paths if not glob.has_magic(path) and not Path(path).exists()]
+    if missing:
+        raise ConfigError(f"ensemble {where}: its coarse input {missing[0]} does not exist (any more): {way_out}")
+    return paths
+
+
+def load_truth_free_inputs(
+    ensemble: EnsembleSource,
+    coarse: FieldsSource | None = None,
+    variables: Sequence[str] | None = None,
+    coarsening_factor: int | None = None,
+    run: str | os.PathLike | None = None,
+    regrid: str = "conservative",
+) -> TruthFreeInputs:
+    """Read and check the ensemble and its coarse input, and find the run's climatological spectrum. A coarse input
+    off the ensemble's coarse cells is regridded onto them by ``regrid`` (``conservative``, ``bilinear``; ``none``
+    refuses it).
+
+    Raises:
+        ConfigError: a missing file or variable, NaNs, a coarse input that is not on the ensemble's blocks (nor
+            regridded onto them, or does not cover them), lacks a time, is in units that do not convert or holds
+            values outside its physical range, or no coarse input.
+    """
+    _check_exists(ensemble, "ensemble")
+    _check_exists(coarse, "coarse")
+    where = _describe(ensemble)
+    dataset = _ensemble_dataset(ensemble)
+    names = _ensemble_variables(dataset, variables, where)
+    for coordinate in ("time", "latitude", "longitude"):
+        if coordinate not in dataset.coords:
+            raise ConfigError(f"ensemble {where} has no {coordinate!r} coordinate")
+    if dataset.sizes["latitude"] > 1 and float(dataset.latitude[0]) > float(dataset.latitude[-1]):
+        dataset = dataset.sortby("latitude")
+    latitude = np.asarray(dataset.latitude, dtype=np.float64)
+    longitude = np.asarray(dataset.longitude, dtype=np.float64)
+    times = np.atleast_1d(np.asarray(dataset.time.values)).astype("datetime64[s]")
+    factor = _factor(dataset, coarsening_factor, where)
+    coarse_source: FieldsSource = coarse if coarse is not None else _recorded_coarse(dataset, where)
+    units = {name: _units(dataset, name) for name in names}
+    values: dict[str, np.ndarray] = {}
+    extrapolation: dict[str, np.ndarray] = {}
+    for name in names:
+        members = dataset[name]
+        if "time" not in members.dims:
+            members = members.expand_dims("time")
+        values[name] = _finite(
+            np.asarray(members.transpose(*ENSEMBLE_DIMS).values, dtype=np.float64), name, f"ensemble {where}", times
+        )
+        share = f"{name}{EXTRAPOLATION_SUFFIXES[0]}"
+        if share in dataset.data_vars:
+            extrapolation[name] = np.asarray(dataset[share].values, dtype=np.float64).reshape(-1)
+    coarse_values, factor, _ = coarse_on_blocks(
+        coarse_source, names, units, latitude, longitude, factor, times, where, check_regrid(regrid)
+    )
+    run_dir = run if run is not None else dataset.attrs.get("run_dir")
+    climatology, spectrum_source = (None, "no run given and the ensemble names none")
+    if run_dir is not None:
+        climatology, spectrum_source = run_fine_spectrum(run_dir)
+    return TruthFreeInputs(
+        variables=names,
+        units=units,
+        attributes={name: dict(dataset[name].attrs) for name in names},
+        ensemble=values,
+        coarse=coarse_values,
+        latitude=latitude,
+        longitude=longitude,
+        times=times,
+        factor=factor,
+        sources={
+            "ensemble": _absolute(ensemble),
+            "coarse": _absolute(coarse_source)
+            if not isinstance(coarse_source, str | os.PathLike)
+            else [_absolute(coarse_source)],
+            "run": str(Path(run_dir).resolve()) if run_dir is not None else None,
+        },
+        extrapolation=extrapolation,
+        climatology=climatology,
+        spectrum_source=spectrum_source,
+    )
+
+
+def _physical_range(name: str, members: np.ndarray, attributes: dict[str, Any]) -> dict[str, Any]:
+    bounds = output_range(name, attributes)
+    if bounds is None:
+        return {
+            "checked": False,
+            "reason": f"no known physical range for {name!r} in units {attributes.get('units')!r}",
+        }
+    count = count_outside(members, bounds)
+    recorded = attributes.get(OUTSIDE_COUNT_ATTRIBUTE)
+    return {
+        "checked": True,
+        "range": list(bounds),
+        "outside_count": count,
+        "outside_fraction": count / members.size,
+        "recorded_outside_count": None if recorded is None else int(recorded),
+    }
+
+
+def _extrapolation(share: np.ndarray | None) -> dict[str, Any] | None:
+    if share is None:
+        return None
+    return {
+        "mean_outside_fraction": float(share.mean()),
+        "max_outside_fraction": float(share.max()),
+        "times_over_threshold": int((share > WARN_OUTSIDE_FRACTION).sum()),
+        "threshold": WARN_OUTSIDE_FRACTION,
+        "times": int(share.size),
+    }
+
+
+def _spectrum(inputs: TruthFreeInputs, name: str) -> dict[str, Any] | None:
+    climatology = inputs.climatology
+    if climatology is None or name not in climatology.get("power", {}):
+        return None
+    members = inputs.ensemble[name]
+    wavenumber, power = latlon_power_spectrum(
+        members.reshape(-1, *members.shape[2:]), inputs.latitude, inputs.longitude
+    )
+    k_min = coarse_nyquist_wavenumber(inputs.latitude, inputs.longitude, inputs.factor)
+    result = spectrum_against_climatology(
+        wavenumber,
+        power,
+        np.asarray(climatology["wavenumber_per_km"]),
+        np.asarray(climatology["power"][name]),
+        k_min,
+    )
+    result["climatology_units"] = (climatology.get("units") or {}).get(name)
+    reference_k = np.asarray(climatology["wavenumber_per_km"], dtype=np.float64)
+    same_grid = reference_k.shape == wavenumber.shape and np.allclose(reference_k, wavenumber, rtol=1e-9, atol=0.0)
+    result["grid"] = "the training grid" if same_grid else "another grid than the training grid (interpolated)"
+    return result
+
+
+@dataclass
+class TruthFreeEvaluation:
+    """The truth-free scores (``document``: the JSON of ``scores.json``) and the inputs they were computed from."""
+
+    inputs: TruthFreeInputs
+    document: dict[str, Any]
+
+    def dataset(self) -> xr.Dataset:
+        """The scores as an ``xarray.Dataset`` (:func:`truth_free_dataset`)."""
+        return truth_free_dataset(self.document)
+
+
+def evaluate_without_truth(inputs: TruthFreeInputs) -> TruthFreeEvaluation:
+    """The truth-free scores of every variable of checked ``inputs`` (module docstring)."""
+    scores: dict[str, Any] = {}
+    for name in inputs.variables:
+        scores[name] = {
+            "units": inputs.units[name],
+            "coarse_consistency": coarse_consistency(
+                inputs.ensemble[name], inputs.coarse[name], inputs.latitude, inputs.factor
+            ),
+            "extrapolation": _extrapolation(inputs.extrapolation.get(name)),
+            "physical_range": _physical_range(name, inputs.ensemble[name], inputs.attributes[name]),
+            "spectrum_vs_training": _spectrum(inputs, name),
+        }
+    document: dict[str, Any] = {
+        "truth": None,
+        **inputs.sources,
+        "coarsening_factor": inputs.factor,
+        "members": inputs.members,
+        "times": {"count": int(inputs.times.size), "first": str(inputs.times[0]), "last": str(inputs.times[-1])},
+        "training_spectrum": inputs.spectrum_source,
+        "training_spectrum_times": (inputs.climatology or {}).get("times"),
+        "area_weighting": "cos(latitude)",
+        "variables": scores,
+    }
+    return TruthFreeEvaluation(inputs, document)
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def truth_free_dataset(document: dict[str, Any]) -> xr.Dataset:
+    """The truth-free scores as an ``xarray.Dataset`` along ``variable`` (coordinate ``units``):
+    ``coarse_rmse``, ``coarse_bias``, ``coarse_max_abs_difference`` and ``coarse_rmse_per_member`` (variable,
+    member); ``extrapolation_mean_outside_fraction``, ``extrapolation_max_outside_fraction`` and
+    ``extrapolation_times_over_threshold``; ``outside_range_count`` and ``outside_range_fraction`` (NaN where the
+    variable has no known range); ``spectral_ratio_vs_training`` (mean above the coarse Nyquist wavenumber) and
+    ``spectral_geometric_ratio_vs_training`` (NaN without the run's spectrum). The document's other entries are
+    the attributes."""
+    scores = document["variables"]
+    names = list(scores)
+
+    def per_variable(section: str, key: str) -> tuple[tuple[str], list[float]]:
+        return ("variable",), [_number((scores[name].get(section) or {}).get(key)) for name in names]
+
+    data = {
+        "coarse_rmse": per_variable("coarse_consistency", "rmse"),
+        "coarse_bias": per_variable("coarse_consistency", "bias"),
+        "coarse_max_abs_difference": per_variable("coarse_consistency", "max_abs_difference"),
+        "coarse_rmse_per_member": (
+            ("variable", "member"),
+            [scores[name]["coarse_consistency"]["rmse_per_member"] for name in names],
+        ),
+        "extrapolation_mean_outside_fraction": per_variable("extrapolation", "mean_outside_fraction"),
+        "extrapolation_max_outside_fraction": per_variable("extrapolation", "max_outside_fraction"),
+        "extrapolation_times_over_threshold": per_variable("extrapolation", "times_over_threshold"),
+        "outside_range_count": per_variable("physical_range", "outside_count"),
+        "outside_range_fraction": per_variable("physical_range", "outside_fraction"),
+        "spectral_ratio_vs_training": per_variable("spectrum_vs_training", "mean_ratio"),
+        "spectral_geometric_ratio_vs_training": per_variable("spectrum_vs_training", "geometric_mean_ratio"),
+    }
+    attributes: dict[str, Any] = {}
+    for key, value in document.items():
+        if key in ("variables", "figures") or value is None:
+            continue
+        if isinstance(value, dict):
+            attributes.update({f"{key}_{inner}": item for inner, item in value.items()})
+        elif isinstance(value, list):
+            attributes[key] = ", ".join(map(str, value))
+        else:
+            attributes[key] = value
+    coordinates = {
+        "variable": names,
+        "member": np.arange(int(document["members"])),
+        "units": ("variable", [str(scores[name]["units"]) for name in names]),
+    }
+    return xr.Dataset(data, coords=coordinates, attrs=attributes)
+
+
+def write_truth_free_report(out: str | os.PathLike, evaluation: TruthFreeEvaluation, *, figures: bool = True) -> Path:
+    """Write ``scores.json`` and (with ``figures`` and the run's spectrum) ``<variable>_spectrum_ratio.png`` into
+    the directory ``out``, staged beside it and moved into place only when all are written. Returns the path of
+    scores.json."""
+    out = check_report_directory(Path(out))
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
+    try:
+        written = []
+        for name, scores in evaluation.document["variables"].items():
+            spectrum = scores.get("spectrum_vs_training")
+            if figures and spectrum is not None:
+                plot_spectrum_ratio(staging / f"{name}_spectrum_ratio.png", spectrum, name)
+                written.append(f"{name}_spectrum_ratio.png")
+        evaluation.document["figures"] = written
+        write_scores_json(staging / "scores.json", evaluation.document)
+        out.mkdir(exist_ok=True)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / "scores.json"
