@@ -216,7 +216,6 @@ def complete_state(state: ResumableState, layout: Mapping[str, Any], *, overwrit
         raise AssertionError(f"'{state.store}': {len(missing)} of {state.total} blocks not written, first {missing[0]}")
     out = state.out
     if out.suffix == ".zarr":
-        _record_outside_counts(state.store, layout)
         if out.exists() or out.is_symlink():
             if not overwrite:
                 raise ConfigError(f"output {out}: exists (pass --overwrite to replace it)")
@@ -224,6 +223,7 @@ def complete_state(state: ResumableState, layout: Mapping[str, Any], *, overwrit
         os.replace(state.store, out)
         fsync_directory(out.parent)
         _strip_bookkeeping(out)
+        _record_outside_counts(out, layout)
         return out
     import zarr
 
@@ -248,9 +248,9 @@ def complete_state(state: ResumableState, layout: Mapping[str, Any], *, overwrit
 
 
 def _record_outside_counts(store: Path, layout: Mapping[str, Any]) -> None:
-    """Count, slab by slab, the member values of the complete ``store`` outside each variable's plausible range (its
-    ``plausible_range`` attribute in ``layout``) and record the count and its share as the variable's attributes,
-    as the writers record them (every block counted, those of an interrupted run too)."""
+    """Count, slab by slab, the member values of the complete Zarr ``store`` outside each variable's plausible range
+    (its ``plausible_range`` attribute in ``layout``) and record the count and its share as the variable's
+    attributes, as the writers record them (every block counted, those of an interrupted run too)."""
     import zarr
 
     from diffscale.data.climate.plausibility import (
