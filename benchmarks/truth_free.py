@@ -115,6 +115,15 @@ def main() -> None:
             f"{plain_seconds:.0f} s",
             flush=True,
         )
+        # the true fine fields as a one-member ensemble: their own consistency and their spectrum over training's
+        truth = fine.expand_dims(member=[0]).transpose("member", "time", "latitude", "longitude")
+        truth.attrs["coarsening_factor"] = FACTOR
+        truth_scores = diffscale.evaluate(truth, coarse=coarse, run=run_dir).sel(variable="t2m")
+        print(
+            f"the true fine fields as a one-member ensemble: consistency RMSE {float(truth_scores['coarse_rmse']):.2g} "
+            f"K, spectrum / training's {float(truth_scores['spectral_ratio_vs_training']):.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

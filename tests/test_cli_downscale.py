@@ -223,6 +223,10 @@ def test_two_gloo_processes_write_the_single_process_file(
         np.testing.assert_array_equal(ddp[name].values, single[name].values)
     different = {k for k in single.attrs if k not in ("history",) and str(single.attrs[k]) != str(ddp.attrs.get(k))}
     assert different == set()
+    # the values outside the plausible range, counted by each rank and summed (Zarr) or recounted by the merge
+    outside = int(((single["t2m"] < 170) | (single["t2m"] > 340)).sum())
+    for dataset in (single, ddp):
+        assert int(dataset["t2m"].attrs["outside_plausible_range_count"]) == outside
     single.close()
     ddp.close()
 

@@ -125,6 +125,11 @@ def spectrum_ratio_figure(spectrum: Mapping[str, Any], variable: str) -> Figure:
     axis.xaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
     axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     axis.xaxis.set_minor_formatter(NullFormatter())
+    finite = ratio[np.isfinite(ratio) & (ratio > 0)]
+    if finite.size:  # at least 0.5 .. 2, so that the ticks of a ratio near 1 are labelled
+        axis.set_ylim(min(0.5, float(finite.min()) / 1.1), max(2.0, float(finite.max()) * 1.1))
+    axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     axis.set_xlabel("wavenumber [1/km]")
     axis.set_ylabel("power spectral density ratio")
     axis.set_title(f"{variable}: spectrum of the members over the training period's fine fields")
