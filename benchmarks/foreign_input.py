@@ -5,8 +5,8 @@ The run must exist (``--run``, required: e.g. one trained with ``configs/era5_uk
 models 28 x 44 windows anywhere on the ERA5 UK file's 33 x 49 points, ``data.random_windows``). Nothing is trained
 here. A run trained before coarse climatologies were saved needs ``diffscale climatology RUN`` once (part d and the
 quantile mapping of part c need it). The test week (25-31 March 2019) was never trained on (the run's training
-period is 1-19 March); every 3rd hour of it is downscaled (56 times; ``--every``), with 8 members (``--members``):
-8-25 minutes on 2 CPU cores shared with other jobs.
+period is 1-19 March); every 3rd hour of it is downscaled (56 times; ``--every``), with 16 members (``--members``):
+5-25 minutes on 2 CPU cores shared with other jobs.
 
 (a) GCM-like grid: the test week coarsened by the run (``run.coarsen``: its 1 deg lattice, centres 50.625 ..
     57.625 N, -9.375 .. 1.625 E), regridded conservatively onto a 1 deg (latitude) x 1.25 deg (longitude) grid off
@@ -33,8 +33,8 @@ period is 1-19 March); every 3rd hour of it is downscaled (56 times; ``--every``
     training period 1-19 March; the climatology is that training period's; the test week is held out), against the
     unbiased input's ensemble.
 
-    python benchmarks/foreign_input.py --run runs/uk_windows            # 8-25 min on 2 shared cores
-    python benchmarks/foreign_input.py --run RUN --members 16 --json figures.json
+    python benchmarks/foreign_input.py --run runs/uk_windows            # 5-25 min on 2 shared cores
+    python benchmarks/foreign_input.py --run RUN --members 8 --every 6 --json figures.json
     python benchmarks/foreign_input.py --run RUN --quick                # 2 members, 4 times
     python benchmarks/foreign_input.py --run RUN --parts a b            # some parts only
 
@@ -390,7 +390,7 @@ def main() -> None:
     parser.add_argument(
         "--run", type=Path, required=True, help="an existing ERA5 UK t2m climate run (not trained here)"
     )
-    parser.add_argument("--members", type=int, default=8, help="ensemble members (default 8)")
+    parser.add_argument("--members", type=int, default=16, help="ensemble members (default 16)")
     parser.add_argument("--every", type=int, default=3, help="downscale every N-th hour of the test week (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--quick", action="store_true", help="2 members and 4 times: checks the pipeline")
