@@ -204,6 +204,35 @@ def test_merged_rank_parts_record_the_count_of_the_whole_ensemble(tmp_path: Path
         assert int(merged["tp"].attrs[OUTSIDE_COUNT_ATTRIBUTE]) == int((values.astype(np.float32) < 0).sum())
 
 
+@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+def test_an_output_completed_from_a_resumable_store_records_the_count_of_every_block(
+    suffix: str, tmp_path: Path
+) -> None:
+    """A resumable run writes into a store that is completed at the end (moved into place, or written out as
+    netCDF): the output counts the values of every block, those written before an interruption too."""
+    from diffscale.downscaling.resumable import complete_state, create_state, read_state, record_done
+
+    values = _precipitation(np.random.default_rng(4))
+    out = tmp_path / f"e{suffix}"
+    layout = _precipitation_layout()
+    state = create_state(out, layout, {"test": True}, total=2)
+    # two blocks written by two writers (as by an interrupted run and its resume): neither saw the whole
+    for block, members in enumerate((range(0, 1), range(1, 3))):
+        with ZarrEnsembleWriter(out, store=state.store, create=False, overwrite=True, **layout) as writer:
+            _write_all(writer, values, members)
+        record_done(state.store, 0, 1, range(block + 1))
+    state = read_state(out)
+    assert state is not None and state.complete
+    complete_state(state, layout)
+    opened = xr.open_zarr(out) if suffix == ".zarr" else xr.open_dataset(out)
+    with opened as dataset:
+        expected = int((values.astype(np.float32) < 0).sum())
+        assert expected > 0
+        assert int(dataset["tp"].attrs[OUTSIDE_COUNT_ATTRIBUTE]) == expected == int((dataset["tp"] < 0).sum())
+        assert float(dataset["tp"].attrs[OUTSIDE_FRACTION_ATTRIBUTE]) == pytest.approx(expected / values.size)
+        assert OUTSIDE_COUNT_ATTRIBUTE not in dataset["t2m"].attrs
+
+
 def test_a_bad_plausible_range_attribute_is_refused() -> None:
     layout = _precipitation_layout()
     layout["variables"]["tp"][RANGE_ATTRIBUTE] = [2.0, 0.0]

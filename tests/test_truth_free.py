@@ -205,6 +205,34 @@ def test_without_a_coarse_input_or_with_one_off_the_blocks_it_is_a_one_line_erro
         diffscale.evaluate(_ensemble(truth[None], times), coarse=celsius)
 
 
+def test_a_coarse_input_on_another_grid_is_regridded_onto_the_blocks_or_refused(setup: dict[str, Any]) -> None:
+    """A climate model's coarse field on its own grid (1.25 x 1.5 deg, off the ensemble's 1 deg blocks): regridded
+    onto them (conservatively, or bilinearly), a field uniform in space stays the same, so members whose block means
+    equal it score 0 and members 0.3 K warmer a bias of 0.3 K; with regrid none the grid is refused."""
+    times = TIMES[HELD_OUT][:2]
+    level = np.array([281.0, 276.5])  # one value per time, the same everywhere
+    source_latitude, source_longitude = np.arange(49.5, 54.6, 1.25), np.arange(-3.5, 4.1, 1.5)
+    coarse = xr.Dataset(
+        {
+            "t2m": (
+                ("time", "latitude", "longitude"),
+                np.broadcast_to(level[:, None, None], (2, source_latitude.size, source_longitude.size)).copy(),
+                {"units": "K"},
+            )
+        },
+        coords={"time": times, "latitude": source_latitude, "longitude": source_longitude},
+    )
+    # members: the level plus +-0.5 K in alternate columns (every block's mean is the level)
+    pattern = np.where(np.arange(LONGITUDE.size) % 2 == 0, 0.5, -0.5)[None, None, None, :]
+    members = level[None, :, None, None] + np.zeros((2, 1, LATITUDE.size, 1)) + pattern
+    kept = diffscale.evaluate(_ensemble(members, times), coarse=coarse, run=setup["run"])
+    assert abs(float(kept["coarse_rmse"].item())) < 1e-9
+    warmer = diffscale.evaluate(_ensemble(members + 0.3, times), coarse=coarse, run=setup["run"], regrid="bilinear")
+    assert float(warmer["coarse_bias"].item()) == pytest.approx(0.3, abs=1e-9)
+    with pytest.raises(ConfigError, match="coarse input"):
+        diffscale.evaluate(_ensemble(members, times), coarse=coarse, run=setup["run"], regrid="none")
+
+
 # -- precipitation ---------------------------------------------------------------------------------------------
 def _precipitation(rng: np.random.Generator) -> np.ndarray:
     """Showers in m per 3 h: 0 over much of the domain, up to a few mm (T, H, W), latitude ascending."""

@@ -269,6 +269,7 @@ def _run_truth_free(args: argparse.Namespace, out: Path) -> int:
         args.variable,
         args.coarsening_factor,
         args.run,
+        args.regrid,
     )
     print(inputs.describe(), flush=True)
     with thread_policy(args.threads):

@@ -443,8 +443,8 @@ def coarse_on_blocks(
     regridded onto them (``regrid``: ``conservative`` or ``bilinear``; ``none`` refuses it).
 
     Raises:
-        ConfigError: a missing variable or time, a grid that is not the ensemble's blocks, units that do not
-            convert, NaNs or values outside the variable's physical range.
+        ConfigError: a missing variable or time, a grid that is not the ensemble's blocks (and is not regridded, or
+            does not cover them), units that do not convert, NaNs or values outside the variable's physical range.
     """
     height, width = latitude.size, longitude.size
     coarse_ds = _fields_dataset(coarse, list(names), "coarse input")
@@ -632,7 +632,7 @@ def evaluate(
     if truth is None:
         from diffscale.runs.truth_free import evaluate_without_truth, load_truth_free_inputs
 
-        loaded = load_truth_free_inputs(ensemble, coarse, variables, coarsening_factor, run)
+        loaded = load_truth_free_inputs(ensemble, coarse, variables, coarsening_factor, run, regrid)
         return evaluate_without_truth(loaded).dataset()
     if run is not None:
         raise ConfigError(f"{option_name('run')} is for an evaluation without a truth; drop it or the truth")

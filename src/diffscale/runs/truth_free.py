@@ -44,6 +44,7 @@ from diffscale.evaluation.climate_report import write_scores_json
 from diffscale.evaluation.consistency import coarse_consistency, plot_spectrum_ratio, spectrum_against_climatology
 from diffscale.evaluation.spectra import coarse_nyquist_wavenumber, latlon_power_spectrum
 from diffscale.runs.climatology import run_fine_spectrum
+from diffscale.runs.coarse_grid import check_regrid
 from diffscale.runs.evaluation import (
     ENSEMBLE_DIMS,
     EnsembleSource,
@@ -127,12 +128,16 @@ def load_truth_free_inputs(
     variables: Sequence[str] | None = None,
     coarsening_factor: int | None = None,
     run: str | os.PathLike | None = None,
+    regrid: str = "conservative",
 ) -> TruthFreeInputs:
-    """Read and check the ensemble and its coarse input, and find the run's climatological spectrum.
+    """Read and check the ensemble and its coarse input, and find the run's climatological spectrum. A coarse input
+    off the ensemble's coarse cells is regridded onto them by ``regrid`` (``conservative``, ``bilinear``; ``none``
+    refuses it).
 
     Raises:
-        ConfigError: a missing file or variable, NaNs, a coarse input that is not on the ensemble's blocks, lacks a
-            time, is in units that do not convert or holds values outside its physical range, or no coarse input.
+        ConfigError: a missing file or variable, NaNs, a coarse input that is not on the ensemble's blocks (nor
+            regridded onto them, or does not cover them), lacks a time, is in units that do not convert or holds
+            values outside its physical range, or no coarse input.
     """
     _check_exists(ensemble, "ensemble")
     _check_exists(coarse, "coarse")
