@@ -224,7 +224,6 @@ def complete_state(state: ResumableState, layout: Mapping[str, Any], *, overwrit
         os.replace(state.store, out)
         fsync_directory(out.parent)
         _strip_bookkeeping(out)
-        _record_outside_counts(out, layout)
         return out
     import zarr
 

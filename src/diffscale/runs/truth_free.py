@@ -139,6 +139,7 @@ def load_truth_free_inputs(
             regridded onto them, or does not cover them), lacks a time, is in units that do not convert or holds
             values outside its physical range, or no coarse input.
     """
+    regrid = check_regrid(regrid)
     _check_exists(ensemble, "ensemble")
     _check_exists(coarse, "coarse")
     where, dataset, names = open_ensemble(ensemble, variables)
@@ -160,7 +161,9 @@ def load_truth_free_inputs(
         share = f"{name}{EXTRAPOLATION_SUFFIXES[0]}"
         if share in dataset.data_vars:
             extrapolation[name] = np.asarray(dataset[share].values, dtype=np.float64).reshape(-1)
-    coarse_values, factor, _ = coarse_on_blocks(coarse_source, names, units, latitude, longitude, factor, times, where)
+    coarse_values, factor, _ = coarse_on_blocks(
+        coarse_source, names, units, latitude, longitude, factor, times, where, regrid
+    )
     run_dir = run if run is not None else dataset.attrs.get("run_dir")
     climatology, spectrum_source = (None, "no run given and the ensemble names none")
     if run_dir is not None:
