@@ -93,17 +93,20 @@ def fit_run_climatology(
     chosen = stats_time_indices(len(dataset), dataset.section.stats_times)
     shape = dataset.blocks_shape
     factor = dataset.section.coarsen_factor
+    # a grid that is not whole blocks (data.remainder: keep) is trimmed as the run's coarse lattice is
+    # (diffscale.runs.coarse_grid.coarse_lattice): of r surplus rows, ceil(r / 2) at the start
+    first = ((dataset.latitude.size - shape[0] + 1) // 2, (dataset.longitude.size - shape[1] + 1) // 2)
 
     def read(indices: Sequence[int]) -> np.ndarray:
-        cells = [dataset.assembler.coarse_cells(int(chosen[index]), shape).numpy() for index in indices]
+        cells = [dataset.assembler.coarse_cells(int(chosen[index]), shape, first).numpy() for index in indices]
         return np.stack(cells)
 
     return fit_coarse_climatology(
         read,
         dataset.times[chosen],
         dataset.variables,
-        block_centres(dataset.latitude[: shape[0]], factor),
-        block_centres(dataset.longitude[: shape[1]], factor),
+        block_centres(dataset.latitude[first[0] : first[0] + shape[0]], factor),
+        block_centres(dataset.longitude[first[1] : first[1] + shape[1]], factor),
         {name: dataset.units.get(name) for name in dataset.variables},
         levels=levels,
         min_times=min_times,

@@ -323,15 +323,17 @@ class SampleAssembler:
         )
         return torch.from_numpy(np.stack([np.asarray(v, dtype=np.float32) for v in values]))
 
-    def coarse_cells(self, index: int, shape: tuple[int, int]) -> torch.Tensor:
+    def coarse_cells(self, index: int, shape: tuple[int, int], first: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """The coarse fields x (C, h_c, w_c) float32 in physical units at time ``index`` on the coarse cells of the
-        fine ``shape`` (H, W) from the first row and column (whole blocks): those of the coarse files, or the
+        fine ``shape`` (H, W) from fine row and column ``first`` (whole blocks): those of the coarse files, or the
         block means of the fine fields, as the conditioning takes them."""
         coarse_rows, coarse_columns = np.arange(shape[0] // self.factor), np.arange(shape[1] // self.factor)
         if self.coarse is not None:
+            if first != (0, 0):
+                raise ValueError(f"coarse files hold whole blocks from the first row and column, not from {first}")
             return self._coarse_cells(index, coarse_rows, coarse_columns)
-        fine_rows = np.arange(coarse_rows.size * self.factor)
-        fine_columns = np.arange(coarse_columns.size * self.factor)
+        fine_rows = first[0] + np.arange(coarse_rows.size * self.factor)
+        fine_columns = first[1] + np.arange(coarse_columns.size * self.factor)
         read = self.fine.read(index, index_or_slice(fine_rows), index_or_slice(fine_columns))
         return self._block_means(read, fine_rows)
 
