@@ -20,8 +20,8 @@ period is 1-19 March); every 3rd hour of it is downscaled (56 times; ``--every``
     the seeds (the scores differ by sampling noise only).
 (c) Another product: the global 1 deg ERA5 file (March 2026, 24 times 7 h apart; its points lie 0.375 deg off the
     run's lattice), regridded conservatively onto the cells of the run's training coarse climatology (bias
-    adjustment is per cell of it; for this run they are one fine row and column south-west of the lattice that
-    ``downscale --regrid`` targets, so the benchmark regrids itself and downscales with ``regrid="none"``),
+    adjustment is per cell of it: the benchmark regrids itself and downscales with ``regrid="none"``, whichever
+    lattice an older climatology was fitted on),
     downscaled without and with quantile mapping
     (QM) against the run's training coarse climatology, the reference period being the file's own week: a
     demonstration of the mechanics, not a bias correction. There is no fine truth: the truth-free checks (coarse
