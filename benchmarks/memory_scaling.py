@@ -26,7 +26,6 @@ each command watched the same way. The stores are deleted at the end unless ``--
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import re
@@ -64,6 +63,7 @@ def write_store(
     import torch
     import xarray as xr
     import zarr
+    from streaming import fill_mixed  # this folder's streaming benchmark: the same mixture of fields
 
     from diffscale.data.fields import GaussianRandomField
 
@@ -91,14 +91,7 @@ def write_store(
     field = GaussianRandomField(1, height, width, length_scale=20.0, spectral_slope=4.0)
     pool = field.sample(POOL, torch.Generator().manual_seed(seed)).numpy()[:, 0]
     rng = np.random.default_rng(seed)
-    array = zarr.open_array(str(path / "t2m"), mode="r+")
-    for start in range(0, times, block):
-        count = min(block, times - start)
-        first, second = rng.integers(0, POOL, count), rng.integers(0, POOL, count)
-        second = np.where(second == first, (second + 1) % POOL, second)
-        angle = rng.uniform(0.0, 2.0 * math.pi, count).astype(np.float32)
-        mixed = np.cos(angle)[:, None, None] * pool[first] + np.sin(angle)[:, None, None] * pool[second]
-        array[start : start + count] = (MEAN + STD * mixed).astype(np.float32)
+    fill_mixed(zarr.open_array(str(path / "t2m"), mode="r+"), pool, times, MEAN, STD, rng, block)
     return time.perf_counter() - started
 
 

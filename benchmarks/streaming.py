@@ -79,16 +79,23 @@ def write_store(path: Path, times: int, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     for name, (mean, std, _) in VARIABLES.items():
         pool = np.concatenate([field.sample(8, generator).numpy()[:, 0] for _ in range(POOL // 8)])
-        array = zarr.open_array(str(path / name), mode="r+")
-        block = 32
-        for start in range(0, times, block):
-            count = min(block, times - start)
-            first, second = rng.integers(0, POOL, count), rng.integers(0, POOL, count)
-            second = np.where(second == first, (second + 1) % POOL, second)
-            angle = rng.uniform(0.0, 2.0 * math.pi, count).astype(np.float32)
-            mixed = np.cos(angle)[:, None, None] * pool[first] + np.sin(angle)[:, None, None] * pool[second]
-            array[start : start + count] = (mean + std * mixed).astype(np.float32)
+        fill_mixed(zarr.open_array(str(path / name), mode="r+"), pool, times, mean, std, rng)
     return time.perf_counter() - started
+
+
+def fill_mixed(array: Any, pool: Any, times: int, mean: float, std: float, rng: Any, block: int = 32) -> None:
+    """Write ``times`` fields into ``array`` (time first), ``block`` times at a time: each mean + std (cos a P_i +
+    sin a P_j) of two distinct fields of ``pool`` and a random angle a (unit variance, never the whole record in
+    memory). ``pool`` is a (P, H, W) NumPy array and ``rng`` a NumPy Generator."""
+    import numpy as np
+
+    for start in range(0, times, block):
+        count = min(block, times - start)
+        first, second = rng.integers(0, len(pool), count), rng.integers(0, len(pool), count)
+        second = np.where(second == first, (second + 1) % len(pool), second)
+        angle = rng.uniform(0.0, 2.0 * math.pi, count).astype(np.float32)
+        mixed = np.cos(angle)[:, None, None] * pool[first] + np.sin(angle)[:, None, None] * pool[second]
+        array[start : start + count] = (mean + std * mixed).astype(np.float32)
 
 
 def disk_bytes(path: Path) -> int:

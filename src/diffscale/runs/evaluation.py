@@ -38,7 +38,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,7 @@ __all__ = [
     "open_ensemble",
     "scores_dataset",
     "write_report",
+    "write_staged_report",
 ]
 
 ENSEMBLE_DIMS = ("member", "time", "latitude", "longitude")
@@ -860,12 +861,22 @@ def write_report(out: str | os.PathLike, evaluation: Evaluation, *, figures: boo
     """Write ``scores.json`` and (with ``figures``) per variable PNG maps, spectra, rank histogram and
     quantile-quantile plot into the directory ``out``: written to a temporary directory beside it and moved into
     place only when all are done (an error leaves nothing). Returns the path of scores.json."""
+
+    def write(staging: Path) -> None:
+        evaluation.document["figures"] = _write_files(staging, evaluation, figures)
+        write_scores_json(staging / "scores.json", evaluation.document)
+
+    return write_staged_report(out, write)
+
+
+def write_staged_report(out: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(staging)`` to fill a temporary directory beside the report directory ``out`` (checked first),
+    then move every file it wrote into ``out``: an error leaves nothing. Returns the path of ``out``/scores.json."""
     out = check_report_directory(Path(out))
     out.resolve().parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
     try:
-        evaluation.document["figures"] = _write_files(staging, evaluation, figures)
-        write_scores_json(staging / "scores.json", evaluation.document)
+        write(staging)
         out.mkdir(exist_ok=True)
         for path in sorted(staging.iterdir()):
             os.replace(path, out / path.name)

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +53,9 @@ from diffscale.runs.evaluation import (
     _finite,
     _times,
     _units,
-    check_report_directory,
     coarse_on_blocks,
     open_ensemble,
+    write_staged_report,
 )
 from diffscale.validation import ConfigError, option_name
 
@@ -339,10 +337,8 @@ def write_truth_free_report(out: str | os.PathLike, evaluation: TruthFreeEvaluat
     """Write ``scores.json`` and (with ``figures`` and the run's spectrum) ``<variable>_spectrum_ratio.png`` into
     the directory ``out``, staged beside it and moved into place only when all are written. Returns the path of
     scores.json."""
-    out = check_report_directory(Path(out))
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
-    try:
+
+    def write(staging: Path) -> None:
         written = []
         for name, scores in evaluation.document["variables"].items():
             spectrum = scores.get("spectrum_vs_training")
@@ -351,9 +347,5 @@ def write_truth_free_report(out: str | os.PathLike, evaluation: TruthFreeEvaluat
                 written.append(f"{name}_spectrum_ratio.png")
         evaluation.document["figures"] = written
         write_scores_json(staging / "scores.json", evaluation.document)
-        out.mkdir(exist_ok=True)
-        for path in sorted(staging.iterdir()):
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out / "scores.json"
+
+    return write_staged_report(out, write)
