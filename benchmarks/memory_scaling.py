@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streaming import process_tree  # this folder's streaming benchmark: the same process-tree walk
+
 ROOT = Path(__file__).resolve().parents[1]
 POOL = 16
 FIRST_TIME = "2000-01-01T00:00"
@@ -122,26 +124,6 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def _tree(root: int) -> list[int]:
-    """``root`` and every process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) < root:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
-                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found
-
-
 def run_watched(argv: list[str], log: Path) -> dict[str, Any]:
     """Run a command (its output to ``log``), sampling the summed VmRSS of its process tree every 0.1 s."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
@@ -150,7 +132,7 @@ def run_watched(argv: list[str], log: Path) -> dict[str, Any]:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         peak, processes = 0, set()
         while process.poll() is None:
-            pids = _tree(process.pid)
+            pids = process_tree(process.pid)
             processes.update(pids)
             peak = max(peak, sum(_rss(pid) for pid in pids))
             time.sleep(0.1)

@@ -217,7 +217,7 @@ def _status(pid: int) -> dict[str, int]:
     return values
 
 
-def _descendants(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
     """``root`` and every process below it (their pids are larger: only those are looked at, to keep the watching
     cheap on a busy machine)."""
     children: dict[int, list[int]] = {}
@@ -245,7 +245,7 @@ def run_watched(argv: list[str]) -> dict[str, Any]:
     process = subprocess.Popen([*argv, "--result", str(out)])
     peak_sum, peak_of_each, processes = 0, {}, set()
     while process.poll() is None:
-        pids = _descendants(process.pid)
+        pids = process_tree(process.pid)
         total = 0
         for pid in pids:
             status = _status(pid)

@@ -51,15 +51,7 @@ def add_temporal_scores(inputs: EvaluationInputs, document: dict[str, Any]) -> N
         document["temporal_note"] = f"no temporal scores: {error}"
         return
     for name in inputs.variables:
-        document["variables"][name]["temporal"] = temporal_report(
-            name,
-            inputs.ensemble[name],
-            inputs.truth[name],
-            inputs.baseline[name],
-            inputs.latitude,
-            inputs.times,
-            inputs.units[name],
-        )
+        document["variables"][name]["temporal"] = _variable_report(inputs, name)
 
 
 def _number(value: Any) -> float:
@@ -202,10 +194,9 @@ def _series_point(inputs: EvaluationInputs) -> tuple[int, int]:
     return inputs.latitude.size // 2, inputs.longitude.size // 2
 
 
-def temporal_inputs_figure(inputs: EvaluationInputs, name: str, members: int = SERIES_MEMBERS) -> Figure:
-    """The temporal figure of variable ``name`` (:func:`~diffscale.evaluation.temporal_plots.temporal_figure`):
-    the residual autocorrelations, and the series of ``members`` members and the truth at the grid's centre."""
-    report = temporal_report(
+def _variable_report(inputs: EvaluationInputs, name: str) -> dict[str, Any]:
+    """:func:`~diffscale.evaluation.temporal.temporal_report` of variable ``name`` of the evaluation's inputs."""
+    return temporal_report(
         name,
         inputs.ensemble[name],
         inputs.truth[name],
@@ -214,6 +205,12 @@ def temporal_inputs_figure(inputs: EvaluationInputs, name: str, members: int = S
         inputs.times,
         inputs.units[name],
     )
+
+
+def temporal_inputs_figure(inputs: EvaluationInputs, name: str, members: int = SERIES_MEMBERS) -> Figure:
+    """The temporal figure of variable ``name`` (:func:`~diffscale.evaluation.temporal_plots.temporal_figure`):
+    the residual autocorrelations, and the series of ``members`` members and the truth at the grid's centre."""
+    report = _variable_report(inputs, name)
     return _figure(inputs, name, report, members)
 
 
