@@ -221,21 +221,17 @@ def target_std(config: Path, overrides: list[str]) -> float:
     """The standard deviation of the normalised training target of ``config`` with ``overrides`` (all times)."""
     from diffscale.config import load_config
     from diffscale.data.climate import ClimateDataset
+    from diffscale.runs.init_config import target_std as measured_target_std
 
-    section = load_config(config, overrides).data
-    dataset = ClimateDataset(section, "train")
-    return float(dataset.fields(slice(None)).target.std())
+    return measured_target_std(ClimateDataset(load_config(config, overrides).data, "train"))[0]
 
 
 def noise_overrides(sigma_data: float) -> list[str]:
-    """The rule of configs/era5_uk.yaml: sigma_max = 10 sigma_data, sigma_min = 0.002 sigma_data,
-    P_mean = -0.6 + ln(sigma_data)."""
-    return [
-        f"diffusion.sigma_data={sigma_data:.4g}",
-        f"diffusion.sigma_min={0.002 * sigma_data:.4g}",
-        f"diffusion.sigma_max={10 * sigma_data:.4g}",
-        f"diffusion.p_mean={-0.6 + math.log(sigma_data):.4g}",
-    ]
+    """The rule of configs/era5_uk.yaml (:func:`diffscale.runs.init_config.noise_levels`): sigma_max = 10 sigma_data,
+    sigma_min = 0.002 sigma_data, P_mean = -0.6 + ln(sigma_data)."""
+    from diffscale.runs.init_config import noise_levels
+
+    return [f"diffusion.{key}={value:.4g}" for key, value in noise_levels(sigma_data).items()]
 
 
 def truth_fields(region: Region, index: int, every_hours: int) -> xr.Dataset:

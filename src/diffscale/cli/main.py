@@ -553,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     from diffscale.cli.bias_adjust import add_parsers as add_bias_adjustment
     from diffscale.cli.downscale import add_parser as add_downscale
     from diffscale.cli.evaluate import add_parser as add_evaluate
+    from diffscale.cli.init_config import add_parser as add_init_config
     from diffscale.cli.recalibrate import add_parser as add_recalibrate
 
     parser = _ArgumentParser(prog=PROG, description=_MAIN_DESCRIPTION, formatter_class=HelpFormatter)
@@ -560,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", title="commands", required=True, parser_class=_ArgumentParser
     )
+    add_init_config(commands)
     _add_train(commands)
     _add_sample(commands)
     _add_likelihood(commands)

@@ -7,6 +7,8 @@
 
 * :func:`load_run` returns a :class:`Run` (toy data: ``.sample``, ``.likelihood``) or a :class:`ClimateRun`
   (``.downscale``); :func:`prepare_training` and :func:`train` train one from a configuration;
+* :func:`initial_config` drafts a downscaling configuration for your files, every data-dependent value measured
+  on them (``diffscale init-config``);
 * :func:`evaluate` scores a downscaled ensemble against the truth, beside the bilinear baseline;
   :func:`write_report` writes the scores and figures of ``diffscale evaluate``;
 * :func:`fit_recalibration` fits a run's spread recalibration on held-out ensembles (applied when it downscales);
@@ -21,6 +23,7 @@ from diffscale.runs.bias_adjustment import bias_adjust, compute_climatology, loa
 from diffscale.runs.building import build_denoiser, build_model_for, default_run_dir, resolve_run_dir
 from diffscale.runs.downscaling import DownscalingJob, check_ensemble_output
 from diffscale.runs.evaluation import EvaluationInputs, evaluate, load_inputs, write_report
+from diffscale.runs.init_config import InitialConfig, initial_config
 from diffscale.runs.likelihood import LikelihoodReport, LikelihoodSettings, likelihood
 from diffscale.runs.metrics import MetricsLog, loss_by_sigma_decade
 from diffscale.runs.recalibration import Recalibration, fit_recalibration, load_recalibration
@@ -42,6 +45,7 @@ __all__ = [
     "ClimateRun",
     "DownscalingJob",
     "EvaluationInputs",
+    "InitialConfig",
     "LikelihoodReport",
     "LikelihoodSettings",
     "MetricsLog",
@@ -58,6 +62,7 @@ __all__ = [
     "default_run_dir",
     "evaluate",
     "fit_recalibration",
+    "initial_config",
     "likelihood",
     "load_climate_run",
     "load_climatology",

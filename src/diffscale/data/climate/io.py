@@ -32,6 +32,7 @@ from diffscale.validation import ConfigError
 
 __all__ = [
     "CANONICAL_NAMES",
+    "DATA_SUFFIXES",
     "STANDARD_GRAVITY",
     "VARIABLE_ALIASES",
     "canonical_variable",
@@ -92,6 +93,8 @@ _ENGINES = {
     ".grb": "cfgrib",
     ".grb2": "cfgrib",
 }
+DATA_SUFFIXES: tuple[str, ...] = tuple(_ENGINES)
+"""The file suffixes read as data (netCDF, Zarr, GRIB)."""
 
 
 def canonical_variable(name: str) -> str:
