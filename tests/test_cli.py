@@ -419,6 +419,17 @@ OUTPUT_CASES = {
         str(blocked / "c.nc"),
     ],
     "example-data --out": lambda run, config, blocked: ["example-data", "--out", str(blocked / "data")],
+    "init-config --output": lambda run, config, blocked: [
+        "init-config",
+        "--fine",
+        str(blocked.parent / "f.nc"),
+        "--variables",
+        "t2m",
+        "--factor",
+        "4",
+        "--output",
+        str(blocked / "my.yaml"),
+    ],
 }
 
 
