@@ -18,7 +18,8 @@ week of configs/era5_uk.yaml (25-31 March) is reported from the fold that holds 
 
 Methods (``--methods``; each is trained through the ``diffscale`` command, as a user would):
 
-    present              the shipped recipe: EDM diffusion of the residual over bilinear interpolation
+    present              the shipped configuration's settings (EDM diffusion of the residual over bilinear
+                         interpolation) trained for --steps steps (400; the shipped files train 800)
     present+inflation    the same ensembles, members' deviations from the ensemble mean scaled by a factor k fitted
                          by nested cross-validation inside the training blocks (below)
     scaled               the residual divided by a local scale s(c) the coarse field predicts (its smoothed squared
@@ -133,7 +134,9 @@ class Method:
 
 
 METHODS = {
-    "present": Method("present", "present", description="the shipped recipe (residual over bilinear)"),
+    "present": Method(
+        "present", "present", description="the shipped settings (residual over bilinear) at --steps steps"
+    ),
     "present+inflation": Method(
         "present+inflation", "present", inflation=True, description="present, spread inflated by nested CV"
     ),

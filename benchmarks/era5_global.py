@@ -7,8 +7,10 @@ the test times. Their coarse inputs are the fine fields (the 180 x 360 model gri
 4 x 4 area-weighted block means (45 x 90); ``diffscale downscale`` draws the ensemble, ``diffscale.evaluate``
 scores it. One table: per variable (and the derived 10 m wind speed) the RMSE of bilinear, bicubic and
 lapse-rate-corrected bilinear (t2m) interpolation, the ensemble mean's RMSE and its ratio to bilinear, the fair
-CRPS against the bilinear MAE, the spread-skill ratio and the seam ratio (mean |difference| across the 0/359 deg
-column pair, ensemble / truth); then the energy score of the joint ensemble.
+CRPS against the bilinear MAE, the spread-skill ratio and the seam ratio (mean |difference| across the wrap-around
+column pair of the model's grid, 179 | -180 deg once harmonised, ensemble / truth, and the same over the pairs beside
+it: ``diffscale.evaluate``'s seam report); then the energy score of the joint ensemble and one line with the same
+ratio across the file's own seam, its 359 | 0 deg pair (-1 | 0 harmonised, inside the model's grid).
 
     python benchmarks/era5_global.py                        # train (9 min on 2 idle CPU cores) and score
     python benchmarks/era5_global.py --period validation    # train on times 1-12, score times 13-18 (tuning)

@@ -1,5 +1,6 @@
-"""The README stays true: its configuration reference is the schema's, its first two commands are the set-up
-commands that CI runs, its Python blocks run as pasted, and every command it shows parses."""
+"""The README stays true: it is a front page of at most 250 lines whose links reach files of the repository, its
+first two commands are the set-up commands that CI runs, its Python blocks run as pasted, and every command it
+shows parses."""
 
 from __future__ import annotations
 
@@ -12,14 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from diffscale.config import config_reference
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 CI_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "run"
 
 
-def test_configuration_reference_is_up_to_date() -> None:
-    assert config_reference().strip() in README.read_text(), "regenerate the README table with config_reference()"
+def test_readme_is_a_front_page_whose_links_resolve() -> None:
+    """At most 250 lines; every relative link names a file of the repository (and a heading of it, for a docs
+    page's anchor); every page of the documentation site's nav is listed."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    links = re.findall(r"\]\(((?!https?:)[^)#]+)(?:#([^)]+))?\)", text)
+    assert links
+    for path, anchor in links:
+        target = README.parent / path
+        assert target.exists(), path
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", target.read_text(), flags=re.M)
+            slugs = {re.sub(r"[^\w\s-]", "", heading.lower()).strip().replace(" ", "-") for heading in headings}
+            assert anchor in slugs, f"{path}#{anchor}"
+    for page in re.findall(r"^  - [^:]+: (\S+\.md)$", (README.parent / "mkdocs.yml").read_text(), flags=re.M):
+        assert f"](docs/{page})" in text, f"the README does not list docs/{page}"
 
 
 def test_first_two_commands_are_demo_and_tests() -> None:

@@ -1,6 +1,6 @@
 """A Markdown reference of every configuration key: section, key, default and description.
 
->>> print(config_reference())   # e.g. for the README's configuration reference
+>>> print(config_reference())   # the table of every key (the docs' configuration reference)
 """
 
 from __future__ import annotations

@@ -364,10 +364,12 @@ def initial_config(
     data["target"] = "residual"
     periods = blocked_periods(days)
     data.update(periods)
+    test_days, validation_days = math.ceil(TEST_FRACTION * len(days)), math.ceil(VALIDATION_FRACTION * len(days))
     notes["data"]["train_period"] = (
         f"Periods: blocks of the record's {len(days)} days ({days[0]} .. {days[-1]}): test the last "
-        f"ceil({TEST_FRACTION} x {len(days)}), validation the ceil({VALIDATION_FRACTION} x {len(days)}) before it, "
-        "one day left out between training and validation, training the rest."
+        f"ceil({TEST_FRACTION} x {len(days)}) = {test_days} days, validation the ceil({VALIDATION_FRACTION} x "
+        f"{len(days)}) = {validation_days} days before them, one day left out between training and validation, "
+        "training the rest (never tune on the test period)."
     )
     first, last = periods["train_period"]
     train_times = int(np.count_nonzero((day_of_time >= first) & (day_of_time <= last)))
