@@ -1,5 +1,6 @@
 """The documentation site: it builds strictly, its generated references match the code, and in a real browser
-its equations are typeset, its figures load and nothing comes from the network.
+its equations are typeset, its figures load, nothing comes from the network, and at 1300 px every table and code
+block fits or scrolls inside its box.
 
 The build (``mkdocs build --strict``, which fails on a broken link, anchor or cross-reference) runs once per
 session into a temporary directory. The browser checks open the built pages in Debian's headless Chromium
@@ -358,3 +359,73 @@ def test_diffusion_models_page_renders_and_is_captured(browser: tuple[object, st
     target = SCREENSHOTS / "diffusion-models.png"
     target.write_bytes(base64.b64decode(shot["data"]))
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- tables and code at 1300 px -----------------------------------------------------------------------------------
+WIDTH_PAGES = (
+    "index.html",
+    "overview/index.html",
+    "diffusion-models/index.html",
+    "samplers/index.html",
+    "downscaling/index.html",
+    "climate-workloads/index.html",
+    "foreign-input/index.html",
+    "calibration/index.html",
+    "training/index.html",
+    "benchmarks/index.html",
+    "reference/configuration/index.html",
+    "reference/cli/index.html",
+)
+"""The pages whose tables and code blocks are checked at 1300 px."""
+BOXES = """
+const column = document.querySelector('.md-content').getBoundingClientRect();
+return [...document.querySelectorAll('article table, article pre')].map(found => {
+  // a code block's content is its code element; the box is the nearest element from there (from a table's parent)
+  // that scrolls sideways (Material's table wrapper, the code element), else the text column
+  const element = found.tagName === 'PRE' ? found.querySelector('code') || found : found;
+  let box = element.tagName === 'TABLE' ? element.parentElement : element;
+  while (box && !['auto', 'scroll'].includes(getComputedStyle(box).overflowX)) box = box.parentElement;
+  const boxRect = (box || document.querySelector('.md-content')).getBoundingClientRect();
+  return {
+    kind: found.tagName,
+    text: found.innerText.slice(0, 60),
+    width: element.scrollWidth,
+    fits: element.getBoundingClientRect().right <= boxRect.right + 1 && element.scrollWidth <= boxRect.width + 1,
+    scrolls: box !== null && box.scrollWidth > box.clientWidth,
+    boxInside: boxRect.left >= column.left - 1 && boxRect.right <= column.right + 1,
+  };
+});
+"""
+
+
+@contextlib.contextmanager
+def _viewport(driver: object, width: int, height: int = 1000) -> Iterator[None]:
+    """The page laid out for a window of ``width`` x ``height`` CSS pixels (Chromium's device metrics override)."""
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    try:
+        yield
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_tables_and_code_fit_or_scroll_inside_their_box_at_1300_px(browser: tuple[object, str]) -> None:
+    """At 1300 px (both sidebars shown) every table and code block either fits its box or its box scrolls sideways,
+    and the box stays inside the text column; the widest table of the site is one of them, and the formulations
+    table (five columns of formulas) fits whole, its EDM column visible."""
+    driver, _ = browser
+    widest: dict | None = None
+    with _viewport(driver, 1300):
+        assert driver.execute_script("return window.innerWidth") == 1300
+        for path in WIDTH_PAGES:
+            _open(browser, path)
+            for box in driver.execute_script(BOXES):
+                where = f"{path}: {box['kind']} '{box['text']}'"
+                assert box["boxInside"], f"{where} lies outside the text column"
+                assert box["fits"] or box["scrolls"], f"{where} ({box['width']} px) neither fits nor scrolls"
+                if box["kind"] == "TABLE" and (widest is None or box["width"] > widest["width"]):
+                    widest = {**box, "page": path}
+            if path == "diffusion-models/index.html":
+                formulations = next(b for b in driver.execute_script(BOXES) if "iDDPM\tEDM" in b["text"])
+                assert formulations["fits"], f"the formulations table ({formulations['width']} px) does not fit"
+    assert widest is not None and (widest["fits"] or widest["scrolls"]), widest
