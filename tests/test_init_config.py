@@ -167,6 +167,12 @@ def test_an_existing_output_is_refused_before_any_work(tmp_path: Path, capsys: p
     assert output.read_text() == "kept\n"
 
 
+def test_statics_given_that_do_not_serve_fail_in_one_line(tmp_path: Path) -> None:
+    fine = _write_data(tmp_path / "data")
+    with pytest.raises(ConfigError, match=r"--statics: no file .*another_with_times.nc: has 2 times"):
+        initial_config([fine], ["t2m"], 4, statics=[str(tmp_path / "data" / "another_with_times.nc")])
+
+
 def test_a_budget_too_small_names_the_minimum(tmp_path: Path) -> None:
     fine = _write_data(tmp_path / "data")
     with pytest.raises(ConfigError, match="give at least"):

@@ -197,8 +197,9 @@ class _Statics:
 def _find_statics(
     fine: list[Path], given: Sequence[str] | None, latitude: np.ndarray, longitude: np.ndarray
 ) -> _Statics:
-    """Files that hold orography or a land-sea mask without a time axis (or with one time) and cover the grid:
-    those ``given``, else those beside the fine files; what was looked at and why it was not used, in notes."""
+    """The first file that holds orography or a land-sea mask without a time axis (or with one time) and covers the
+    grid: of those ``given`` (ConfigError when none does), else of those beside the fine files (none: no statics);
+    what was looked at and why it was not used, in notes."""
     if given is not None:
         candidates = expand_paths(list(given))
     else:
@@ -238,6 +239,8 @@ def _find_statics(
             continue
         notes.append(f"{path.name}: {', '.join(names)} cover the grid (used)")
         return _Statics([str(path)], names, notes)
+    if given is not None:
+        raise ConfigError(f"--statics: no file gives orography or a land-sea mask on the grid ({'; '.join(notes)})")
     return _Statics([], [], notes)
 
 
@@ -420,7 +423,6 @@ def initial_config(
             f"{math.ceil((prepare_seconds + minimum * step_seconds / BUDGET_MARGIN) / 60)} minutes"
         )
     values["training"]["steps"] = steps
-    values["training"]["device"] = "auto" if device == "auto" else device
     epochs = steps * batch / train_times
     notes["training"]["steps"] = (
         f"Budget {budget_minutes:g} min on this machine ({measured_on}): preparing the run (statistics, input "
