@@ -405,13 +405,15 @@ def initial_config(
     notes["diffusion"]["sigma_data"] = (
         f"sigma_data = {sigma_data:.4f}: the standard deviation of the training target r = T(y) - U(T(x)) (the "
         "normalised fine field minus the upsampled normalised coarse one), measured by the training dataset "
-        f"over {count:,} values (every training field and cell), with the statistics training fits."
+        f"over {count:,} values (every cell of "
+        + ("every training field" if "stats_times" not in data else f"{MAX_STATS_TIMES} evenly spaced training fields")
+        + "), with the statistics training fits."
     )
     notes["diffusion"]["sigma_min"] = (
         f"The noise levels of a unit-variance target scaled by sigma_data: sigma_min = 0.002 sigma_data = "
         f"{levels['sigma_min']:.3g}, sigma_max = 10 sigma_data = {levels['sigma_max']:.3g} (far above the target's "
         "spread, so sampling starts from noise alone), and training draws ln(sigma) ~ N(p_mean, p_std^2) with "
-        f"p_mean = -0.6 + ln(sigma_data) = {levels['p_mean']:.3g} (centred a little below sigma_data)."
+        f"p_mean = -0.6 + ln(sigma_data) = {levels['p_mean']:.3g} (a median noise level of 0.55 sigma_data)."
     )
     usable = BUDGET_MARGIN * (60.0 * budget_minutes - prepare_seconds)
     steps = int(usable // step_seconds)
