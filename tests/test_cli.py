@@ -310,7 +310,7 @@ def test_demo_missing_module_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys
     assert_bad_input(["demo", "--out", str(tmp_path / "d")], capsys, ["demo is not available"], tmp_path)
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "demo"])
+@pytest.mark.parametrize("command", ["train", "sample", "demo", "init-config"])
 def test_help_explains_every_option(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli([command, "--help"]) == 0
     text = capsys.readouterr().out
