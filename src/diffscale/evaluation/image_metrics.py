@@ -208,8 +208,8 @@ def kernel_distance(
 
 
 def _pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances |a_i - b_j| (float64), exact for coincident points."""
-    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+    """Euclidean distances |a_i - b_j| (float64; through |a|^2 + |b|^2 - 2 a.b for large sets)."""
+    return torch.cdist(a, b)
 
 
 def knn_radii(features: Any, k: int = 3, *, chunk: int = 1024, name: str = "features") -> torch.Tensor:
