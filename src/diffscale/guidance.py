@@ -72,3 +72,17 @@ class ClassifierFreeGuidance:
             d_cond = self.denoiser(x, sigma, **cond)
             d_uncond = self.denoiser(x, sigma, **unconditional)
         return d_uncond + w * (d_cond - d_uncond)
+
+    def denoise_with_variance(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(D_w, v) for a denoiser that learns the variance (ancestral sampling): the guided mean and the
+        conditional branch's variance output v (as GLIDE guides the mean and keeps the conditional variance)."""
+        with_variance = getattr(self.denoiser, "denoise_with_variance", None)
+        if with_variance is None:
+            return self(x, sigma, **cond), None
+        d_cond, variance = with_variance(x, sigma, **cond)
+        if self.guidance == 1.0:
+            return d_cond, variance
+        d_uncond, _ = with_variance(x, sigma, **drop_conditioning(cond, self.drop_keys))
+        return d_uncond + self.guidance * (d_cond - d_uncond), variance

@@ -105,6 +105,50 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_images(args: argparse.Namespace) -> int:
+    """``diffscale sample`` of a class-conditional image run: per-class grids per guidance weight, .npz samples."""
+    from diffscale.cli.arguments import sampler_overrides
+    from diffscale.files import write_together
+    from diffscale.runs import load_run
+    from diffscale.runs.images import check_grid_path, check_image_run, check_npz_path
+    from diffscale.sampling import number_of_evaluations
+
+    if args.num is not None:
+        raise ConfigError("--num: an image run draws --per-class images of each of --classes; leave --num out")
+    if args.out is None and args.grid is None:
+        raise ConfigError("give --grid FIGURE and/or --out FILE.npz: nothing would be written")
+    out = check_npz_path(args.out) if args.out is not None else None
+    grid = check_grid_path(args.grid) if args.grid is not None else None
+    if args.plot is not None:
+        raise ConfigError("--plot: an image run draws its figure with --grid")
+    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    check_image_run(run)
+    settings = run.sampler_settings(**sampler_overrides(args))
+    nfe = number_of_evaluations(settings.steps, settings.solver)
+    print(
+        f"NFE: {nfe} per sample ({settings.solver}, {settings.steps} steps, {settings.schedule} schedule, "
+        f"{run.weights} weights, step {run.step}; guidance w other than 0 and 1 evaluates the network twice)"
+    )
+    drawn = run.sample_images(
+        args.classes,
+        args.per_class,
+        args.guidance,
+        settings=settings,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        threads=args.threads,
+    )
+    written = write_together(drawn.files(out, grid))
+    print(
+        f"drew {drawn.images.shape[0]} images ({len(drawn.classes)} classes x {drawn.per_class} x guidance "
+        f"{', '.join(f'{weight:g}' for weight in drawn.weights)})"
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from diffscale import __version__
     from diffscale.cli.arguments import sampler_overrides
@@ -114,6 +158,11 @@ def _sample(args: argparse.Namespace) -> int:
     from diffscale.runs import load_run, sample_run
     from diffscale.sampling import number_of_evaluations
 
+    if args.classes is not None or args.grid is not None:
+        return _sample_images(args)
+    if args.num is None or args.out is None:
+        missing = " and ".join(name for name, value in (("--num", args.num), ("--out", args.out)) if value is None)
+        raise ConfigError(f"{missing} required (an image run takes --classes and --grid instead)")
     out = check_sample_path(args.out)
     plot = check_plot_path(args.plot) if args.plot is not None else None
     run = load_run(args.run_dir, weights=args.weights, device=args.device)
@@ -257,9 +306,30 @@ def _coarsen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fashion_mnist(args: argparse.Namespace) -> int:
+    """``diffscale example-data fashion-mnist``: where the files are and what they hold (nothing is downloaded)."""
+    from diffscale.data.images import FASHION_MNIST_CLASSES, find_fashion_mnist, summarise_image_folder
+
+    folder = find_fashion_mnist(args.source)
+    print(f"Fashion-MNIST in {folder}:")
+    for summary in summarise_image_folder(folder):
+        counts = sorted(set(summary.class_counts))
+        each = f"{counts[0]} each" if len(counts) == 1 else f"{min(counts)}-{max(counts)} per class"
+        print(
+            f"  {summary.split}: {summary.images} images of {' x '.join(map(str, summary.shape[1:]))} "
+            f"({summary.shape[0]} channel), {len(summary.class_counts)} classes, {each}"
+        )
+    print(f"  classes: {', '.join(f'{index} {name}' for index, name in enumerate(FASHION_MNIST_CLASSES))}")
+    source = f" --set data.path={folder}" if str(folder) != "/usr/share/datasets/fashion-mnist" else ""
+    print(f"train on it with: diffscale train configs/fashion_mnist.yaml{source}")
+    return 0
+
+
 def _example_data(args: argparse.Namespace) -> int:
     from diffscale.data.examples import EXAMPLES, fetch_example
 
+    if args.name == "fashion-mnist":
+        return _fashion_mnist(args)
     example = EXAMPLES.get(args.name)
     already = example is not None and (Path(args.out) / example.filename).exists() and not args.overwrite
     path = fetch_example(
@@ -303,6 +373,7 @@ Draw samples from a trained run (EMA weights by default). The sampler settings d
 examples:
   diffscale sample runs/mixture_1d_edm --num 10000 --out samples.npy
   diffscale sample runs/mixture_1d_edm --num 5000 --out samples.csv --sampler euler --steps 64 --plot samples.png
+  diffscale sample runs/fashion_mnist --classes 0-9 --per-class 8 --guidance 0,1,2,4 --grid grid.png --out s.npz
 """
 
 _LIKELIHOOD_DESCRIPTION = """\
@@ -380,13 +451,28 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by 'diffscale train'")
-    parser.add_argument("--num", type=count(1), required=True, metavar="N", help="number of samples to draw")
+    parser.add_argument("--num", type=count(1), metavar="N", help="number of samples to draw (not for image runs)")
     parser.add_argument(
         "--out",
-        required=True,
         metavar="FILE",
-        help="output file; the extension picks the format: .npy, .csv or .safetensors (tensor 'samples')",
+        help="output file; the extension picks the format: .npy, .csv or .safetensors (tensor 'samples'); for an "
+        "image run .npz (images uint8, labels, guidance, class_names)",
     )
+    images = parser.add_argument_group("class-conditional image runs (data.kind: images)")
+    images.add_argument(
+        "--classes",
+        metavar="SPEC",
+        default=None,
+        help="classes to draw: 0-9, 0,3,5-7 or class names (Sneaker,Bag); rows of the grid",
+    )
+    images.add_argument("--per-class", type=count(1), default=8, metavar="K", help="images per class and weight")
+    images.add_argument(
+        "--guidance",
+        default="1",
+        metavar="W[,W...]",
+        help="classifier-free guidance weights, one grid panel each: 0 unconditional, 1 conditional, >1 guided",
+    )
+    images.add_argument("--grid", metavar="PNG", default=None, help="figure of the images (.png, .pdf, .svg)")
     add_sampler_options(parser)
     parser.add_argument("--seed", type=count(0), default=0, metavar="S", help="seed of the sampling noise")
     parser.add_argument("--batch-size", type=count(1), default=10_000, metavar="B", help="samples per batch")
@@ -403,7 +489,7 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         "over the exact density; for fields generated next to true fields, and their power spectra",
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
-    parser.set_defaults(handler=_sample)
+    parser.set_defaults(handler=_sample, aliases={"labels": "classes"})
 
 
 def _add_likelihood(commands: argparse._SubParsersAction) -> None:
@@ -518,9 +604,16 @@ _EXAMPLE_DATA_DESCRIPTION = """\
 Fetch example data (online): the file is downloaded once, checked against its sha256 and written as netCDF into
 the output folder. Offline, copy the original file by other means and convert it with --source.
 
+fashion-mnist is not downloaded: install Debian's package (apt-get install dataset-fashion-mnist, IDX files in
+/usr/share/datasets/fashion-mnist) or download its four IDX files from the dataset's site
+(https://github.com/zalandoresearch/fashion-mnist) into a folder given with --source; the command finds the files,
+reads them and prints the image counts and classes.
+
 examples:
   diffscale example-data                        # example_data/era5_t2m_uk_2019-03.nc
   diffscale train configs/downscaling_template.yaml
+  diffscale example-data fashion-mnist          # checks /usr/share/datasets/fashion-mnist
+  diffscale train configs/fashion_mnist.yaml
 """
 
 
@@ -537,11 +630,17 @@ def _add_example_data(commands: argparse._SubParsersAction) -> None:
         "name",
         nargs="?",
         default="era5_uk",
-        choices=tuple(EXAMPLES),
-        help="the example: " + "; ".join(f"{key}: {item.description}" for key, item in EXAMPLES.items()),
+        choices=(*EXAMPLES, "fashion-mnist"),
+        help="the example: "
+        + "; ".join(f"{key}: {item.description}" for key, item in EXAMPLES.items())
+        + "; fashion-mnist: finds and checks the Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)",
     )
     parser.add_argument("--out", default="example_data", metavar="DIR", help="folder that receives the file")
-    parser.add_argument("--source", metavar="FILE", help="convert this local copy of the original file instead")
+    parser.add_argument(
+        "--source",
+        metavar="FILE",
+        help="convert this local copy of the original file instead (fashion-mnist: the folder of its IDX files)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the file if it is already there")
     parser.add_argument("--no-progress", action="store_true", help="do not show the download progress bar")
     parser.set_defaults(handler=_example_data)

@@ -5,6 +5,7 @@
 >>> config.formulation(), config.sampling.to_sampler_settings()
 """
 
+from diffscale.config.images import ImageData
 from diffscale.config.loader import apply_overrides, load_config, parse_override, read_yaml_mapping
 from diffscale.config.models import GRID_ARCHS, build_model, data_shape, describe_model, resolve_model
 from diffscale.config.reference import config_reference
@@ -29,6 +30,7 @@ __all__ = [
     "TAGGED_SECTIONS",
     "Config",
     "GaussianFieldsData",
+    "ImageData",
     "MLPModel",
     "MixtureData",
     "OutputSection",

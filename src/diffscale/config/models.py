@@ -2,9 +2,10 @@
 the options the data and the formulation decide, and building the network.
 
 * an MLP (``arch: mlp``) takes vectors (``data.kind: mixture``), shape (D,);
-* a grid U-Net (``arch: ddpmpp | ncsnpp | adm``) takes fields (``data.kind: gaussian_fields``), shape
-  (C, H, W): its ``in_channels`` is C, its grid must suit its levels (the network's own check speaks), and it
-  has no conditioning inputs the data does not provide;
+* a grid U-Net (``arch: ddpmpp | ncsnpp | adm``) takes fields (``data.kind: gaussian_fields``, ``climate``,
+  ``images``), shape (C, H, W): its ``in_channels`` is C, its grid must suit its levels (the network's own check
+  speaks), and it has no conditioning inputs the data does not provide (images give labels: ``label_dim`` follows
+  ``data.num_classes``);
 * a formulation that learns the variance (iDDPM with ``learned_variance: true``) needs 2C outputs: the U-Net
   is built with ``learned_variance=True``, the MLP with twice the output width.
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from diffscale.config.climate import ClimateData
+from diffscale.config.images import ImageData
 from diffscale.config.sections import GaussianFieldsData, MLPModel
 from diffscale.networks.presets import PRESETS, describe_network
 from diffscale.networks.unet_base import GridUNet, count_parameters
@@ -46,6 +48,8 @@ def data_shape(data: BaseModel) -> tuple[int, ...]:
     """
     if isinstance(data, GaussianFieldsData):
         return (data.channels, data.height, data.width)
+    if isinstance(data, ImageData):
+        return data.sample_shape()
     if isinstance(data, ClimateData):
         return data.sample_shape() or (len(data.variables), 0, 0)
     return (data.build().dims,)
@@ -101,6 +105,13 @@ def resolve_model(model: BaseModel, data: BaseModel, learned_variance: bool) -> 
             "leave it null"
         )
     conditioning = {"cond_channels": data.cond_channels} if isinstance(data, ClimateData) else {}
+    if isinstance(data, ImageData) and data.num_classes:
+        conditioning = {"label_dim": data.num_classes}
+        if "label_dim" in given and model.label_dim != data.num_classes:
+            raise ValueError(
+                f"model.label_dim = {model.label_dim} does not match data.num_classes = {data.num_classes} (leave "
+                "model.label_dim out: it follows the data)"
+            )
     if "cond_channels" in given and conditioning and model.cond_channels != conditioning["cond_channels"]:
         raise ValueError(
             f"model.cond_channels = {model.cond_channels} does not match the {conditioning['cond_channels']} "

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 
 from diffscale.config.climate import ClimateData
+from diffscale.config.images import ImageData
 from diffscale.config.models import data_shape, resolve_model
 from diffscale.config.sections import GaussianFieldsData, MixtureData, MLPModel, OutputSection, SamplingSection
 from diffscale.config.tagged import TaggedSection
@@ -59,18 +60,24 @@ MODEL = TaggedSection(
 DATA = TaggedSection(
     name="data",
     key="kind",
-    members={"mixture": MixtureData, "gaussian_fields": GaussianFieldsData, "climate": ClimateData},
+    members={
+        "mixture": MixtureData,
+        "gaussian_fields": GaussianFieldsData,
+        "climate": ClimateData,
+        "images": ImageData,
+    },
     default="mixture",
     kind_of_thing="kind",
 )
-"""``data:``: the training data, chosen by ``kind``: Gaussian mixtures (vectors) or Gaussian random fields (grids)."""
+"""``data:``: the training data, chosen by ``kind``: Gaussian mixtures (vectors), Gaussian random fields (grids),
+climate fields or labelled images read from files."""
 
 TAGGED_SECTIONS: dict[str, TaggedSection] = {section.name: section for section in (DIFFUSION, MODEL, DATA)}
 
 if TYPE_CHECKING:
     DiffusionSection = FormulationParams
     ModelSection = MLPModel | DDPMppParams | NCSNppParams | ADMParams
-    DataSection = MixtureData | GaussianFieldsData | ClimateData
+    DataSection = MixtureData | GaussianFieldsData | ClimateData | ImageData
 else:
     DiffusionSection = DIFFUSION.annotation()
     ModelSection = MODEL.annotation()

@@ -16,8 +16,10 @@ from torch import nn
 
 from diffscale.config import Config
 from diffscale.config.climate import ClimateData
+from diffscale.config.images import ImageData
 from diffscale.config.models import build_initial_model, build_model, describe_model
 from diffscale.data.fields import GaussianRandomField
+from diffscale.data.images import ImageDataset
 from diffscale.data.mixtures import GaussianMixture
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.regression import RegressionLoss, RegressionModel
@@ -33,15 +35,16 @@ __all__ = [
     "check_same_data",
     "default_run_dir",
     "is_climate",
+    "is_images",
     "is_regression",
     "model_summary",
     "resolve_run_dir",
     "training_objective",
 ]
 
-DataDistribution = GaussianMixture | GaussianRandomField
-"""What a ``data:`` section of a toy kind builds: a distribution with ``sample(n, generator)`` and
-``ideal_denoiser``."""
+DataDistribution = GaussianMixture | GaussianRandomField | ImageDataset
+"""What a ``data:`` section other than climate builds: a distribution with ``sample(n, generator)`` (toy kinds
+also have ``ideal_denoiser``) or a labelled image data set (its ``sample`` draws training batches)."""
 _SAME_DATA_EXCEPT = frozenset({"target", "regression_run", "patch", "latitude_weighted_loss"})
 """Keys of ``data:`` in which a CorrDiff diffusion run may differ from its regression run."""
 
@@ -49,6 +52,11 @@ _SAME_DATA_EXCEPT = frozenset({"target", "regression_run", "patch", "latitude_we
 def is_climate(config: Config) -> bool:
     """Whether the run models climate fields (``data.kind: climate``)."""
     return isinstance(config.data, ClimateData)
+
+
+def is_images(config: Config) -> bool:
+    """Whether the run models images read from files (``data.kind: images``)."""
+    return isinstance(config.data, ImageData)
 
 
 def is_regression(config: Config) -> bool:
@@ -104,8 +112,8 @@ def build_denoiser(config: Config, shape: int | tuple[int, ...] | None = None) -
 
 
 def build_distribution(config: Config) -> DataDistribution:
-    """The distribution of a toy ``data:`` section (a Gaussian mixture or a Gaussian random field); a missing or
-    unreadable file it names raises ConfigError naming the file."""
+    """The distribution of a toy ``data:`` section (a Gaussian mixture or a Gaussian random field) or the images of
+    an ``images`` section; a missing or unreadable file it names raises ConfigError naming the file."""
     if is_climate(config):
         raise ConfigError("data.kind = 'climate': its data are files, not a distribution (ClimateDataset reads them)")
     try:

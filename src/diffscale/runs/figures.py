@@ -14,11 +14,11 @@ from diffscale.data.climate import ClimateDataset
 from diffscale.data.climate.calendars import time_text
 from diffscale.data.climate.cf import CF_ATTRIBUTES
 from diffscale.evaluation.sample_plots import check_plottable, plot_samples
-from diffscale.runs.building import DataDistribution, is_climate, is_regression
+from diffscale.runs.building import DataDistribution, is_climate, is_images, is_regression
 from diffscale.sampling import sample
 from diffscale.validation import ConfigError
 
-__all__ = ["FIGURE_SAMPLES", "check_figure", "climate_sample_figure", "sample_figure"]
+__all__ = ["FIGURE_SAMPLES", "check_figure", "climate_sample_figure", "image_sample_figure", "sample_figure"]
 
 FIGURE_SAMPLES = 2000
 """Samples drawn for a figure of a vector-data run (fields: the figure's few panels)."""
@@ -34,6 +34,8 @@ def sample_figure(
     """
     if is_climate(config):
         return climate_sample_figure(config, model, data, path, step=step, seed=seed)
+    if is_images(config):
+        return image_sample_figure(config, model, path, step=step, seed=seed)
     settings = config.sampling.to_sampler_settings()
     shape = config.data_shape()
     device = next(model.parameters()).device
@@ -59,6 +61,49 @@ def check_figure(config: Config, data: DataDistribution) -> None:
 
 
 FIGURE_MEMBERS = 2
+FIGURE_IMAGES_PER_CLASS = 4
+
+
+def image_sample_figure(config: Config, model: nn.Module, path: str | Path, *, step: int, seed: int = 0) -> Path:
+    """A grid of images, ``FIGURE_IMAGES_PER_CLASS`` per class (conditional, guidance 1; an unconditional run: one
+    row), drawn with the run's sampler settings and their own generator."""
+    import numpy as np
+
+    from diffscale.evaluation.sample_plots import figure_bytes
+    from diffscale.files import atomic_write_bytes
+    from diffscale.runs.images import ImageSamples, class_names_of
+
+    section = config.data
+    classes = list(range(section.num_classes)) or [0]
+    names = class_names_of(section) or ("samples",)
+    labels = torch.tensor(classes).repeat_interleave(FIGURE_IMAGES_PER_CLASS)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    noise = torch.randn((labels.shape[0], *config.data_shape()), generator=generator, device=device)
+    cond = {}
+    if section.num_classes:
+        cond["class_labels"] = torch.nn.functional.one_hot(labels, section.num_classes).float().to(device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        settings = config.sampling.to_sampler_settings()
+        x = sample(model, noise, model.formulation, **settings.model_dump(), generator=generator, cond=cond)
+    model.train(was_training)
+    x = section.transform().crop(x.float().cpu(), section.height, section.width)
+    drawn = ImageSamples(
+        images=((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy(),
+        labels=labels.numpy(),
+        guidance=np.ones(labels.shape[0]),
+        class_names=names,
+        classes=classes,
+        weights=[1.0],
+        per_class=FIGURE_IMAGES_PER_CLASS,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    title = f"{config.diffusion.type}, EMA weights, step {step}"
+    atomic_write_bytes(path, figure_bytes(drawn.figure(title=title), path))
+    return path
 
 
 def climate_sample_figure(

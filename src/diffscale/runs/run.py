@@ -155,11 +155,18 @@ class Run:
         batch_size: int = 10_000,
         progress: bool = False,
         threads: Threads = "auto",
+        labels: torch.Tensor | None = None,
+        guidance: float = 1.0,
     ) -> torch.Tensor:
         """``num`` samples (float32, CPU; shape (num, *data_shape)) drawn with the run's sampler settings, or
         ``settings``, with any of the given keys overridden; the noise comes from one CPU generator seeded with
         ``seed`` (the same samples on CPU and GPU, to rounding). ``threads``: torch's CPU threads while sampling
-        (``auto`` re-chooses them from the load of other processes, see :mod:`diffscale.threads`)."""
+        (``auto`` re-chooses them from the load of other processes, see :mod:`diffscale.threads`).
+
+        A class-conditional run (``data.kind: images``) draws sample i of class ``labels[i]`` (``num`` class
+        indices) with classifier-free guidance weight ``guidance`` (0: unconditional, 1: conditional, > 1:
+        guided; w != 1 needs a run trained with ``model.label_dropout`` > 0). :meth:`sample_images` draws
+        labelled grids of images."""
         from diffscale.runs.sampling import sample_run
 
         self.check_sampling()
@@ -173,7 +180,26 @@ class Run:
             s_noise=s_noise,
             schedule=schedule,
         )
-        return sample_run(self, num, chosen, seed=seed, batch_size=batch_size, progress=progress, threads=threads)
+        return sample_run(
+            self,
+            num,
+            chosen,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+            threads=threads,
+            labels=labels,
+            guidance=guidance,
+        )
+
+    def sample_images(self, classes: Any = None, per_class: int = 8, guidance: Any = (1.0,), **options: Any) -> Any:
+        """Images of ``classes`` (default: all), ``per_class`` each, for every guidance weight, as uint8 with their
+        labels: an :class:`~diffscale.runs.images.ImageSamples` (``.figure()``, ``.save(path)``); ``options``:
+        sampler settings, ``seed``, ``batch_size``, ``progress``, ``threads`` (see
+        :func:`diffscale.runs.images.sample_images`)."""
+        from diffscale.runs.images import sample_images
+
+        return sample_images(self, classes, per_class, guidance, **options)
 
     def likelihood(self, data: torch.Tensor | int | str | Path, **options: Any) -> LikelihoodReport:
         """log p of ``data`` under the run by the probability-flow ODE (:func:`diffscale.runs.likelihood.likelihood`
