@@ -312,7 +312,7 @@ def _fashion_mnist(args: argparse.Namespace) -> int:
 
     folder = find_fashion_mnist(args.source)
     print(f"Fashion-MNIST in {folder}:")
-    for summary in summarise_image_folder(folder):
+    for summary in summarise_image_folder(folder, class_names=FASHION_MNIST_CLASSES):
         counts = sorted(set(summary.class_counts))
         each = f"{counts[0]} each" if len(counts) == 1 else f"{min(counts)}-{max(counts)} per class"
         print(

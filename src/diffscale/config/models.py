@@ -112,7 +112,11 @@ def resolve_model(model: BaseModel, data: BaseModel, learned_variance: bool) -> 
                 f"model.label_dim = {model.label_dim} does not match data.num_classes = {data.num_classes} (leave "
                 "model.label_dim out: it follows the data)"
             )
-    if "cond_channels" in given and conditioning and model.cond_channels != conditioning["cond_channels"]:
+    if (
+        "cond_channels" in given
+        and "cond_channels" in conditioning
+        and model.cond_channels != conditioning["cond_channels"]
+    ):
         raise ValueError(
             f"model.cond_channels = {model.cond_channels} does not match the {conditioning['cond_channels']} "
             f"conditioning channels of data ({', '.join(data.cond_channel_names())}); leave it out: it follows the data"

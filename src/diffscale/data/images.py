@@ -518,11 +518,13 @@ def find_fashion_mnist(source: str | os.PathLike[str] | None = None) -> Path:
 
 
 def summarise_image_folder(
-    folder: str | os.PathLike[str], splits: Sequence[Split] = ("train", "test")
+    folder: str | os.PathLike[str],
+    splits: Sequence[Split] = ("train", "test"),
+    class_names: Sequence[str] | None = None,
 ) -> list[SplitSummary]:
     """Read every split of ``folder`` (checking the files) and summarise it (:class:`SplitSummary` per split)."""
     summaries = []
     for split in splits:
-        data = load_image_dataset(folder, split)
+        data = load_image_dataset(folder, split, class_names=class_names)
         summaries.append(SplitSummary(split, len(data), data.image_shape, data.class_counts()))
     return summaries
