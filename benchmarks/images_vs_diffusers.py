@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks.*
 from diffscale.evaluation.image_classifier import load_fashion_mnist_classifier
 from diffscale.evaluation.image_report import ImageReference, ImageScores, image_reference, score_images
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
 NFES = (10, 20, 50)
 CHECK_EVERY = 50
@@ -68,9 +67,9 @@ def load_line() -> str:
 
 
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
-    from diffscale.data.images import load_image_dataset
+    from diffscale.data.images import find_fashion_mnist, load_image_dataset
 
-    data = load_image_dataset(FASHION_MNIST, split=split)  # type: ignore[arg-type]
+    data = load_image_dataset(find_fashion_mnist(), split=split)  # type: ignore[arg-type]
     return data.images, data.labels
 
 

@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.functional import cross_entropy
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks.fashion_mnist_idx` as a script
-
-from benchmarks.fashion_mnist_idx import fashion_mnist
+from diffscale.data.images import find_fashion_mnist, load_image_dataset
 from diffscale.evaluation.image_classifier import (
     FASHION_MNIST_CLASSIFIER,
     SmallImageClassifier,
@@ -55,10 +51,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
 
-    train_images, train_labels = (torch.from_numpy(np.array(a)) for a in fashion_mnist("train"))
-    test_images, test_labels = (torch.from_numpy(np.array(a)) for a in fashion_mnist("test"))
-    train_images, test_images = train_images[:, None], test_images[:, None]
-    train_labels, test_labels = train_labels.long(), test_labels.long()
+    folder = find_fashion_mnist()
+    train, test = load_image_dataset(folder, "train"), load_image_dataset(folder, "test")
+    train_images, test_images = torch.from_numpy(train.images), torch.from_numpy(test.images)  # uint8 (N, 1, 28, 28)
+    train_labels, test_labels = torch.from_numpy(train.labels).long(), torch.from_numpy(test.labels).long()
 
     model = SmallImageClassifier()
     steps_per_epoch = -(-train_images.shape[0] // args.batch_size)

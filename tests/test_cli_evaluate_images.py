@@ -30,6 +30,7 @@ def _stripes(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("evaluate_images")
     data = root / "data"
+    data.mkdir()
     for prefix, seed in (("train", 0), ("t10k", 1)):
         images, labels = _stripes(30, seed)
         write_idx(data / f"{prefix}-images-idx3-ubyte.gz", images)

@@ -6,14 +6,31 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.fashion_mnist_idx import FASHION_MNIST_DIR, fashion_mnist
+from diffscale.data.images import find_fashion_mnist, load_image_dataset
 from diffscale.evaluation.image_classifier import load_fashion_mnist_classifier
 from diffscale.evaluation.image_report import image_reference, score_images
 from diffscale.runs.image_evaluation import evaluate_image_samples
 from diffscale.validation import ConfigError
 
+
+def _fashion_mnist_folder():
+    try:
+        return find_fashion_mnist()
+    except ConfigError:
+        return None
+
+
+FASHION_MNIST = _fashion_mnist_folder()
+
+
+def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images (N, 1, 28, 28), labels (N,)) of a Fashion-MNIST split, read by diffscale's image reader."""
+    data = load_image_dataset(FASHION_MNIST, split)
+    return data.images, data.labels
+
+
 pytestmark = pytest.mark.skipif(
-    not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+    FASHION_MNIST is None,
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
 
