@@ -42,7 +42,7 @@ __all__ = [
 FASHION_MNIST_CLASSIFIER = Path(__file__).with_name("weights") / "fashion_mnist_classifier.safetensors"
 """The shipped weights of :class:`SmallImageClassifier` trained on the Fashion-MNIST training images."""
 
-FASHION_MNIST_CLASSIFIER_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+FASHION_MNIST_CLASSIFIER_SHA256 = "af5f919b896cd859b7b0bb71cb30e6cda16dc5d283ce2363fe7caff9db54cb47"
 """The sha256 of :data:`FASHION_MNIST_CLASSIFIER`, checked before the file is parsed."""
 
 FEATURE_DIM = 128
