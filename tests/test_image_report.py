@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from diffscale.data.images import find_fashion_mnist, load_image_dataset
 from diffscale.evaluation.image_classifier import load_fashion_mnist_classifier
+from diffscale.evaluation.image_metrics import frechet_distance
 from diffscale.evaluation.image_report import image_reference, score_images
 from diffscale.runs.image_evaluation import evaluate_image_samples
 from diffscale.validation import ConfigError
@@ -87,3 +89,30 @@ def test_one_row_per_guidance_weight_with_a_table_and_a_figure(data, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match="guidance weights for"):
         evaluate_image_samples(generated, asked, reference, guidance=weights[:10], classifier=classifier)
+
+
+def test_a_second_feature_space_adds_its_fd_and_kid(data):
+    """An extra extractor (Inception in practice; here the mean and spread of the pixels) gives FD and KID in its
+    own features, against the reference rows of the classes asked for."""
+    images, labels, classifier, _ = data
+
+    def pixel_moments(pixels):
+        values = pixels.double().flatten(1)
+        return torch.stack([values.mean(1), values.std(1)], dim=1)
+
+    reference = image_reference(
+        images[:3000], labels[:3000], classifier=classifier, extra=pixel_moments, extra_name="pixels"
+    )
+    asked = labels[3000:3300] % 2 == 0
+    generated, generated_labels = images[3000:3300][asked], labels[3000:3300][asked]
+    scores = score_images(generated, generated_labels, reference, classifier=classifier, extra=pixel_moments)
+    keep = np.isin(labels[:3000], [0, 2, 4, 6, 8])
+    expected = frechet_distance(pixel_moments(torch.from_numpy(generated)), reference.extra[torch.from_numpy(keep)])
+    assert scores.extra_name == "pixels" and scores.extra_frechet_distance == pytest.approx(expected, rel=1e-12)
+    assert scores.extra_kid is not None and scores.extra_kid.subset_size == int(asked.sum())
+    assert (
+        "FD pixels"
+        in evaluate_image_samples(
+            generated, generated_labels, reference, classifier=classifier, extra=pixel_moments, kid_subsets=3
+        ).lines()[0]
+    )

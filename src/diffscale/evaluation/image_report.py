@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ __all__ = [
     "ImageScores",
     "guidance_sweep_figure",
     "image_reference",
+    "save_figure",
     "score_images",
     "scores_table",
 ]
@@ -112,7 +113,6 @@ class ImageScores:
     extra_kid: KernelDistance | None = None
     extra_name: str | None = None
     reference_count: int = 0
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def score_images(
