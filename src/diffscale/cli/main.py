@@ -652,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     from diffscale.cli.bias_adjust import add_parsers as add_bias_adjustment
     from diffscale.cli.downscale import add_parser as add_downscale
     from diffscale.cli.evaluate import add_parser as add_evaluate
+    from diffscale.cli.evaluate_images import add_parser as add_evaluate_images
     from diffscale.cli.init_config import add_parser as add_init_config
     from diffscale.cli.recalibrate import add_parser as add_recalibrate
 
@@ -668,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_coarsen(commands)
     add_bias_adjustment(commands)
     add_evaluate(commands)
+    add_evaluate_images(commands)
     add_recalibrate(commands)
     _add_demo(commands)
     _add_example_data(commands)
