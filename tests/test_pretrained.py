@@ -195,3 +195,17 @@ def test_cards_are_strict_json() -> None:
 
 def _refuse(value: str) -> None:
     raise ValueError(f"non-finite number {value} in a card")
+
+
+def test_the_wheel_declares_every_shipped_file() -> None:
+    """pyproject's package data globs (relative to src/diffscale) match every file of every shipped model."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = pyproject["tool"]["setuptools"]["package-data"]["diffscale"]
+    package = MODELS_DIR.parents[1]
+    for name in MODELS:
+        for path in (MODELS_DIR / name).iterdir():
+            relative = path.relative_to(package).as_posix()
+            assert any(fnmatch.fnmatchcase(relative, pattern) for pattern in globs), relative
