@@ -7,7 +7,9 @@ The packed run holds:
   rewritten: the static fields as ``statics.nc`` (bundled, resolved against the run directory when loaded) and
   the training files by their bare names (they are not shipped; the model card says where they come from);
 * ``ema-<step>.safetensors``: the EMA weights, byte for byte (their sha256 is the one the sidecar records);
-* ``config.yaml`` (the same configuration), ``data_stats.json`` (normalisation, grid, input range);
+* ``config.yaml`` (the same configuration), ``data_stats.json`` (normalisation, grid, input range, and the
+  training fields' power spectrum that a truth-free evaluation compares with: computed from the training data
+  when the run was saved without it);
 * ``statics.nc``: the static fields (orography, land-sea mask) on the run's fine grid, as the run's conditioning
   builder regrids them, so that a packed run needs no global orography file;
 * ``coarse_climatology.json`` and ``.safetensors`` (bias adjustment) and ``recalibration.json`` when the run has
@@ -81,7 +83,8 @@ def pack_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -
     that is not a climate run or has no EMA weights.
     """
     from diffscale.config.schema import stored_config
-    from diffscale.runs.stats import STATS_NAME
+    from diffscale.runs.climatology import SPECTRUM_KEY, run_fine_spectrum
+    from diffscale.runs.stats import STATS_NAME, load_stats, save_stats
     from diffscale.training.checkpoint import EMA, SIDECAR_NAME, load_checkpoint
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -127,10 +130,18 @@ def pack_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -
     written[SIDECAR_NAME] = out_dir / SIDECAR_NAME
     atomic_write_bytes(out_dir / "config.yaml", packed_config.to_yaml().encode("utf-8"))
     written["config.yaml"] = out_dir / "config.yaml"
-    for name in (STATS_NAME, *_OPTIONAL_FILES):
+    for name in _OPTIONAL_FILES:
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, out_dir / name)
             written[name] = out_dir / name
+    stats = load_stats(run_dir)
+    if stats is None:
+        raise ConfigError(f"'{run_dir}': has no {STATS_NAME}")
+    if SPECTRUM_KEY not in stats:  # a run saved before spectra were: computed once, from its training data
+        spectrum, source = run_fine_spectrum(run_dir)
+        stats[SPECTRUM_KEY] = spectrum if spectrum is not None else {"unavailable": source}
+    save_stats(out_dir, stats)
+    written[STATS_NAME] = out_dir / STATS_NAME
     if statics is not None:
         written[STATICS_NAME] = write_dataset(statics, out_dir / STATICS_NAME)
     return written
