@@ -124,7 +124,9 @@ RECIPES: dict[str, ModelRecipe] = {
         limits=(
             "One year (1970), 39 training weeks: the year-to-year variability is unseen.",
             "Static fields interpolated from 0.25 deg (no 0.1 deg invariants); the bundled ones are on its grid.",
-            "Each variable is drawn jointly but tasmin <= tasmax is not enforced (see --sort-ordered-pairs).",
+            "Both variables are drawn jointly, but tasmin <= tasmax is not enforced in the members "
+            "(diffscale downscale --sort-ordered-pairs sorts each pair).",
+            "Spread-skill about 0.75 on the test weeks (under-dispersed): recalibrate before using the spread.",
             "Coarse values outside the training range of each coarse cell are flagged by the extrapolation check.",
         ),
     ),
@@ -190,8 +192,8 @@ def _grid(model_dir: Path, config: Any) -> dict[str, Any]:
     factor = config.data.coarsen_factor
     return {
         "summary": f"{trimmed[0]} x {trimmed[1]} at {spacing:g} deg (coarse {spacing * factor:g} deg)",
-        "latitude": [float(latitude[0]), float(latitude[-1]), int(latitude.size)],
-        "longitude": [float(longitude[0]), float(longitude[-1]), int(longitude.size)],
+        "latitude": [round(float(latitude[0]), 6), round(float(latitude[-1]), 6), int(latitude.size)],
+        "longitude": [round(float(longitude[0]), 6), round(float(longitude[-1]), 6), int(longitude.size)],
         "spacing_deg": spacing,
         "model_shape": trimmed,
     }
@@ -279,10 +281,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _period(value: Any) -> str:
-    if value is None:
-        return "every time outside the test period"
-    return json.dumps(value)
+def _period(value: Any, missing: str) -> str:
+    return missing if value is None else json.dumps(value)
 
 
 def build_card(name: str, recipe: ModelRecipe, run_dir: Path, command: str, commit: str) -> dict[str, Any]:
@@ -323,9 +323,9 @@ def build_card(name: str, recipe: ModelRecipe, run_dir: Path, command: str, comm
             "file": recipe.truth,
             "source": recipe.source,
             "time_step": ", ".join(f"{int(step.astype(int))} h" for step in steps[:3]),
-            "train_period": _period(config.data.train_period),
-            "validation_period": _period(getattr(config.data, "validation_period", None)),
-            "test_period": _period(config.data.test_period),
+            "train_period": _period(config.data.train_period, "every time outside the test period"),
+            "validation_period": _period(config.data.validation_period, "none"),
+            "test_period": _period(config.data.test_period, "none"),
         },
         "training": {
             "config": recipe.config,
