@@ -298,11 +298,18 @@ def test_sample_refuses_a_pickle(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_demo_calls_run_demo_lazily(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls = []
     fake = types.ModuleType("diffscale.demo")
-    fake.run_demo = lambda out_dir, *, train_steps, progress: calls.append((out_dir, train_steps, progress))
+    fake.run_demo = lambda out_dir, *, train_steps, progress, downscaling: calls.append(
+        (out_dir, train_steps, progress, downscaling)
+    )
     monkeypatch.setitem(sys.modules, "diffscale.demo", fake)
     assert main(["demo", "--out", str(tmp_path / "d"), "--train-steps", "7", "--no-progress"]) == 0
     assert main(["demo"]) == 0
-    assert calls == [(tmp_path / "d", 7, False), (Path("demo_output"), 2000, True)]
+    assert main(["demo", "--no-downscaling"]) == 0
+    assert calls == [
+        (tmp_path / "d", 7, False, True),
+        (Path("demo_output"), 2000, True, True),
+        (Path("demo_output"), 2000, True, False),
+    ]
 
 
 def test_demo_missing_module_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path) -> None:

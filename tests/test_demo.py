@@ -31,6 +31,11 @@ def test_writes_the_three_files(short_run: DemoResult) -> None:
     assert short_run.results == out / "demo_results.json"
     assert short_run.figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert short_run.figure.stat().st_size > 20_000
+    assert short_run.downscaling is not None  # the second part: a held-out UK day, shipped model
+    assert short_run.downscaling.figure == out / "demo_downscaling.png"
+    assert short_run.downscaling.figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    downscaling = json.loads(short_run.results.read_text())["downscaling"]
+    assert downscaling["members"] == 4 and downscaling["time"] == "2019-03-28 12:00"
 
 
 def test_rows_are_finite_and_complete(short_run: DemoResult) -> None:

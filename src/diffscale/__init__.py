@@ -8,6 +8,7 @@
 Trained runs (:mod:`diffscale.runs`, imported on first use):
 
 >>> run = diffscale.load_run("runs/era5_uk")                     # a Run or a ClimateRun
+>>> shipped = diffscale.load_run("era5-uk-t2m")                  # a pretrained model, by name (diffscale.pretrained)
 >>> ensemble = run.downscale("coarse.nc", members=32)             # an xarray.Dataset
 >>> scores = diffscale.evaluate(ensemble, truth="truth.nc")        # an xarray.Dataset of scores
 """

@@ -13,7 +13,9 @@ noise); what it measures is the sampler's and the network's error alone. The dem
   learned reverse process (the sampler's states x_i at the same t_i, from its callback);
 * ``demo_table.md`` and ``demo_results.json``: the Wasserstein-1 distance between the samples and the
   exact mixture, for the trained model and for the exact denoiser D(x; sigma) = E[y | x] with the same
-  sampler and noise (which isolates the solver's error from the network's), with NFE and training time.
+  sampler and noise (which isolates the solver's error from the network's), with NFE and training time;
+* ``demo_downscaling.png``: a held-out UK day downscaled by the shipped model ``era5-uk-t2m``
+  (:mod:`diffscale.demo_downscaling`; its scores and seconds go into ``demo_results.json`` too).
 
 Run it with ``diffscale demo`` or :func:`run_demo`.
 """
@@ -34,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffscale.data.mixtures import GaussianMixture, two_gaussians_1d
+from diffscale.demo_downscaling import DownscalingDemo, run_downscaling_demo
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.evaluation.distances import component_weights, wasserstein1_to_cdf
 from diffscale.evaluation.plots import DensityPanel, ProcessRow, forward_reverse_figure
@@ -103,6 +106,7 @@ class DemoResult:
     table: Path
     results: Path
     seconds: float
+    downscaling: DownscalingDemo | None = None
 
 
 def stratified_normal_noise(n: int, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -208,14 +212,18 @@ def format_table(rows: Sequence[DemoRow], *, sampler: SamplerSettings = DEMO_SAM
     return "\n".join(lines) + "\n"
 
 
-def run_demo(out_dir: Path, *, train_steps: int = 2000, progress: bool = True, seed: int = 0) -> DemoResult:
-    """Train, sample and score one toy model per formulation; write the figure and the table into ``out_dir``.
+def run_demo(
+    out_dir: Path, *, train_steps: int = 2000, progress: bool = True, seed: int = 0, downscaling: bool = True
+) -> DemoResult:
+    """Train, sample and score one toy model per formulation; write the figure and the table into ``out_dir``;
+    then (``downscaling``) downscale a held-out UK day with the shipped model (``demo_downscaling.png``).
 
     Args:
-        out_dir: output folder (created if missing); receives ``demo.png``, ``demo_table.md`` and
-            ``demo_results.json``.
+        out_dir: output folder (created if missing); receives ``demo.png``, ``demo_table.md``,
+            ``demo_results.json`` and ``demo_downscaling.png``.
         train_steps: optimiser steps per formulation (2000: about 20 s of one CPU core each).
         progress: show progress bars (overall and per training run). The table is always printed.
+        downscaling: also run :func:`~diffscale.demo_downscaling.run_downscaling_demo`.
 
     Raises:
         ValueError: (a :class:`~diffscale.validation.ConfigError`) for ``train_steps`` < 1; nothing is written.
@@ -271,6 +279,7 @@ def run_demo(out_dir: Path, *, train_steps: int = 2000, progress: bool = True, s
         column_titles=[_column_title(s) for s in PANEL_SIGMAS],
     )
     table = format_table(rows, train_steps=train_steps)
+    downscaled = run_downscaling_demo(out_dir, progress=progress) if downscaling else None
     figure_path, table_path, results_path = (
         out_dir / "demo.png",
         out_dir / "demo_table.md",
@@ -286,6 +295,8 @@ def run_demo(out_dir: Path, *, train_steps: int = 2000, progress: bool = True, s
         "seconds": seconds,
         "rows": [asdict(row) for row in rows],
     }
+    if downscaled is not None:
+        results["downscaling"] = asdict(downscaled) | {"figure": str(downscaled.figure)}
     image = io.BytesIO()
     figure.savefig(image, format="png", dpi=FIGURE_DPI)
     write_together(
@@ -298,7 +309,14 @@ def run_demo(out_dir: Path, *, train_steps: int = 2000, progress: bool = True, s
     print(table)
     if progress:
         print(f"wrote {figure_path}, {table_path}, {results_path} in {seconds:.0f} s")
-    return DemoResult(rows=tuple(rows), figure=figure_path, table=table_path, results=results_path, seconds=seconds)
+    return DemoResult(
+        rows=tuple(rows),
+        figure=figure_path,
+        table=table_path,
+        results=results_path,
+        seconds=seconds,
+        downscaling=downscaled,
+    )
 
 
 def _column_title(sigma: float) -> str:

@@ -11,7 +11,18 @@ from diffscale.config import SamplingSection
 from diffscale.runs.sampling import SAMPLER_KEYS
 from diffscale.sampling import SOLVERS, SamplerSettings
 
-__all__ = ["HelpFormatter", "add_sampler_options", "count", "number", "sampler_overrides", "sampler_settings"]
+RUN_HELP = "run directory written by 'diffscale train', or the name of a pretrained model ('diffscale models')"
+"""Help of every command's RUN_DIR argument (resolved by :func:`diffscale.pretrained.resolve_run`)."""
+
+__all__ = [
+    "RUN_HELP",
+    "HelpFormatter",
+    "add_sampler_options",
+    "count",
+    "number",
+    "sampler_overrides",
+    "sampler_settings",
+]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffscale.cli.arguments import HelpFormatter, count
+from diffscale.cli.arguments import RUN_HELP, HelpFormatter, count
 
 __all__ = ["add_parsers", "run_bias_adjust", "run_climatology"]
 
@@ -53,7 +53,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description=_BIAS_DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="climate run directory written by 'diffscale train'")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help=RUN_HELP)
     parser.add_argument(
         "--input", action="append", required=True, metavar="FILE", help="coarse fields (repeatable; globs allowed)"
     )
@@ -82,7 +82,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description=_CLIMATOLOGY_DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="climate run directory written by 'diffscale train'")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help=RUN_HELP)
     parser.add_argument("--levels", type=count(2), default=51, metavar="K", help="quantile levels, 0 to 1")
     parser.add_argument(
         "--min-times",

@@ -14,7 +14,7 @@ import argparse
 import sys
 import warnings
 
-from diffscale.cli.arguments import HelpFormatter, add_sampler_options, add_threads_option, count, number
+from diffscale.cli.arguments import RUN_HELP, HelpFormatter, add_sampler_options, add_threads_option, count, number
 
 __all__ = ["add_parser", "run"]
 
@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=_DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="climate run directory written by 'diffscale train'")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help=RUN_HELP)
     parser.add_argument(
         "--input", action="append", required=True, metavar="FILE", help="coarse fields (repeatable; globs allowed)"
     )

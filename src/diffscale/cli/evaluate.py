@@ -90,7 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         default=None,
         help="without a truth: the run whose training spectrum the members are compared with "
-        "(default: the ensemble's run_dir attribute)",
+        "(a run directory or a pretrained model's name; default: the ensemble's run_dir attribute)",
     )
     parser.add_argument(
         "--regrid",

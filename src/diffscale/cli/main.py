@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from diffscale.cli.arguments import HelpFormatter, add_sampler_options, add_threads_option, count, number
+from diffscale.cli.arguments import RUN_HELP, HelpFormatter, add_sampler_options, add_threads_option, count, number
 from diffscale.validation import ConfigError, command_line_names
 
 __all__ = ["PROG", "build_parser", "main"]
@@ -280,7 +280,30 @@ def _demo(args: argparse.Namespace) -> int:
         if error.name != "diffscale.demo":
             raise
         _fail("the demo is not available in this installation (module diffscale.demo is missing)")
-    run_demo(Path(args.out), train_steps=args.train_steps, progress=not args.no_progress)
+    run_demo(
+        Path(args.out),
+        train_steps=args.train_steps,
+        progress=not args.no_progress,
+        downscaling=not args.no_downscaling,
+    )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from diffscale.pretrained import pretrained_models
+
+    models = pretrained_models()
+    if not models:
+        print("no pretrained models are installed")
+        return 0
+    rows = [("name", "variables", "grid", "factor", "size", "model card")]
+    for model in models.values():
+        size = f"{model.size_bytes / 1e6:.1f} MB"
+        rows.append((model.name, ",".join(model.variables), model.grid, f"{model.factor}x", size, str(model.card_path)))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    print("use a name wherever a run directory goes, e.g. diffscale downscale NAME --input coarse.nc --out ens.nc")
     return 0
 
 
@@ -397,7 +420,9 @@ examples:
 _DEMO_DESCRIPTION = """\
 Train one model per formulation (VE, VP, EDM, iDDPM) on the 1-D two-Gaussian mixture, sample each, and
 write a figure of the forward and learned reverse processes plus a table of distances to the exact
-mixture into the output directory.
+mixture into the output directory. Then downscale a held-out UK day (ERA5 2 m temperature, 28 March 2019,
+bundled with the package) with the shipped pretrained model era5-uk-t2m and draw the coarse input, four members,
+the truth and the ensemble spread (demo_downscaling.png).
 """
 
 
@@ -450,7 +475,7 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         description=_SAMPLE_DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by 'diffscale train'")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help=RUN_HELP)
     parser.add_argument("--num", type=count(1), metavar="N", help="number of samples to draw (not for image runs)")
     parser.add_argument(
         "--out",
@@ -501,7 +526,7 @@ def _add_likelihood(commands: argparse._SubParsersAction) -> None:
         description=_LIKELIHOOD_DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by 'diffscale train'")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help=RUN_HELP)
     parser.add_argument(
         "--data",
         required=True,
@@ -550,10 +575,22 @@ def _add_likelihood(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_likelihood)
 
 
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "models",
+        help="list the pretrained models shipped with diffscale (usable by name as RUN_DIR)",
+        description="List the pretrained models shipped with the package: name, variables, grid, coarsening "
+        "factor, size and model card. Every command that takes a RUN_DIR (downscale, coarsen, sample, evaluate "
+        "--run, ...) and diffscale.load_run accept a name in its place.",
+        formatter_class=HelpFormatter,
+    )
+    parser.set_defaults(handler=_models)
+
+
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "demo",
-        help="train and compare all formulations on a 1-D mixture",
+        help="train and compare all formulations on a 1-D mixture; downscale a held-out UK day",
         description=_DEMO_DESCRIPTION,
         formatter_class=HelpFormatter,
     )
@@ -562,6 +599,11 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "--train-steps", type=count(1), default=2000, metavar="N", help="training steps per formulation"
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    parser.add_argument(
+        "--no-downscaling",
+        action="store_true",
+        help="skip the second part (a held-out UK day downscaled by the shipped model era5-uk-t2m)",
+    )
     parser.set_defaults(handler=_demo)
 
 
@@ -585,7 +627,7 @@ def _add_coarsen(commands: argparse._SubParsersAction) -> None:
         description=_COARSEN_DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="climate run directory written by 'diffscale train'")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help=RUN_HELP)
     parser.add_argument(
         "--input", action="append", required=True, metavar="FILE", help="fine fields (repeatable; globs allowed)"
     )
@@ -671,6 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate(commands)
     add_evaluate_images(commands)
     add_recalibrate(commands)
+    _add_models(commands)
     _add_demo(commands)
     _add_example_data(commands)
     return parser

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffscale.cli.arguments import HelpFormatter, add_threads_option
+from diffscale.cli.arguments import RUN_HELP, HelpFormatter, add_threads_option
 
 __all__ = ["add_parser", "run"]
 
@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=_DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="climate run directory written by 'diffscale train'")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help=RUN_HELP)
     parser.add_argument(
         "--ensemble",
         action="append",

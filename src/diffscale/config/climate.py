@@ -312,17 +312,22 @@ class ClimateData(StrictModel):
         if self.random_alignment:
             raise ValueError("random_windows and random_alignment exclude each other: choose one")
 
-    def with_absolute_paths(self) -> ClimateData:
-        """A copy whose file paths (and regression run) are absolute, resolved against the working directory, so
-        that a run directory's stored configuration works from anywhere (globs stay globs)."""
+    def with_absolute_paths(self, base: str | os.PathLike[str] | None = None) -> ClimateData:
+        """A copy whose file paths (and regression run) are absolute, relative ones resolved against ``base``
+        (default: the working directory), so that a run directory's stored configuration works from anywhere
+        (globs stay globs). A shipped run stores its bundled files by name, resolved against its directory."""
+
+        def absolute(path: str) -> str:
+            return os.path.abspath(path if base is None else os.path.join(base, path))
+
         update: dict[str, Any] = {
-            "paths": [os.path.abspath(path) for path in self.paths],
-            "static_paths": [os.path.abspath(path) for path in self.static_paths],
+            "paths": [absolute(path) for path in self.paths],
+            "static_paths": [absolute(path) for path in self.static_paths],
         }
         if self.coarse_paths is not None:
-            update["coarse_paths"] = [os.path.abspath(path) for path in self.coarse_paths]
+            update["coarse_paths"] = [absolute(path) for path in self.coarse_paths]
         if self.regression_run is not None:
-            update["regression_run"] = os.path.abspath(self.regression_run)
+            update["regression_run"] = absolute(self.regression_run)
         return self.model_copy(update=update)
 
     # -- what follows from the section without reading files ----------------------------------------------

@@ -139,6 +139,7 @@ def compute_climatology(
     """Compute the coarse climatology of a run from its configured training data (``data.paths``, its training
     period, its statistics) and save it with the run (replacing one it has); returned as saved."""
     from diffscale.data.climate import ClimateDataset
+    from diffscale.pretrained import writable_run
     from diffscale.runs.run import load_climate_run
 
     if not isinstance(levels, int) or isinstance(levels, bool) or levels < 2:
@@ -146,6 +147,7 @@ def compute_climatology(
     if not isinstance(min_times, int) or isinstance(min_times, bool) or min_times < 1:
         raise ConfigError(f"{option_name('min_times')} = {min_times!r}: must be an integer >= 1")
     climate = load_climate_run(run, device="cpu") if not hasattr(run, "section") else run
+    writable_run(climate.run_dir)  # a shipped model is read-only
     dataset = ClimateDataset(climate.section, "train", climate.stats)
     climatology = fit_run_climatology(dataset, levels=levels, min_times=min_times)
     climatology.save(climate.run_dir)

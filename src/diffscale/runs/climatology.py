@@ -61,9 +61,12 @@ def run_fine_spectrum(run_dir: str | os.PathLike) -> tuple[dict[str, Any] | None
     training data; (None, why not) when neither is possible (no statistics, or the data cannot be read)."""
     from diffscale.config.schema import stored_config
     from diffscale.data.climate.splits import open_fine_series
+    from diffscale.pretrained import pretrained_models
     from diffscale.runs.stats import load_stats
     from diffscale.training.checkpoint import SIDECAR_NAME, CheckpointError, load_checkpoint
 
+    if not Path(run_dir).exists() and str(run_dir) in pretrained_models():
+        run_dir = pretrained_models()[str(run_dir)].directory
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return None, f"the run directory {run_dir} does not exist"

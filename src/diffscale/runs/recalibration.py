@@ -94,9 +94,9 @@ def load_recalibration(run_dir: str | os.PathLike) -> Recalibration | None:
 def check_recalibration_output(run_dir: str | os.PathLike) -> Path:
     """The path of the run's ``recalibration.json`` if it can be written (:func:`diffscale.files.check_output`: the
     run directory exists, is writable, and is on no read-only or pseudo file system); ConfigError otherwise."""
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"run directory '{run_dir}' not found")
-    return check_output(Path(run_dir) / RECALIBRATION_NAME, "recalibration file")
+    from diffscale.pretrained import writable_run
+
+    return check_output(writable_run(run_dir) / RECALIBRATION_NAME, "recalibration file")
 
 
 def fit_recalibration(

@@ -31,6 +31,7 @@ from diffscale.data.climate.extrapolation import InputRange
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.devices import check_device
 from diffscale.formulations import Formulation
+from diffscale.pretrained import resolve_run
 from diffscale.runs.building import DataDistribution, build_distribution, build_model_for, is_climate, is_regression
 from diffscale.runs.recalibration import Recalibration, load_recalibration
 from diffscale.runs.stats import STATS_NAME, input_range_of, load_stats
@@ -417,7 +418,7 @@ def load_run(
     """Load a run directory written by ``diffscale train`` (or :func:`diffscale.runs.train`).
 
     Args:
-        run_dir: the run directory.
+        run_dir: the run directory, or the name of a shipped pretrained model (``diffscale models``).
         weights: ``ema`` (the EMA-averaged weights, default) or ``raw``.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         key: how messages name ``run_dir``.
@@ -429,12 +430,10 @@ def load_run(
         ConfigError: a missing run, a missing or corrupt checkpoint (CheckpointError), weights that do not fit the
             configured model, or a bad device.
     """
-    run_dir = Path(run_dir)
     if weights not in ("ema", "raw"):
         raise ConfigError(f"{option_name('weights')} = {weights!r}: allowed: ema, raw")
     torch_device = check_device(device, option_name("device"))
-    if not run_dir.exists():
-        raise ConfigError(f"{key} '{run_dir}' not found")
+    run_dir = resolve_run(run_dir, key)
     source = run_dir
     if not run_dir.is_dir():
         if not is_sidecar_name(run_dir.name):
@@ -448,6 +447,8 @@ def load_run(
     checkpoint = load_checkpoint(source, parts=(part,))
     where = f"'{checkpoint.directory / SIDECAR_NAME}'"
     config = stored_config(checkpoint.config, where)
+    if is_climate(config):  # file names stored relative (a shipped run's bundled statics) are the run's own files
+        config = config.model_copy(update={"data": config.data.with_absolute_paths(run_dir)})
     state = checkpoint.ema_weights if weights == "ema" else checkpoint.weights
     if not state:
         raise ConfigError(f"{where}: holds no {weights} weights")
