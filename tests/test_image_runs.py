@@ -184,7 +184,10 @@ def test_sample_command_writes_grid_and_npz(image_run: Path, tmp_path: Path, cap
         (["--classes", "0", "--guidance", "1,x"], r"--guidance = '1,x': expected numbers"),
         (["--classes", "0", "--num", "3"], r"--num: an image run draws --per-class images"),
         (["--classes", "0"], r"give --grid FIGURE and/or --out FILE.npz"),
-        (["--num", "3", "--out", "x.npy"], r"'--labels'|is class-conditional \(3 classes\): give the classes"),
+        (
+            ["--num", "3", "--out", "x.npy"],
+            r"is class-conditional \(3 classes\): give the classes to draw \(--classes\)",
+        ),
     ],
 )
 def test_sample_command_errors(
@@ -220,3 +223,8 @@ def test_parsers() -> None:
         parse_classes("2-0", names)
     with pytest.raises(ConfigError, match="finite numbers >= 0"):
         parse_guidance([-1.0])
+
+
+def test_likelihood_of_a_class_conditional_run_is_refused(image_run: Path) -> None:
+    with pytest.raises(ConfigError, match="is class-conditional: its likelihood would be conditional on the labels"):
+        load_run(image_run, device="cpu").likelihood(torch.zeros(2, 1, 8, 8))

@@ -204,8 +204,8 @@ def image_grid_figure(samples: ImageSamples, title: str | None = None) -> Figure
     height, width = samples.images.shape[-2:]
     rows, columns = len(samples.classes), samples.per_class
     scale = 0.22 * max(1.0, 28 / max(height, width)) * max(height, width) / 28
-    panel_width, panel_height = columns * scale + 0.3, rows * scale + 0.5
-    figure = Figure(figsize=(len(samples.weights) * panel_width + 1.2, panel_height + (0.4 if title else 0.1)))
+    panel_width, panel_height = max(columns * scale, 0.8) + 0.3, rows * scale + 0.5
+    figure = Figure(figsize=(len(samples.weights) * panel_width + 1.2, panel_height + 0.4))
     axes = figure.subplots(1, len(samples.weights), squeeze=False)[0]
     centres = [(row + 0.5) * (height + 1) - 1 for row in range(rows)]
     for index, (axis, weight) in enumerate(zip(axes, samples.weights, strict=True)):
@@ -214,7 +214,7 @@ def image_grid_figure(samples: ImageSamples, title: str | None = None) -> Figure
             axis.imshow(mosaic[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         else:
             axis.imshow(mosaic, interpolation="nearest")
-        axis.set_title(f"guidance w = {weight:g}", fontsize=9)
+        axis.set_title(f"w = {weight:g}", fontsize=9)
         axis.set_xticks([])
         axis.set_yticks(centres if index == 0 else [])
         if index == 0:
@@ -222,8 +222,7 @@ def image_grid_figure(samples: ImageSamples, title: str | None = None) -> Figure
         axis.tick_params(length=0)
         for spine in axis.spines.values():
             spine.set_visible(False)
-    if title:
-        figure.suptitle(title, fontsize=10)
+    figure.suptitle(title or "classifier-free guidance weight w", fontsize=10)
     figure.tight_layout()
     return figure
 

@@ -137,7 +137,12 @@ class Run:
         """ConfigError when the run cannot draw unconditional samples (a climate run needs coarse input)."""
 
     def check_likelihood(self) -> None:
-        """ConfigError when the run has no unconditional likelihood (a climate run)."""
+        """ConfigError when the run has no unconditional likelihood (a climate run, a class-conditional run)."""
+        if getattr(self.config.model, "label_dim", 0):
+            raise ConfigError(
+                f"'{self.run_dir}' is class-conditional: its likelihood would be conditional on the labels, which is "
+                "not offered; likelihood takes mixture and Gaussian-field runs"
+            )
 
     def sample(
         self,

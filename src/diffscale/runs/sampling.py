@@ -85,7 +85,7 @@ def check_labels(run: Run, labels: torch.Tensor | None, guidance: float) -> torc
         if classes:
             raise ConfigError(
                 f"'{run.run_dir}' is class-conditional ({classes} classes): give the classes to draw "
-                f"({option_name('labels')}; on the command line --classes)"
+                f"({option_name('labels')})"
             )
         if guidance != 1.0:
             raise ConfigError(
