@@ -77,14 +77,17 @@ __all__ = [
     "EnsembleSource",
     "Evaluation",
     "EvaluationInputs",
+    "EvaluationSources",
     "FieldsSource",
     "check_report_directory",
     "check_seed",
+    "coarse_fields_on_blocks",
     "coarse_on_blocks",
     "evaluate",
     "evaluate_inputs",
     "load_inputs",
     "open_ensemble",
+    "open_inputs",
     "scores_dataset",
     "write_report",
     "write_staged_report",
@@ -154,17 +157,117 @@ class EvaluationInputs:
 
     def grid_spacing_km(self) -> tuple[float, float]:
         """(dy, dx) of the ensemble's grid in km (ConfigError for a grid without a spacing)."""
-        try:
-            return grid_spacing_km(self.latitude, self.longitude)
-        except ValueError as error:
-            raise ConfigError(f"ensemble {self.sources['ensemble']}: {error}") from None
+        return _grid_spacing_km(self.latitude, self.longitude, self.sources)
 
     def describe(self) -> str:
         """One line: members, times, the grid and the baseline."""
-        dy, dx = self.grid_spacing_km()
-        return (
-            f"scoring {self.members} members at {self.times.size} times on a {self.latitude.size} x "
-            f"{self.longitude.size} grid ({dy:.3g} x {dx:.3g} km); baseline: {self.baseline_source}"
+        return _description(self.members, self.times, self.latitude, self.longitude, self.sources, self.baseline_source)
+
+
+def _grid_spacing_km(latitude: np.ndarray, longitude: np.ndarray, sources: dict[str, Any]) -> tuple[float, float]:
+    try:
+        return grid_spacing_km(latitude, longitude)
+    except ValueError as error:
+        raise ConfigError(f"ensemble {sources['ensemble']}: {error}") from None
+
+
+def _description(
+    members: int, times: np.ndarray, latitude: np.ndarray, longitude: np.ndarray, sources: dict[str, Any], baseline: str
+) -> str:
+    dy, dx = _grid_spacing_km(latitude, longitude, sources)
+    return (
+        f"scoring {members} members at {times.size} times on a {latitude.size} x {longitude.size} grid "
+        f"({dy:.3g} x {dx:.3g} km); baseline: {baseline}"
+    )
+
+
+@dataclass
+class EvaluationSources:
+    """The ensemble, the truth and the coarse input opened, checked and aligned, their fields not read yet:
+    :meth:`read` gives the :class:`EvaluationInputs` of a block of times (its values checked, the baseline built).
+    ``ensemble_fields[v]`` (M, T, H, W), ``truth_fields[v]`` (T, H, W), ``coarse_fields[v]`` (T, h, w; None: the
+    truth's block mean) at the ``times`` of the ensemble found in the truth; ``where`` names each input in
+    messages."""
+
+    variables: list[str]
+    units: dict[str, str]
+    latitude: np.ndarray
+    longitude: np.ndarray
+    coarse_latitude: np.ndarray
+    coarse_longitude: np.ndarray
+    times: np.ndarray
+    missing_times: int
+    factor: int
+    baseline_source: str
+    sources: dict[str, Any]
+    derived: dict[str, list[str]]
+    ensemble_fields: dict[str, xr.DataArray]
+    truth_fields: dict[str, xr.DataArray]
+    coarse_fields: dict[str, xr.DataArray] | None
+    where: dict[str, str]
+
+    @property
+    def modelled(self) -> list[str]:
+        """The ensemble's own variables (``variables`` less the derived ones)."""
+        return [name for name in self.variables if name not in self.derived]
+
+    @property
+    def members(self) -> int:
+        """M, the ensemble size."""
+        return int(next(iter(self.ensemble_fields.values())).sizes["member"])
+
+    def grid_spacing_km(self) -> tuple[float, float]:
+        """(dy, dx) of the ensemble's grid in km (ConfigError for a grid without a spacing)."""
+        return _grid_spacing_km(self.latitude, self.longitude, self.sources)
+
+    def describe(self) -> str:
+        """One line: members, times, the grid and the baseline."""
+        return _description(self.members, self.times, self.latitude, self.longitude, self.sources, self.baseline_source)
+
+    def read(self, start: int = 0, stop: int | None = None) -> EvaluationInputs:
+        """The inputs at times ``start`` to ``stop`` (default: all), read and checked: ConfigError for NaN, or a
+        truth or coarse value outside the variable's physical range; the coarse field (the truth's block mean
+        without a coarse input), the bilinear baseline and the derived variables are computed from them."""
+        span = slice(start, stop)
+        times = self.times[span]
+        ensemble: dict[str, np.ndarray] = {}
+        truth: dict[str, np.ndarray] = {}
+        coarse: dict[str, np.ndarray] = {}
+        for name in self.modelled:
+            values = np.asarray(self.ensemble_fields[name].isel(time=span).values, dtype=np.float64)
+            ensemble[name] = _finite(values, name, self.where["ensemble"], times)
+            truth[name] = _read_checked(self.truth_fields[name].isel(time=span), name, times, self.where["truth"])
+        for name in self.modelled:
+            if self.coarse_fields is not None:
+                field = self.coarse_fields[name].isel(time=span)
+                coarse[name] = _read_checked(field, name, times, self.where["coarse"])
+            else:
+                coarse[name] = coarsen_block_mean(truth[name], self.latitude, self.factor)
+        periodic = is_global_longitude(self.longitude)
+        baseline = {
+            name: upsample_bilinear(coarse[name], self.factor, periodic_longitude=periodic) for name in self.modelled
+        }
+        for name, sources in self.derived.items():
+            function = DERIVED_VARIABLES[name].function
+            for values in (ensemble, truth, coarse, baseline):
+                values[name] = function(*(values[source] for source in sources))
+        return EvaluationInputs(
+            variables=list(self.variables),
+            units=dict(self.units),
+            ensemble=ensemble,
+            truth=truth,
+            coarse=coarse,
+            baseline=baseline,
+            latitude=self.latitude,
+            longitude=self.longitude,
+            coarse_latitude=self.coarse_latitude,
+            coarse_longitude=self.coarse_longitude,
+            times=times,
+            missing_times=self.missing_times,
+            factor=self.factor,
+            baseline_source=self.baseline_source,
+            sources=self.sources,
+            derived={name: list(sources) for name, sources in self.derived.items()},
         )
 
 
@@ -314,15 +417,17 @@ def open_ensemble(ensemble: EnsembleSource, variables: Sequence[str] | None) -> 
     return where, dataset, names
 
 
-def load_inputs(
+def open_inputs(
     ensemble: EnsembleSource,
     truth: FieldsSource,
     coarse: FieldsSource | None = None,
     variables: Sequence[str] | None = None,
     coarsening_factor: int | None = None,
     regrid: str = "conservative",
-) -> EvaluationInputs:
-    """Read, check and align the ensemble, the truth and the coarse input; build the bilinear baseline.
+) -> EvaluationSources:
+    """Open, check and align the ensemble, the truth and the coarse input, reading no field yet: their times,
+    grids, variables and units are checked here, their values block by block by :meth:`EvaluationSources.read`
+    (which builds the bilinear baseline).
 
     A coarse input whose points do not include the ensemble's coarse cell centres (the block centres of its grid)
     is regridded onto them by ``regrid`` (``conservative``, the default, or ``bilinear``:
@@ -361,28 +466,22 @@ def load_inputs(
 
     units = {name: _units(ensemble_ds, name) for name in names}
     truth_ds = _in_units(truth_ds, names, units, truth_where)
-    ensemble_values: dict[str, np.ndarray] = {}
-    truth_values: dict[str, np.ndarray] = {}
+    ensemble_fields: dict[str, xr.DataArray] = {}
+    truth_fields: dict[str, xr.DataArray] = {}
     for name in names:
         members_field = ensemble_ds[name]
         if "time" not in members_field.dims:
             members_field = members_field.expand_dims("time")
-        members = members_field.transpose(*ENSEMBLE_DIMS).isel(time=np.nonzero(common)[0])
-        ensemble_values[name] = _finite(
-            np.asarray(members.values, dtype=np.float64), name, f"ensemble {ensemble_where}", times
-        )
+        ensemble_fields[name] = members_field.transpose(*ENSEMBLE_DIMS).isel(time=np.nonzero(common)[0])
         truth_field = truth_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
-        truth_field = truth_field.isel(time=truth_time_index)
-        truth_values[name] = _finite(np.asarray(truth_field.values, dtype=np.float64), name, truth_where, times)
-        _plausible(truth_values[name], name, truth_field.attrs, times, truth_where)
-
+        truth_fields[name] = truth_field.isel(time=truth_time_index)
     height, width = latitude.size, longitude.size
-    coarse_values: dict[str, np.ndarray] = {}
+    coarse_fields: dict[str, xr.DataArray] | None = None
+    coarse_where = ""
     if coarse is not None:
-        coarse_values, factor, regridded = coarse_on_blocks(
+        coarse_fields, factor, regridded, coarse_where = coarse_fields_on_blocks(
             coarse, names, units, latitude, longitude, factor, times, ensemble_where, regrid
         )
-        coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
         baseline_source = f"bilinear upsampling of {_describe(coarse)}{regridded}"
     else:
         if factor is None:
@@ -391,25 +490,14 @@ def load_inputs(
                 f"pass {option_name('coarsening_factor')} or {option_name('coarse')}"
             )
         _check_divisible(height, width, factor, ensemble_where)
-        coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
-        for name in names:
-            coarse_values[name] = coarsen_block_mean(truth_values[name], latitude, factor)
         baseline_source = f"bilinear upsampling of the truth coarsened {factor}x (area-weighted block mean)"
-    periodic = is_global_longitude(longitude)
-    baseline = {name: upsample_bilinear(coarse_values[name], factor, periodic_longitude=periodic) for name in names}
-    derived: dict[str, list[str]] = {}
-    for item in derived_variables(names):
-        for values in (ensemble_values, truth_values, coarse_values, baseline):
-            values[item.name] = item.function(*(values[source] for source in item.sources))
-        units[item.name] = units[item.sources[0]]
-        derived[item.name] = list(item.sources)
-    return EvaluationInputs(
+    coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
+    derived = {item.name: list(item.sources) for item in derived_variables(names)}
+    for name, sources in derived.items():
+        units[name] = units[sources[0]]
+    return EvaluationSources(
         variables=names + list(derived),
         units=units,
-        ensemble=ensemble_values,
-        truth=truth_values,
-        coarse=coarse_values,
-        baseline=baseline,
         latitude=latitude,
         longitude=longitude,
         coarse_latitude=coarse_latitude,
@@ -424,10 +512,27 @@ def load_inputs(
             "coarse": _absolute(coarse) if coarse is not None else None,
         },
         derived=derived,
+        ensemble_fields=ensemble_fields,
+        truth_fields=truth_fields,
+        coarse_fields=coarse_fields,
+        where={"ensemble": f"ensemble {ensemble_where}", "truth": truth_where, "coarse": coarse_where},
     )
 
 
-def coarse_on_blocks(
+def load_inputs(
+    ensemble: EnsembleSource,
+    truth: FieldsSource,
+    coarse: FieldsSource | None = None,
+    variables: Sequence[str] | None = None,
+    coarsening_factor: int | None = None,
+    regrid: str = "conservative",
+) -> EvaluationInputs:
+    """Read, check and align the ensemble, the truth and the coarse input and build the bilinear baseline, every
+    time at once (:func:`open_inputs` with the same arguments, then all of its times read)."""
+    return open_inputs(ensemble, truth, coarse, variables, coarsening_factor, regrid).read()
+
+
+def coarse_fields_on_blocks(
     coarse: FieldsSource,
     names: Sequence[str],
     units: dict[str, str],
@@ -437,15 +542,16 @@ def coarse_on_blocks(
     times: np.ndarray,
     ensemble_where: str,
     regrid: str = "conservative",
-) -> tuple[dict[str, np.ndarray], int, str]:
-    """The coarse input's fields ``names`` (T, h, w) at ``times`` on the grid of f x f blocks of the ensemble's
-    ``latitude`` x ``longitude`` (ascending), in the ensemble's ``units``, f (``factor``, or the ratio of the two
-    grids' sizes when None), and the regridding applied (``, regridded ...``, or empty): an input off those blocks is
-    regridded onto them (``regrid``: ``conservative`` or ``bilinear``; ``none`` refuses it).
+) -> tuple[dict[str, xr.DataArray], int, str, str]:
+    """The coarse input's fields ``names`` (T, h, w), not read yet, at ``times`` on the grid of f x f blocks of
+    the ensemble's ``latitude`` x ``longitude`` (ascending), in the ensemble's ``units``, f (``factor``, or the
+    ratio of the two grids' sizes when None), the regridding applied (``, regridded ...``, or empty) and how
+    messages name the input: an input off those blocks is regridded onto them (``regrid``: ``conservative`` or
+    ``bilinear``; ``none`` refuses it). Its values are checked when read (:func:`coarse_on_blocks`).
 
     Raises:
         ConfigError: a missing variable or time, a grid that is not the ensemble's blocks (and is not regridded, or
-            does not cover them), units that do not convert, NaNs or values outside the variable's physical range.
+            does not cover them), units that do not convert.
     """
     height, width = latitude.size, longitude.size
     coarse_ds = _fields_dataset(coarse, list(names), "coarse input")
@@ -487,13 +593,40 @@ def coarse_on_blocks(
     coarse_position = {key: index for index, key in reversed(list(enumerate(coarse_keys.tolist())))}
     coarse_time_index = np.array([coarse_position[key] for key in time_keys.tolist()])
     coarse_ds = _in_units(coarse_ds, list(names), units, coarse_where)
-    values: dict[str, np.ndarray] = {}
-    for name in names:
-        coarse_field = coarse_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
-        coarse_field = coarse_field.isel(time=coarse_time_index)
-        values[name] = _finite(np.asarray(coarse_field.values, dtype=np.float64), name, coarse_where, times)
-        _plausible(values[name], name, coarse_field.attrs, times, coarse_where)
-    return values, factor, regridded
+    fields = {
+        name: coarse_ds[canonical_variable(name)]
+        .transpose("time", "latitude", "longitude")
+        .isel(time=coarse_time_index)
+        for name in names
+    }
+    return fields, factor, regridded, coarse_where
+
+
+def coarse_on_blocks(
+    coarse: FieldsSource,
+    names: Sequence[str],
+    units: dict[str, str],
+    latitude: np.ndarray,
+    longitude: np.ndarray,
+    factor: int | None,
+    times: np.ndarray,
+    ensemble_where: str,
+    regrid: str = "conservative",
+) -> tuple[dict[str, np.ndarray], int, str]:
+    """The fields of :func:`coarse_fields_on_blocks` (same arguments) read and checked (no NaN, values in the
+    variable's physical range), with f and the regridding applied."""
+    fields, factor, regridded, where = coarse_fields_on_blocks(
+        coarse, names, units, latitude, longitude, factor, times, ensemble_where, regrid
+    )
+    return {name: _read_checked(field, name, times, where) for name, field in fields.items()}, factor, regridded
+
+
+def _read_checked(field: xr.DataArray, name: str, times: np.ndarray, where: str) -> np.ndarray:
+    """The values (float64) of a field (t, H, W) at ``times``; ConfigError for NaN or a value outside the
+    variable's physical range."""
+    values = _finite(np.asarray(field.values, dtype=np.float64), name, where, times)
+    _plausible(values, name, field.attrs, times, where)
+    return values
 
 
 def _plausible(values: np.ndarray, name: str, attrs: dict[str, Any], times: np.ndarray, where: str) -> None:
