@@ -74,6 +74,7 @@ from diffscale.validation import ConfigError, option_name
 
 __all__ = [
     "ENSEMBLE_DIMS",
+    "READ_CHUNK_BYTES",
     "EnsembleSource",
     "Evaluation",
     "EvaluationInputs",
@@ -85,6 +86,7 @@ __all__ = [
     "coarse_on_blocks",
     "evaluate",
     "evaluate_inputs",
+    "evaluation_document",
     "load_inputs",
     "open_ensemble",
     "open_inputs",
@@ -94,6 +96,9 @@ __all__ = [
 ]
 
 ENSEMBLE_DIMS = ("member", "time", "latitude", "longitude")
+READ_CHUNK_BYTES = 16 * 2**20
+"""Files are read in dask chunks of about this many bytes of one variable along time (a whole number of the
+file's own chunks): a block of times reads its chunks, not a file stored in one piece."""
 EnsembleSource = xr.Dataset | str | os.PathLike
 """An ensemble: an ``xarray.Dataset`` (e.g. what ``run.downscale`` returns) or a netCDF file / Zarr store."""
 FieldsSource = xr.Dataset | str | os.PathLike | Sequence[str | os.PathLike]
@@ -298,12 +303,32 @@ def _check_exists(source: Any, what: str) -> None:
 
 
 def _ensemble_dataset(source: EnsembleSource) -> xr.Dataset:
+    """The ensemble file opened lazily in dask chunks of about :data:`READ_CHUNK_BYTES` along time (a whole
+    number of the file's own chunks), so that a block of times reads only its part of the file."""
     if isinstance(source, xr.Dataset):
         return source
     try:
-        return open_dataset(Path(source))
+        return open_dataset(Path(source), chunks=_ensemble_time_chunks(Path(source)))
     except ConfigError as error:
         raise ConfigError(f"ensemble: {error}") from None
+
+
+def _ensemble_time_chunks(path: Path) -> dict[str, int]:
+    """{"time": n}: n times of the largest ensemble variable in about :data:`READ_CHUNK_BYTES`, a multiple of its
+    stored time chunk ({} without a time dimension)."""
+    raw = open_dataset(path, chunks=None)
+    try:
+        fields = [variable for variable in raw.data_vars.values() if "time" in variable.dims]
+        if not fields:
+            return {}
+        per_time = max(variable.dtype.itemsize * variable.size // max(1, raw.sizes["time"]) for variable in fields)
+        stored = max(
+            max(1, int((variable.encoding.get("preferred_chunks") or {}).get("time", 1) or 1)) for variable in fields
+        )
+        count = max(1, READ_CHUNK_BYTES // max(1, per_time * stored)) * stored
+        return {"time": int(min(count, max(1, raw.sizes["time"])))}
+    finally:
+        raw.close()
 
 
 def _fields_dataset(source: FieldsSource, variables: list[str], what: str) -> xr.Dataset:
@@ -315,7 +340,7 @@ def _fields_dataset(source: FieldsSource, variables: list[str], what: str) -> xr
             dataset = select_fields(source, variables, source=f"{what} {names}")
         else:
             paths = [source] if isinstance(source, str | os.PathLike) else list(source)
-            dataset = open_fields([str(path) for path in paths], variables)
+            dataset = open_fields([str(path) for path in paths], variables, chunk_bytes=READ_CHUNK_BYTES)
     except ConfigError as error:
         raise ConfigError(f"{what} {names}: {error}") from None
     for name in variables:
@@ -665,11 +690,42 @@ class Evaluation:
         return scores_dataset(self.document)
 
 
+def evaluation_document(
+    layout: EvaluationInputs | EvaluationSources, evaluations: Sequence[VariableEvaluation], seed: int
+) -> dict[str, Any]:
+    """The document (scores.json) of the scores of each variable: the inputs, times, grid and seed of ``layout``
+    and ``evaluations``' scores; the derived variables' sources."""
+    dy, dx = layout.grid_spacing_km()
+    document: dict[str, Any] = {
+        **layout.sources,
+        "baseline": layout.baseline_source,
+        "coarsening_factor": layout.factor,
+        "members": layout.members,
+        "times": {
+            "count": int(layout.times.size),
+            "first": _time_label(layout.times[0]),
+            "last": _time_label(layout.times[-1]),
+            "ensemble_times_without_truth": layout.missing_times,
+        },
+        "grid": {
+            "latitude": [float(layout.latitude[0]), float(layout.latitude[-1]), int(layout.latitude.size)],
+            "longitude": [float(layout.longitude[0]), float(layout.longitude[-1]), int(layout.longitude.size)],
+            "dy_km": dy,
+            "dx_km": dx,
+        },
+        "area_weighting": "cos(latitude)",
+        "seed": int(seed),
+        "variables": {evaluation.name: evaluation.scores for evaluation in evaluations},
+    }
+    for name, sources in layout.derived.items():
+        document["variables"][name]["derived_from"] = sources
+    return document
+
+
 def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0, temporal: bool = True) -> Evaluation:
     """Score every variable of checked ``inputs``; ``seed`` breaks the ties of the rank histogram; ``temporal``
     adds the scores of the members as time series (:mod:`diffscale.runs.temporal`)."""
     check_seed(seed)
-    dy, dx = inputs.grid_spacing_km()
     evaluations = [
         evaluate_variable(
             name,
@@ -684,29 +740,7 @@ def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0, temporal: bool = Tr
         )
         for name in inputs.variables
     ]
-    document: dict[str, Any] = {
-        **inputs.sources,
-        "baseline": inputs.baseline_source,
-        "coarsening_factor": inputs.factor,
-        "members": inputs.members,
-        "times": {
-            "count": int(inputs.times.size),
-            "first": _time_label(inputs.times[0]),
-            "last": _time_label(inputs.times[-1]),
-            "ensemble_times_without_truth": inputs.missing_times,
-        },
-        "grid": {
-            "latitude": [float(inputs.latitude[0]), float(inputs.latitude[-1]), int(inputs.latitude.size)],
-            "longitude": [float(inputs.longitude[0]), float(inputs.longitude[-1]), int(inputs.longitude.size)],
-            "dy_km": dy,
-            "dx_km": dx,
-        },
-        "area_weighting": "cos(latitude)",
-        "seed": int(seed),
-        "variables": {evaluation.name: evaluation.scores for evaluation in evaluations},
-    }
-    for name, sources in inputs.derived.items():
-        document["variables"][name]["derived_from"] = sources
+    document = evaluation_document(inputs, evaluations, seed)
     if inputs.periodic_longitude:
         for name in inputs.variables:
             document["variables"][name]["seam"] = seam_report(
@@ -770,8 +804,10 @@ def evaluate(
         return evaluate_without_truth(loaded).dataset()
     if run is not None:
         raise ConfigError(f"{option_name('run')} is for an evaluation without a truth; drop it or the truth")
-    inputs = load_inputs(ensemble, truth, coarse, variables, coarsening_factor, regrid)
-    return evaluate_inputs(inputs, seed, temporal=temporal).dataset()
+    from diffscale.runs.blockwise_evaluation import evaluate_sources
+
+    sources = open_inputs(ensemble, truth, coarse, variables, coarsening_factor, regrid)
+    return evaluate_sources(sources, seed, temporal=temporal).dataset()
 
 
 def _number(value: Any) -> float:

@@ -1,0 +1,152 @@
+"""Scoring a long record block by block over time: the scores of ``diffscale evaluate`` in memory that does not
+grow with the number of times.
+
+:func:`evaluate_sources` reads the opened inputs (:func:`~diffscale.runs.evaluation.open_inputs`) a block of
+times at a time (:func:`block_times`: about :data:`EVALUATION_BLOCK_BYTES` of ensemble values) and merges each
+block into the running sums of every score (:class:`~diffscale.evaluation.blockwise.VariableScores`); the joint
+scores are time-weighted means of the blocks' (a block of t of the T times counts t / T): the seam's neighbouring
+differences, the ordered pairs' violations and excess, and the energy score, whose scales (the truth's
+area-weighted standard deviations) come from a first pass over the blocks. The result is that of
+:func:`~diffscale.runs.evaluation.evaluate_inputs` on the whole record, to float rounding.
+
+The temporal scores (series at every cell) and the figures (the quantile-quantile plot pools every value) are
+computed from the whole record read at once: with either, :func:`evaluate_sources` reads every time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from diffscale.data.climate.grid import is_global_longitude
+from diffscale.evaluation.blockwise import VariableScores
+from diffscale.evaluation.multivariate import (
+    energy_scores,
+    neighbour_differences,
+    order_report,
+    seam_report_of_differences,
+)
+from diffscale.evaluation.scores import area_mean
+from diffscale.runs.evaluation import (
+    Evaluation,
+    EvaluationInputs,
+    EvaluationSources,
+    check_seed,
+    evaluate_inputs,
+    evaluation_document,
+)
+
+__all__ = ["EVALUATION_BLOCK_BYTES", "block_times", "evaluate_sources"]
+
+EVALUATION_BLOCK_BYTES = 64 * 2**20
+"""The ensemble values (float64, every variable) read at once."""
+
+
+def block_times(sources: EvaluationSources) -> int:
+    """Times per block: about :data:`EVALUATION_BLOCK_BYTES` of the ensemble's values, at least 1."""
+    per_time = 8 * sources.members * len(sources.variables) * sources.latitude.size * sources.longitude.size
+    return max(1, EVALUATION_BLOCK_BYTES // per_time)
+
+
+def _blocks(sources: EvaluationSources, size: int) -> Iterator[EvaluationInputs]:
+    for start in range(0, sources.times.size, size):
+        yield sources.read(start, start + size)
+
+
+def evaluate_sources(
+    sources: EvaluationSources, seed: int = 0, temporal: bool = True, whole_record: bool = False
+) -> Evaluation:
+    """The scores of :func:`~diffscale.runs.evaluation.evaluate_inputs` of the opened ``sources``: block by block
+    over time, or every time read at once with ``temporal`` (the temporal scores) or ``whole_record`` (what the
+    figures need). The :class:`Evaluation`'s ``inputs`` are the first block's when scored block by block."""
+    check_seed(seed)
+    if temporal or whole_record:
+        return evaluate_inputs(sources.read(), seed, temporal=temporal)
+    size = block_times(sources)
+    total = sources.times.size
+    scores = {
+        name: VariableScores(
+            name,
+            sources.members,
+            total,
+            sources.latitude,
+            sources.longitude,
+            sources.factor,
+            units=sources.units[name],
+            seed=int(seed),
+        )
+        for name in sources.variables
+    }
+    modelled = sources.modelled
+    scales = _truth_scales(sources, size) if len(modelled) > 1 else None
+    periodic = is_global_longitude(sources.longitude)
+    differences: dict[str, dict[str, np.ndarray]] = {}
+    energy: dict[str, Any] | None = None
+    pairs: list[dict[str, Any]] = []
+    first: EvaluationInputs | None = None
+    for block in _blocks(sources, size):
+        first = first if first is not None else block
+        share = block.times.size / total
+        for name in sources.variables:
+            scores[name].add(block.ensemble[name], block.truth[name], block.baseline[name])
+            if periodic:
+                fields = {
+                    "ensemble": block.ensemble[name],
+                    "truth": block.truth[name],
+                    "bilinear": block.baseline[name],
+                }
+                for label, values in fields.items():
+                    part = share * neighbour_differences(values, sources.latitude)
+                    differences.setdefault(name, {})[label] = differences.get(name, {}).get(label, 0.0) + part
+        if scales is not None:
+            energy = _merged(
+                energy,
+                energy_scores(block.ensemble, block.truth, block.baseline, sources.latitude, modelled, scales),
+                share,
+            )
+        block_pairs = order_report(
+            {name: block.ensemble[name] for name in modelled}, block.truth, block.baseline, sources.latitude
+        )
+        pairs = [
+            _merged(previous, item, share)
+            for previous, item in zip(pairs or [None] * len(block_pairs), block_pairs, strict=True)
+        ]
+    evaluations = [scores[name].result() for name in sources.variables]
+    document = evaluation_document(sources, evaluations, seed)
+    if periodic:
+        for name in sources.variables:
+            document["variables"][name]["seam"] = seam_report_of_differences(differences[name])
+    if energy is not None:
+        document["joint"] = {"energy_score": energy}
+    if pairs:
+        document["ordered_pairs"] = pairs
+    assert first is not None
+    return Evaluation(first, evaluations, document)
+
+
+def _merged(total: dict[str, Any] | None, block: dict[str, Any], share: float) -> dict[str, Any]:
+    """``total`` plus ``share`` times each number of ``block`` (its other entries as they are)."""
+    merged = dict(block) if total is None else dict(total)
+    for key, value in block.items():
+        if isinstance(value, float | int | np.floating) and not isinstance(value, bool) and key not in ("low", "high"):
+            merged[key] = share * float(value) + (0.0 if total is None else float(total[key]))
+    return merged
+
+
+def _truth_scales(sources: EvaluationSources, size: int) -> dict[str, float]:
+    """:func:`~diffscale.evaluation.multivariate.truth_scales` of the whole record: its two passes (the
+    area-weighted mean, then the mean squared deviation from it) each over the blocks."""
+    names = sources.modelled
+    total = sources.times.size
+    mean = dict.fromkeys(names, 0.0)
+    for block in _blocks(sources, size):
+        for name in names:
+            mean[name] += float(area_mean(block.truth[name], sources.latitude).sum()) / total
+    squared = dict.fromkeys(names, 0.0)
+    for block in _blocks(sources, size):
+        for name in names:
+            squared[name] += float(area_mean((block.truth[name] - mean[name]) ** 2, sources.latitude).sum()) / total
+    return {name: math.sqrt(squared[name]) if squared[name] > 0 else 1.0 for name in names}
