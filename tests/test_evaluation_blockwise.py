@@ -7,10 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from diffscale.evaluation.blockwise import OrderStatistics, VariableScores
+from diffscale.evaluation.blockwise_temporal import TemporalScores
 from diffscale.evaluation.climate_report import evaluate_variable
+from diffscale.evaluation.temporal import temporal_report
 
 TIMES, HEIGHT, WIDTH = 23, 8, 12
 LATITUDE = np.linspace(40.0, 47.0, HEIGHT)
@@ -87,3 +90,37 @@ def test_order_statistics_keep_a_small_share_of_a_long_record() -> None:
     assert (order.low.shape[0], order.high.shape[0]) == (101, 101)
     for p in (1.0, 99.0):
         np.testing.assert_array_equal(order.percentile(p), np.percentile(samples, p, axis=0))
+
+
+def _series(times: pd.DatetimeIndex, members: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Persistent truth and members (an AR(1) residual on a smooth baseline), non-negative like precipitation."""
+    rng = np.random.default_rng(seed)
+    count = times.size
+    baseline = np.abs(2.0 + np.sin(np.arange(count) / 5.0)[:, None, None] + 0.1 * rng.random((count, 4, 6)))
+    noise = rng.standard_normal((members + 1, count, 4, 6))
+    residual = np.zeros_like(noise)
+    for step in range(count):
+        residual[:, step] = (0.8 * residual[:, step - 1] if step else 0.0) + noise[:, step]
+    fields = np.clip(baseline + residual, 0.0, None)
+    fields[:, :, 0, 0] = 0.0  # a dry cell: ties and a series that does not vary
+    return fields[1:], fields[0], baseline
+
+
+@pytest.mark.parametrize(("name", "units"), [("t2m", "K"), ("tp", "m"), ("pr", "kg m-2 s-1")])
+@pytest.mark.parametrize("block", [1, 5, 7, 30, 1000])
+def test_blockwise_temporal_scores_equal_the_report_of_the_whole_record(name: str, units: str, block: int) -> None:
+    """Autocorrelations, daily aggregates (unfinished days at both ends, a gap of 7 hours that breaks a day) and
+    spells (above the truth's 90th percentile; wet and dry for precipitation) equal temporal_report's, whatever
+    the blocks."""
+    hours = pd.date_range("2001-03-01T05:00", periods=120, freq="h")
+    times = hours.delete(range(45, 52))  # a gap: pairs and spells across it are left out
+    members, truth, baseline = _series(times, 3)
+    latitude = np.linspace(40.0, 43.0, 4)
+    direct = temporal_report(name, members, truth, baseline, latitude, times.values, units)
+    scores = TemporalScores(name, times.values, latitude, units)
+    for add in (scores.add, scores.add_spells):
+        for start in range(0, times.size, block):
+            stop = start + block
+            add(members[:, start:stop], truth[start:stop], baseline[start:stop])
+    assert direct["daily"]["whole_days"] == 3
+    assert_same(scores.result(), direct)

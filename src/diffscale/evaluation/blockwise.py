@@ -103,12 +103,11 @@ class OrderStatistics:
 
 def _kept(carried: np.ndarray | None, samples: np.ndarray, kept: int, smallest: bool) -> np.ndarray:
     """The ``kept`` smallest (or largest) values along axis 0 of ``carried`` and ``samples`` together."""
-    values = samples if carried is None else np.concatenate([carried, samples], axis=0)
+    values = samples.copy() if carried is None else np.concatenate([carried, samples], axis=0)
     if values.shape[0] <= kept:
-        return values.copy() if values is samples else values
-    if smallest:
-        return np.partition(values, kept - 1, axis=0)[:kept].copy()
-    return np.partition(values, values.shape[0] - kept, axis=0)[values.shape[0] - kept :].copy()
+        return values
+    values.partition(kept - 1 if smallest else values.shape[0] - kept, axis=0)  # in place: values is our copy
+    return values[:kept].copy() if smallest else values[values.shape[0] - kept :].copy()
 
 
 class VectorMoments:

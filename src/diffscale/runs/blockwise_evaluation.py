@@ -3,14 +3,17 @@ grow with the number of times.
 
 :func:`evaluate_sources` reads the opened inputs (:func:`~diffscale.runs.evaluation.open_inputs`) a block of
 times at a time (:func:`block_times`: about :data:`EVALUATION_BLOCK_BYTES` of ensemble values) and merges each
-block into the running sums of every score (:class:`~diffscale.evaluation.blockwise.VariableScores`); the joint
-scores are time-weighted means of the blocks' (a block of t of the T times counts t / T): the seam's neighbouring
-differences, the ordered pairs' violations and excess, and the energy score, whose scales (the truth's
-area-weighted standard deviations) come from a first pass over the blocks. The result is that of
-:func:`~diffscale.runs.evaluation.evaluate_inputs` on the whole record, to float rounding.
+block into the running sums of every score (:class:`~diffscale.evaluation.blockwise.VariableScores`) and of the
+temporal scores (:class:`~diffscale.evaluation.blockwise_temporal.TemporalScores`, whose spells take a second pass
+over the blocks); the joint scores are time-weighted means of the blocks' (a block of t of the T times counts
+t / T): the seam's neighbouring differences, the ordered pairs' violations and excess, and the energy score,
+whose scales (the truth's area-weighted standard deviations) come from a first pass over the blocks. The result
+is that of :func:`~diffscale.runs.evaluation.evaluate_inputs` on the whole record, to float rounding.
 
-The temporal scores (series at every cell) and the figures (the quantile-quantile plot pools every value) are
-computed from the whole record read at once: with either, :func:`evaluate_sources` reads every time.
+What is kept between blocks and grows with the record: the time index, the tails of the percentile errors (1 %
+of the samples at either end, at each cell), the truth's upper tenth at each cell (the temporal scores' spells)
+and, for two members or more, three float64 numbers per case for the spread-error relation (its bins of equal
+area are cut in the order of every case's variance).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 
 from diffscale.data.climate.grid import is_global_longitude
 from diffscale.evaluation.blockwise import VariableScores
+from diffscale.evaluation.blockwise_temporal import TemporalScores
 from diffscale.evaluation.multivariate import (
     energy_scores,
     neighbour_differences,
@@ -63,7 +67,7 @@ def evaluate_sources(
     over time, or every time read at once with ``temporal`` (the temporal scores) or ``whole_record`` (what the
     figures need). The :class:`Evaluation`'s ``inputs`` are the first block's when scored block by block."""
     check_seed(seed)
-    if temporal or whole_record:
+    if whole_record:
         return evaluate_inputs(sources.read(), seed, temporal=temporal)
     size = block_times(sources)
     total = sources.times.size
@@ -87,11 +91,14 @@ def evaluate_sources(
     energy: dict[str, Any] | None = None
     pairs: list[dict[str, Any]] = []
     first: EvaluationInputs | None = None
+    series, temporal_note = _temporal_scores(sources) if temporal else ({}, None)
     for block in _blocks(sources, size):
         first = first if first is not None else block
         share = block.times.size / total
         for name in sources.variables:
             scores[name].add(block.ensemble[name], block.truth[name], block.baseline[name])
+            if name in series:
+                series[name].add(block.ensemble[name], block.truth[name], block.baseline[name])
             if periodic:
                 fields = {
                     "ensemble": block.ensemble[name],
@@ -114,8 +121,16 @@ def evaluate_sources(
             _merged(previous, item, share)
             for previous, item in zip(pairs or [None] * len(block_pairs), block_pairs, strict=True)
         ]
+    if series:  # the second pass of the spells, above the truth's 90th percentile the first pass found
+        for block in _blocks(sources, size):
+            for name, temporal_scores in series.items():
+                temporal_scores.add_spells(block.ensemble[name], block.truth[name], block.baseline[name])
     evaluations = [scores[name].result() for name in sources.variables]
     document = evaluation_document(sources, evaluations, seed)
+    for name, temporal_scores in series.items():
+        document["variables"][name]["temporal"] = temporal_scores.result()
+    if temporal_note is not None:
+        document["temporal_note"] = temporal_note
     if periodic:
         for name in sources.variables:
             document["variables"][name]["seam"] = seam_report_of_differences(differences[name])
@@ -125,6 +140,18 @@ def evaluate_sources(
         document["ordered_pairs"] = pairs
     assert first is not None
     return Evaluation(first, evaluations, document)
+
+
+def _temporal_scores(sources: EvaluationSources) -> tuple[dict[str, TemporalScores], str | None]:
+    """The temporal scores of every variable, or none and the note of
+    :func:`~diffscale.runs.temporal.add_temporal_scores` when the times are not a series."""
+    try:
+        return {
+            name: TemporalScores(name, sources.times, sources.latitude, sources.units[name])
+            for name in sources.variables
+        }, None
+    except ValueError as error:
+        return {}, f"no temporal scores: {error}"
 
 
 def _merged(total: dict[str, Any] | None, block: dict[str, Any], share: float) -> dict[str, Any]:
