@@ -106,3 +106,31 @@ def test_memory_of_the_evaluation_does_not_grow_with_the_record(
     assert long - short < 3 * 2**20, (short, long)
     whole = _peak_traced_bytes(tmp_path, 240, whole_record=True)
     assert whole - short > 10 * 2**20, (short, whole)  # what the bound above tells apart
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_figures_draw_every_time_of_a_short_record_and_a_spread_of_a_long_one(
+    sampled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The figures' inputs (blocks of 5 of 18 times): every time when they fit in FIGURE_SAMPLE_BYTES, else 4
+    times spread from the first to the last; the temporal figure's series at the centre has every time."""
+    ensemble, truth = _ensemble_and_truth(18, 8, 16)
+    sources = open_inputs(ensemble, truth, variables=["tasmin"])
+    per_time = 8 * (MEMBERS + 3) * 8 * 16
+    monkeypatch.setattr("diffscale.runs.blockwise_evaluation.EVALUATION_BLOCK_BYTES", 5 * 8 * MEMBERS * 8 * 16)
+    if sampled:
+        monkeypatch.setattr("diffscale.runs.blockwise_evaluation.FIGURE_SAMPLE_BYTES", 4 * per_time)
+    evaluation = evaluate_sources(sources, figures=True)
+    everything = sources.read()
+    index = np.array([0, 6, 11, 17]) if sampled else np.arange(18)
+    np.testing.assert_array_equal(evaluation.inputs.times, everything.times[index])
+    for field in ("truth", "coarse", "baseline"):
+        np.testing.assert_array_equal(
+            getattr(evaluation.inputs, field)["tasmin"], getattr(everything, field)["tasmin"][index]
+        )
+    np.testing.assert_array_equal(evaluation.inputs.ensemble["tasmin"], everything.ensemble["tasmin"][:, index])
+    series = evaluation.series
+    assert series is not None and (series.row, series.column) == (4, 8)
+    np.testing.assert_array_equal(series.times, everything.times)
+    np.testing.assert_array_equal(series.truth["tasmin"], everything.truth["tasmin"][:, 4, 8])
+    np.testing.assert_array_equal(series.members["tasmin"], everything.ensemble["tasmin"][:3, :, 4, 8])

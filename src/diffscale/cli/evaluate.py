@@ -306,8 +306,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(sources.describe(), flush=True)
     with thread_policy(args.threads):  # torch computes the coarsened truth and the interpolated baselines
-        figures = not args.no_figures
-        evaluation = evaluate_sources(sources, args.seed, temporal=args.temporal, whole_record=figures)
+        evaluation = evaluate_sources(sources, args.seed, temporal=args.temporal, figures=not args.no_figures)
         scores_path = write_report(out, evaluation, figures=not args.no_figures)
     for result in evaluation.variables:
         print(_table(result.name, result.units, result.scores, sources.members, sources.times.size))

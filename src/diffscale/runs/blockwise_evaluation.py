@@ -14,12 +14,17 @@ What is kept between blocks and grows with the record: the time index, the tails
 of the samples at either end, at each cell), the truth's upper tenth at each cell (the temporal scores' spells)
 and, for two members or more, three float64 numbers per case for the spread-error relation (its bins of equal
 area are cut in the order of every case's variance).
+
+The figures draw the first time (maps), the series at the grid's centre (every time) and, for the
+quantile-quantile plot, the times of :func:`figure_times`: every time of a record whose values fit in
+:data:`FIGURE_SAMPLE_BYTES`, else as many times spread evenly over it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -42,11 +47,15 @@ from diffscale.runs.evaluation import (
     evaluate_inputs,
     evaluation_document,
 )
+from diffscale.runs.temporal import SeriesAtPoint
 
-__all__ = ["EVALUATION_BLOCK_BYTES", "block_times", "evaluate_sources"]
+__all__ = ["EVALUATION_BLOCK_BYTES", "FIGURE_SAMPLE_BYTES", "block_times", "evaluate_sources", "figure_times"]
 
 EVALUATION_BLOCK_BYTES = 64 * 2**20
 """The ensemble values (float64, every variable) read at once."""
+FIGURE_SAMPLE_BYTES = 64 * 2**20
+"""The values (float64: the members, the truth, the coarse field and the baseline of every variable) of the times
+the figures draw."""
 
 
 def block_times(sources: EvaluationSources) -> int:
@@ -60,12 +69,25 @@ def _blocks(sources: EvaluationSources, size: int) -> Iterator[EvaluationInputs]
         yield sources.read(start, start + size)
 
 
+def figure_times(total: int, per_time_bytes: int) -> np.ndarray:
+    """The indices of the times the figures draw (maps: the first; quantile-quantile plot: all of them): every
+    time, or as many times spread evenly over the record, first and last included, as fit in
+    :data:`FIGURE_SAMPLE_BYTES`."""
+    count = min(total, max(1, FIGURE_SAMPLE_BYTES // max(1, per_time_bytes)))
+    return np.unique(np.rint(np.linspace(0, total - 1, count)).astype(np.int64))
+
+
 def evaluate_sources(
-    sources: EvaluationSources, seed: int = 0, temporal: bool = True, whole_record: bool = False
+    sources: EvaluationSources,
+    seed: int = 0,
+    temporal: bool = True,
+    figures: bool = False,
+    whole_record: bool = False,
 ) -> Evaluation:
-    """The scores of :func:`~diffscale.runs.evaluation.evaluate_inputs` of the opened ``sources``: block by block
-    over time, or every time read at once with ``temporal`` (the temporal scores) or ``whole_record`` (what the
-    figures need). The :class:`Evaluation`'s ``inputs`` are the first block's when scored block by block."""
+    """The scores of :func:`~diffscale.runs.evaluation.evaluate_inputs` of the opened ``sources``, block by block
+    over time (or, with ``whole_record``, every time read at once: that function). The :class:`Evaluation`'s
+    ``inputs`` are the first block's, or with ``figures`` the times of :func:`figure_times` (and its ``series``
+    the temporal figure's series at every time)."""
     check_seed(seed)
     if whole_record:
         return evaluate_inputs(sources.read(), seed, temporal=temporal)
@@ -92,9 +114,17 @@ def evaluate_sources(
     pairs: list[dict[str, Any]] = []
     first: EvaluationInputs | None = None
     series, temporal_note = _temporal_scores(sources) if temporal else ({}, None)
-    for block in _blocks(sources, size):
+    per_time = 8 * (sources.members + 3) * len(sources.variables) * sources.latitude.size * sources.longitude.size
+    drawn = figure_times(total, per_time) if figures else np.zeros(0, dtype=np.int64)
+    samples: list[EvaluationInputs] = []
+    points: list[SeriesAtPoint] = []
+    for start, block in zip(range(0, total, size), _blocks(sources, size), strict=True):
         first = first if first is not None else block
         share = block.times.size / total
+        if figures:
+            local = drawn[(drawn >= start) & (drawn < start + block.times.size)] - start
+            samples.append(_times_of(block, local))
+            points.append(SeriesAtPoint.of(block))
         for name in sources.variables:
             scores[name].add(block.ensemble[name], block.truth[name], block.baseline[name])
             if name in series:
@@ -139,7 +169,52 @@ def evaluate_sources(
     if pairs:
         document["ordered_pairs"] = pairs
     assert first is not None
-    return Evaluation(first, evaluations, document)
+    if not figures:
+        return Evaluation(first, evaluations, document)
+    return Evaluation(_joined(samples), evaluations, document, _joined_series(points))
+
+
+def _times_of(inputs: EvaluationInputs, index: np.ndarray) -> EvaluationInputs:
+    """``inputs`` at the times ``index`` of their own."""
+    return replace(
+        inputs,
+        ensemble={name: values[:, index] for name, values in inputs.ensemble.items()},
+        truth={name: values[index] for name, values in inputs.truth.items()},
+        coarse={name: values[index] for name, values in inputs.coarse.items()},
+        baseline={name: values[index] for name, values in inputs.baseline.items()},
+        times=inputs.times[index],
+    )
+
+
+def _joined(parts: list[EvaluationInputs]) -> EvaluationInputs:
+    """The inputs of consecutive blocks as one (their times one after the other)."""
+    parts = [part for part in parts if part.times.size] or parts[:1]
+
+    def joined(field: str, axis: int) -> dict[str, np.ndarray]:
+        return {
+            name: np.concatenate([getattr(part, field)[name] for part in parts], axis=axis)
+            for name in getattr(parts[0], field)
+        }
+
+    return replace(
+        parts[0],
+        ensemble=joined("ensemble", 1),
+        truth=joined("truth", 0),
+        coarse=joined("coarse", 0),
+        baseline=joined("baseline", 0),
+        times=np.concatenate([part.times for part in parts]),
+    )
+
+
+def _joined_series(parts: list[SeriesAtPoint]) -> SeriesAtPoint:
+    """The series of consecutive blocks as one."""
+    return SeriesAtPoint(
+        parts[0].row,
+        parts[0].column,
+        np.concatenate([part.times for part in parts]),
+        {name: np.concatenate([part.truth[name] for part in parts]) for name in parts[0].truth},
+        {name: np.concatenate([part.members[name] for part in parts], axis=1) for name in parts[0].members},
+    )
 
 
 def _temporal_scores(sources: EvaluationSources) -> tuple[dict[str, TemporalScores], str | None]:

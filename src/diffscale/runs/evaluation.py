@@ -69,7 +69,12 @@ from diffscale.evaluation.multivariate import energy_scores, order_report, seam_
 from diffscale.evaluation.spectra import grid_spacing_km
 from diffscale.files import check_output
 from diffscale.runs.coarse_grid import check_regrid, regrid_onto
-from diffscale.runs.temporal import add_temporal_scores, temporal_dataset_variables, write_temporal_figures
+from diffscale.runs.temporal import (
+    SeriesAtPoint,
+    add_temporal_scores,
+    temporal_dataset_variables,
+    write_temporal_figures,
+)
 from diffscale.validation import ConfigError, option_name
 
 __all__ = [
@@ -684,6 +689,9 @@ class Evaluation:
     inputs: EvaluationInputs
     variables: list[VariableEvaluation]
     document: dict[str, Any]
+    series: SeriesAtPoint | None = None
+    """The series the temporal figure draws, kept when ``inputs`` are a sample of the times (default: taken
+    from ``inputs``)."""
 
     def dataset(self) -> xr.Dataset:
         """The scores as an ``xarray.Dataset`` (:func:`scores_dataset`)."""
@@ -1022,7 +1030,7 @@ def _write_files(directory: Path, evaluation: Evaluation, figures: bool) -> list
             plot_spread_error(directory / f"{name}_spread_error.png", ensemble_scores["spread_error"], name, units)
             written.append(f"{name}_spread_error.png")
     if figures:
-        written += write_temporal_figures(directory, inputs, evaluation.document)
+        written += write_temporal_figures(directory, inputs, evaluation.document, evaluation.series)
     return written
 
 
