@@ -101,7 +101,7 @@ __all__ = [
 ]
 
 ENSEMBLE_DIMS = ("member", "time", "latitude", "longitude")
-READ_CHUNK_BYTES = 16 * 2**20
+READ_CHUNK_BYTES = 2**20
 """Files are read in dask chunks of about this many bytes of one variable along time (a whole number of the
 file's own chunks): a block of times reads its chunks, not a file stored in one piece."""
 EnsembleSource = xr.Dataset | str | os.PathLike
