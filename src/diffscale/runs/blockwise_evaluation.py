@@ -55,7 +55,7 @@ EVALUATION_BLOCK_BYTES = 2**20
 """The ensemble values (float64, every variable) read at once, at least one time: a block's scores cost a few
 times its size, so memory stays a few MiB above what one time needs (a time of a global 0.25 degree grid is
 8 MiB a member, one time per block)."""
-FIGURE_SAMPLE_BYTES = 64 * 2**20
+FIGURE_SAMPLE_BYTES = 8 * 2**20
 """The values (float64: the members, the truth, the coarse field and the baseline of every variable) of the times
 the figures draw."""
 
