@@ -209,14 +209,14 @@ class SeriesAtPoint:
 
     @classmethod
     def of(cls, inputs: EvaluationInputs, members: int = SERIES_MEMBERS) -> SeriesAtPoint:
-        """The series of ``inputs`` (all their times)."""
+        """The series of ``inputs`` (all their times), copied (a view would keep all of ``inputs`` alive)."""
         row, column = _series_point(inputs)
         return cls(
             row,
             column,
             inputs.times,
-            {name: inputs.truth[name][:, row, column] for name in inputs.variables},
-            {name: inputs.ensemble[name][:members, :, row, column] for name in inputs.variables},
+            {name: inputs.truth[name][:, row, column].copy() for name in inputs.variables},
+            {name: inputs.ensemble[name][:members, :, row, column].copy() for name in inputs.variables},
         )
 
 
