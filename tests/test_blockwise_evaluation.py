@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from test_evaluation_blockwise import assert_same
 
 from diffscale.runs.blockwise_evaluation import evaluate_sources
 from diffscale.runs.evaluation import evaluate_inputs, open_inputs
+from tests.test_evaluation_blockwise import assert_same
 
 MEMBERS, FACTOR = 3, 4
 
