@@ -14,13 +14,16 @@ tree, and at the end the largest of that sum, with the statistics rate the train
 With ``--downscale`` it then downscales and evaluates a long coarse input: two regional fine stores of the same
 0.25 degree spacing (``--region-size`` fine cells, ``--downscale-times`` short and long counts of times) are
 coarsened by the run trained on the short store (``diffscale coarsen``), downscaled by it (``diffscale downscale``,
-one member, 2 solver steps) and the ensembles scored against the fine stores (``diffscale evaluate --no-figures``),
-each command watched the same way. The stores are deleted at the end unless ``--keep``.
+one member, 2 solver steps) and the ensembles scored against the fine stores (``diffscale evaluate``, with
+``--no-figures`` and with its figures), each command watched the same way. The stores are deleted at the end
+unless ``--keep``.
 
     python benchmarks/memory_scaling.py                          # 60 vs 6,000 times (25 GB on disk at most)
     python benchmarks/memory_scaling.py --short 20 --long 200    # a quick check of the pipeline
     python benchmarks/memory_scaling.py --height 181 --width 360 # a coarser grid (same count of chunks)
-    python benchmarks/memory_scaling.py --long 0 --downscale     # train on 60 times; downscale, evaluate 96 vs 768
+    python benchmarks/memory_scaling.py --long 0 --downscale     # train on 60 times; downscale, evaluate 96 vs 1536
+    python benchmarks/memory_scaling.py --short 20 --long 0 --height 181 --width 360 --steps 4 --downscale
+                                                                 # the same on a 1 degree grid (a few minutes)
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the stores and runs")
     parser.add_argument("--reuse", action="store_true", help="reuse stores already in --dir")
     parser.add_argument("--downscale", action="store_true", help="also downscale and evaluate a long coarse input")
-    parser.add_argument("--downscale-times", type=int, nargs=2, default=[96, 768], metavar=("SHORT", "LONG"))
+    parser.add_argument("--downscale-times", type=int, nargs=2, default=[96, 1536], metavar=("SHORT", "LONG"))
     parser.add_argument("--region-size", type=int, nargs=2, default=[32, 64], metavar=("H", "W"))
     return parser.parse_args(argv)
 
@@ -229,7 +232,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"evaluating {times} times ...", flush=True)
                 options = ["--truth", str(fine), "--no-figures", "--out", str(root / f"report_{times}")]
                 evaluated = run_watched([*cli, "evaluate", str(ensemble), *options], root / "evaluate.log")
-                downscaling[times] = {"coarsen": coarsened, "downscale": downscaled, "evaluate": evaluated}
+                options = ["--truth", str(fine), "--out", str(root / f"figures_{times}")]
+                drawn = run_watched([*cli, "evaluate", str(ensemble), *options], root / "evaluate.log")
+                downscaling[times] = {
+                    "coarsen": coarsened,
+                    "downscale": downscaled,
+                    "evaluate --no-figures": evaluated,
+                    "evaluate": drawn,
+                }
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -266,7 +276,7 @@ def downscaling_table(args: argparse.Namespace, downscaling: dict[int, dict[str,
     spacing = 360.0 / args.width
     print(f"downscaling and evaluation on a {height} x {width} region ({spacing:g} degree), 1 member, 2 steps")
     print(f"{'peak RSS of the process tree':36} {few:>12} {many:>12} {'ratio':>8}")
-    for command in ("coarsen", "downscale", "evaluate"):
+    for command in ("coarsen", "downscale", "evaluate --no-figures", "evaluate"):
         low, high = downscaling[few][command]["peak"], downscaling[many][command]["peak"]
         print(f"{'diffscale ' + command:36} {gib(low):>12} {gib(high):>12} {high / low:>8.3f}")
 

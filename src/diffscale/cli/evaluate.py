@@ -284,13 +284,8 @@ def _run_truth_free(args: argparse.Namespace, out: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``diffscale evaluate`` with parsed ``args``; bad input raises ConfigError before anything is written."""
-    from diffscale.runs.evaluation import (
-        check_report_directory,
-        check_seed,
-        evaluate_inputs,
-        load_inputs,
-        write_report,
-    )
+    from diffscale.runs.blockwise_evaluation import evaluate_sources
+    from diffscale.runs.evaluation import check_report_directory, check_seed, open_inputs, write_report
     from diffscale.runs.temporal import temporal_lines
     from diffscale.threads import thread_policy
     from diffscale.validation import ConfigError
@@ -301,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_truth_free(args, out)
     if args.run is not None:
         raise ConfigError("--run is for an evaluation without --truth; drop one of them")
-    inputs = load_inputs(
+    sources = open_inputs(
         Path(args.ensemble),
         [Path(path) for path in args.truth],
         Path(args.coarse) if args.coarse is not None else None,
@@ -309,12 +304,12 @@ def run(args: argparse.Namespace) -> int:
         args.coarsening_factor,
         args.regrid,
     )
-    print(inputs.describe(), flush=True)
+    print(sources.describe(), flush=True)
     with thread_policy(args.threads):  # torch computes the coarsened truth and the interpolated baselines
-        evaluation = evaluate_inputs(inputs, args.seed, temporal=args.temporal)
+        evaluation = evaluate_sources(sources, args.seed, temporal=args.temporal, figures=not args.no_figures)
         scores_path = write_report(out, evaluation, figures=not args.no_figures)
     for result in evaluation.variables:
-        print(_table(result.name, result.units, result.scores, inputs.members, inputs.times.size))
+        print(_table(result.name, result.units, result.scores, sources.members, sources.times.size))
         for line in temporal_lines(result.name, result.units, evaluation.document):
             print(line)
     if evaluation.document.get("temporal_note"):

@@ -65,9 +65,12 @@ from diffscale.evaluation.scores import _array, _check_shapes, area_weights, ens
 
 __all__ = [
     "DEFAULT_SPREAD_ERROR_BINS",
+    "binned_spread_error",
     "expected_reliability_index",
+    "flatness_figures",
     "rank_histogram_flatness",
     "spread_error_bins",
+    "spread_error_variances",
 ]
 
 DEFAULT_SPREAD_ERROR_BINS = 10
@@ -107,17 +110,25 @@ def rank_histogram_flatness(ensemble: Any, truth: Any, latitude: Any, seed: int 
     count, times = members.shape[0], truth.shape[0]
     ranks = ensemble_ranks(members, truth, seed)
     categories = count + 1
-    level = 1.0 / categories
     weights = _case_weights(latitude, truth.shape)
     # per-time weighted frequencies f_{r,t}: every time has the same weights, so f_r is their mean over t
     keys = (np.arange(times)[:, None, None] * categories + ranks).ravel()
     per_time = np.bincount(keys, weights=weights.ravel(), minlength=times * categories).reshape(times, categories)
     per_time /= per_time.sum(axis=1, keepdims=True)
-    frequency = per_time.mean(axis=0)
     effective = float(weights.sum() ** 2 / (weights**2).sum())
+    between_times = per_time.var(axis=0, ddof=1) / times if times >= 2 else None
+    return flatness_figures(count, times, per_time.mean(axis=0), between_times, effective)
+
+
+def flatness_figures(
+    count: int, times: int, frequency: np.ndarray, between_times: np.ndarray | None, effective: float
+) -> dict[str, Any]:
+    """The figures of :func:`rank_histogram_flatness` from the mean per-time frequencies f_r (``frequency``),
+    Var_T(f_r) = var_t(f_{r,t}) / T (``between_times``, None for T < 2) and Kish's n (``effective``)."""
+    categories = count + 1
+    level = 1.0 / categories
     chi2 = effective * categories * float(((frequency - level) ** 2).sum())
-    if times >= 2:
-        between_times = per_time.var(axis=0, ddof=1) / times
+    if times >= 2 and between_times is not None:
         design_effect = float((between_times * effective / (level * (1.0 - level))).mean())
         clustered = effective / max(design_effect, 1.0)
         p_clustered = float(stats.chi2.sf(chi2 / max(design_effect, 1.0), count))
@@ -188,20 +199,43 @@ def spread_error_bins(
     count = members.shape[0]
     if not isinstance(bins, int | np.integer) or isinstance(bins, bool) or bins < 1:
         raise ValueError(f"bins = {bins!r}: must be an integer >= 1")
+    sort_variance, variance = spread_error_variances(members, sort_by)
+    squared_error = (members.mean(axis=0) - truth) ** 2
+    weights = _case_weights(latitude, truth.shape)
+    return binned_spread_error(sort_variance, variance, squared_error, weights, count, bins, sort_by)
+
+
+def spread_error_variances(members: np.ndarray, sort_by: SortBy) -> tuple[np.ndarray, np.ndarray]:
+    """(the variance the cases are sorted by, the variance s^2 of the spread) of ``members`` (M, ...) for
+    ``sort_by`` (:func:`spread_error_bins`); ValueError for too few members or an unknown ``sort_by``."""
+    count = members.shape[0]
     if sort_by == "held_out":
         if count < 4:
             raise ValueError(f"sort_by='held_out' needs M >= 4 members (two per half), got {count}")
-        sort_variance = members[0::2].var(axis=0, ddof=1)
-        variance = members[1::2].var(axis=0, ddof=1)
-    elif sort_by == "ensemble":
+        return members[0::2].var(axis=0, ddof=1), members[1::2].var(axis=0, ddof=1)
+    if sort_by == "ensemble":
         if count < 2:
             raise ValueError(f"the spread-error relation needs M >= 2 members, got {count}")
-        sort_variance = variance = members.var(axis=0, ddof=1)
-    else:
-        raise ValueError(f"sort_by = {sort_by!r}: must be 'held_out' or 'ensemble'")
-    squared_error = ((members.mean(axis=0) - truth) ** 2).ravel()
-    weights = _case_weights(latitude, truth.shape).ravel()
-    order = np.argsort(sort_variance.ravel(), kind="stable")
+        variance = members.var(axis=0, ddof=1)
+        return variance, variance
+    raise ValueError(f"sort_by = {sort_by!r}: must be 'held_out' or 'ensemble'")
+
+
+def binned_spread_error(
+    sort_variance: np.ndarray,
+    variance: np.ndarray,
+    squared_error: np.ndarray,
+    weights: np.ndarray,
+    count: int,
+    bins: int,
+    sort_by: SortBy,
+) -> dict[str, Any]:
+    """What :func:`spread_error_bins` returns, from each case's sorting variance, variance s_k^2, squared error
+    (xbar_k - y_k)^2 and area weight w_k (arrays of one shape, in the cases' order: ties keep it) for ``count``
+    members."""
+    sort_variance, variance = np.ravel(sort_variance), np.ravel(variance)
+    squared_error, weights = np.ravel(squared_error), np.ravel(weights)
+    order = np.argsort(sort_variance, kind="stable")
     sorted_weights = weights[order]
     cumulative = np.cumsum(sorted_weights)
     position = (cumulative - 0.5 * sorted_weights) / cumulative[-1]
@@ -211,7 +245,7 @@ def spread_error_bins(
     cases = np.bincount(bin_of_case, minlength=bins)
     kept = weight > 0
     weight, cases = weight[kept], cases[kept]
-    mean_variance = np.bincount(bin_of_case, weights=weights * variance.ravel(), minlength=bins)[kept] / weight
+    mean_variance = np.bincount(bin_of_case, weights=weights * variance, minlength=bins)[kept] / weight
     mean_squared_error = np.bincount(bin_of_case, weights=weights * squared_error, minlength=bins)[kept] / weight
     spread = np.sqrt((count + 1) / count * mean_variance)
     rmse = np.sqrt(mean_squared_error)

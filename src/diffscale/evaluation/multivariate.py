@@ -57,6 +57,7 @@ __all__ = [
     "order_report",
     "seam_difference",
     "seam_report",
+    "seam_report_of_differences",
     "truth_scales",
 ]
 
@@ -112,18 +113,20 @@ def energy_scores(
     baseline: Mapping[str, np.ndarray],
     latitude: Any,
     variables: Sequence[str],
+    scales: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The energy score of the joint ``ensemble`` (name -> (M, T, H, W)) and of the ``baseline`` (name -> (T, H, W))
-    over ``variables``, each scaled by the truth's standard deviation (:func:`truth_scales`). Returns
+    over ``variables``, each scaled by the truth's standard deviation (:func:`truth_scales`, or ``scales``). Returns
     ``variables``, ``scales``, ``ensemble``, ``bilinear``, ``estimator`` and ``vector`` (what one vector is)."""
     names = list(variables)
-    scales = truth_scales({name: truth[name] for name in names}, latitude)
+    if scales is None:
+        scales = truth_scales({name: truth[name] for name in names}, latitude)
     truth_stack = _stack(truth, names, scales, axis=1)
     members = _stack(ensemble, names, scales, axis=2)
     deterministic = _stack(baseline, names, scales, axis=1)[None]
     return {
         "variables": names,
-        "scales": scales,
+        "scales": dict(scales),
         "vector": "the variables at one grid point and time, each divided by its scale",
         "estimator": "fair" if members.shape[0] > 1 else "single member ||x - y||",
         "ensemble": energy_score(members, truth_stack, latitude),
@@ -193,9 +196,21 @@ def seam_report(
     the interior differences of each (``*_interior``: every other pair), the same ratio over the ``nearby`` pairs
     on either side of the seam (``nearby_ratio``: what the ensemble's small scales give where there is no seam)
     and ``excess`` = ratio / nearby_ratio, the seam's own share (1: no seam)."""
+    differences = {
+        label: neighbour_differences(values, latitude)
+        for label, values in (("ensemble", ensemble), ("truth", truth), ("bilinear", baseline))
+    }
+    return seam_report_of_differences(differences, column, nearby)
+
+
+def seam_report_of_differences(
+    neighbour: Mapping[str, np.ndarray], column: int = 0, nearby: int = NEARBY_PAIRS
+) -> dict[str, float]:
+    """:func:`seam_report` from the :func:`neighbour_differences` of the ``ensemble``, ``truth`` and
+    ``bilinear`` fields."""
     report: dict[str, float] = {}
-    for label, values in (("ensemble", ensemble), ("truth", truth), ("bilinear", baseline)):
-        differences = neighbour_differences(values, latitude)
+    for label in ("ensemble", "truth", "bilinear"):
+        differences = neighbour[label]
         width = differences.size
         report[label] = float(differences[column])
         report[f"{label}_interior"] = float((differences.sum() - differences[column]) / (width - 1))

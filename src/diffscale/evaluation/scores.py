@@ -42,6 +42,7 @@ __all__ = [
     "ensemble_scores",
     "ensemble_spread",
     "fair_crps",
+    "percentile_error",
     "percentile_errors",
     "rank_histogram",
 ]
@@ -105,13 +106,20 @@ def percentile_errors(
     for p in percentiles:
         if not 0.0 <= p <= 100.0:
             raise ValueError(f"percentile {p} is not in [0, 100]")
-        error = np.percentile(pred, p, axis=0) - np.percentile(truth, p, axis=0)
-        result[f"p{p:02g}"] = {
-            "bias": float(area_mean(error, latitude)),
-            "mae": float(area_mean(np.abs(error), latitude)),
-            "truth": float(area_mean(np.percentile(truth, p, axis=0), latitude)),
-        }
+        predicted, true = np.percentile(pred, p, axis=0), np.percentile(truth, p, axis=0)
+        result[f"p{p:02g}"] = percentile_error(predicted, true, latitude)
     return result
+
+
+def percentile_error(predicted: np.ndarray, true: np.ndarray, latitude: Any) -> dict[str, float]:
+    """``bias``, ``mae`` and ``truth`` of :func:`percentile_errors` from the maps (H, W) of one percentile of the
+    prediction and of the truth."""
+    error = predicted - true
+    return {
+        "bias": float(area_mean(error, latitude)),
+        "mae": float(area_mean(np.abs(error), latitude)),
+        "truth": float(area_mean(true, latitude)),
+    }
 
 
 def deterministic_scores(

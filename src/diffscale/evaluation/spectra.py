@@ -29,6 +29,7 @@ __all__ = [
     "grid_spacing_km",
     "latlon_periodogram",
     "latlon_power_spectrum",
+    "radial_average",
     "spectral_ratio",
 ]
 
@@ -113,6 +114,14 @@ def latlon_power_spectrum(
     mean of the periodogram (:func:`latlon_periodogram`) over each shell, in (field units)^2 km^2.
     """
     ky, kx, power = latlon_periodogram(fields, latitude, longitude, window)
+    return radial_average(ky, kx, power, latitude, longitude)
+
+
+def radial_average(
+    ky: np.ndarray, kx: np.ndarray, power: np.ndarray, latitude: Any, longitude: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """(wavenumber [1/km], power): the mean of a periodogram ``power`` (H, W) on (``ky``, ``kx``) over the shells
+    of :func:`latlon_power_spectrum`."""
     dy, dx = grid_spacing_km(latitude, longitude)
     height, width = power.shape
     shell_width = max(1.0 / (width * dx), 1.0 / (height * dy))

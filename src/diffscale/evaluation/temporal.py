@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,11 +49,13 @@ __all__ = [
     "DAY_SECONDS",
     "SPELL_PERCENTILE",
     "WET_DAY_MM",
+    "TemporalPlan",
     "daily_aggregates",
     "daily_scores",
     "is_precipitation",
     "lag_autocorrelation",
     "spell_statistics",
+    "temporal_plan",
     "temporal_report",
     "time_positions",
     "wet_threshold",
@@ -262,6 +265,49 @@ def _spells(condition: dict[str, np.ndarray], positions: np.ndarray, latitude: A
     return result
 
 
+@dataclass
+class TemporalPlan:
+    """What a variable's temporal report computes: the wet ``threshold`` (None: no wet/dry spells), the whole
+    ``days`` and the daily ``statistics`` (empty: none), the ``daily`` entry so far (``whole_days``, and ``note``
+    when there is no day to aggregate) and the ``notes`` of what is skipped."""
+
+    threshold: float | None
+    days: list[np.ndarray]
+    statistics: list[str]
+    daily: dict[str, Any]
+    notes: list[str]
+
+
+def temporal_plan(name: str, units: str, times: Any, step: float) -> TemporalPlan:
+    """The :class:`TemporalPlan` of variable ``name`` in ``units`` at ``times`` of step ``step`` seconds."""
+    hours = step / 3600.0
+    notes: list[str] = []
+    precipitation = is_precipitation(name)
+    threshold: float | None = None
+    accumulated = False
+    if precipitation:
+        try:
+            threshold, accumulated = wet_threshold(units, step)
+        except ValueError as error:
+            notes.append(f"wet/dry spells and daily sums skipped: {error}")
+    days = whole_days(times, step)
+    daily: dict[str, Any] = {"whole_days": len(days), "statistics": {}}
+    statistics: list[str] = []
+    if step >= DAY_SECONDS:
+        daily["note"] = "daily or coarser data: no daily aggregates"
+    elif not days:
+        daily["note"] = (
+            "no whole day (all steps from 00:00 to 24:00)"
+            if abs(DAY_SECONDS / step - round(DAY_SECONDS / step)) < 1e-9
+            else f"a step of {hours:g} h does not divide a day"
+        )
+    else:
+        statistics = list(DAILY_STATISTICS) + (["sum"] if precipitation and accumulated else [])
+        if precipitation and threshold is not None and not accumulated:
+            notes.append("daily sums skipped: precipitation is a rate (the daily mean is the day's mean rate)")
+    return TemporalPlan(threshold, days, statistics, daily, notes)
+
+
 def temporal_report(
     name: str,
     ensemble: Any,
@@ -289,7 +335,6 @@ def temporal_report(
     max_lag = max(1, math.floor(DAY_SECONDS / step + 1e-9))
     truth_acf = lag_autocorrelation(truth - baseline, positions, latitude, max_lag)
     member_acf = lag_autocorrelation(members - baseline, positions, latitude, max_lag)
-    notes: list[str] = []
     report: dict[str, Any] = {
         "step_hours": hours,
         "lag_hours": [hours * lag for lag in range(1, max_lag + 1)],
@@ -299,28 +344,10 @@ def temporal_report(
             "members": member_acf.tolist(),
         },
     }
-    precipitation = is_precipitation(name)
-    threshold: float | None = None
-    accumulated = False
-    if precipitation:
-        try:
-            threshold, accumulated = wet_threshold(units, step)
-        except ValueError as error:
-            notes.append(f"wet/dry spells and daily sums skipped: {error}")
-    days = whole_days(times, step)
-    daily: dict[str, Any] = {"whole_days": len(days), "statistics": {}}
-    if step >= DAY_SECONDS:
-        daily["note"] = "daily or coarser data: no daily aggregates"
-    elif not days:
-        daily["note"] = (
-            "no whole day (all steps from 00:00 to 24:00)"
-            if abs(DAY_SECONDS / step - round(DAY_SECONDS / step)) < 1e-9
-            else f"a step of {hours:g} h does not divide a day"
-        )
-    else:
-        statistics = list(DAILY_STATISTICS) + (["sum"] if precipitation and accumulated else [])
-        if precipitation and threshold is not None and not accumulated:
-            notes.append("daily sums skipped: precipitation is a rate (the daily mean is the day's mean rate)")
+    plan = temporal_plan(name, units, times, step)
+    notes, daily, days, statistics = plan.notes, plan.daily, plan.days, plan.statistics
+    threshold = plan.threshold
+    if statistics:
         member_daily = daily_aggregates(members, days, statistics)
         truth_daily = daily_aggregates(truth, days, statistics)
         baseline_daily = daily_aggregates(baseline, days, statistics)

@@ -69,28 +69,41 @@ from diffscale.evaluation.multivariate import energy_scores, order_report, seam_
 from diffscale.evaluation.spectra import grid_spacing_km
 from diffscale.files import check_output
 from diffscale.runs.coarse_grid import check_regrid, regrid_onto
-from diffscale.runs.temporal import add_temporal_scores, temporal_dataset_variables, write_temporal_figures
+from diffscale.runs.temporal import (
+    SeriesAtPoint,
+    add_temporal_scores,
+    temporal_dataset_variables,
+    write_temporal_figures,
+)
 from diffscale.validation import ConfigError, option_name
 
 __all__ = [
     "ENSEMBLE_DIMS",
+    "READ_CHUNK_BYTES",
     "EnsembleSource",
     "Evaluation",
     "EvaluationInputs",
+    "EvaluationSources",
     "FieldsSource",
     "check_report_directory",
     "check_seed",
+    "coarse_fields_on_blocks",
     "coarse_on_blocks",
     "evaluate",
     "evaluate_inputs",
+    "evaluation_document",
     "load_inputs",
     "open_ensemble",
+    "open_inputs",
     "scores_dataset",
     "write_report",
     "write_staged_report",
 ]
 
 ENSEMBLE_DIMS = ("member", "time", "latitude", "longitude")
+READ_CHUNK_BYTES = 2**20
+"""Files are read in dask chunks of about this many bytes of one variable along time (a whole number of the
+file's own chunks): a block of times reads its chunks, not a file stored in one piece."""
 EnsembleSource = xr.Dataset | str | os.PathLike
 """An ensemble: an ``xarray.Dataset`` (e.g. what ``run.downscale`` returns) or a netCDF file / Zarr store."""
 FieldsSource = xr.Dataset | str | os.PathLike | Sequence[str | os.PathLike]
@@ -154,17 +167,117 @@ class EvaluationInputs:
 
     def grid_spacing_km(self) -> tuple[float, float]:
         """(dy, dx) of the ensemble's grid in km (ConfigError for a grid without a spacing)."""
-        try:
-            return grid_spacing_km(self.latitude, self.longitude)
-        except ValueError as error:
-            raise ConfigError(f"ensemble {self.sources['ensemble']}: {error}") from None
+        return _grid_spacing_km(self.latitude, self.longitude, self.sources)
 
     def describe(self) -> str:
         """One line: members, times, the grid and the baseline."""
-        dy, dx = self.grid_spacing_km()
-        return (
-            f"scoring {self.members} members at {self.times.size} times on a {self.latitude.size} x "
-            f"{self.longitude.size} grid ({dy:.3g} x {dx:.3g} km); baseline: {self.baseline_source}"
+        return _description(self.members, self.times, self.latitude, self.longitude, self.sources, self.baseline_source)
+
+
+def _grid_spacing_km(latitude: np.ndarray, longitude: np.ndarray, sources: dict[str, Any]) -> tuple[float, float]:
+    try:
+        return grid_spacing_km(latitude, longitude)
+    except ValueError as error:
+        raise ConfigError(f"ensemble {sources['ensemble']}: {error}") from None
+
+
+def _description(
+    members: int, times: np.ndarray, latitude: np.ndarray, longitude: np.ndarray, sources: dict[str, Any], baseline: str
+) -> str:
+    dy, dx = _grid_spacing_km(latitude, longitude, sources)
+    return (
+        f"scoring {members} members at {times.size} times on a {latitude.size} x {longitude.size} grid "
+        f"({dy:.3g} x {dx:.3g} km); baseline: {baseline}"
+    )
+
+
+@dataclass
+class EvaluationSources:
+    """The ensemble, the truth and the coarse input opened, checked and aligned, their fields not read yet:
+    :meth:`read` gives the :class:`EvaluationInputs` of a block of times (its values checked, the baseline built).
+    ``ensemble_fields[v]`` (M, T, H, W), ``truth_fields[v]`` (T, H, W), ``coarse_fields[v]`` (T, h, w; None: the
+    truth's block mean) at the ``times`` of the ensemble found in the truth; ``where`` names each input in
+    messages."""
+
+    variables: list[str]
+    units: dict[str, str]
+    latitude: np.ndarray
+    longitude: np.ndarray
+    coarse_latitude: np.ndarray
+    coarse_longitude: np.ndarray
+    times: np.ndarray
+    missing_times: int
+    factor: int
+    baseline_source: str
+    sources: dict[str, Any]
+    derived: dict[str, list[str]]
+    ensemble_fields: dict[str, xr.DataArray]
+    truth_fields: dict[str, xr.DataArray]
+    coarse_fields: dict[str, xr.DataArray] | None
+    where: dict[str, str]
+
+    @property
+    def modelled(self) -> list[str]:
+        """The ensemble's own variables (``variables`` less the derived ones)."""
+        return [name for name in self.variables if name not in self.derived]
+
+    @property
+    def members(self) -> int:
+        """M, the ensemble size."""
+        return int(next(iter(self.ensemble_fields.values())).sizes["member"])
+
+    def grid_spacing_km(self) -> tuple[float, float]:
+        """(dy, dx) of the ensemble's grid in km (ConfigError for a grid without a spacing)."""
+        return _grid_spacing_km(self.latitude, self.longitude, self.sources)
+
+    def describe(self) -> str:
+        """One line: members, times, the grid and the baseline."""
+        return _description(self.members, self.times, self.latitude, self.longitude, self.sources, self.baseline_source)
+
+    def read(self, start: int = 0, stop: int | None = None) -> EvaluationInputs:
+        """The inputs at times ``start`` to ``stop`` (default: all), read and checked: ConfigError for NaN, or a
+        truth or coarse value outside the variable's physical range; the coarse field (the truth's block mean
+        without a coarse input), the bilinear baseline and the derived variables are computed from them."""
+        span = slice(start, stop)
+        times = self.times[span]
+        ensemble: dict[str, np.ndarray] = {}
+        truth: dict[str, np.ndarray] = {}
+        coarse: dict[str, np.ndarray] = {}
+        for name in self.modelled:
+            values = np.asarray(self.ensemble_fields[name].isel(time=span).values, dtype=np.float64)
+            ensemble[name] = _finite(values, name, self.where["ensemble"], times)
+            truth[name] = _read_checked(self.truth_fields[name].isel(time=span), name, times, self.where["truth"])
+        for name in self.modelled:
+            if self.coarse_fields is not None:
+                field = self.coarse_fields[name].isel(time=span)
+                coarse[name] = _read_checked(field, name, times, self.where["coarse"])
+            else:
+                coarse[name] = coarsen_block_mean(truth[name], self.latitude, self.factor)
+        periodic = is_global_longitude(self.longitude)
+        baseline = {
+            name: upsample_bilinear(coarse[name], self.factor, periodic_longitude=periodic) for name in self.modelled
+        }
+        for name, sources in self.derived.items():
+            function = DERIVED_VARIABLES[name].function
+            for values in (ensemble, truth, coarse, baseline):
+                values[name] = function(*(values[source] for source in sources))
+        return EvaluationInputs(
+            variables=list(self.variables),
+            units=dict(self.units),
+            ensemble=ensemble,
+            truth=truth,
+            coarse=coarse,
+            baseline=baseline,
+            latitude=self.latitude,
+            longitude=self.longitude,
+            coarse_latitude=self.coarse_latitude,
+            coarse_longitude=self.coarse_longitude,
+            times=times,
+            missing_times=self.missing_times,
+            factor=self.factor,
+            baseline_source=self.baseline_source,
+            sources=self.sources,
+            derived={name: list(sources) for name, sources in self.derived.items()},
         )
 
 
@@ -195,12 +308,32 @@ def _check_exists(source: Any, what: str) -> None:
 
 
 def _ensemble_dataset(source: EnsembleSource) -> xr.Dataset:
+    """The ensemble file opened lazily in dask chunks of about :data:`READ_CHUNK_BYTES` along time (a whole
+    number of the file's own chunks), so that a block of times reads only its part of the file."""
     if isinstance(source, xr.Dataset):
         return source
     try:
-        return open_dataset(Path(source))
+        return open_dataset(Path(source), chunks=_ensemble_time_chunks(Path(source)))
     except ConfigError as error:
         raise ConfigError(f"ensemble: {error}") from None
+
+
+def _ensemble_time_chunks(path: Path) -> dict[str, int]:
+    """{"time": n}: n times of the largest ensemble variable in about :data:`READ_CHUNK_BYTES`, a multiple of its
+    stored time chunk ({} without a time dimension)."""
+    raw = open_dataset(path, chunks=None)
+    try:
+        fields = [variable for variable in raw.data_vars.values() if "time" in variable.dims]
+        if not fields:
+            return {}
+        per_time = max(variable.dtype.itemsize * variable.size // max(1, raw.sizes["time"]) for variable in fields)
+        stored = max(
+            max(1, int((variable.encoding.get("preferred_chunks") or {}).get("time", 1) or 1)) for variable in fields
+        )
+        count = max(1, READ_CHUNK_BYTES // max(1, per_time * stored)) * stored
+        return {"time": int(min(count, max(1, raw.sizes["time"])))}
+    finally:
+        raw.close()
 
 
 def _fields_dataset(source: FieldsSource, variables: list[str], what: str) -> xr.Dataset:
@@ -212,7 +345,7 @@ def _fields_dataset(source: FieldsSource, variables: list[str], what: str) -> xr
             dataset = select_fields(source, variables, source=f"{what} {names}")
         else:
             paths = [source] if isinstance(source, str | os.PathLike) else list(source)
-            dataset = open_fields([str(path) for path in paths], variables)
+            dataset = open_fields([str(path) for path in paths], variables, chunk_bytes=READ_CHUNK_BYTES)
     except ConfigError as error:
         raise ConfigError(f"{what} {names}: {error}") from None
     for name in variables:
@@ -314,15 +447,17 @@ def open_ensemble(ensemble: EnsembleSource, variables: Sequence[str] | None) -> 
     return where, dataset, names
 
 
-def load_inputs(
+def open_inputs(
     ensemble: EnsembleSource,
     truth: FieldsSource,
     coarse: FieldsSource | None = None,
     variables: Sequence[str] | None = None,
     coarsening_factor: int | None = None,
     regrid: str = "conservative",
-) -> EvaluationInputs:
-    """Read, check and align the ensemble, the truth and the coarse input; build the bilinear baseline.
+) -> EvaluationSources:
+    """Open, check and align the ensemble, the truth and the coarse input, reading no field yet: their times,
+    grids, variables and units are checked here, their values block by block by :meth:`EvaluationSources.read`
+    (which builds the bilinear baseline).
 
     A coarse input whose points do not include the ensemble's coarse cell centres (the block centres of its grid)
     is regridded onto them by ``regrid`` (``conservative``, the default, or ``bilinear``:
@@ -361,28 +496,22 @@ def load_inputs(
 
     units = {name: _units(ensemble_ds, name) for name in names}
     truth_ds = _in_units(truth_ds, names, units, truth_where)
-    ensemble_values: dict[str, np.ndarray] = {}
-    truth_values: dict[str, np.ndarray] = {}
+    ensemble_fields: dict[str, xr.DataArray] = {}
+    truth_fields: dict[str, xr.DataArray] = {}
     for name in names:
         members_field = ensemble_ds[name]
         if "time" not in members_field.dims:
             members_field = members_field.expand_dims("time")
-        members = members_field.transpose(*ENSEMBLE_DIMS).isel(time=np.nonzero(common)[0])
-        ensemble_values[name] = _finite(
-            np.asarray(members.values, dtype=np.float64), name, f"ensemble {ensemble_where}", times
-        )
+        ensemble_fields[name] = members_field.transpose(*ENSEMBLE_DIMS).isel(time=np.nonzero(common)[0])
         truth_field = truth_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
-        truth_field = truth_field.isel(time=truth_time_index)
-        truth_values[name] = _finite(np.asarray(truth_field.values, dtype=np.float64), name, truth_where, times)
-        _plausible(truth_values[name], name, truth_field.attrs, times, truth_where)
-
+        truth_fields[name] = truth_field.isel(time=truth_time_index)
     height, width = latitude.size, longitude.size
-    coarse_values: dict[str, np.ndarray] = {}
+    coarse_fields: dict[str, xr.DataArray] | None = None
+    coarse_where = ""
     if coarse is not None:
-        coarse_values, factor, regridded = coarse_on_blocks(
+        coarse_fields, factor, regridded, coarse_where = coarse_fields_on_blocks(
             coarse, names, units, latitude, longitude, factor, times, ensemble_where, regrid
         )
-        coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
         baseline_source = f"bilinear upsampling of {_describe(coarse)}{regridded}"
     else:
         if factor is None:
@@ -391,25 +520,14 @@ def load_inputs(
                 f"pass {option_name('coarsening_factor')} or {option_name('coarse')}"
             )
         _check_divisible(height, width, factor, ensemble_where)
-        coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
-        for name in names:
-            coarse_values[name] = coarsen_block_mean(truth_values[name], latitude, factor)
         baseline_source = f"bilinear upsampling of the truth coarsened {factor}x (area-weighted block mean)"
-    periodic = is_global_longitude(longitude)
-    baseline = {name: upsample_bilinear(coarse_values[name], factor, periodic_longitude=periodic) for name in names}
-    derived: dict[str, list[str]] = {}
-    for item in derived_variables(names):
-        for values in (ensemble_values, truth_values, coarse_values, baseline):
-            values[item.name] = item.function(*(values[source] for source in item.sources))
-        units[item.name] = units[item.sources[0]]
-        derived[item.name] = list(item.sources)
-    return EvaluationInputs(
+    coarse_latitude, coarse_longitude = block_centres(latitude, factor), block_centres(longitude, factor)
+    derived = {item.name: list(item.sources) for item in derived_variables(names)}
+    for name, sources in derived.items():
+        units[name] = units[sources[0]]
+    return EvaluationSources(
         variables=names + list(derived),
         units=units,
-        ensemble=ensemble_values,
-        truth=truth_values,
-        coarse=coarse_values,
-        baseline=baseline,
         latitude=latitude,
         longitude=longitude,
         coarse_latitude=coarse_latitude,
@@ -424,10 +542,27 @@ def load_inputs(
             "coarse": _absolute(coarse) if coarse is not None else None,
         },
         derived=derived,
+        ensemble_fields=ensemble_fields,
+        truth_fields=truth_fields,
+        coarse_fields=coarse_fields,
+        where={"ensemble": f"ensemble {ensemble_where}", "truth": truth_where, "coarse": coarse_where},
     )
 
 
-def coarse_on_blocks(
+def load_inputs(
+    ensemble: EnsembleSource,
+    truth: FieldsSource,
+    coarse: FieldsSource | None = None,
+    variables: Sequence[str] | None = None,
+    coarsening_factor: int | None = None,
+    regrid: str = "conservative",
+) -> EvaluationInputs:
+    """Read, check and align the ensemble, the truth and the coarse input and build the bilinear baseline, every
+    time at once (:func:`open_inputs` with the same arguments, then all of its times read)."""
+    return open_inputs(ensemble, truth, coarse, variables, coarsening_factor, regrid).read()
+
+
+def coarse_fields_on_blocks(
     coarse: FieldsSource,
     names: Sequence[str],
     units: dict[str, str],
@@ -437,15 +572,16 @@ def coarse_on_blocks(
     times: np.ndarray,
     ensemble_where: str,
     regrid: str = "conservative",
-) -> tuple[dict[str, np.ndarray], int, str]:
-    """The coarse input's fields ``names`` (T, h, w) at ``times`` on the grid of f x f blocks of the ensemble's
-    ``latitude`` x ``longitude`` (ascending), in the ensemble's ``units``, f (``factor``, or the ratio of the two
-    grids' sizes when None), and the regridding applied (``, regridded ...``, or empty): an input off those blocks is
-    regridded onto them (``regrid``: ``conservative`` or ``bilinear``; ``none`` refuses it).
+) -> tuple[dict[str, xr.DataArray], int, str, str]:
+    """The coarse input's fields ``names`` (T, h, w), not read yet, at ``times`` on the grid of f x f blocks of
+    the ensemble's ``latitude`` x ``longitude`` (ascending), in the ensemble's ``units``, f (``factor``, or the
+    ratio of the two grids' sizes when None), the regridding applied (``, regridded ...``, or empty) and how
+    messages name the input: an input off those blocks is regridded onto them (``regrid``: ``conservative`` or
+    ``bilinear``; ``none`` refuses it). Its values are checked when read (:func:`coarse_on_blocks`).
 
     Raises:
         ConfigError: a missing variable or time, a grid that is not the ensemble's blocks (and is not regridded, or
-            does not cover them), units that do not convert, NaNs or values outside the variable's physical range.
+            does not cover them), units that do not convert.
     """
     height, width = latitude.size, longitude.size
     coarse_ds = _fields_dataset(coarse, list(names), "coarse input")
@@ -487,13 +623,40 @@ def coarse_on_blocks(
     coarse_position = {key: index for index, key in reversed(list(enumerate(coarse_keys.tolist())))}
     coarse_time_index = np.array([coarse_position[key] for key in time_keys.tolist()])
     coarse_ds = _in_units(coarse_ds, list(names), units, coarse_where)
-    values: dict[str, np.ndarray] = {}
-    for name in names:
-        coarse_field = coarse_ds[canonical_variable(name)].transpose("time", "latitude", "longitude")
-        coarse_field = coarse_field.isel(time=coarse_time_index)
-        values[name] = _finite(np.asarray(coarse_field.values, dtype=np.float64), name, coarse_where, times)
-        _plausible(values[name], name, coarse_field.attrs, times, coarse_where)
-    return values, factor, regridded
+    fields = {
+        name: coarse_ds[canonical_variable(name)]
+        .transpose("time", "latitude", "longitude")
+        .isel(time=coarse_time_index)
+        for name in names
+    }
+    return fields, factor, regridded, coarse_where
+
+
+def coarse_on_blocks(
+    coarse: FieldsSource,
+    names: Sequence[str],
+    units: dict[str, str],
+    latitude: np.ndarray,
+    longitude: np.ndarray,
+    factor: int | None,
+    times: np.ndarray,
+    ensemble_where: str,
+    regrid: str = "conservative",
+) -> tuple[dict[str, np.ndarray], int, str]:
+    """The fields of :func:`coarse_fields_on_blocks` (same arguments) read and checked (no NaN, values in the
+    variable's physical range), with f and the regridding applied."""
+    fields, factor, regridded, where = coarse_fields_on_blocks(
+        coarse, names, units, latitude, longitude, factor, times, ensemble_where, regrid
+    )
+    return {name: _read_checked(field, name, times, where) for name, field in fields.items()}, factor, regridded
+
+
+def _read_checked(field: xr.DataArray, name: str, times: np.ndarray, where: str) -> np.ndarray:
+    """The values (float64) of a field (t, H, W) at ``times``; ConfigError for NaN or a value outside the
+    variable's physical range."""
+    values = _finite(np.asarray(field.values, dtype=np.float64), name, where, times)
+    _plausible(values, name, field.attrs, times, where)
+    return values
 
 
 def _plausible(values: np.ndarray, name: str, attrs: dict[str, Any], times: np.ndarray, where: str) -> None:
@@ -526,17 +689,51 @@ class Evaluation:
     inputs: EvaluationInputs
     variables: list[VariableEvaluation]
     document: dict[str, Any]
+    series: SeriesAtPoint | None = None
+    """The series the temporal figure draws, kept when ``inputs`` are a sample of the times (default: taken
+    from ``inputs``)."""
 
     def dataset(self) -> xr.Dataset:
         """The scores as an ``xarray.Dataset`` (:func:`scores_dataset`)."""
         return scores_dataset(self.document)
 
 
+def evaluation_document(
+    layout: EvaluationInputs | EvaluationSources, evaluations: Sequence[VariableEvaluation], seed: int
+) -> dict[str, Any]:
+    """The document (scores.json) of the scores of each variable: the inputs, times, grid and seed of ``layout``
+    and ``evaluations``' scores; the derived variables' sources."""
+    dy, dx = layout.grid_spacing_km()
+    document: dict[str, Any] = {
+        **layout.sources,
+        "baseline": layout.baseline_source,
+        "coarsening_factor": layout.factor,
+        "members": layout.members,
+        "times": {
+            "count": int(layout.times.size),
+            "first": _time_label(layout.times[0]),
+            "last": _time_label(layout.times[-1]),
+            "ensemble_times_without_truth": layout.missing_times,
+        },
+        "grid": {
+            "latitude": [float(layout.latitude[0]), float(layout.latitude[-1]), int(layout.latitude.size)],
+            "longitude": [float(layout.longitude[0]), float(layout.longitude[-1]), int(layout.longitude.size)],
+            "dy_km": dy,
+            "dx_km": dx,
+        },
+        "area_weighting": "cos(latitude)",
+        "seed": int(seed),
+        "variables": {evaluation.name: evaluation.scores for evaluation in evaluations},
+    }
+    for name, sources in layout.derived.items():
+        document["variables"][name]["derived_from"] = sources
+    return document
+
+
 def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0, temporal: bool = True) -> Evaluation:
     """Score every variable of checked ``inputs``; ``seed`` breaks the ties of the rank histogram; ``temporal``
     adds the scores of the members as time series (:mod:`diffscale.runs.temporal`)."""
     check_seed(seed)
-    dy, dx = inputs.grid_spacing_km()
     evaluations = [
         evaluate_variable(
             name,
@@ -551,29 +748,7 @@ def evaluate_inputs(inputs: EvaluationInputs, seed: int = 0, temporal: bool = Tr
         )
         for name in inputs.variables
     ]
-    document: dict[str, Any] = {
-        **inputs.sources,
-        "baseline": inputs.baseline_source,
-        "coarsening_factor": inputs.factor,
-        "members": inputs.members,
-        "times": {
-            "count": int(inputs.times.size),
-            "first": _time_label(inputs.times[0]),
-            "last": _time_label(inputs.times[-1]),
-            "ensemble_times_without_truth": inputs.missing_times,
-        },
-        "grid": {
-            "latitude": [float(inputs.latitude[0]), float(inputs.latitude[-1]), int(inputs.latitude.size)],
-            "longitude": [float(inputs.longitude[0]), float(inputs.longitude[-1]), int(inputs.longitude.size)],
-            "dy_km": dy,
-            "dx_km": dx,
-        },
-        "area_weighting": "cos(latitude)",
-        "seed": int(seed),
-        "variables": {evaluation.name: evaluation.scores for evaluation in evaluations},
-    }
-    for name, sources in inputs.derived.items():
-        document["variables"][name]["derived_from"] = sources
+    document = evaluation_document(inputs, evaluations, seed)
     if inputs.periodic_longitude:
         for name in inputs.variables:
             document["variables"][name]["seam"] = seam_report(
@@ -637,8 +812,10 @@ def evaluate(
         return evaluate_without_truth(loaded).dataset()
     if run is not None:
         raise ConfigError(f"{option_name('run')} is for an evaluation without a truth; drop it or the truth")
-    inputs = load_inputs(ensemble, truth, coarse, variables, coarsening_factor, regrid)
-    return evaluate_inputs(inputs, seed, temporal=temporal).dataset()
+    from diffscale.runs.blockwise_evaluation import evaluate_sources
+
+    sources = open_inputs(ensemble, truth, coarse, variables, coarsening_factor, regrid)
+    return evaluate_sources(sources, seed, temporal=temporal).dataset()
 
 
 def _number(value: Any) -> float:
@@ -853,7 +1030,7 @@ def _write_files(directory: Path, evaluation: Evaluation, figures: bool) -> list
             plot_spread_error(directory / f"{name}_spread_error.png", ensemble_scores["spread_error"], name, units)
             written.append(f"{name}_spread_error.png")
     if figures:
-        written += write_temporal_figures(directory, inputs, evaluation.document)
+        written += write_temporal_figures(directory, inputs, evaluation.document, evaluation.series)
     return written
 
 

@@ -13,6 +13,7 @@ regular grid), a top-level ``temporal_note`` saying why there are none.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SERIES_MEMBERS",
     "SPELL_KINDS",
+    "SeriesAtPoint",
     "add_temporal_scores",
     "temporal_dataset_variables",
     "temporal_inputs_figure",
@@ -194,6 +196,30 @@ def _series_point(inputs: EvaluationInputs) -> tuple[int, int]:
     return inputs.latitude.size // 2, inputs.longitude.size // 2
 
 
+@dataclass
+class SeriesAtPoint:
+    """What the temporal figure draws of each variable at the grid's centre (``row``, ``column``): every time
+    (``times``), the truth's series ``truth[v]`` (T,) and the first members' ``members[v]`` (k, T)."""
+
+    row: int
+    column: int
+    times: np.ndarray
+    truth: dict[str, np.ndarray]
+    members: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, inputs: EvaluationInputs, members: int = SERIES_MEMBERS) -> SeriesAtPoint:
+        """The series of ``inputs`` (all their times), copied (a view would keep all of ``inputs`` alive)."""
+        row, column = _series_point(inputs)
+        return cls(
+            row,
+            column,
+            inputs.times,
+            {name: inputs.truth[name][:, row, column].copy() for name in inputs.variables},
+            {name: inputs.ensemble[name][:members, :, row, column].copy() for name in inputs.variables},
+        )
+
+
 def _variable_report(inputs: EvaluationInputs, name: str) -> dict[str, Any]:
     """:func:`~diffscale.evaluation.temporal.temporal_report` of variable ``name`` of the evaluation's inputs."""
     return temporal_report(
@@ -211,32 +237,35 @@ def temporal_inputs_figure(inputs: EvaluationInputs, name: str, members: int = S
     """The temporal figure of variable ``name`` (:func:`~diffscale.evaluation.temporal_plots.temporal_figure`):
     the residual autocorrelations, and the series of ``members`` members and the truth at the grid's centre."""
     report = _variable_report(inputs, name)
-    return _figure(inputs, name, report, members)
+    return _figure(inputs, name, report, SeriesAtPoint.of(inputs, members))
 
 
-def _figure(inputs: EvaluationInputs, name: str, report: dict[str, Any], members: int) -> Figure:
-    row, column = _series_point(inputs)
-    step, positions = time_positions(inputs.times)
+def _figure(inputs: EvaluationInputs, name: str, report: dict[str, Any], series: SeriesAtPoint) -> Figure:
+    step, positions = time_positions(series.times)
     hours = positions * step / 3600.0
     return temporal_figure(
         lag_hours=report["lag_hours"],
         truth_autocorrelation=report["autocorrelation"]["truth"],
         member_autocorrelation=report["autocorrelation"]["members"],
         hours=hours,
-        truth_series=inputs.truth[name][:, row, column],
-        member_series=inputs.ensemble[name][:members, :, row, column],
+        truth_series=series.truth[name],
+        member_series=series.members[name],
         variable=name,
         units=inputs.units[name],
-        point=f"{inputs.latitude[row]:.3g}°N {inputs.longitude[column]:.4g}°E",
+        point=f"{inputs.latitude[series.row]:.3g}°N {inputs.longitude[series.column]:.4g}°E",
     )
 
 
-def write_temporal_figures(directory: Path, inputs: EvaluationInputs, document: dict[str, Any]) -> list[str]:
-    """Write ``<name>_temporal.png`` for each variable with temporal scores; the names written."""
+def write_temporal_figures(
+    directory: Path, inputs: EvaluationInputs, document: dict[str, Any], series: SeriesAtPoint | None = None
+) -> list[str]:
+    """Write ``<name>_temporal.png`` for each variable with temporal scores (the series at the grid's centre:
+    ``series``, default those of ``inputs``); the names written."""
     written = []
+    drawn = series if series is not None else SeriesAtPoint.of(inputs)
     for name in inputs.variables:
         report = document["variables"][name].get("temporal")
         if report:
-            _figure(inputs, name, report, SERIES_MEMBERS).savefig(directory / f"{name}_temporal.png", dpi=100)
+            _figure(inputs, name, report, drawn).savefig(directory / f"{name}_temporal.png", dpi=100)
             written.append(f"{name}_temporal.png")
     return written
