@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffscale.evaluation.blockwise import OrderStatistics, VariableScores
+from diffscale.evaluation.blockwise import OrderStatistics, SpreadErrorCases, VariableScores
 from diffscale.evaluation.blockwise_temporal import TemporalScores
+from diffscale.evaluation.calibration import binned_spread_error
 from diffscale.evaluation.climate_report import evaluate_variable
 from diffscale.evaluation.temporal import temporal_report
 
@@ -124,3 +125,31 @@ def test_blockwise_temporal_scores_equal_the_report_of_the_whole_record(name: st
             add(members[:, start:stop], truth[start:stop], baseline[start:stop])
     assert direct["daily"]["whole_days"] == 3
     assert_same(scores.result(), direct)
+
+
+def test_spread_error_past_the_exact_cases_is_binned_on_the_fine_grid_with_bounded_memory() -> None:
+    """Past its exact budget the spread-error relation keeps a fixed-size fine histogram, and its bins are those
+    of the exact sort to the fine grid's resolution (1.2 % in variance)."""
+    generator = np.random.default_rng(3)
+    cases = 40_000
+    sort_variance = np.exp(generator.normal(0.0, 2.0, cases))  # spans several decades
+    sort_variance[:50] = 0.0  # zero spread goes to the lowest bin
+    variance = sort_variance * np.exp(generator.normal(0.0, 0.3, cases))
+    squared_error = sort_variance * generator.chisquare(1, cases)
+    weights = generator.uniform(0.5, 1.5, cases)
+    exact = binned_spread_error(sort_variance, variance, squared_error, weights, 8, 10, "held_out")
+    accumulated = SpreadErrorCases(exact_cases=5_000)
+    for block in np.array_split(np.arange(cases), 13):
+        accumulated.add(sort_variance[block], variance[block], squared_error[block], weights[block])
+        assert accumulated.kept_count <= 5_000
+    assert accumulated.fine is not None and not accumulated.kept
+    binned = accumulated.result(8, 10, "held_out")
+    assert binned["bins"] == exact["bins"] == 10
+    assert sum(binned["counts"]) == cases
+    assert binned["weight_share"] == pytest.approx(exact["weight_share"], abs=2e-3)
+    assert binned["spread"] == pytest.approx(exact["spread"], rel=0.02)
+    assert binned["rmse"] == pytest.approx(exact["rmse"], rel=0.05)
+    within_budget = SpreadErrorCases(exact_cases=cases)
+    within_budget.add(sort_variance, variance, squared_error, weights)
+    assert within_budget.fine is None
+    assert_same(within_budget.result(8, 10, "held_out"), exact)

@@ -17,7 +17,11 @@ to float rounding. The rest:
   largest (p > 1/2), merging each block by a partial sort: about 1 % of N per cell for the 1st and 99th
   percentiles;
 - spread-error relation: its bins of equal area are cut in the order of every case's variance, so each case's
-  sorting variance, variance and squared error (three float64 numbers a case) are kept until the end.
+  sorting variance, variance and squared error (three float64 numbers a case) are kept until the end, up to
+  :data:`SPREAD_ERROR_EXACT_CASES` cases; a longer record is binned on a fixed fine grid of the sorting variance
+  instead (:class:`SpreadErrorCases`: 200 bins a decade, so a bin edge sits within 1.2 % of where the exact sort
+  would put it), whose per-bin sums are merged into the bins of equal area at the end: bounded memory, and the
+  same bins to that resolution.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from diffscale.evaluation.calibration import (
     DEFAULT_SPREAD_ERROR_BINS,
     binned_spread_error,
     flatness_figures,
+    spread_error_from_bin_sums,
     spread_error_variances,
 )
 from diffscale.evaluation.climate_report import Spectrum, VariableEvaluation
@@ -43,7 +48,21 @@ from diffscale.evaluation.spectra import (
     spectral_ratio,
 )
 
-__all__ = ["OrderStatistics", "PeriodogramSum", "VariableScores", "VectorMoments", "percentile_positions"]
+__all__ = [
+    "SPREAD_ERROR_EXACT_CASES",
+    "OrderStatistics",
+    "PeriodogramSum",
+    "SpreadErrorCases",
+    "VariableScores",
+    "VectorMoments",
+    "percentile_positions",
+]
+
+SPREAD_ERROR_EXACT_CASES = 2**22
+"""Cases (time x cell) of the spread-error relation kept exactly (96 MiB); beyond, the fine-grid binning."""
+
+_FINE_BINS_PER_DECADE = 200
+_FINE_LOG10_RANGE = (-40.0, 40.0)
 
 
 def percentile_positions(total: int, percentile: float) -> tuple[int, int, float]:
@@ -203,6 +222,70 @@ def _percentile_errors(predicted: OrderStatistics, truth: OrderStatistics, latit
     }
 
 
+class SpreadErrorCases:
+    """The cases of the spread-error relation (:func:`~diffscale.evaluation.calibration.binned_spread_error`),
+    fed block by block: each case's sorting variance, variance s_k^2, squared error (xbar_k - y_k)^2 and area
+    weight w_k. Up to ``exact_cases`` cases are kept and binned exactly at the end; past that they are folded
+    into sums over a fixed fine grid of log10 of the sorting variance (200 bins a decade over 1e-40 .. 1e40, zero
+    variances in the lowest), so memory stays bounded whatever the record's length, and the fine bins, in order,
+    are cut into the equal-area bins by the same rule as single cases."""
+
+    def __init__(self, exact_cases: int = SPREAD_ERROR_EXACT_CASES) -> None:
+        self.exact_cases = int(exact_cases)
+        self.kept: list[tuple[np.ndarray, ...]] = []
+        self.kept_count = 0
+        self.fine: np.ndarray | None = None  # rows: weight, cases, weighted variance, weighted squared error
+
+    def add(
+        self, sort_variance: np.ndarray, variance: np.ndarray, squared_error: np.ndarray, weights: np.ndarray
+    ) -> None:
+        """Add cases (arrays of one shape; ``weights`` broadcast to it)."""
+        sort_variance = np.asarray(sort_variance, dtype=np.float64)
+        arrays = tuple(
+            np.ravel(np.broadcast_to(np.asarray(array, dtype=np.float64), sort_variance.shape))
+            for array in (sort_variance, variance, squared_error, weights)
+        )
+        if self.fine is None and self.kept_count + arrays[0].size <= self.exact_cases:
+            self.kept.append(arrays)
+            self.kept_count += arrays[0].size
+            return
+        for kept in self.kept:
+            self._fold(*kept)
+        self.kept, self.kept_count = [], 0
+        self._fold(*arrays)
+
+    def _fold(
+        self, sort_variance: np.ndarray, variance: np.ndarray, squared_error: np.ndarray, weights: np.ndarray
+    ) -> None:
+        low, high = _FINE_LOG10_RANGE
+        size = int((high - low) * _FINE_BINS_PER_DECADE) + 1
+        if self.fine is None:
+            self.fine = np.zeros((4, size))
+        with np.errstate(divide="ignore"):
+            position = (np.log10(sort_variance) - low) * _FINE_BINS_PER_DECADE
+        index = np.clip(np.floor(np.nan_to_num(position, neginf=-1.0)) + 1, 0, size - 1).astype(np.int64)
+        for row, values in enumerate((weights, None, weights * variance, weights * squared_error)):
+            self.fine[row] += np.bincount(index, weights=values, minlength=size)
+
+    def result(self, count: int, bins: int, sort_by: Any) -> dict[str, Any]:
+        """The binned relation (:func:`~diffscale.evaluation.calibration.binned_spread_error`'s result)."""
+        if self.fine is None:
+            sort_variance, variance, squared_error, weights = (
+                np.concatenate([kept[index] for kept in self.kept]) for index in range(4)
+            )
+            return binned_spread_error(sort_variance, variance, squared_error, weights, count, bins, sort_by)
+        weight, cases, weighted_variance, weighted_squared_error = self.fine
+        cumulative = np.cumsum(weight)
+        position = (cumulative - 0.5 * weight) / cumulative[-1]
+        bin_of_fine = np.minimum((bins * position).astype(np.int64), bins - 1)
+
+        def per_bin(values: np.ndarray) -> np.ndarray:
+            return np.bincount(bin_of_fine, weights=values, minlength=bins)
+
+        merged = (per_bin(weight), per_bin(cases).round().astype(np.int64), per_bin(weighted_variance))
+        return spread_error_from_bin_sums(*merged, per_bin(weighted_squared_error), count, sort_by)
+
+
 class VariableScores:
     """:func:`~diffscale.evaluation.climate_report.evaluate_variable` of ``times`` times of one variable, fed in
     blocks of times in order: ``add(ensemble (M, t, H, W), truth (t, H, W), baseline (t, H, W))``, then
@@ -241,7 +324,7 @@ class VariableScores:
             for label in ("truth", "ensemble members", "ensemble mean", "bilinear")
         }
         self.sort_by = "held_out" if self.members >= 4 else "ensemble"
-        self.spread_error_cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.spread_error_cases = SpreadErrorCases()
         self.seen = 0
 
     def add(self, ensemble: np.ndarray, truth: np.ndarray, baseline: np.ndarray) -> None:
@@ -263,7 +346,7 @@ class VariableScores:
         if self.members > 1:
             self.variance += _weighted_sum(members.var(axis=0, ddof=1), self.weights)
             sort_variance, variance = spread_error_variances(members, self.sort_by)
-            self.spread_error_cases.append((sort_variance.ravel(), variance.ravel(), ((mean - truth) ** 2).ravel()))
+            self.spread_error_cases.add(sort_variance, variance, (mean - truth) ** 2, self.weights[:, None])
         self._ranks(members, truth)
         self.spectra["truth"].add(truth)
         self.spectra["ensemble members"].add(members.reshape(-1, *truth.shape[1:]))
@@ -347,11 +430,4 @@ class VariableScores:
         )
 
     def _spread_error(self) -> dict[str, Any]:
-        sort_variance, variance, squared_error = (
-            np.concatenate([case[index] for case in self.spread_error_cases]) for index in range(3)
-        )
-        shape = (self.times, self.weights.size, self.longitude.size)
-        weights = np.broadcast_to(self.weights[:, None], shape[1:])
-        weights = np.broadcast_to(weights, shape)
-        count, bins, sort_by = self.members, self.bins, self.sort_by
-        return binned_spread_error(sort_variance, variance, squared_error, weights, count, bins, sort_by)
+        return self.spread_error_cases.result(self.members, self.bins, self.sort_by)

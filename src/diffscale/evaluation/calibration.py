@@ -70,6 +70,7 @@ __all__ = [
     "flatness_figures",
     "rank_histogram_flatness",
     "spread_error_bins",
+    "spread_error_from_bin_sums",
     "spread_error_variances",
 ]
 
@@ -241,12 +242,30 @@ def binned_spread_error(
     position = (cumulative - 0.5 * sorted_weights) / cumulative[-1]
     bin_of_case = np.empty(weights.size, dtype=np.int64)
     bin_of_case[order] = np.minimum((bins * position).astype(np.int64), bins - 1)
-    weight = np.bincount(bin_of_case, weights=weights, minlength=bins)
-    cases = np.bincount(bin_of_case, minlength=bins)
+    return spread_error_from_bin_sums(
+        np.bincount(bin_of_case, weights=weights, minlength=bins),
+        np.bincount(bin_of_case, minlength=bins),
+        np.bincount(bin_of_case, weights=weights * variance, minlength=bins),
+        np.bincount(bin_of_case, weights=weights * squared_error, minlength=bins),
+        count,
+        sort_by,
+    )
+
+
+def spread_error_from_bin_sums(
+    weight: np.ndarray,
+    cases: np.ndarray,
+    weighted_variance: np.ndarray,
+    weighted_squared_error: np.ndarray,
+    count: int,
+    sort_by: SortBy,
+) -> dict[str, Any]:
+    """What :func:`spread_error_bins` returns, from the per-bin sums sum_k w_k, the case counts, sum_k w_k s_k^2
+    and sum_k w_k (xbar_k - y_k)^2 (bins in order of spread; empty bins are dropped) for ``count`` members."""
     kept = weight > 0
     weight, cases = weight[kept], cases[kept]
-    mean_variance = np.bincount(bin_of_case, weights=weights * variance, minlength=bins)[kept] / weight
-    mean_squared_error = np.bincount(bin_of_case, weights=weights * squared_error, minlength=bins)[kept] / weight
+    mean_variance = weighted_variance[kept] / weight
+    mean_squared_error = weighted_squared_error[kept] / weight
     spread = np.sqrt((count + 1) / count * mean_variance)
     rmse = np.sqrt(mean_squared_error)
     with np.errstate(divide="ignore", invalid="ignore"):
