@@ -104,7 +104,7 @@ def test_reconstruction_matches_the_direct_power_ema_of_a_known_trajectory(tmp_p
     spread = float((stored.accumulators[0]["theta"] - stored.accumulators[1]["theta"]).abs().max())
     error = float((reconstructed - expected).abs().max())
     assert error < 0.02 * spread, (error, spread)  # spread: how far apart the two stored profiles are
-    assert error < 1e-3
+    assert error < 1e-4  # measured: about 2e-6
     # an earlier time: only the snapshots up to it count
     early = reconstruct_ema(tmp_path, 0.10, step=1000)["theta"]
     torch.testing.assert_close(early, _direct_at(1000, total, 0.10), atol=2e-3, rtol=0)
