@@ -160,6 +160,11 @@ def test_validation_choice_becomes_the_runs_weights_and_resume_stays_exact(tmp_p
         torch.testing.assert_close(value, expected[name], msg=name)
     sidecar = load_checkpoint(run_dir, parts=()).sidecar
     assert sidecar["posthoc_ema"]["std"] == result.chosen.std and TRAINED_EMA in sidecar["files"]
+    first = sorted(path.name for path in run_dir.glob("ema_posthoc-*.safetensors"))
+    posthoc_ema(run_dir, [0.2])  # another choice replaces the first one's file
+    second = sorted(path.name for path in run_dir.glob("ema_posthoc-*.safetensors"))
+    assert len(first) == len(second) == 1 and first != second
+    assert load_checkpoint(run_dir, parts=()).sidecar["files"][TRAINED_EMA] == sidecar["files"][TRAINED_EMA]
     # the trainer's own EMA is what a resume continues: equal to an uninterrupted run
     _train(CONFIG, run_dir)
     _train(CONFIG, reference)
