@@ -8,7 +8,7 @@ loss (the EDM-weighted denoising loss) on the validation days (21-24 March), eve
 same noise levels and noise for every model: the raw weights, the trainer's EMA (half-life 2000 samples) and the
 post-hoc EMA of several widths (the lowest is what ``diffscale ema RUN --validation`` would choose).
 
-    python benchmarks/edm2_uk.py                  # 3 runs of 400 steps: about 25 minutes on 2 busy CPU cores
+    python benchmarks/edm2_uk.py                  # 3 runs of 400 steps: most of an hour on 2 busy CPU cores
     python benchmarks/edm2_uk.py --steps 800      # the configuration's full length
     python benchmarks/edm2_uk.py --quick          # a few steps of each, to check the pipeline
     python benchmarks/edm2_uk.py --only edm2-lr0.01 --threads 1   # one of the runs (several can run side by side)
