@@ -256,7 +256,7 @@ def test_sample_plot(trained: Path, tmp_path: Path) -> None:
         (["--s-churn", "-1"], ["--s-churn = -1", "greater than or equal to 0"]),
         (["--s-noise", "0"], ["--s-noise = 0", "greater than 0"]),
         (["--num", "0"], ["argument --num", "must be an integer >= 1, got 0"]),
-        (["--weights", "best"], ["argument --weights", "'best'", "'ema', 'raw'"]),
+        (["--weights", "best"], ["--weights = 'best'", "allowed: ema, raw"]),
         (["--device", "foo"], ["--device = 'foo'", "allowed: auto, cpu, cuda"]),
         (["--plot", "OUT/p.gif"], ["--plot", "'.gif'", "allowed: .png, .pdf, .svg"]),
         (["--bogus"], ["unrecognized arguments: --bogus"]),

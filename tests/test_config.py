@@ -363,7 +363,7 @@ SMALL_UNET = ["model.model_channels=8", "model.channel_mult=[1, 2]", "model.num_
         (["model.arch=adm", "data.preset=ring_2d"], ["model.arch = 'adm' needs gridded data", "dimension 2"]),
         (
             FIELDS,
-            ["model.arch = 'mlp' needs vector data", "gives 1 x 8 x 12", "use model.arch: ddpmpp, ncsnpp or adm"],
+            ["model.arch = 'mlp' needs vector data", "gives 1 x 8 x 12", "use model.arch: ddpmpp, ncsnpp, adm or edm2"],
         ),
         (
             ["model.arch=adm", "data.kind=gaussian_fields", "data.height=4"],

@@ -196,7 +196,7 @@ def test_build_network_validates_options() -> None:
         build_network("ddpmpp", channels=3)
     with pytest.raises(ConfigError, match=r"model.encoder_type = 'fancy'"):
         build_network("ncsnpp", encoder_type="fancy")
-    with pytest.raises(ValueError, match=r"arch = 'unet': must be one of \['ddpmpp', 'ncsnpp', 'adm'\]"):
+    with pytest.raises(ValueError, match=r"arch = 'unet': must be one of \['ddpmpp', 'ncsnpp', 'adm', 'edm2'\]"):
         build_network("unet")
     network = build_network("DDPMpp", **TINY)
     assert describe_network(network, "ddpmpp").startswith("ddpmpp: 0.")

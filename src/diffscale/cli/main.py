@@ -504,7 +504,10 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
     add_threads_option(parser)
     parser.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument(
-        "--weights", choices=("ema", "raw"), default="ema", help="EMA-averaged weights or the raw trained weights"
+        "--weights",
+        default="ema",
+        metavar="ema|raw|NAME",
+        help="EMA-averaged weights, the raw trained weights, or a post-hoc EMA variant (diffscale ema --name)",
     )
     parser.add_argument(
         "--plot",
@@ -569,7 +572,10 @@ def _add_likelihood(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument(
-        "--weights", choices=("ema", "raw"), default="ema", help="EMA-averaged weights or the raw trained weights"
+        "--weights",
+        default="ema",
+        metavar="ema|raw|NAME",
+        help="EMA-averaged weights, the raw trained weights, or a post-hoc EMA variant (diffscale ema --name)",
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.set_defaults(handler=_likelihood)
@@ -693,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     from diffscale import __version__
     from diffscale.cli.bias_adjust import add_parsers as add_bias_adjustment
     from diffscale.cli.downscale import add_parser as add_downscale
+    from diffscale.cli.ema import add_parser as add_ema
     from diffscale.cli.evaluate import add_parser as add_evaluate
     from diffscale.cli.evaluate_images import add_parser as add_evaluate_images
     from diffscale.cli.init_config import add_parser as add_init_config
@@ -705,6 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_init_config(commands)
     _add_train(commands)
+    add_ema(commands)
     _add_sample(commands)
     _add_likelihood(commands)
     add_downscale(commands)

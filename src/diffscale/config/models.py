@@ -2,7 +2,7 @@
 the options the data and the formulation decide, and building the network.
 
 * an MLP (``arch: mlp``) takes vectors (``data.kind: mixture``), shape (D,);
-* a grid U-Net (``arch: ddpmpp | ncsnpp | adm``) takes fields (``data.kind: gaussian_fields``, ``climate``,
+* a grid U-Net (``arch: ddpmpp | ncsnpp | adm | edm2``) takes fields (``data.kind: gaussian_fields``, ``climate``,
   ``images``), shape (C, H, W): its ``in_channels`` is C, its grid must suit its levels (the network's own check
   speaks), and it has no conditioning inputs the data does not provide (images give labels: ``label_dim`` follows
   ``data.num_classes``);

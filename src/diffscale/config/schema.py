@@ -22,7 +22,7 @@ from diffscale.config.models import data_shape, resolve_model
 from diffscale.config.sections import GaussianFieldsData, MixtureData, MLPModel, OutputSection, SamplingSection
 from diffscale.config.tagged import TaggedSection
 from diffscale.formulations import FORMULATIONS, EDMParams, Formulation, FormulationParams, from_params
-from diffscale.networks.presets import ADMParams, DDPMppParams, NCSNppParams
+from diffscale.networks.presets import ADMParams, DDPMppParams, EDM2Params, NCSNppParams
 from diffscale.training.settings import TrainingSettings
 from diffscale.validation import ConfigError, StrictModel, validate
 
@@ -50,7 +50,7 @@ DIFFUSION = TaggedSection(
 MODEL = TaggedSection(
     name="model",
     key="arch",
-    members={"mlp": MLPModel, "ddpmpp": DDPMppParams, "ncsnpp": NCSNppParams, "adm": ADMParams},
+    members={"mlp": MLPModel, "ddpmpp": DDPMppParams, "ncsnpp": NCSNppParams, "adm": ADMParams, "edm2": EDM2Params},
     default="mlp",
     kind_of_thing="architecture",
 )
@@ -76,7 +76,7 @@ TAGGED_SECTIONS: dict[str, TaggedSection] = {section.name: section for section i
 
 if TYPE_CHECKING:
     DiffusionSection = FormulationParams
-    ModelSection = MLPModel | DDPMppParams | NCSNppParams | ADMParams
+    ModelSection = MLPModel | DDPMppParams | NCSNppParams | ADMParams | EDM2Params
     DataSection = MixtureData | GaussianFieldsData | ClimateData | ImageData
 else:
     DiffusionSection = DIFFUSION.annotation()

@@ -59,7 +59,9 @@ class SamplingSection(StrictModel):
 class MLPModel(StrictModel):
     """``model: {arch: mlp}``: the residual MLP of :class:`diffscale.networks.MLP`, for vector data."""
 
-    arch: Literal["mlp"] = Field("mlp", description="network architecture: mlp (vectors); ddpmpp, ncsnpp, adm (grids)")
+    arch: Literal["mlp"] = Field(
+        "mlp", description="network architecture: mlp (vectors); ddpmpp, ncsnpp, adm, edm2 (grids)"
+    )
     width: int = Field(128, ge=1, strict=True, description="hidden width of the MLP")
     depth: int = Field(3, ge=1, strict=True, description="number of residual blocks")
     embedding_dim: int = Field(32, ge=2, multiple_of=2, strict=True, description="channels of the c_noise embedding")

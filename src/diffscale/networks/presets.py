@@ -1,8 +1,9 @@
-"""Named network presets (``ddpmpp``, ``ncsnpp``, ``adm``) as validated parameter models, and
+"""Named network presets (``ddpmpp``, ``ncsnpp``, ``adm``, ``edm2``) as validated parameter models, and
 :func:`build_network`, which builds one and logs a one-line summary with its parameter count.
 
 The defaults are the published configurations (Karras et al. 2022, Appendix F): DDPM++ and NCSN++ for
-CIFAR-10 at 32 x 32 (Song et al. 2021), ADM for ImageNet-64 (Dhariwal & Nichol 2021). Every option can be
+CIFAR-10 at 32 x 32 (Song et al. 2021), ADM for ImageNet-64 (Dhariwal & Nichol 2021); ``edm2`` is the
+magnitude-preserving U-Net of Karras et al. 2024 (configuration G), with that paper's balances. Every option can be
 overridden, e.g. ``build_network("ddpmpp", in_channels=1, cond_channels=4, model_channels=64)``.
 """
 
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from diffscale.networks.dhariwal_unet import DhariwalUNet
+from diffscale.networks.edm2_unet import EDM2UNet
 from diffscale.networks.song_unet import SongUNet
 from diffscale.networks.unet_base import GridUNet, count_parameters
 from diffscale.validation import StrictModel, validate
@@ -22,6 +24,7 @@ __all__ = [
     "PRESETS",
     "ADMParams",
     "DDPMppParams",
+    "EDM2Params",
     "NCSNppParams",
     "NetworkParams",
     "build_network",
@@ -97,8 +100,32 @@ class ADMParams(_GridNetworkParams):
     channels_per_head: int = Field(64, ge=1, description="channels per attention head")
 
 
-NetworkParams = Annotated[DDPMppParams | NCSNppParams | ADMParams, Field(discriminator="arch")]
-PRESETS: dict[str, type[_GridNetworkParams]] = {"ddpmpp": DDPMppParams, "ncsnpp": NCSNppParams, "adm": ADMParams}
+class EDM2Params(_GridNetworkParams):
+    """EDM2 (Karras et al. 2024, configuration G): magnitude-preserving layers, forced weight normalisation, no
+    biases, pixel normalisation, MP-Fourier embedding and a learned output gain; no dropout by default."""
+
+    arch: Literal["edm2"] = Field("edm2", description="network architecture")
+    channel_mult: tuple[int, ...] = Field((1, 2, 2), min_length=1, description="channels per level: m * mult")
+    num_blocks: int = Field(3, ge=1, description="residual blocks per encoder level (decoder: one more)")
+    attn_resolutions: tuple[int, ...] = Field((16, 8), description="resolutions (of img_resolution) with attention")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability inside the residual blocks")
+    channel_mult_noise: int = Field(1, ge=1, description="Fourier features of c_noise: m * channel_mult_noise")
+    channels_per_head: int = Field(64, ge=1, description="channels per attention head")
+    label_balance: float = Field(0.5, ge=0.0, le=1.0, description="t of mp_sum(noise embedding, label embedding)")
+    concat_balance: float = Field(0.5, ge=0.0, le=1.0, description="t of mp_cat(decoder input, encoder skip)")
+    res_balance: float = Field(0.3, ge=0.0, le=1.0, description="t of mp_sum(block input, residual branch)")
+    attn_balance: float = Field(0.3, ge=0.0, le=1.0, description="t of mp_sum(block output, attention)")
+    clip_act: float | None = Field(256.0, gt=0.0, description="clip activations to +-clip_act after blocks (null: off)")
+    fourier_bandwidth: float = Field(1.0, gt=0.0, description="std of the MP-Fourier features' frequencies")
+
+
+NetworkParams = Annotated[DDPMppParams | NCSNppParams | ADMParams | EDM2Params, Field(discriminator="arch")]
+PRESETS: dict[str, type[_GridNetworkParams]] = {
+    "ddpmpp": DDPMppParams,
+    "ncsnpp": NCSNppParams,
+    "adm": ADMParams,
+    "edm2": EDM2Params,
+}
 
 
 def describe_network(network: GridUNet, name: str | None = None) -> str:
@@ -112,16 +139,22 @@ def describe_network(network: GridUNet, name: str | None = None) -> str:
     )
 
 
-def network_from_params(params: DDPMppParams | NCSNppParams | ADMParams) -> GridUNet:
+def network_from_params(params: DDPMppParams | NCSNppParams | ADMParams | EDM2Params) -> GridUNet:
     """Build the network described by a validated parameter model and log its one-line summary."""
     options: dict[str, Any] = params.model_dump(exclude={"arch"})
-    network: GridUNet = DhariwalUNet(**options) if isinstance(params, ADMParams) else SongUNet(**options)
+    network: GridUNet
+    if isinstance(params, ADMParams):
+        network = DhariwalUNet(**options)
+    elif isinstance(params, EDM2Params):
+        network = EDM2UNet(**options)
+    else:
+        network = SongUNet(**options)
     logger.info(describe_network(network, params.arch))
     return network
 
 
 def build_network(arch: str, **options: Any) -> GridUNet:
-    """Build the preset ``arch`` ("ddpmpp", "ncsnpp" or "adm", any case) with ``options`` overriding its
+    """Build the preset ``arch`` ("ddpmpp", "ncsnpp", "adm" or "edm2", any case) with ``options`` overriding its
     defaults; raises :class:`~diffscale.validation.ConfigError` naming a bad key and what is allowed."""
     name = str(arch).lower()
     if name not in PRESETS:

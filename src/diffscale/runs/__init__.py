@@ -11,6 +11,8 @@
   on them (``diffscale init-config``);
 * :func:`evaluate` scores a downscaled ensemble against the truth, beside the bilinear baseline;
   :func:`write_report` writes the scores and figures of ``diffscale evaluate``;
+* :func:`posthoc_ema` reconstructs a run's EMA of any width from its training snapshots (choosing it by validation
+  loss) and :func:`reconstruct_ema` returns one as a state_dict;
 * :func:`fit_recalibration` fits a run's spread recalibration on held-out ensembles (applied when it downscales);
 * :func:`bias_adjust` maps a coarse input (a climate model's) onto a run's training coarse climatology (QM, QDM);
   :func:`compute_climatology` computes that climatology for a run trained before it was saved with runs.
@@ -26,6 +28,7 @@ from diffscale.runs.evaluation import EvaluationInputs, evaluate, load_inputs, w
 from diffscale.runs.init_config import InitialConfig, initial_config
 from diffscale.runs.likelihood import LikelihoodReport, LikelihoodSettings, likelihood
 from diffscale.runs.metrics import MetricsLog, loss_by_sigma_decade
+from diffscale.runs.posthoc_ema import EMACandidate, PosthocEMAResult, posthoc_ema, reconstruct_ema
 from diffscale.runs.recalibration import Recalibration, fit_recalibration, load_recalibration
 from diffscale.runs.run import ClimateRun, Run, load_climate_run, load_run
 from diffscale.runs.sampling import sample_run, sampler_settings
@@ -44,11 +47,13 @@ __all__ = [
     "METRICS_NAME",
     "ClimateRun",
     "DownscalingJob",
+    "EMACandidate",
     "EvaluationInputs",
     "InitialConfig",
     "LikelihoodReport",
     "LikelihoodSettings",
     "MetricsLog",
+    "PosthocEMAResult",
     "Recalibration",
     "Run",
     "TrainingPlan",
@@ -71,7 +76,9 @@ __all__ = [
     "load_run",
     "loss_by_sigma_decade",
     "plots",
+    "posthoc_ema",
     "prepare_training",
+    "reconstruct_ema",
     "resolve_run_dir",
     "sample_run",
     "sampler_settings",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import safetensors.torch
@@ -45,6 +45,7 @@ from diffscale.training.checkpoint import (
     is_sidecar_name,
     load_checkpoint,
     load_weights,
+    read_safetensors,
 )
 from diffscale.validation import ConfigError, option_name
 
@@ -54,9 +55,21 @@ if TYPE_CHECKING:
     from diffscale.runs.downscaling import CoarseInput, DownscalingJob
     from diffscale.runs.likelihood import LikelihoodReport
 
-__all__ = ["ClimateRun", "RegressionFn", "Run", "WeightsChoice", "load_climate_run", "load_run"]
+__all__ = [
+    "EMA_VARIANTS_DIR",
+    "ClimateRun",
+    "RegressionFn",
+    "Run",
+    "WeightsChoice",
+    "load_climate_run",
+    "load_run",
+]
 
-WeightsChoice = Literal["ema", "raw"]
+WeightsChoice = str
+"""``ema`` (the EMA weights, post-hoc ones once ``diffscale ema`` wrote them), ``raw``, or the name of a variant in
+the run's ``ema_variants/`` folder (written by ``diffscale ema RUN --name NAME``)."""
+EMA_VARIANTS_DIR = "ema_variants"
+"""The folder of a run directory holding named post-hoc EMA variants (``<name>.safetensors``)."""
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 """Suffixes of files that other frameworks save by pickling (never loaded)."""
 RegressionFn = Any
@@ -419,7 +432,8 @@ def load_run(
 
     Args:
         run_dir: the run directory, or the name of a shipped pretrained model (``diffscale models``).
-        weights: ``ema`` (the EMA-averaged weights, default) or ``raw``.
+        weights: ``ema`` (the EMA-averaged weights, default), ``raw``, or the name of a post-hoc EMA variant of the
+            run (``ema_variants/<name>.safetensors``).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         key: how messages name ``run_dir``.
 
@@ -430,8 +444,6 @@ def load_run(
         ConfigError: a missing run, a missing or corrupt checkpoint (CheckpointError), weights that do not fit the
             configured model, or a bad device.
     """
-    if weights not in ("ema", "raw"):
-        raise ConfigError(f"{option_name('weights')} = {weights!r}: allowed: ema, raw")
     torch_device = check_device(device, option_name("device"))
     run_dir = resolve_run(run_dir, key)
     source = run_dir
@@ -443,15 +455,28 @@ def load_run(
                 f"of its checkpoint sidecars){pickled}"
             )
         run_dir = run_dir.parent  # a checkpoint sidecar: that checkpoint of its run
+    variant = None
+    if weights not in ("ema", "raw"):
+        variant = run_dir / EMA_VARIANTS_DIR / f"{weights}.safetensors"
+        if "/" in str(weights) or not variant.is_file():
+            folder = run_dir / EMA_VARIANTS_DIR
+            names = sorted(path.stem for path in folder.glob("*.safetensors")) if folder.is_dir() else []
+            raise ConfigError(f"{option_name('weights')} = {weights!r}: allowed: {', '.join(['ema', 'raw', *names])}")
     part = EMA if weights == "ema" else WEIGHTS
-    checkpoint = load_checkpoint(source, parts=(part,))
+    checkpoint = load_checkpoint(source, parts=(part,) if variant is None else ())
     where = f"'{checkpoint.directory / SIDECAR_NAME}'"
     config = stored_config(checkpoint.config, where)
     if is_climate(config):  # file names stored relative (a shipped run's bundled statics) are the run's own files
         config = config.model_copy(update={"data": config.data.with_absolute_paths(run_dir)})
-    state = checkpoint.ema_weights if weights == "ema" else checkpoint.weights
-    if not state:
-        raise ConfigError(f"{where}: holds no {weights} weights")
+    if variant is not None:
+        state = read_safetensors(variant)
+        where = f"'{variant}'"
+        sha256 = hashlib.sha256(variant.read_bytes()).hexdigest()
+    else:
+        state = checkpoint.ema_weights if weights == "ema" else checkpoint.weights
+        if not state:
+            raise ConfigError(f"{where}: holds no {weights} weights")
+        sha256 = _weights_sha256(checkpoint, part, state)
     model = build_model_for(config)
     load_weights(model, state, where)
     model = model.to(torch_device).eval().requires_grad_(False)
@@ -462,7 +487,7 @@ def load_run(
         "weights": weights,
         "model": model,
         "device": torch_device,
-        "weights_sha256": _weights_sha256(checkpoint, part, state),
+        "weights_sha256": sha256,
     }
     if not is_climate(config):
         return Run(**loaded)

@@ -166,8 +166,9 @@ class TrainingSummary:
 
 
 INCOMPATIBLE_SECTIONS = ("diffusion", "model", "data")
-INCOMPATIBLE_TRAINING_KEYS = ("objective", "optimizer")
-"""A resumed run must keep these: the formulation, the architecture, the data, the objective and optimiser."""
+INCOMPATIBLE_TRAINING_KEYS = ("objective", "optimizer", "posthoc_ema_stds")
+"""A resumed run must keep these: the formulation, the architecture, the data, the objective and optimiser, and the
+post-hoc EMA's profiles (their accumulators are in the checkpoint)."""
 
 
 def _flat(value: Any, prefix: str) -> dict[str, Any]:
@@ -330,7 +331,9 @@ def train(
     """Create the run directory, write config.yaml, train with metrics and checkpoints, return a summary.
 
     A checkpoint is written every ``training.checkpoint_every`` steps (if > 0) and at the end; the last
-    ``training.keep_checkpoints`` are kept. A resumed plan continues the metrics where its checkpoint left them.
+    ``training.keep_checkpoints`` are kept. With ``training.posthoc_ema_stds`` a snapshot of the power-function EMA
+    profiles is written every ``training.posthoc_ema_every`` steps and at the end (``posthoc_ema/``, kept). A resumed
+    plan continues the metrics where its checkpoint left them.
     Only rank 0 writes. Raises :class:`~diffscale.training.NonFiniteTrainingError` (after writing the metrics so
     far, and no checkpoint) when too many steps in a row were not finite.
     """
@@ -376,8 +379,14 @@ def train(
         )
         saved_step[0] = trainer.step
 
+    def snapshot() -> None:
+        if main and trainer.posthoc_ema is not None:
+            trainer.posthoc_ema.save_snapshot(run_dir, trainer.step, trainer.denoiser)
+
     def on_step(record: StepRecord) -> None:
         metrics(record)
+        if record.step % settings.posthoc_ema_every == 0:
+            snapshot()  # before a checkpoint of the same step: a resumed run never lacks it
         if settings.checkpoint_every and record.step % settings.checkpoint_every == 0 and not record.skipped:
             save()
         if main and settings.sample_every and record.step % settings.sample_every == 0:
@@ -389,6 +398,8 @@ def train(
     try:
         write_pending_base(plan.data, plan.distributed)
         trainer.run(progress=progress, callback=on_step)
+        if trainer.step % settings.posthoc_ema_every:
+            snapshot()
         if saved_step[0] != trainer.step:
             save()
     finally:

@@ -14,7 +14,8 @@ A checkpoint in directory ``D`` is
 * ``D/training_state-<step>.safetensors``: the optimizer's state tensors, keyed
   ``optimizer.state.<parameter name>.<state key>`` (e.g. ``optimizer.state.network.input.weight.exp_avg``),
   the training generator's state ``generator.state`` (the uint8 tensor of ``Generator.get_state()``) and the
-  global RNG states of every process, ``rng.cpu.rank<r>`` and ``rng.cuda.rank<r>`` (dropout and the like).
+  global RNG states of every process, ``rng.cpu.rank<r>`` and ``rng.cuda.rank<r>`` (dropout and the like), and
+  with post-hoc EMA the power-function profiles' accumulators ``posthoc_ema.<k>.<parameter name>``.
 
 Every file is written atomically (temporary file in the same directory, flush, fsync, ``os.replace``, fsync
 of the directory); the tensor files carry the step in their names, so a crash while writing leaves the
@@ -53,6 +54,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "SIDECAR_NAME",
+    "TRAINED_EMA",
     "TRAINING_STATE",
     "WEIGHTS",
     "Checkpoint",
@@ -64,6 +66,7 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "read_safetensors",
+    "replace_ema_weights",
     "restore_trainer",
     "save_checkpoint",
     "save_trainer_checkpoint",
@@ -81,6 +84,9 @@ OPTIMIZER_STATE_PREFIX = "optimizer.state."
 OPTIMIZER_GROUP_PREFIX = "optimizer.param_groups."
 _PART_FILE = re.compile(rf"^({'|'.join(ALL_PARTS)})-(\d+)\.safetensors$")
 _STEP_SIDECAR = re.compile(r"^checkpoint-(\d+)\.json$")
+_POSTHOC_FILE = re.compile(r"^ema_posthoc-(\d+)-[0-9a-f]{8}\.safetensors$")
+TRAINED_EMA = "trained_ema"
+"""Sidecar ``files`` entry of the trainer's own EMA once post-hoc EMA weights replaced ``ema`` (what a resume reads)."""
 RNG_PREFIX = "rng."
 
 
@@ -95,10 +101,15 @@ def _cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def write_safetensors(
-    path: str | Path, tensors: Mapping[str, torch.Tensor], *, sync_directory: bool = True
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    sync_directory: bool = True,
+    metadata: Mapping[str, str] | None = None,
 ) -> tuple[str, int]:
-    """Write ``tensors`` atomically as a safetensors file; return its (sha256 hex digest, size in bytes)."""
-    data = safetensors.torch.save(_cpu_tensors(tensors))
+    """Write ``tensors`` atomically as a safetensors file (with the string ``metadata`` in its header); return its
+    (sha256 hex digest, size in bytes)."""
+    data = safetensors.torch.save(_cpu_tensors(tensors), metadata=dict(metadata) if metadata else None)
     atomic_write_bytes(path, data, sync_directory=sync_directory)
     return hashlib.sha256(data).hexdigest(), len(data)
 
@@ -315,7 +326,10 @@ def step_sidecar_name(step: int) -> str:
 def _file_step(name: str) -> int | None:
     """The step in the name of a file this module writes (None for any other file)."""
     match = _PART_FILE.match(name) or _STEP_SIDECAR.match(name)
-    return int(match.group(match.lastindex or 1)) if match else None
+    if match:
+        return int(match.group(match.lastindex or 1))
+    match = _POSTHOC_FILE.match(name)
+    return int(match.group(1)) if match else None
 
 
 def _prune(directory: Path, step: int, keep: int) -> None:
@@ -536,9 +550,11 @@ def save_trainer_checkpoint(
     With several processes every rank must call this (the RNG states are gathered). ``metadata`` adds
     JSON-able sidecar entries (e.g. the metrics window of a run).
     """
-    rng_states = _global_rng_states(trainer)
+    extra_tensors = _global_rng_states(trainer)
     if not trainer.distributed.is_main:
         return None
+    if trainer.posthoc_ema is not None:
+        extra_tensors.update(trainer.posthoc_ema.state_tensors())
     state_dict = getattr(trainer.source, "state_dict", None)
     metadata = {
         **dict(metadata or {}),
@@ -553,10 +569,42 @@ def save_trainer_checkpoint(
         ema_model=trainer.ema_denoiser,
         optimizer=trainer.optimizer,
         generator=trainer.checkpoint_generator(),
-        extra_tensors=rng_states,
+        extra_tensors=extra_tensors,
         metadata=metadata,
         keep=keep,
     )
+
+
+def replace_ema_weights(path: str | Path, state: Mapping[str, torch.Tensor], record: Mapping[str, Any]) -> Path:
+    """Make ``state`` the EMA weights of a checkpoint (a run directory's latest, or a sidecar's), e.g. post-hoc EMA
+    weights; return the checkpoint's sidecar path.
+
+    The weights go to ``ema_posthoc-<step>-<sha256 prefix>.safetensors``; the sidecar's ``files.ema`` then names it,
+    ``files.trained_ema`` keeps the trainer's own EMA (which a resume restores, so it stays exact) and ``posthoc_ema``
+    holds ``record``. Both the step's sidecar and, when it is that step's, the run's latest are rewritten atomically
+    after the weights are durable; a post-hoc file the sidecar named before is removed afterwards.
+    """
+    sidecar_path = _sidecar_path(Path(path))
+    directory = sidecar_path.parent
+    sidecar = _read_sidecar(sidecar_path)
+    step = int(sidecar["step"])
+    files = dict(sidecar["files"])
+    previous = files.get(EMA, {}).get("path") if TRAINED_EMA in files else None
+    if TRAINED_EMA not in files and EMA in files:
+        files[TRAINED_EMA] = files[EMA]
+    data = safetensors.torch.save(_cpu_tensors(state))
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"ema_posthoc-{step:08d}-{digest[:8]}{SAFETENSORS_SUFFIX}"
+    atomic_write_bytes(directory / name, data)
+    files[EMA] = {"path": name, "sha256": digest, "bytes": len(data)}
+    text = (json.dumps({**sidecar, "files": files, "posthoc_ema": dict(record)}, indent=2) + "\n").encode("utf-8")
+    atomic_write_bytes(directory / step_sidecar_name(step), text)
+    latest = directory / SIDECAR_NAME
+    if latest.is_file() and _recorded_step(latest) == step:
+        atomic_write_bytes(latest, text)
+    if previous and previous != name and _POSTHOC_FILE.match(previous):
+        (directory / previous).unlink(missing_ok=True)
+    return directory / step_sidecar_name(step) if sidecar_path.name != SIDECAR_NAME else sidecar_path
 
 
 def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
@@ -588,8 +636,16 @@ def restore_trainer(trainer: Trainer, checkpoint: Checkpoint) -> None:
     states into ``trainer``."""
     where = f"'{checkpoint.directory / SIDECAR_NAME}'"
     load_weights(trainer.denoiser, checkpoint.weights, where)
-    if checkpoint.ema_weights:
+    trained = (checkpoint.sidecar.get("files") or {}).get(TRAINED_EMA)
+    if trained is not None:  # post-hoc EMA weights replaced "ema": the trainer's own average continues
+        trained_ema = read_safetensors(
+            checkpoint.directory / trained["path"], trained.get("sha256"), trained.get("bytes")
+        )
+        load_weights(trainer.ema_denoiser, trained_ema, where)
+    elif checkpoint.ema_weights:
         load_weights(trainer.ema_denoiser, checkpoint.ema_weights, where)
+    if trainer.posthoc_ema is not None:
+        trainer.posthoc_ema.load_state_tensors(checkpoint.training_state, where)
     if checkpoint.optimizer_meta is not None:
         trainer.optimizer.load_state_dict(checkpoint.optimizer_state_dict(trainer.optimizer, trainer.denoiser))
         for group in trainer.optimizer.param_groups:  # a resumed configuration may change it (lr is set per step)

@@ -11,7 +11,9 @@ One optimiser step k at learning rate eta_k (see :meth:`Trainer.learning_rate`):
 2. this process takes (reads) rows [r B / W, (r + 1) B / W) and splits them into A micro-batches; for each it adds
    the gradient of sum_b L_b / (B / W) (DDP averages over the W processes, so the result is grad (1/B) sum_b L_b);
 3. clip ||g|| to ``grad_clip``; if the loss or the gradient is not finite, skip the update (counted), else take
-   the optimiser step and update the EMA theta_ema <- beta theta_ema + (1 - beta) theta.
+   the optimiser step, re-normalise force-normalised weights (EDM2 layers: rows of norm sqrt(fan-in)), update the
+   EMA theta_ema <- beta theta_ema + (1 - beta) theta and the post-hoc EMA's power-function profiles
+   (:mod:`diffscale.training.posthoc_ema`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from tqdm.auto import tqdm
 from diffscale.data.batch import Batch, as_batch
 from diffscale.devices import check_device
 from diffscale.loss import DenoisingLoss, LossTerms, Objective, SplitObjective
+from diffscale.networks.mp_layers import renormalize_weights
 from diffscale.threads import thread_policy
 from diffscale.training.data import BatchPipeline, StepDraws, data_loading_error, is_indexed
 from diffscale.training.distributed import DistributedContext, all_gather_rows
 from diffscale.training.ema import ExponentialMovingAverage
+from diffscale.training.posthoc_ema import PowerEMA
 from diffscale.training.precision import MixedPrecision
 from diffscale.training.settings import TrainingSettings
 from diffscale.validation import ConfigError
@@ -143,6 +147,10 @@ class Trainer:
         self.objective = objective
         self.optimizer = build_optimizer(self.denoiser.parameters(), settings)
         self.ema = ExponentialMovingAverage(self.denoiser, settings.ema_halflife, settings.ema_rampup)
+        self.posthoc_ema = PowerEMA(self.denoiser, settings.posthoc_ema_stds) if settings.posthoc_ema_stds else None
+        """The power-function EMA profiles of post-hoc EMA (``training.posthoc_ema_stds``), or None."""
+        self.forced_weight_norm = any(callable(getattr(m, "normalize_weight_", None)) for m in model.modules())
+        """Whether the model has force-normalised layers (EDM2), whose stored weights are re-normalised per step."""
         self.generator = torch.Generator(self.device).manual_seed(settings.seed)
         self._pipeline: BatchPipeline | None = None
         self._serial = 0
@@ -316,8 +324,12 @@ class Trainer:
         self.samples_seen += settings.batch_size
         ema_beta = 1.0
         if finite:
+            if self.forced_weight_norm:
+                renormalize_weights(self.denoiser)
             ema_beta = self.ema.decay(self.samples_seen, settings.batch_size)
             self.ema.update(self.denoiser, self.samples_seen, settings.batch_size)
+            if self.posthoc_ema is not None:
+                self.posthoc_ema.update(self.denoiser, self.step)
             self.nonfinite_in_a_row = 0
         else:
             self.skipped_steps += 1

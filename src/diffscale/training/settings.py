@@ -52,6 +52,14 @@ class TrainingSettings(StrictModel):
     ema_rampup: float | None = Field(
         0.05, gt=0, description="EMA half-life at most this fraction of the samples seen so far (None: off)"
     )
+    posthoc_ema_stds: tuple[float, ...] = Field(
+        (),
+        description="relative widths sigma_rel of the power-function EMA profiles whose snapshots are saved for "
+        "post-hoc EMA (e.g. [0.05, 0.10]; each in (0, 0.2887)); empty: off",
+    )
+    posthoc_ema_every: int = Field(
+        100, ge=1, strict=True, description="steps between post-hoc EMA snapshots (and one at the last step)"
+    )
     seed: int = Field(0, ge=0, strict=True, description="seed of the data, noise and initialisation")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
     checkpoint_every: int = Field(0, ge=0, strict=True, description="steps between checkpoints (0: only at the end)")
@@ -77,6 +85,19 @@ class TrainingSettings(StrictModel):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return value
         raise PydanticCustomError("thread_count", "must be an integer >= 1 or 'auto'")
+
+    @field_validator("posthoc_ema_stds")
+    @classmethod
+    def _power_profile_widths(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        limit = 12**-0.5
+        for std in value:
+            if not 0 < std < limit:
+                raise PydanticCustomError(
+                    "posthoc_ema_std", "each std must be in (0, {limit}) (got {std})", {"limit": 0.2887, "std": std}
+                )
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("posthoc_ema_std", "stds must differ from each other")
+        return value
 
     @model_validator(mode="after")
     def _micro_batches_divide_the_batch(self) -> TrainingSettings:
