@@ -31,6 +31,7 @@ from diffscale.config.schema import stored_config
 from diffscale.data.batch import Batch, as_batch
 from diffscale.devices import check_device
 from diffscale.loss import DenoisingLoss
+from diffscale.pretrained import writable_run
 from diffscale.runs.building import build_distribution, build_model_for, is_climate, training_objective
 from diffscale.runs.run import EMA_VARIANTS_DIR
 from diffscale.runs.stats import load_stats
@@ -84,7 +85,7 @@ class PosthocEMAResult:
 
 
 def _run_directory(run_dir: str | Path) -> Path:
-    path = Path(run_dir)
+    path = writable_run(run_dir)  # a shipped pretrained model is read-only and keeps no snapshots
     if not path.is_dir():
         raise ConfigError(f"run directory '{path}' not found (give the directory 'diffscale train' wrote)")
     return path
