@@ -47,6 +47,8 @@ from diffscale.training.precision import MixedPrecision, cpu_bf16
 from diffscale.training.settings import TrainingSettings
 
 MODES = ("float32", "bf16", "channels_last", "channels_last+bf16")
+NETWORK_OPTIONS = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "augment_dim", "dropout")
+"""edm's DDPM++ options that diffscale's ``ddpmpp`` preset takes under the same names (the rest are its defaults)."""
 
 
 @dataclass
@@ -284,7 +286,7 @@ def _diffscale_setting(
         "ddpmpp",
         in_channels=images.shape[1],
         img_resolution=images.shape[-1],
-        **{key: options[key] for key in ("model_channels", "channel_mult", "num_blocks", "augment_dim", "dropout")},
+        **{key: options[key] for key in NETWORK_OPTIONS},
     )
     f = diffscale.formulation("EDM", sigma_data=0.5)
     denoiser = PreconditionedDenoiser(network, f).to(device).train()

@@ -28,6 +28,8 @@ CIFAR_DDPMPP: dict[str, Any] = {
     "resample_filter": [1, 1],
     "model_channels": 128,
     "channel_mult": [2, 2, 2],
+    "num_blocks": 4,
+    "attn_resolutions": [16],
     "augment_dim": 9,
     "dropout": 0.13,
 }
