@@ -101,13 +101,18 @@ def compile_model(model: nn.Module) -> None:
 def match_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     """Give each per-parameter state tensor of a parameter's shape (Adam's moments) its parameter's layout
     (channels_last or not), so that a restored optimizer steps exactly as the one that was saved (checkpoints
-    store contiguous tensors)."""
+    store contiguous tensors); a fused optimizer's step counts go to its parameters' device (a checkpoint of an
+    unfused one keeps them on the CPU)."""
     for group in optimizer.param_groups:
         for parameter in group["params"]:
             state = optimizer.state.get(parameter, {})
             for key, value in state.items():
-                if isinstance(value, torch.Tensor) and value.shape == parameter.shape and value.ndim == 4:
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.shape == parameter.shape and value.ndim == 4:
                     state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
+                elif key == "step" and group.get("fused"):
+                    state[key] = value.to(parameter.device, torch.float32)
 
 
 @dataclass(frozen=True)
