@@ -11,6 +11,16 @@ Runs on the GPU when one is available (``--device``), else on the CPU. Never ass
 
     python benchmarks/network_speed.py            # full-size presets, a few steps each (minutes on 2 cores)
     python benchmarks/network_speed.py --quick    # reduced channel counts (seconds)
+
+With ``--edm DIR`` (a checkout of NVlabs/edm) it instead compares training steps of edm's DDPM++ CIFAR-10 network
+(55.7 M parameters, fp32, its loss and Adam) with diffscale's same-size DDPM++ in one process, rounds interleaved
+so that other load on the machine hits every setting alike: edm fp32; diffscale fp32 as before (contiguous,
+per-parameter Adam); diffscale fp32 with the training defaults (channels_last on a CPU, foreach/fused Adam);
+diffscale with ``precision: auto`` (bf16 autocast where the CPU has bf16 instructions). ``--compile`` adds the
+last setting under ``torch.compile`` with its compile time and the steps after which it has paid for itself.
+It prints the CPU's name and whether it has AVX-512, bf16 instructions and AMX.
+
+    python benchmarks/network_speed.py --edm ../edm --rounds 3 --compile   # many minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -32,8 +42,13 @@ import diffscale
 from diffscale.denoiser import PreconditionedDenoiser
 from diffscale.networks.presets import build_network
 from diffscale.networks.unet_base import count_parameters
+from diffscale.training.loop import build_optimizer, use_channels_last
+from diffscale.training.precision import MixedPrecision, cpu_bf16
+from diffscale.training.settings import TrainingSettings
 
 MODES = ("float32", "bf16", "channels_last", "channels_last+bf16")
+NETWORK_OPTIONS = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "augment_dim", "dropout")
+"""edm's DDPM++ options that diffscale's ``ddpmpp`` preset takes under the same names (the rest are its defaults)."""
 
 
 @dataclass
@@ -203,6 +218,176 @@ def loss_trajectories(args: argparse.Namespace, device: torch.device) -> dict[st
     return trajectories
 
 
+def cpu_description() -> str:
+    """The CPU's model name and whether it has AVX-512, bf16 instructions (AVX512_BF16) and AMX (Linux)."""
+    name, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == "unknown CPU":
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+
+    def has(*names: str) -> str:
+        return "yes" if flags & set(names) else "no"
+
+    return (
+        f"{name}, {os.cpu_count()} logical CPUs; AVX-512 {has('avx512f')}, bf16 instructions "
+        f"{has('avx512_bf16', 'amx_bf16')}, AMX {has('amx_tile')}; torch sees {cpu_bf16().capability}"
+    )
+
+
+@dataclass
+class _Setting:
+    """One side of the edm comparison: a name and a training step (closure over its network and optimizer)."""
+
+    name: str
+    step: Callable[[], None]
+    times: list[float]
+    parameters: int = 0
+
+
+def _ddpmpp_options(args: argparse.Namespace) -> dict[str, Any]:
+    """edm's CIFAR-10 DDPM++ options, with ``--model-channels``/``--num-blocks`` (quick checks) on both sides."""
+    from benchmarks.peers.edm_network import CIFAR_DDPMPP
+
+    options = dict(CIFAR_DDPMPP)
+    if args.model_channels:
+        options["model_channels"] = args.model_channels
+    if args.num_blocks:
+        options["num_blocks"] = args.num_blocks
+    return options
+
+
+def _edm_setting(module: Any, images: torch.Tensor, options: dict[str, Any]) -> _Setting:
+    from benchmarks.peers.edm_network import edm_training_step
+
+    torch.manual_seed(0)
+    network = module.EDMPrecond(img_resolution=images.shape[-1], img_channels=images.shape[1], **options)
+    network = network.to(images.device).train()
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    step = lambda: edm_training_step(network, optimizer, images)  # noqa: E731
+    return _Setting("edm fp32", step, [], count_parameters(network))
+
+
+def _diffscale_setting(
+    name: str, images: torch.Tensor, options: dict[str, Any], *, precision: str, defaults: bool, compiled: bool = False
+) -> _Setting:
+    """diffscale's DDPM++ of the same size in a training step as the Trainer takes it (EDM loss, backward, Adam):
+    with ``defaults`` the training defaults (channels_last on a CPU, foreach/fused Adam), else contiguous weights
+    and torch's per-parameter Adam (what training did before)."""
+    device = images.device
+    torch.manual_seed(0)
+    network = build_network(
+        "ddpmpp",
+        in_channels=images.shape[1],
+        img_resolution=images.shape[-1],
+        **{key: options[key] for key in NETWORK_OPTIONS},
+    )
+    f = diffscale.formulation("EDM", sigma_data=0.5)
+    denoiser = PreconditionedDenoiser(network, f).to(device).train()
+    mixed = MixedPrecision(precision, device)
+    settings = TrainingSettings(learning_rate=1e-4, precision=precision, device=str(device))
+    if defaults:
+        if use_channels_last(settings.channels_last, device, mixed.precision):
+            denoiser = denoiser.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(denoiser.parameters(), settings, device)
+    else:
+        optimizer = torch.optim.Adam(denoiser.parameters(), lr=1e-4, foreach=False)
+    if compiled:
+        denoiser.compile()
+    loss = diffscale.DenoisingLoss(f)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with mixed.autocast():
+            value = loss(denoiser, images).mean
+        value.backward()
+        optimizer.step()
+
+    return _Setting(name, step, [], count_parameters(denoiser))
+
+
+def compare_with_edm(args: argparse.Namespace) -> None:
+    """Training steps of edm's DDPM++ and of diffscale's in several settings, interleaved round by round; prints
+    samples/s (the fastest of each setting's timed steps) and the ratio to edm fp32."""
+    from benchmarks.peers.edm_network import edm_networks
+
+    device = torch.device(args.device)
+    module = edm_networks(args.edm)
+    images = smooth_fields(args.batch, 3, args.resolution, torch.Generator().manual_seed(0)).to(device)
+    best = MixedPrecision("auto", device).precision
+    options = _ddpmpp_options(args)
+    settings = [
+        _edm_setting(module, images, options),
+        _diffscale_setting("diffscale fp32, before", images, options, precision="fp32", defaults=False),
+        _diffscale_setting("diffscale fp32", images, options, precision="fp32", defaults=True),
+        _diffscale_setting(f"diffscale auto ({best})", images, options, precision="auto", defaults=True),
+    ]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
+    print(f"training step, edm vs diffscale DDPM++ (CIFAR-10 configuration, {settings[0].parameters / 1e6:.1f} M "
+          f"parameters each: edm {settings[0].parameters}, diffscale {settings[1].parameters}), batch {args.batch}, "
+          f"{args.resolution} x {args.resolution}; {where}; torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads; load average {load:.1f}")  # fmt: skip
+    for setting in settings:  # untimed warm-up steps
+        for _ in range(args.warmup):
+            setting.step()
+    for _ in range(args.rounds):
+        for setting in settings:
+            _synchronise(device)
+            started = time.perf_counter()
+            setting.step()
+            _synchronise(device)
+            setting.times.append(time.perf_counter() - started)
+    reference = args.batch / min(settings[0].times)
+    print(f"{'setting':28} {'samples/s':>10} {'x edm':>7}   seconds per step (each round)")
+    for setting in settings:
+        rate = args.batch / min(setting.times)
+        rounds = " ".join(f"{seconds:.2f}" for seconds in setting.times)
+        print(f"{setting.name:28} {rate:10.3f} {rate / reference:7.2f}   {rounds}")
+    if args.compile:
+        _compiled_row(args, images, options, best, reference, min(settings[-1].times))
+    print("(samples/s: batch / fastest timed step; every setting stepped once per round, in turn)")
+
+
+def _compiled_row(
+    args: argparse.Namespace, images: torch.Tensor, options: dict[str, Any], best: str, reference: float, eager: float
+) -> None:
+    """The best setting under torch.compile: compile time (first step minus a compiled step) and break-even."""
+    device = images.device
+    name = f"diffscale auto ({best}) compiled"
+    try:
+        setting = _diffscale_setting(name, images, options, precision="auto", defaults=True, compiled=True)
+        _synchronise(device)
+        started = time.perf_counter()
+        setting.step()
+        _synchronise(device)
+        first = time.perf_counter() - started
+        for _ in range(max(args.rounds, 2)):
+            _synchronise(device)
+            started = time.perf_counter()
+            setting.step()
+            _synchronise(device)
+            setting.times.append(time.perf_counter() - started)
+    except Exception as error:  # the toolchain's failure is the result to print
+        print(f"{name}: torch.compile failed here: {type(error).__name__}: {str(error).strip().splitlines()[0]}")
+        return
+    compiled = min(setting.times)
+    rate = args.batch / compiled
+    overhead = first - compiled
+    gain = eager - compiled
+    breakeven = f"{math.ceil(overhead / gain)} steps" if gain > 0 else "never (no faster than eager)"
+    rounds = " ".join(f"{seconds:.2f}" for seconds in setting.times)
+    print(f"{name:28} {rate:10.3f} {rate / reference:7.2f}   {rounds}")
+    print(f"  compile: first step {first:.1f} s, i.e. {overhead:.1f} s of compiling; {gain:+.2f} s per step against "
+          f"eager ({eager:.2f} s); pays for itself after {breakeven}")  # fmt: skip
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced networks (32 channels, 2 blocks), fewer steps")
@@ -218,6 +403,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loss-steps", type=int, default=None, help="steps of the float32-vs-bf16 loss comparison")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--edm", default=None, help="a checkout of NVlabs/edm: compare training steps with its DDPM++")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of the edm comparison")
+    parser.add_argument("--compile", action="store_true", help="edm comparison: also the best setting compiled")
     args = parser.parse_args(argv)
     if args.quick:
         args.model_channels = args.model_channels or 32
@@ -242,6 +430,10 @@ def _threads(count: int | None) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     device = torch.device(args.device)
+    if args.edm is not None:
+        with _threads(args.threads):
+            compare_with_edm(args)
+        return
     with _threads(args.threads):
         where = (
             torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

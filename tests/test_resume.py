@@ -221,3 +221,49 @@ def test_resume_requires_a_checkpoint(tmp_path: Path) -> None:
         prepare_training(config_from_dict(CONFIG), tmp_path, resume=True)
     with pytest.raises(ConfigError, match="no such run directory"):
         prepare_training(config_from_dict(CONFIG), tmp_path / "x", resume=tmp_path / "x" / "checkpoint-00000001.json")
+
+
+UNET_CONFIG = {
+    "diffusion": {"type": "EDM", "sigma_data": 1.0},
+    "model": {
+        "arch": "ddpmpp",
+        "model_channels": 8,
+        "channel_mult": [1, 2],
+        "num_blocks": 1,
+        "img_resolution": 8,
+        "attn_resolutions": [4],
+        "dropout": 0.1,
+    },
+    "data": {"kind": "gaussian_fields", "channels": 1, "height": 8, "width": 8, "length_scale": 2.0},
+    "training": {
+        "steps": 6,
+        "batch_size": 4,
+        "device": "cpu",
+        "log_every": 2,
+        "warmup_steps": 2,
+        "checkpoint_every": 2,
+        "tensorboard": False,
+        "ema_halflife": 40.0,
+        "lr_decay": "none",
+        "channels_last": True,
+    },
+    "sampling": {"steps": 4, "sampler": "heun"},
+}
+
+
+def test_channels_last_unet_resumes_bitwise(tmp_path: Path) -> None:
+    """A U-Net trained in channels_last (weights, Adam moments) and stopped at step 4 resumes, from contiguous
+    checkpoint tensors, to the same weights, EMA and metrics as 6 steps in one go."""
+    short = {**UNET_CONFIG, "training": {**UNET_CONFIG["training"], "steps": 4}}
+    run_dir = tmp_path / "run"
+    train(prepare_training(config_from_dict(short), run_dir), progress=False)
+    plan = prepare_training(config_from_dict(UNET_CONFIG), run_dir)
+    trainer = plan.trainer
+    convolutions = [p for p in trainer.denoiser.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert not any(p.is_contiguous() for p in convolutions)
+    moments = [trainer.optimizer.state[p]["exp_avg"] for p in convolutions]
+    assert all(m.is_contiguous(memory_format=torch.channels_last) and not m.is_contiguous() for m in moments)
+    assert all(group["foreach"] for group in trainer.optimizer.param_groups)
+    train(plan, progress=False)
+    assert_same_run(run_dir, reference_run(tmp_path, UNET_CONFIG))

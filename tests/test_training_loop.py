@@ -12,6 +12,7 @@ import diffscale
 from diffscale.data import two_gaussians_1d
 from diffscale.loss import LossTerms
 from diffscale.training import NonFiniteTrainingError, Trainer, TrainingSettings
+from diffscale.training.loop import optimizer_implementation, use_channels_last
 from diffscale.training.precision import cpu_bf16
 from diffscale.validation import ConfigError
 
@@ -192,3 +193,55 @@ def test_run_trains_on_the_configured_threads_and_restores_them(threads: int | s
     trainer.run(progress=False, callback=lambda record: seen.append(torch.get_num_threads()))
     assert seen == [expected, expected]
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "precision", "expected"),
+    [
+        ("auto", "cpu", "fp32", True),
+        ("auto", "cpu", "bf16", True),
+        ("auto", "cuda", "fp32", False),
+        ("auto", "cuda", "bf16", True),
+        ("auto", "cuda", "fp16", True),
+        (False, "cpu", "fp32", False),
+        (True, "cuda", "fp32", True),
+    ],
+)
+def test_channels_last_choice(setting: bool | str, device: str, precision: str, expected: bool) -> None:
+    assert use_channels_last(setting, torch.device(device), precision) is expected
+
+
+def test_optimizer_implementation_is_fused_on_cuda_and_foreach_elsewhere() -> None:
+    assert optimizer_implementation("cuda:1") == {"fused": True}
+    assert optimizer_implementation(torch.device("cpu")) == {"foreach": True}
+    trainer = make_trainer(steps=1, optimizer="adamw")
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert all(group["foreach"] is True for group in trainer.optimizer.param_groups)
+
+
+def _unet_trainer(channels_last: bool) -> Trainer:
+    settings = TrainingSettings(steps=2, batch_size=4, device="cpu", channels_last=channels_last, warmup_steps=0)
+    torch.manual_seed(0)
+    network = diffscale.networks.build_network(
+        "ddpmpp", model_channels=8, channel_mult=(1, 2), num_blocks=1, img_resolution=8, attn_resolutions=(4,)
+    )
+    denoiser = diffscale.PreconditionedDenoiser(network, diffscale.formulation("EDM"))
+    return Trainer(denoiser, lambda n, g: torch.randn(n, 1, 8, 8, generator=g), settings)
+
+
+def test_channels_last_training_matches_contiguous_training() -> None:
+    """The layout changes the order of floating-point sums only: the first step in channels_last and in contiguous
+    layout (same weights, batch, sigma and noise) gives the same per-sample losses and gradient norm to rounding;
+    the weights, their EMA copy and Adam's moments stay channels_last."""
+    fast, plain = _unet_trainer(True), _unet_trainer(False)
+    fast_record, plain_record = fast.train_step(), plain.train_step()
+    torch.testing.assert_close(fast_record.per_sample, plain_record.per_sample, rtol=1e-5, atol=1e-6)
+    assert fast_record.grad_norm == pytest.approx(plain_record.grad_norm, rel=1e-5)
+    name, convolution = next(
+        (name, p) for name, p in fast.denoiser.named_parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[-1] > 1
+    )
+    assert convolution.is_contiguous(memory_format=torch.channels_last) and not convolution.is_contiguous()
+    assert fast.optimizer.state[convolution]["exp_avg"].is_contiguous(memory_format=torch.channels_last)
+    ema_convolution = dict(fast.ema_denoiser.named_parameters())[name]
+    assert ema_convolution.is_contiguous(memory_format=torch.channels_last) and not ema_convolution.is_contiguous()
+    assert all(p.is_contiguous() for p in plain.denoiser.parameters())

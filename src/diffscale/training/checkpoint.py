@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from diffscale.files import TEMPORARY_FILE, atomic_write_bytes, fsync_directory
+from diffscale.training.loop import match_optimizer_state, optimizer_implementation
 from diffscale.validation import ConfigError
 
 if TYPE_CHECKING:
@@ -648,8 +649,11 @@ def restore_trainer(trainer: Trainer, checkpoint: Checkpoint) -> None:
         trainer.posthoc_ema.load_state_tensors(checkpoint.training_state, where)
     if checkpoint.optimizer_meta is not None:
         trainer.optimizer.load_state_dict(checkpoint.optimizer_state_dict(trainer.optimizer, trainer.denoiser))
+        implementation = optimizer_implementation(trainer.device)
         for group in trainer.optimizer.param_groups:  # a resumed configuration may change it (lr is set per step)
             group["weight_decay"] = trainer.settings.weight_decay
+            group.update({"foreach": None, "fused": None, **implementation})  # this device's, not the saver's
+        match_optimizer_state(trainer.optimizer)
     if checkpoint.generator_state is not None:
         saved_device = str((checkpoint.sidecar.get("generator") or {}).get("device", trainer.generator.device.type))
         if torch.device(saved_device).type != trainer.generator.device.type:

@@ -34,7 +34,10 @@ class ExponentialMovingAverage:
     @torch.no_grad()
     def update(self, model: nn.Module, samples_seen: int, batch_size: int) -> None:
         beta = self.decay(samples_seen, batch_size)
-        for average, current in zip(self.model.parameters(), model.parameters(), strict=True):
-            average.lerp_(current.detach(), 1.0 - beta)
+        averages, currents = list(self.model.parameters()), [p.detach() for p in model.parameters()]
+        if len(averages) != len(currents):
+            raise ValueError(f"the EMA holds {len(averages)} parameters, the model {len(currents)}")
+        if averages:
+            torch._foreach_lerp_(averages, currents, 1.0 - beta)  # one multi-tensor call, not one per parameter
         for average, current in zip(self.model.buffers(), model.buffers(), strict=True):
             average.copy_(current)

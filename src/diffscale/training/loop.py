@@ -42,7 +42,17 @@ from diffscale.training.precision import MixedPrecision
 from diffscale.training.settings import TrainingSettings
 from diffscale.validation import ConfigError
 
-__all__ = ["BatchSource", "NonFiniteTrainingError", "StepRecord", "Trainer", "build_optimizer"]
+__all__ = [
+    "BatchSource",
+    "NonFiniteTrainingError",
+    "StepRecord",
+    "Trainer",
+    "build_optimizer",
+    "compile_model",
+    "match_optimizer_state",
+    "optimizer_implementation",
+    "use_channels_last",
+]
 
 BatchSource = Callable[[int, torch.Generator], "torch.Tensor | Batch"]
 """``source(batch_size, generator)`` returns clean training samples y, or a :class:`Batch` (y and conditioning).
@@ -55,10 +65,58 @@ class NonFiniteTrainingError(RuntimeError):
     """Training stopped after ``training.max_nonfinite_steps`` non-finite steps in a row."""
 
 
-def build_optimizer(parameters: Any, settings: TrainingSettings) -> torch.optim.Optimizer:
-    """Adam (weight decay as an L2 term in the gradient) or AdamW (decoupled decay, Loshchilov & Hutter 2019)."""
+def optimizer_implementation(device: torch.device | str) -> dict[str, bool]:
+    """torch's fastest implementation of Adam/AdamW on ``device``: ``fused`` (one kernel over every parameter)
+    on CUDA, ``foreach`` (the update as a few multi-tensor operations, not a Python loop over parameters) elsewhere.
+    Every implementation computes the same update; which one ran is stored with the optimizer's state."""
+    return {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+
+
+def build_optimizer(
+    parameters: Any, settings: TrainingSettings, device: torch.device | str = "cpu"
+) -> torch.optim.Optimizer:
+    """Adam (weight decay as an L2 term in the gradient) or AdamW (decoupled decay, Loshchilov & Hutter 2019), in
+    the :func:`optimizer_implementation` of ``device``."""
     kind = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-    return kind(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return kind(
+        parameters,
+        lr=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        **optimizer_implementation(device),
+    )
+
+
+def use_channels_last(setting: bool | str, device: torch.device, precision: str) -> bool:
+    """Whether grid networks train in channels_last layout: ``setting`` itself, or for ``auto`` on a CPU (oneDNN's
+    convolutions and group norm run faster on it) and on CUDA with bf16/fp16 (tensor-core convolutions; in fp32
+    cuDNN ran slower on it)."""
+    if setting != "auto":
+        return bool(setting)
+    return device.type == "cpu" or (device.type == "cuda" and precision != "fp32")
+
+
+def compile_model(model: nn.Module) -> None:
+    """Compile ``model``'s forward in place with ``torch.compile`` (TorchDynamo + Inductor: fused kernels, fewer
+    passes over memory); its parameters and state_dict keys stay as they are. The first steps trace and compile
+    (minutes for a large U-Net on a few CPU cores); a toolchain that cannot compile fails at the first step."""
+    model.compile()
+
+
+def match_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor of a parameter's shape (Adam's moments) its parameter's layout
+    (channels_last or not), so that a restored optimizer steps exactly as the one that was saved (checkpoints
+    store contiguous tensors); a fused optimizer's step counts go to its parameters' device (a checkpoint of an
+    unfused one keeps them on the CPU)."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            for key, value in state.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.shape == parameter.shape and value.ndim == 4:
+                    state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
+                elif key == "step" and group.get("fused"):
+                    state[key] = value.to(parameter.device, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -137,7 +195,9 @@ class Trainer:
             )
         self.device = check_device(settings.device, "training.device")
         self.precision = MixedPrecision(settings.precision, self.device)
-        self.denoiser = model.to(self.device).train()
+        self.channels_last = use_channels_last(settings.channels_last, self.device, self.precision.precision)
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        self.denoiser = model.to(self.device, memory_format=memory_format).train()
         self.source = source
         if objective is None:
             formulation = getattr(model, "formulation", None)
@@ -145,12 +205,14 @@ class Trainer:
                 raise TypeError("without an objective the model must have a formulation (a PreconditionedDenoiser)")
             objective = DenoisingLoss(formulation)
         self.objective = objective
-        self.optimizer = build_optimizer(self.denoiser.parameters(), settings)
+        self.optimizer = build_optimizer(self.denoiser.parameters(), settings, self.device)
         self.ema = ExponentialMovingAverage(self.denoiser, settings.ema_halflife, settings.ema_rampup)
         self.posthoc_ema = PowerEMA(self.denoiser, settings.posthoc_ema_stds) if settings.posthoc_ema_stds else None
         """The power-function EMA profiles of post-hoc EMA (``training.posthoc_ema_stds``), or None."""
         self.forced_weight_norm = any(callable(getattr(m, "normalize_weight_", None)) for m in model.modules())
         """Whether the model has force-normalised layers (EDM2), whose stored weights are re-normalised per step."""
+        if settings.compile:
+            compile_model(self.denoiser)
         self.generator = torch.Generator(self.device).manual_seed(settings.seed)
         self._pipeline: BatchPipeline | None = None
         self._serial = 0

@@ -38,6 +38,14 @@ class TrainingSettings(StrictModel):
         description="autocast precision: fp32, bf16 (CUDA, or a CPU with bf16 instructions), fp16 (CUDA, with a "
         "gradient scaler) or auto (bf16 where the device computes in it, else fp32)",
     )
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description="grid networks' weights and activations in channels_last layout: auto (on a CPU, and on CUDA "
+        "with bf16/fp16), true or false",
+    )
+    compile: bool = Field(
+        False, description="compile the model with torch.compile (slow first steps; pays off in long runs)"
+    )
     threads: int | Literal["auto"] = Field(
         "auto",
         description="CPU threads of torch: a count, or auto (the CPUs this process may use that other processes "
