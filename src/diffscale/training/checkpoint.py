@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from diffscale.files import TEMPORARY_FILE, atomic_write_bytes, fsync_directory
-from diffscale.training.loop import match_optimizer_state, optimizer_implementation
+from diffscale.training.step_speed import match_optimizer_state, optimizer_implementation
 from diffscale.validation import ConfigError
 
 if TYPE_CHECKING:
