@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import gc
 import re
+import tracemalloc
 from pathlib import Path
 
 import netCDF4
@@ -302,6 +304,30 @@ def _fill(writer: EnsembleWriter, blocks: list[Block] | None = None) -> None:
         for name in VARIABLES:
             values = np.stack([_field(name, m, block.time_index) for m in block.members])
             writer.write(name, block.members, block.time_index, values)
+
+
+def _peak_bytes_of_creating_a_store(path: Path, times: int) -> int:
+    """Peak traced bytes of creating a Zarr store of one member at ``times`` hourly times (nothing written)."""
+    stamps = np.datetime64("2019-03-01T00", "h") + np.arange(times)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        writer = ZarrEnsembleWriter(path, **_layout(times=stamps, num_members=1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    writer.abort()
+    return peak
+
+
+def test_creating_a_zarr_store_takes_memory_that_does_not_grow_with_the_record(tmp_path: Path) -> None:
+    """16 times more times (96 vs 1,536 of one member: one chunk each) cost under 0.5 MiB more to create the store:
+    what grows is the time coordinate and the record of written slabs (9 bytes a time), not a task per chunk of a
+    dask graph (about 7 kB each: 11 MiB for 1,536 times)."""
+    _peak_bytes_of_creating_a_store(tmp_path / "warm.zarr", 96)  # what the first run imports and caches
+    short = _peak_bytes_of_creating_a_store(tmp_path / "short.zarr", 96)
+    long = _peak_bytes_of_creating_a_store(tmp_path / "long.zarr", 1536)
+    assert long - short < 2**19, (short, long)
 
 
 def test_a_zarr_store_holds_what_the_netcdf_file_holds(tmp_path: Path) -> None:
