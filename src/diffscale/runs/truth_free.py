@@ -20,7 +20,10 @@ For every variable of the ensemble (dims member, time, latitude, longitude):
   coarse Nyquist wavenumber (1: the small scales are as energetic as in training). The run is ``run``, else the
   ensemble's ``run_dir`` attribute; without a readable run the comparison is left out and the report says why.
 
-Every input is checked before anything is computed (ConfigError, one line); :func:`write_truth_free_report` writes
+The inputs' grids, times, variables and units are checked before anything is read, their values (NaN, the coarse
+input's physical range) as each block of times is read (ConfigError, one line, nothing written);
+:func:`evaluate_truth_free_sources` reads the record block by block over time and merges running sums (the scores
+of every time at once, :func:`evaluate_without_truth`, to rounding), and :func:`write_truth_free_report` writes
 ``scores.json`` and a spectrum-ratio figure per variable.
 """
 
