@@ -14,8 +14,10 @@ tree, and at the end the largest of that sum, with the statistics rate the train
 With ``--downscale`` it then downscales and evaluates a long coarse input: two regional fine stores of the same
 0.25 degree spacing (``--region-size`` fine cells, ``--downscale-times`` short and long counts of times) are
 coarsened by the run trained on the short store (``diffscale coarsen``), downscaled by it (``diffscale downscale``,
-one member, 2 solver steps) and the ensembles scored against the fine stores (``diffscale evaluate``, with
-``--no-figures`` and with its figures), each command watched the same way. The stores are deleted at the end
+one member, 2 solver steps), the ensembles scored against the fine stores (``diffscale evaluate``, with
+``--no-figures`` and, unless ``--skip-figures``, with its figures) and without them (``diffscale evaluate
+--no-figures`` without ``--truth``: the truth-free checks against the coarse input the ensemble records), each
+command watched the same way. The stores are deleted at the end
 unless ``--keep``.
 
     python benchmarks/memory_scaling.py                          # 60 vs 6,000 times (25 GB on disk at most)
@@ -168,6 +170,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--downscale", action="store_true", help="also downscale and evaluate a long coarse input")
     parser.add_argument("--downscale-times", type=int, nargs=2, default=[96, 1536], metavar=("SHORT", "LONG"))
     parser.add_argument("--region-size", type=int, nargs=2, default=[32, 64], metavar=("H", "W"))
+    parser.add_argument("--skip-figures", action="store_true", help="leave out diffscale evaluate with its figures")
     return parser.parse_args(argv)
 
 
@@ -232,14 +235,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"evaluating {times} times ...", flush=True)
                 options = ["--truth", str(fine), "--no-figures", "--out", str(root / f"report_{times}")]
                 evaluated = run_watched([*cli, "evaluate", str(ensemble), *options], root / "evaluate.log")
-                options = ["--truth", str(fine), "--out", str(root / f"figures_{times}")]
-                drawn = run_watched([*cli, "evaluate", str(ensemble), *options], root / "evaluate.log")
+                options = ["--no-figures", "--out", str(root / f"truth_free_{times}")]
+                truth_free = run_watched([*cli, "evaluate", str(ensemble), *options], root / "evaluate.log")
                 downscaling[times] = {
                     "coarsen": coarsened,
                     "downscale": downscaled,
                     "evaluate --no-figures": evaluated,
-                    "evaluate": drawn,
+                    "evaluate --no-figures (no --truth)": truth_free,
                 }
+                if not args.skip_figures:
+                    options = ["--truth", str(fine), "--out", str(root / f"figures_{times}")]
+                    drawn = run_watched([*cli, "evaluate", str(ensemble), *options], root / "evaluate.log")
+                    downscaling[times]["evaluate"] = drawn
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -275,10 +282,10 @@ def downscaling_table(args: argparse.Namespace, downscaling: dict[int, dict[str,
     height, width = args.region_size
     spacing = 360.0 / args.width
     print(f"downscaling and evaluation on a {height} x {width} region ({spacing:g} degree), 1 member, 2 steps")
-    print(f"{'peak RSS of the process tree':36} {few:>12} {many:>12} {'ratio':>8}")
-    for command in ("coarsen", "downscale", "evaluate --no-figures", "evaluate"):
+    print(f"{'peak RSS of the process tree':46} {few:>12} {many:>12} {'ratio':>8}")
+    for command in downscaling[few]:
         low, high = downscaling[few][command]["peak"], downscaling[many][command]["peak"]
-        print(f"{'diffscale ' + command:36} {gib(low):>12} {gib(high):>12} {high / low:>8.3f}")
+        print(f"{'diffscale ' + command:46} {gib(low):>12} {gib(high):>12} {high / low:>8.3f}")
 
 
 if __name__ == "__main__":

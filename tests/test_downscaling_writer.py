@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import gc
 import re
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 import netCDF4
@@ -302,6 +306,69 @@ def _fill(writer: EnsembleWriter, blocks: list[Block] | None = None) -> None:
         for name in VARIABLES:
             values = np.stack([_field(name, m, block.time_index) for m in block.members])
             writer.write(name, block.members, block.time_index, values)
+
+
+def _peak_bytes_of_creating_a_store(path: Path, times: int) -> int:
+    """Peak traced bytes of creating a Zarr store of one member at ``times`` hourly times (nothing written)."""
+    stamps = np.datetime64("2019-03-01T00", "h") + np.arange(times)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        writer = ZarrEnsembleWriter(path, **_layout(times=stamps, num_members=1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    writer.abort()
+    return peak
+
+
+def test_creating_a_zarr_store_takes_memory_that_does_not_grow_with_the_record(tmp_path: Path) -> None:
+    """16 times more times (96 vs 1,536 of one member: one chunk each) cost under 0.5 MiB more to create the store:
+    what grows is the time coordinate and the record of written slabs (9 bytes a time), not a task per chunk of a
+    dask graph (about 7 kB each: 11 MiB for 1,536 times)."""
+    _peak_bytes_of_creating_a_store(tmp_path / "warm.zarr", 96)  # what the first run imports and caches
+    short = _peak_bytes_of_creating_a_store(tmp_path / "short.zarr", 96)
+    long = _peak_bytes_of_creating_a_store(tmp_path / "long.zarr", 1536)
+    assert long - short < 2**19, (short, long)
+
+
+_WRITE_RECORD = """
+import sys
+import numpy as np
+from diffscale.downscaling.writer import EnsembleWriter
+
+def high_water_mib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+times = int(sys.argv[1])
+stamps = np.datetime64("2000-01-01T00", "h") + np.arange(times)
+field = np.full((1, 32, 64), 280.0, dtype=np.float32)
+before = high_water_mib()
+with EnsembleWriter(sys.argv[2], latitude=np.arange(32.0), longitude=np.arange(64.0), times=stamps, num_members=1,
+                    variables={"t2m": {"units": "K"}}) as writer:
+    for time in range(times):
+        writer.write("t2m", range(1), time, field + time)
+print(high_water_mib() - before)
+"""
+
+
+def _peak_rss_of_writing(path: Path, times: int) -> float:
+    """MiB the peak resident memory of a fresh process grows by while writing ``times`` fields of 32 x 64."""
+    result = subprocess.run(
+        [sys.executable, "-c", _WRITE_RECORD, str(times), str(path)], capture_output=True, text=True, check=True
+    )
+    return float(result.stdout.strip())
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux) for the peak RSS")
+def test_writing_a_netcdf_ensemble_does_not_keep_its_chunks(tmp_path: Path) -> None:
+    """1,536 times of one member on 32 x 64 cells (8 kB a chunk, 12.6 MB in all) raise the writing process's peak
+    resident memory by under 2 MiB more than 96 times: HDF5's chunk cache of each variable is 1 MiB, where its
+    64 MiB default kept every written chunk until the file closed (+4 to 8 MiB measured)."""
+    short = _peak_rss_of_writing(tmp_path / "short.nc", 96)
+    long = _peak_rss_of_writing(tmp_path / "long.nc", 1536)
+    assert long - short < 2.0, (short, long)
 
 
 def test_a_zarr_store_holds_what_the_netcdf_file_holds(tmp_path: Path) -> None:

@@ -260,10 +260,10 @@ def _truth_free_lines(name: str, scores: dict[str, Any], members: int, times: in
 
 def _run_truth_free(args: argparse.Namespace, out: Path) -> int:
     """``diffscale evaluate`` without ``--truth``: the truth-free checks (:mod:`diffscale.runs.truth_free`)."""
-    from diffscale.runs.truth_free import evaluate_without_truth, load_truth_free_inputs, write_truth_free_report
+    from diffscale.runs.truth_free import evaluate_truth_free_sources, open_truth_free_sources, write_truth_free_report
     from diffscale.threads import thread_policy
 
-    inputs = load_truth_free_inputs(
+    inputs = open_truth_free_sources(
         Path(args.ensemble),
         Path(args.coarse) if args.coarse is not None else None,
         args.variable,
@@ -273,7 +273,7 @@ def _run_truth_free(args: argparse.Namespace, out: Path) -> int:
     )
     print(inputs.describe(), flush=True)
     with thread_policy(args.threads):
-        evaluation = evaluate_without_truth(inputs)
+        evaluation = evaluate_truth_free_sources(inputs)
         scores_path = write_truth_free_report(out, evaluation, figures=not args.no_figures)
     for name, scores in evaluation.document["variables"].items():
         for line in _truth_free_lines(name, scores, inputs.members, inputs.times.size):

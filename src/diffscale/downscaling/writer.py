@@ -52,6 +52,11 @@ __all__ = ["EnsembleWriter", "merge_parts", "part_path"]
 DIMENSIONS = ("member", "time", "latitude", "longitude")
 CONVENTIONS = "CF-1.8"
 FILL_VALUE = np.float32(netCDF4.default_fillvals["f4"])
+WRITE_CHUNK_CACHE_BYTES = 2**20
+"""HDF5 chunk cache of each variable of an ensemble file being written: a chunk is written once, whole, so the
+cache holds at most this much, whatever the record's length (a chunk larger than it is written directly)."""
+WRITE_CHUNK_CACHE_SLOTS = 521
+"""Hash slots of that cache (a prime, as HDF5 advises)."""
 WRITTEN_PREFIX = "diffscale_written_"
 PART_RANK = "diffscale_part_rank"
 PART_WORLD_SIZE = "diffscale_part_world_size"
@@ -433,6 +438,9 @@ class EnsembleWriter:
                 chunksizes=(1, 1, height, width),
                 fill_value=FILL_VALUE,
             )
+            # every chunk (one member, one time) is written once, whole: HDF5's chunk cache (64 MiB a variable by
+            # default) would only keep the written chunks until the file closes, growing with the record up to it
+            variable.set_var_chunk_cache(size=WRITE_CHUNK_CACHE_BYTES, nelems=WRITE_CHUNK_CACHE_SLOTS, preemption=1.0)
             variable.setncatts(attributes)
             if self.part is not None:
                 written = dataset.createVariable(WRITTEN_PREFIX + name, "i1", ("member", "time"), fill_value=False)

@@ -34,6 +34,7 @@ from diffscale.evaluation.climate_report import _new_figure, _save, coarsen_bloc
 from diffscale.evaluation.spectra import spectral_ratio
 
 __all__ = [
+    "CoarseConsistencySums",
     "climatology_on_wavenumbers",
     "coarse_consistency",
     "plot_spectrum_ratio",
@@ -65,6 +66,54 @@ def coarse_consistency(members: np.ndarray, coarse: np.ndarray, latitude: np.nda
         "rmse_per_member": np.sqrt(per_member_mse).tolist(),
         "max_abs_difference": float(np.abs(difference).max()),
     }
+
+
+class CoarseConsistencySums:
+    """:func:`coarse_consistency` of a record read block by block over time: per member the sums over times of
+    sum_IJ W_I d_mtIJ / sum W_I and of sum_IJ W_I d_mtIJ^2 / sum W_I, the count of times and the largest |d|, so
+    that memory holds one block and M numbers whatever the record's length. :meth:`result` is
+    :func:`coarse_consistency` of every time at once (to rounding)."""
+
+    def __init__(self, latitude: np.ndarray, factor: int) -> None:
+        self.latitude = np.asarray(latitude, dtype=np.float64)
+        self.factor = factor
+        self.bias_sums: np.ndarray | None = None
+        self.square_sums: np.ndarray | None = None
+        self.times = 0
+        self.max_abs_difference = 0.0
+
+    def add(self, members: np.ndarray, coarse: np.ndarray) -> None:
+        """Count a block: the members (M, t, H, W) and the coarse input (t, H/f, W/f) at its t times."""
+        members = np.asarray(members, dtype=np.float64)
+        coarse = np.asarray(coarse, dtype=np.float64)
+        block_means = coarsen_block_mean(members, self.latitude, self.factor)
+        if block_means.shape[1:] != coarse.shape:
+            raise ValueError(
+                f"the members' block means have shape {block_means.shape[1:]}, the coarse input {coarse.shape}"
+            )
+        difference = block_means - coarse[None]
+        coarse_latitude = self.latitude.reshape(-1, self.factor).mean(axis=1)
+        weights = np.cos(np.deg2rad(coarse_latitude))[:, None] * np.ones(coarse.shape[-1])
+        weights = weights / weights.sum()
+        bias = (difference * weights).sum(axis=(2, 3)).sum(axis=1)
+        square = (difference**2 * weights).sum(axis=(2, 3)).sum(axis=1)
+        self.bias_sums = bias if self.bias_sums is None else self.bias_sums + bias
+        self.square_sums = square if self.square_sums is None else self.square_sums + square
+        self.times += coarse.shape[0]
+        self.max_abs_difference = max(self.max_abs_difference, float(np.abs(difference).max()))
+
+    def result(self) -> dict[str, Any]:
+        """The entries of :func:`coarse_consistency` over every block added."""
+        if self.bias_sums is None or self.square_sums is None:
+            raise ValueError("no block was added")
+        per_member_bias = self.bias_sums / self.times
+        per_member_mse = self.square_sums / self.times
+        return {
+            "bias": float(per_member_bias.mean()),
+            "rmse": float(math.sqrt(per_member_mse.mean())),
+            "rmse_per_member": np.sqrt(per_member_mse).tolist(),
+            "max_abs_difference": self.max_abs_difference,
+        }
 
 
 def climatology_on_wavenumbers(

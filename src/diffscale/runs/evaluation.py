@@ -806,10 +806,10 @@ def evaluate(
     """
     check_seed(seed)
     if truth is None:
-        from diffscale.runs.truth_free import evaluate_without_truth, load_truth_free_inputs
+        from diffscale.runs.truth_free import evaluate_truth_free_sources, open_truth_free_sources
 
-        loaded = load_truth_free_inputs(ensemble, coarse, variables, coarsening_factor, run, regrid)
-        return evaluate_without_truth(loaded).dataset()
+        opened = open_truth_free_sources(ensemble, coarse, variables, coarsening_factor, run, regrid)
+        return evaluate_truth_free_sources(opened).dataset()
     if run is not None:
         raise ConfigError(f"{option_name('run')} is for an evaluation without a truth; drop it or the truth")
     from diffscale.runs.blockwise_evaluation import evaluate_sources

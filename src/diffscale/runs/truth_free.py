@@ -20,7 +20,10 @@ For every variable of the ensemble (dims member, time, latitude, longitude):
   coarse Nyquist wavenumber (1: the small scales are as energetic as in training). The run is ``run``, else the
   ensemble's ``run_dir`` attribute; without a readable run the comparison is left out and the report says why.
 
-Every input is checked before anything is computed (ConfigError, one line); :func:`write_truth_free_report` writes
+The inputs' grids, times, variables and units are checked before anything is read, their values (NaN, the coarse
+input's physical range) as each block of times is read (ConfigError, one line, nothing written);
+:func:`evaluate_truth_free_sources` reads the record block by block over time and merges running sums (the scores
+of every time at once, :func:`evaluate_without_truth`, to rounding), and :func:`write_truth_free_report` writes
 ``scores.json`` and a spectrum-ratio figure per variable.
 """
 
@@ -39,8 +42,18 @@ import xarray as xr
 from diffscale.data.climate.extrapolation import EXTRAPOLATION_SUFFIXES, WARN_OUTSIDE_FRACTION
 from diffscale.data.climate.plausibility import OUTSIDE_COUNT_ATTRIBUTE, count_outside, output_range
 from diffscale.evaluation.climate_report import write_scores_json
-from diffscale.evaluation.consistency import coarse_consistency, plot_spectrum_ratio, spectrum_against_climatology
-from diffscale.evaluation.spectra import coarse_nyquist_wavenumber, latlon_power_spectrum
+from diffscale.evaluation.consistency import (
+    CoarseConsistencySums,
+    coarse_consistency,
+    plot_spectrum_ratio,
+    spectrum_against_climatology,
+)
+from diffscale.evaluation.spectra import (
+    coarse_nyquist_wavenumber,
+    latlon_periodogram,
+    latlon_power_spectrum,
+    radial_average,
+)
 from diffscale.runs.climatology import run_fine_spectrum
 from diffscale.runs.coarse_grid import check_regrid
 from diffscale.runs.evaluation import (
@@ -51,9 +64,10 @@ from diffscale.runs.evaluation import (
     _check_exists,
     _factor,
     _finite,
+    _read_checked,
     _times,
     _units,
-    coarse_on_blocks,
+    coarse_fields_on_blocks,
     open_ensemble,
     write_staged_report,
 )
@@ -62,8 +76,11 @@ from diffscale.validation import ConfigError, option_name
 __all__ = [
     "TruthFreeEvaluation",
     "TruthFreeInputs",
+    "TruthFreeSources",
+    "evaluate_truth_free_sources",
     "evaluate_without_truth",
     "load_truth_free_inputs",
+    "open_truth_free_sources",
     "truth_free_dataset",
     "write_truth_free_report",
 ]
@@ -120,22 +137,97 @@ def _recorded_coarse(dataset: xr.Dataset, where: str) -> list[str]:
     return paths
 
 
-def load_truth_free_inputs(
+@dataclass
+class TruthFreeSources:
+    """The checked ensemble and coarse input of :func:`open_truth_free_sources`, not read yet: ``ensemble[v]``
+    (M, T, H, W) and ``coarse[v]`` (T, H/f, W/f) lazy, ``extrapolation[v]`` the lazy per-time share (when the
+    ensemble has it); :meth:`read` reads a span of times as :class:`TruthFreeInputs`."""
+
+    variables: list[str]
+    units: dict[str, str]
+    attributes: dict[str, dict[str, Any]]
+    ensemble: dict[str, xr.DataArray]
+    coarse: dict[str, xr.DataArray]
+    latitude: np.ndarray
+    longitude: np.ndarray
+    times: np.ndarray
+    factor: int
+    sources: dict[str, Any]
+    where: str
+    coarse_where: str
+    extrapolation: dict[str, xr.DataArray] = field(default_factory=dict)
+    climatology: dict[str, Any] | None = None
+    spectrum_source: str = ""
+
+    @property
+    def members(self) -> int:
+        """M, the ensemble size."""
+        return int(next(iter(self.ensemble.values())).sizes["member"])
+
+    def describe(self) -> str:
+        """One line: members, times, grid, where the coarse input and the climatology come from."""
+        return (
+            f"checking {self.members} members at {self.times.size} times on a {self.latitude.size} x "
+            f"{self.longitude.size} grid without a truth; coarse input: {self.sources['coarse']}; training "
+            f"spectrum: {self.spectrum_source}"
+        )
+
+    def read(self, start: int = 0, stop: int | None = None) -> TruthFreeInputs:
+        """The times ``start:stop`` (every time by default) read (float64) and checked: ConfigError for NaN in
+        the ensemble, NaN or a value outside the physical range in the coarse input."""
+        span = slice(start, stop)
+        times = self.times[span]
+        values = {
+            name: _finite(
+                np.asarray(self.ensemble[name].isel(time=span).values, dtype=np.float64),
+                name,
+                f"ensemble {self.where}",
+                times,
+            )
+            for name in self.variables
+        }
+        coarse = {
+            name: _read_checked(self.coarse[name].isel(time=span), name, times, self.coarse_where)
+            for name in self.variables
+        }
+        extrapolation = {
+            name: np.asarray(share.isel(time=span).values, dtype=np.float64).reshape(-1)
+            for name, share in self.extrapolation.items()
+        }
+        return TruthFreeInputs(
+            variables=self.variables,
+            units=self.units,
+            attributes=self.attributes,
+            ensemble=values,
+            coarse=coarse,
+            latitude=self.latitude,
+            longitude=self.longitude,
+            times=times,
+            factor=self.factor,
+            sources=self.sources,
+            extrapolation=extrapolation,
+            climatology=self.climatology,
+            spectrum_source=self.spectrum_source,
+        )
+
+
+def open_truth_free_sources(
     ensemble: EnsembleSource,
     coarse: FieldsSource | None = None,
     variables: Sequence[str] | None = None,
     coarsening_factor: int | None = None,
     run: str | os.PathLike | None = None,
     regrid: str = "conservative",
-) -> TruthFreeInputs:
-    """Read and check the ensemble and its coarse input, and find the run's climatological spectrum. A coarse input
-    off the ensemble's coarse cells is regridded onto them by ``regrid`` (``conservative``, ``bilinear``; ``none``
-    refuses it).
+) -> TruthFreeSources:
+    """Open and check the ensemble and its coarse input (grids, times, variables, units), reading no field yet, and
+    find the run's climatological spectrum. A coarse input off the ensemble's coarse cells is regridded onto them
+    by ``regrid`` (``conservative``, ``bilinear``; ``none`` refuses it). The values are checked as they are read
+    (:meth:`TruthFreeSources.read`).
 
     Raises:
-        ConfigError: a missing file or variable, NaNs, a coarse input that is not on the ensemble's blocks (nor
-            regridded onto them, or does not cover them), lacks a time, is in units that do not convert or holds
-            values outside its physical range, or no coarse input.
+        ConfigError: a missing file or variable, a coarse input that is not on the ensemble's blocks (nor
+            regridded onto them, or does not cover them), lacks a time or is in units that do not convert, or no
+            coarse input.
     """
     regrid = check_regrid(regrid)
     _check_exists(ensemble, "ensemble")
@@ -147,31 +239,29 @@ def load_truth_free_inputs(
     factor = _factor(dataset, coarsening_factor, where)
     coarse_source: FieldsSource = coarse if coarse is not None else _recorded_coarse(dataset, where)
     units = {name: _units(dataset, name) for name in names}
-    values: dict[str, np.ndarray] = {}
-    extrapolation: dict[str, np.ndarray] = {}
+    members: dict[str, xr.DataArray] = {}
+    extrapolation: dict[str, xr.DataArray] = {}
     for name in names:
-        members = dataset[name]
-        if "time" not in members.dims:
-            members = members.expand_dims("time")
-        values[name] = _finite(
-            np.asarray(members.transpose(*ENSEMBLE_DIMS).values, dtype=np.float64), name, f"ensemble {where}", times
-        )
+        values = dataset[name]
+        if "time" not in values.dims:
+            values = values.expand_dims("time")
+        members[name] = values.transpose(*ENSEMBLE_DIMS)
         share = f"{name}{EXTRAPOLATION_SUFFIXES[0]}"
         if share in dataset.data_vars:
-            extrapolation[name] = np.asarray(dataset[share].values, dtype=np.float64).reshape(-1)
-    coarse_values, factor, _ = coarse_on_blocks(
+            extrapolation[name] = dataset[share]
+    coarse_fields, factor, _, coarse_where = coarse_fields_on_blocks(
         coarse_source, names, units, latitude, longitude, factor, times, where, regrid
     )
     run_dir = run if run is not None else dataset.attrs.get("run_dir")
     climatology, spectrum_source = (None, "no run given and the ensemble names none")
     if run_dir is not None:
         climatology, spectrum_source = run_fine_spectrum(run_dir)
-    return TruthFreeInputs(
+    return TruthFreeSources(
         variables=names,
         units=units,
         attributes={name: dict(dataset[name].attrs) for name in names},
-        ensemble=values,
-        coarse=coarse_values,
+        ensemble=members,
+        coarse=coarse_fields,
         latitude=latitude,
         longitude=longitude,
         times=times,
@@ -183,26 +273,53 @@ def load_truth_free_inputs(
             else [_absolute(coarse_source)],
             "run": str(Path(run_dir).resolve()) if run_dir is not None else None,
         },
+        where=where,
+        coarse_where=coarse_where,
         extrapolation=extrapolation,
         climatology=climatology,
         spectrum_source=spectrum_source,
     )
 
 
+def load_truth_free_inputs(
+    ensemble: EnsembleSource,
+    coarse: FieldsSource | None = None,
+    variables: Sequence[str] | None = None,
+    coarsening_factor: int | None = None,
+    run: str | os.PathLike | None = None,
+    regrid: str = "conservative",
+) -> TruthFreeInputs:
+    """Every time of :func:`open_truth_free_sources` (same arguments) read and checked at once (the whole record
+    in memory: :func:`evaluate_truth_free_sources` reads it block by block).
+
+    Raises:
+        ConfigError: a missing file or variable, NaNs, a coarse input that is not on the ensemble's blocks (nor
+            regridded onto them, or does not cover them), lacks a time, is in units that do not convert or holds
+            values outside its physical range, or no coarse input.
+    """
+    return open_truth_free_sources(ensemble, coarse, variables, coarsening_factor, run, regrid).read()
+
+
 def _physical_range(name: str, members: np.ndarray, attributes: dict[str, Any]) -> dict[str, Any]:
+    bounds = output_range(name, attributes)
+    count = 0 if bounds is None else count_outside(members, bounds)
+    return _range_counted(name, count, members.size, attributes)
+
+
+def _range_counted(name: str, count: int, values: int, attributes: dict[str, Any]) -> dict[str, Any]:
+    """The physical range's entry of scores.json: ``count`` of ``values`` member values outside it."""
     bounds = output_range(name, attributes)
     if bounds is None:
         return {
             "checked": False,
             "reason": f"no known physical range for {name!r} in units {attributes.get('units')!r}",
         }
-    count = count_outside(members, bounds)
     recorded = attributes.get(OUTSIDE_COUNT_ATTRIBUTE)
     return {
         "checked": True,
         "range": list(bounds),
         "outside_count": count,
-        "outside_fraction": count / members.size,
+        "outside_fraction": count / values,
         "recorded_outside_count": None if recorded is None else int(recorded),
     }
 
@@ -219,14 +336,26 @@ def _extrapolation(share: np.ndarray | None) -> dict[str, Any] | None:
     }
 
 
+def _has_climatology(inputs: TruthFreeInputs | TruthFreeSources, name: str) -> bool:
+    return inputs.climatology is not None and name in inputs.climatology.get("power", {})
+
+
 def _spectrum(inputs: TruthFreeInputs, name: str) -> dict[str, Any] | None:
-    climatology = inputs.climatology
-    if climatology is None or name not in climatology.get("power", {}):
+    if not _has_climatology(inputs, name):
         return None
     members = inputs.ensemble[name]
     wavenumber, power = latlon_power_spectrum(
         members.reshape(-1, *members.shape[2:]), inputs.latitude, inputs.longitude
     )
+    return _against_climatology(inputs, name, wavenumber, power)
+
+
+def _against_climatology(
+    inputs: TruthFreeInputs | TruthFreeSources, name: str, wavenumber: np.ndarray, power: np.ndarray
+) -> dict[str, Any]:
+    """The members' spectrum (``wavenumber``, ``power``) against the run's climatology of ``name``."""
+    climatology = inputs.climatology
+    assert climatology is not None
     k_min = coarse_nyquist_wavenumber(inputs.latitude, inputs.longitude, inputs.factor)
     result = spectrum_against_climatology(
         wavenumber,
@@ -246,7 +375,7 @@ def _spectrum(inputs: TruthFreeInputs, name: str) -> dict[str, Any] | None:
 class TruthFreeEvaluation:
     """The truth-free scores (``document``: the JSON of ``scores.json``) and the inputs they were computed from."""
 
-    inputs: TruthFreeInputs
+    inputs: TruthFreeInputs | TruthFreeSources
     document: dict[str, Any]
 
     def dataset(self) -> xr.Dataset:
@@ -267,7 +396,12 @@ def evaluate_without_truth(inputs: TruthFreeInputs) -> TruthFreeEvaluation:
             "physical_range": _physical_range(name, inputs.ensemble[name], inputs.attributes[name]),
             "spectrum_vs_training": _spectrum(inputs, name),
         }
-    document: dict[str, Any] = {
+    return TruthFreeEvaluation(inputs, _document(inputs, scores))
+
+
+def _document(inputs: TruthFreeInputs | TruthFreeSources, scores: dict[str, Any]) -> dict[str, Any]:
+    """scores.json: the sources, sizes and the per-variable ``scores``."""
+    return {
         "truth": None,
         **inputs.sources,
         "coarsening_factor": inputs.factor,
@@ -278,7 +412,88 @@ def evaluate_without_truth(inputs: TruthFreeInputs) -> TruthFreeEvaluation:
         "area_weighting": "cos(latitude)",
         "variables": scores,
     }
-    return TruthFreeEvaluation(inputs, document)
+
+
+@dataclass
+class _VariableSums:
+    """What the truth-free scores of one variable keep between blocks: the coarse consistency sums, the count of
+    member values outside the physical range, the extrapolation share's sum, maximum and count over the threshold,
+    and the sum over fields of the members' periodogram."""
+
+    consistency: CoarseConsistencySums
+    outside: int = 0
+    values: int = 0
+    share_sum: float = 0.0
+    share_max: float = -np.inf
+    shares_over: int = 0
+    shares: int = 0
+    periodogram: np.ndarray | None = None
+    fields: int = 0
+    frequencies: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def evaluate_truth_free_sources(sources: TruthFreeSources, block: int | None = None) -> TruthFreeEvaluation:
+    """:func:`evaluate_without_truth` of every time of ``sources``, read ``block`` times at a time (default: about
+    :data:`~diffscale.runs.blockwise_evaluation.EVALUATION_BLOCK_BYTES` of the ensemble's float64 values), so that
+    memory holds one block whatever the record's length. The scores are sums over times merged across blocks:
+    the coarse consistency's per-member sums of W d and W d^2 (:class:`CoarseConsistencySums`), the count of
+    values outside the physical range, the extrapolation share's sum, maximum and count over the threshold, and
+    the members' periodogram summed over fields (its mean over all M T fields is radially averaged at the end,
+    as :func:`~diffscale.evaluation.spectra.latlon_power_spectrum` does at once): the scores of
+    :func:`evaluate_without_truth` to rounding."""
+    from diffscale.runs import blockwise_evaluation
+
+    if block is None:
+        per_time = 8 * sources.members * len(sources.variables) * sources.latitude.size * sources.longitude.size
+        block = max(1, blockwise_evaluation.EVALUATION_BLOCK_BYTES // per_time)
+    sums = {name: _VariableSums(CoarseConsistencySums(sources.latitude, sources.factor)) for name in sources.variables}
+    for start in range(0, sources.times.size, block):
+        inputs = sources.read(start, start + block)
+        for name in sources.variables:
+            members, held = inputs.ensemble[name], sums[name]
+            held.consistency.add(members, inputs.coarse[name])
+            bounds = output_range(name, inputs.attributes[name])
+            if bounds is not None:
+                held.outside += count_outside(members, bounds)
+            held.values += members.size
+            share = inputs.extrapolation.get(name)
+            if share is not None and share.size:
+                held.share_sum += float(share.sum())
+                held.share_max = max(held.share_max, float(share.max()))
+                held.shares_over += int((share > WARN_OUTSIDE_FRACTION).sum())
+                held.shares += share.size
+            if _has_climatology(inputs, name):
+                fields = members.reshape(-1, *members.shape[2:])
+                ky, kx, power = latlon_periodogram(fields, inputs.latitude, inputs.longitude)
+                total = power * fields.shape[0]
+                held.periodogram = total if held.periodogram is None else held.periodogram + total
+                held.fields += fields.shape[0]
+                held.frequencies = (ky, kx)
+    scores: dict[str, Any] = {}
+    for name in sources.variables:
+        held = sums[name]
+        spectrum = None
+        if held.periodogram is not None and held.frequencies is not None:
+            wavenumber, power = radial_average(
+                *held.frequencies, held.periodogram / held.fields, sources.latitude, sources.longitude
+            )
+            spectrum = _against_climatology(sources, name, wavenumber, power)
+        scores[name] = {
+            "units": sources.units[name],
+            "coarse_consistency": held.consistency.result(),
+            "extrapolation": None
+            if name not in sources.extrapolation
+            else {
+                "mean_outside_fraction": held.share_sum / held.shares,
+                "max_outside_fraction": held.share_max,
+                "times_over_threshold": held.shares_over,
+                "threshold": WARN_OUTSIDE_FRACTION,
+                "times": held.shares,
+            },
+            "physical_range": _range_counted(name, held.outside, held.values, sources.attributes[name]),
+            "spectrum_vs_training": spectrum,
+        }
+    return TruthFreeEvaluation(sources, _document(sources, scores))
 
 
 def _number(value: Any) -> float:
