@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,3 +103,29 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         counts[reason] = counts.get(reason, 0) + 1
     parts = "; ".join(f"{count} {reason}" for reason, count in sorted(counts.items(), key=lambda item: -item[1]))
     terminalreporter.write_line(f"skipped {len(skipped)}: {parts}")
+
+
+def _fashion_mnist_folder() -> Path | None:
+    from diffscale.data.images import find_fashion_mnist
+    from diffscale.validation import ConfigError
+
+    try:
+        return find_fashion_mnist()
+    except ConfigError:
+        return None
+
+
+FASHION_MNIST = _fashion_mnist_folder()
+"""The Fashion-MNIST folder (Debian's dataset-fashion-mnist), or None where it is not installed."""
+
+NEEDS_FASHION_MNIST = pytest.mark.skipif(
+    FASHION_MNIST is None, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
+)
+
+
+def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images (N, 1, 28, 28), labels (N,)) of a Fashion-MNIST split, read by diffscale's image reader."""
+    from diffscale.data.images import load_image_dataset
+
+    data = load_image_dataset(FASHION_MNIST, split)
+    return data.images, data.labels

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from diffscale.data.images import find_fashion_mnist, load_image_dataset
 from diffscale.evaluation.image_classifier import (
     FASHION_MNIST_CLASSIFIER,
     FASHION_MNIST_CLASSIFIER_SHA256,
@@ -22,28 +21,7 @@ from diffscale.evaluation.image_classifier import (
 )
 from diffscale.training.checkpoint import CheckpointError
 from diffscale.validation import ConfigError
-
-
-def _fashion_mnist_folder():
-    try:
-        return find_fashion_mnist()
-    except ConfigError:
-        return None
-
-
-FASHION_MNIST = _fashion_mnist_folder()
-
-
-def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images (N, 1, 28, 28), labels (N,)) of a Fashion-MNIST split, read by diffscale's image reader."""
-    data = load_image_dataset(FASHION_MNIST, split)
-    return data.images, data.labels
-
-
-needs_fashion_mnist = pytest.mark.skipif(
-    FASHION_MNIST is None,
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
+from tests.conftest import NEEDS_FASHION_MNIST, fashion_mnist
 
 
 def test_shipped_weights_are_small_and_match_their_hash():
@@ -88,7 +66,7 @@ def test_pixels_must_be_uint8_images():
     assert torch.equal(images_to_unit_range(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
 
 
-@needs_fashion_mnist
+@NEEDS_FASHION_MNIST
 def test_the_classifier_is_accurate_on_the_test_images():
     images, labels = fashion_mnist("test")
     model = load_fashion_mnist_classifier()

@@ -7,34 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffscale.data.images import find_fashion_mnist, load_image_dataset
 from diffscale.evaluation.image_classifier import load_fashion_mnist_classifier
 from diffscale.evaluation.image_metrics import frechet_distance
 from diffscale.evaluation.image_report import image_reference, score_images
 from diffscale.runs.image_evaluation import evaluate_image_samples
 from diffscale.validation import ConfigError
+from tests.conftest import NEEDS_FASHION_MNIST, fashion_mnist
 
-
-def _fashion_mnist_folder():
-    try:
-        return find_fashion_mnist()
-    except ConfigError:
-        return None
-
-
-FASHION_MNIST = _fashion_mnist_folder()
-
-
-def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images (N, 1, 28, 28), labels (N,)) of a Fashion-MNIST split, read by diffscale's image reader."""
-    data = load_image_dataset(FASHION_MNIST, split)
-    return data.images, data.labels
-
-
-pytestmark = pytest.mark.skipif(
-    FASHION_MNIST is None,
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
+pytestmark = NEEDS_FASHION_MNIST
 
 
 @pytest.fixture(scope="module")
